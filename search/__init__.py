@@ -1,0 +1,1 @@
+"""Strategies behind one ask/tell interface, and the runner that drives them."""

@@ -1,0 +1,117 @@
+"""The ask/tell interface every strategy implements, and the strategy registry.
+
+The runner owns the loop: ``requests = strategy.ask()``, evaluate them (anywhere),
+``strategy.tell(requests, results)``. A strategy is a deterministic function of
+(space, seed, options, the results it was told): replaying the stored results of an
+interrupted run rebuilds its state exactly, which is how ``--resume`` works.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from presso.spaces import Config, SearchSpace
+
+
+@dataclass(frozen=True)
+class Request:
+    """One evaluation to run.
+
+    config: level index per dimension of the space.
+    tokens: how many calibration tokens to score on (``None``: the whole calibration pool).
+    sample_seed: which calibration sequences (a seeded draw from the pool), so that
+        multi-stage selection can score a generation on fresh data.
+    tag: what the strategy asked it for (``offspring``, ``stage-2``, ``baseline``...).
+    """
+
+    config: Config
+    tokens: int | None = None
+    sample_seed: int = 0
+    tag: str = ""
+
+
+@dataclass
+class Result:
+    """What evaluating a request gave. A failure is data: ``fitness`` None and ``error`` set.
+
+    fitness: the objective to minimise (KL divergence to the dense model, in nats/token).
+    metrics: anything else measured (e.g. ``kl``, ``tokens``).
+    seconds: wall time of the evaluation.
+    """
+
+    fitness: float | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.fitness is not None and math.isfinite(self.fitness)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Facts about the problem that some strategies use.
+
+    unit_errors: per dimension, per level index, the unit's relative output error when
+        compressed at that level alone (from the level database); used by heuristics.
+    """
+
+    unit_errors: tuple[tuple[float, ...], ...] | None = None
+
+
+class Strategy(ABC):
+    """A search strategy behind ask/tell. Subclasses set ``name`` and register."""
+
+    name: ClassVar[str]
+
+    def __init__(self, space: SearchSpace, *, seed: int = 0, context: Context | None = None) -> None:
+        self.space = space
+        self.seed = seed
+        self.context = context or Context()
+
+    @abstractmethod
+    def ask(self) -> list[Request]:
+        """The next batch of requests to evaluate; empty once the strategy is finished."""
+
+    @abstractmethod
+    def tell(self, requests: Sequence[Request], results: Sequence[Result]) -> None:
+        """The results of the last ``ask()``'s requests, in the same order."""
+
+    @property
+    @abstractmethod
+    def finished(self) -> bool:
+        """True once the strategy has nothing more to ask."""
+
+    @abstractmethod
+    def best(self) -> Config | None:
+        """The best configuration found so far (None before any successful result)."""
+
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator adding a strategy to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"strategy {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_strategy(
+    name: str, space: SearchSpace, *, seed: int, context: Context | None = None, **options: Any
+) -> Strategy:
+    """Build a registered strategy; ``options`` are its keyword-only constructor arguments."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(available())}") from None
+    return cls(space, seed=seed, context=context, **options)
