@@ -106,12 +106,15 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def strategy_class(name: str) -> type[Strategy]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(available())}") from None
+
+
 def make_strategy(
     name: str, space: SearchSpace, *, seed: int, context: Context | None = None, **options: Any
 ) -> Strategy:
     """Build a registered strategy; ``options`` are its keyword-only constructor arguments."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(available())}") from None
-    return cls(space, seed=seed, context=context, **options)
+    return strategy_class(name)(space, seed=seed, context=context, **options)

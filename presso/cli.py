@@ -1,0 +1,174 @@
+"""The ``presso`` command: search, runs, show, export.
+
+A user mistake prints one line (``presso: ...``) and exits with code 2; an interrupted
+search says how to resume and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from presso import __version__
+from presso.errors import PressoError
+
+DEFAULT_STORE = "runs/presso.db"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PressoError as err:
+        print(f"presso: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = ""
+        if getattr(args, "experiment", None):
+            hint = f"; nothing is lost: continue with `presso search {args.experiment} --resume`"
+        print(f"\npresso: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="presso", description="Hardware-aware search for per-layer compression.")
+    p.add_argument("--version", action="version", version=f"presso {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="run (or resume) the search an experiment file describes")
+    s.add_argument("experiment", help="experiment YAML file")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run of this experiment")
+    s.add_argument("--name", help="run name (default: the experiment's name)")
+    s.add_argument("--store", help="results store (SQLite path or SQLAlchemy URL); overrides the file's")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=_search)
+
+    r = sub.add_parser("runs", help="list the runs in a results store")
+    r.add_argument("--store", default=DEFAULT_STORE)
+    r.set_defaults(func=_runs)
+
+    sh = sub.add_parser("show", help="a run's best candidates and per-layer bits")
+    sh.add_argument("run")
+    sh.add_argument("--store", default=DEFAULT_STORE)
+    sh.set_defaults(func=_show)
+
+    e = sub.add_parser("export", help="write a run's chosen configuration to a file")
+    e.add_argument("run")
+    e.add_argument("--format", choices=("plan", "evopress"), default="plan")
+    e.add_argument("--candidate", default="search", help="'search' (default) or 'baseline:NAME'")
+    e.add_argument("--out", help="output file (.json/.yaml for plans); default: standard output")
+    e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    e.add_argument("--store", default=DEFAULT_STORE)
+    e.set_defaults(func=_export)
+    return p
+
+
+def _search(args: argparse.Namespace) -> int:
+    from presso.config import load_experiment, resolve_paths
+    from presso.run import run_search
+
+    path = Path(args.experiment)
+    exp = resolve_paths(path, load_experiment(path))
+    updates = {}
+    if args.name:
+        updates["name"] = args.name
+    if args.store:
+        updates["store"] = args.store
+    exp = exp.model_copy(update=updates)
+    summary = run_search(exp, resume=args.resume, show_progress=not args.quiet)
+    _print_summary(summary)
+    print(f"\nstored in {exp.store} as run {exp.name!r}: `presso show {exp.name} --store {exp.store}`")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from presso.store import ResultsStore
+
+    runs = ResultsStore(args.store, must_exist=True).runs()
+    if not runs:
+        print(f"no runs in {args.store}")
+        return 0
+    print(f"{'run':<28} {'status':<9} {'evals':>6}  {'started':<20} model")
+    for r in runs:
+        print(f"{r['name']:<28} {r['status']:<9} {r['trials']:>6}  {r['started']:<20} {r['model']}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from presso.store import ResultsStore
+
+    study = ResultsStore(args.store, must_exist=True).open(args.run)
+    attrs = study.user_attrs
+    summary = attrs.get("summary")
+    records = ResultsStore(args.store).records(study)
+    failed = sum(r.error is not None for r in records)
+    print(f"run {args.run}: {attrs.get('status')}, {len(records)} evaluations ({failed} failed)")
+    if not summary:
+        ok = [r for r in records if r.fitness is not None]
+        if ok:
+            best = min(ok, key=lambda r: r.fitness)
+            print(f"best so far: fitness {best.fitness:.5f} ({best.tag}, {best.tokens} tokens)")
+        return 0
+    _print_summary(summary)
+    best = summary["candidates"]["search"]
+    print("\nper-layer bits of the search's best (rows: blocks):")
+    print(_bits_grid(attrs["units"], best["levels"]))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from presso.export import build_plan, render
+    from presso.paths import atomic_write_text
+    from presso.store import ResultsStore
+
+    study = ResultsStore(args.store, must_exist=True).open(args.run)
+    plan = build_plan(study.user_attrs, args.candidate)
+    suffix = Path(args.out).suffix.lower() if args.out else ""
+    text = render(plan, args.format, suffix)
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise PressoError(f"{out} exists; choose another --out or add --force to overwrite it")
+    atomic_write_text(out, text)
+    print(f"wrote {out} ({args.format}, candidate {args.candidate})")
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    cands = summary["candidates"]
+    print(f"\n{'candidate':<22} {'strategy':<14} {'mean bits':>9} {'held-out ppl':>13} {'held-out KL':>12}")
+    for phase, c in cands.items():
+        h = c["heldout"]
+        ppl = f"{h['ppl']:.3f}" if "ppl" in h else "-"
+        kl = h.get("kl", h.get("cos_dist", float("nan")))
+        print(f"{phase:<22} {c['strategy']:<14} {c['mean_bits']:>9.3f} {ppl:>13} {kl:>12.5f}")
+    if "search" in cands and "baseline:uniform" in cands and "ppl" in cands["search"]["heldout"]:
+        s, u = cands["search"]["heldout"]["ppl"], cands["baseline:uniform"]["heldout"]["ppl"]
+        print(f"search vs uniform: held-out perplexity {s:.3f} vs {u:.3f} ({(u - s) / u:+.1%} better)")
+
+
+def _bits_grid(units: list[str], levels: list[float]) -> str:
+    """Blocks as rows, each unit's short name as a column."""
+    import re
+
+    rows: dict[int, dict[str, float]] = {}
+    cols: list[str] = []
+    for name, bits in zip(units, levels):
+        m = re.search(r"\.(\d+)\.(.+)$", name)
+        block, short = (int(m.group(1)), m.group(2).split(".")[-1]) if m else (0, name)
+        rows.setdefault(block, {})[short] = bits
+        if short not in cols:
+            cols.append(short)
+    lines = ["block " + " ".join(f"{c[:6]:>6}" for c in cols)]
+    for block in sorted(rows):
+        lines.append(f"{block:>5} " + " ".join(f"{rows[block].get(c, 0):>6g}" for c in cols))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

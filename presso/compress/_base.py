@@ -1,0 +1,91 @@
+"""The operator interface: one compression method, realising any level of any Linear weight,
+and the registry that maps operator names (as written in experiment files) to classes."""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from presso.compress._quant import QuantizedWeight, QuantSpec
+
+
+class Operator(ABC):
+    """A weight quantizer: ``compress(weight, level, hessian)`` with ``level`` = bits per weight.
+
+    Subclasses set ``name`` (the registry key), ``needs_hessian`` (whether ``compress`` needs the
+    calibration Hessian, so callers collect one only when needed) and extend :meth:`key` with
+    every constructor option that changes the output.
+    """
+
+    name: ClassVar[str]
+    needs_hessian: ClassVar[bool]
+    # Bumped when an implementation change alters outputs, so cached levels are rebuilt.
+    version: ClassVar[int] = 1
+
+    def __init__(self, *, group_size: int | None = None, symmetric: bool = False) -> None:
+        QuantSpec(bits=2, group_size=group_size, symmetric=symmetric)  # validates the options
+        self.group_size = group_size
+        self.symmetric = symmetric
+
+    def spec(self, level: int) -> QuantSpec:
+        """The quantization spec of ``level`` (bits, 2..8)."""
+        return QuantSpec(bits=level, group_size=self.group_size, symmetric=self.symmetric)
+
+    def key(self) -> dict[str, Any]:
+        """Every parameter that changes the output, as JSON-ready data (content addressing)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+        }
+
+    @abstractmethod
+    def compress(
+        self, weight: torch.Tensor, level: int, hessian: torch.Tensor | None
+    ) -> QuantizedWeight:
+        """Quantize ``weight`` ``[out, in]`` to ``level`` bits; ``hessian`` ``[in, in]`` or None."""
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.key().items() if k not in ("name",))
+        return f"{type(self).__name__}({options})"
+
+
+_REGISTRY: dict[str, type[Operator]] = {}
+_O = TypeVar("_O", bound=type[Operator])
+
+
+def register(cls: _O) -> _O:
+    """Class decorator: make ``cls`` available to :func:`make_operator` under ``cls.name``."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__qualname__} needs a non-empty class attribute `name`")
+    if name in _REGISTRY:
+        raise ValueError(
+            f"an operator named {name!r} is already registered ({_REGISTRY[name].__qualname__})"
+        )
+    _REGISTRY[name] = cls
+    return cls
+
+
+def available_operators() -> list[str]:
+    """Registered operator names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def make_operator(name: str, **options: Any) -> Operator:
+    """The operator registered as ``name``, built with keyword ``options``."""
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(
+            f"unknown compression operator {name!r}; available: {', '.join(available_operators())}"
+        )
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError as err:
+        accepted = ", ".join(inspect.signature(cls).parameters)
+        raise ValueError(f"operator {name!r}: {err}; it accepts: {accepted}") from None
+    return cls(**options)

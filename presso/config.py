@@ -1,0 +1,245 @@
+"""Experiment files: schema, validation, and errors that name the file, field and line.
+
+An experiment file is YAML. Every mistake — an unknown key, a wrong type, a budget no
+configuration can meet, a model or corpus that does not exist — is reported as one line
+``FILE:LINE: FIELD: what is wrong; how to fix it`` before any work starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from presso.errors import PressoError
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    corpus: str = Field("bible", description="a built-in corpus (bible, speeches, reviews, pydoc) or a path")
+    text_field: str = "text"
+    seq_len: int = Field(256, ge=8, le=8192)
+    calibration: int = Field(32, ge=1, description="calibration windows in the pool")
+    evaluation: int = Field(8, ge=1, description="held-out windows, never in the calibration pool")
+    seed: int = 0
+
+
+class CompressConfig(_Strict):
+    operator: Literal["gptq", "rtn"] = "gptq"
+    levels: list[int] = Field(default_factory=lambda: [2, 3, 4, 8])
+    group_size: int | None = Field(128, ge=8)
+    symmetric: bool = False
+    damp: float = Field(0.01, gt=0, lt=1)
+    act_order: bool = False
+    calibration: int = Field(16, ge=1, description="calibration windows whose activations give GPTQ its Hessians")
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one level")
+        bad = [b for b in v if not 2 <= b <= 8 and b != 16]
+        if bad:
+            raise ValueError(f"bits must be 2..8 (or 16 for dense), got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError("levels must be distinct")
+        return sorted(v)
+
+
+class SpaceConfig(_Strict):
+    kind: Literal["bits"] = "bits"
+    mean_bits: float = Field(..., gt=0, description="parameter-weighted mean bits budget")
+
+
+class SearchConfig(_Strict):
+    strategy: str = "evopress"
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunnerConfig(_Strict):
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(2, ge=1, description="Ray actors (ray runner)")
+    address: str | None = Field(None, description="an existing Ray cluster's address; null starts a local one")
+    threads: int | None = Field(None, ge=1, description="torch threads per evaluator (default: cores / workers)")
+
+
+class EvaluationConfig(_Strict):
+    batch_size: int = Field(4, ge=1)
+    cache_mb: int = Field(1024, ge=0, description="memory for reused block outputs; 0 disables reuse")
+
+
+class Experiment(_Strict):
+    version: int = SCHEMA_VERSION
+    name: str | None = None
+    model: str
+    data: DataConfig = Field(default_factory=DataConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
+    space: SpaceConfig
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    baselines: list[str] = Field(default_factory=lambda: ["uniform"])
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    store: str = Field("runs/presso.db", description="an SQLite path or any SQLAlchemy URL")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and validate an experiment file; raises PressoError with file, line and fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise PressoError(f"{path}: no such experiment file")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise PressoError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(raw, dict):
+        raise PressoError(f"{path}: an experiment file is a YAML mapping (key: value lines)")
+    lines = _line_index(node)
+    try:
+        exp = Experiment.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise PressoError(_describe(path, lines, first)) from None
+    if exp.version != SCHEMA_VERSION:
+        raise PressoError(f"{path}:{lines.get(('version',), 1)}: version: only version {SCHEMA_VERSION} is known")
+    if exp.name is None:
+        exp = exp.model_copy(update={"name": path.stem})
+    _check_semantics(path, lines, exp)
+    return exp
+
+
+def _line_index(node: yaml.Node | None, prefix: tuple = ()) -> dict[tuple, int]:
+    """Map each key path (``("space", "mean_bits")``) to its 1-based line in the file."""
+    index: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = prefix + (key.value,)
+            index[path] = key.start_mark.line + 1
+            index.update(_line_index(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            index[prefix + (i,)] = value.start_mark.line + 1
+            index.update(_line_index(value, prefix + (i,)))
+    return index
+
+
+def _where(path: Path, lines: dict[tuple, int], loc: tuple) -> str:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return f"{path}:{lines[loc[:n]]}"
+    return str(path)
+
+
+def _describe(path: Path, lines: dict[tuple, int], error: dict) -> str:
+    loc = tuple(error["loc"])
+    field = ".".join(str(p) for p in loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent else ""
+        fix = f"remove it or fix its spelling; allowed here: {allowed}"
+        return f"{_where(path, lines, loc)}: {field}: unknown key; {fix}"
+    if kind == "missing":
+        model = _model_at(loc[:-1])
+        info = model.model_fields.get(str(loc[-1])) if model else None
+        hint = f" ({info.description})" if info and info.description else ""
+        return f"{_where(path, lines, loc[:-1])}: {field}: required{hint}; add it"
+    msg = error["msg"]
+    return f"{_where(path, lines, loc)}: {field}: {msg} (got {error.get('input')!r})"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Experiment
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> None:
+    """Checks that need more than types: budget, names that must exist, strategy options."""
+    from presso.models import BUILTIN_MODELS
+
+    def fail(loc: tuple, message: str) -> None:
+        raise PressoError(f"{_where(path, lines, loc)}: {'.'.join(map(str, loc))}: {message}")
+
+    if exp.space.mean_bits < min(exp.compress.levels):
+        fail(
+            ("space", "mean_bits"),
+            f"no configuration can meet mean_bits <= {exp.space.mean_bits:g}: the lowest level is "
+            f"{min(exp.compress.levels)} bits; raise mean_bits or add a lower level to compress.levels",
+        )
+    if exp.model not in BUILTIN_MODELS and not _resolve(path, exp.model).exists():
+        fail(("model",), f"{exp.model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}) "
+             "and no such file or folder exists; give a built-in name or a local path")
+    from presso.data import BUILTIN_CORPORA
+
+    if exp.data.corpus not in BUILTIN_CORPORA and not _resolve(path, exp.data.corpus).exists():
+        fail(("data", "corpus"), f"{exp.data.corpus!r} is not a built-in corpus "
+             f"({', '.join(BUILTIN_CORPORA)}) and no such file or folder exists")
+    if exp.compress.calibration > exp.data.calibration:
+        fail(("compress", "calibration"), f"{exp.compress.calibration} windows asked for, but the "
+             f"calibration pool (data.calibration) has {exp.data.calibration}; lower it")
+    _check_strategy(path, lines, exp.search.strategy, exp.search.options, ("search",))
+    for i, name in enumerate(exp.baselines):
+        _check_strategy(path, lines, name, {}, ("baselines", i))
+
+
+def _check_strategy(path: Path, lines: dict[tuple, int], name: str, options: dict, loc: tuple) -> None:
+    from presso import search
+
+    if name not in search.available():
+        where = loc + ("strategy",) if loc == ("search",) else loc
+        raise PressoError(
+            f"{_where(path, lines, where)}: {'.'.join(map(str, where))}: unknown strategy {name!r}; "
+            f"available: {', '.join(search.available())}"
+        )
+    params = inspect.signature(search.strategy_class(name).__init__).parameters
+    allowed = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p not in ("seed", "context")]
+    for key in options:
+        if key not in allowed:
+            raise PressoError(
+                f"{_where(path, lines, loc + ('options', key))}: search.options.{key}: unknown option "
+                f"of strategy {name!r}; allowed: {', '.join(allowed) or 'none'}"
+            )
+
+
+def _resolve(experiment_file: Path, value: str) -> Path:
+    """Paths in an experiment file are relative to the folder the file is in."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (experiment_file.parent / p)
+
+
+def resolve_paths(experiment_file: Path, exp: Experiment) -> Experiment:
+    """Experiment with model and corpus paths made absolute (built-in names kept)."""
+    from presso.data import BUILTIN_CORPORA
+    from presso.models import BUILTIN_MODELS
+
+    updates: dict[str, Any] = {}
+    if exp.model not in BUILTIN_MODELS:
+        updates["model"] = str(_resolve(experiment_file, exp.model).resolve())
+    if exp.data.corpus not in BUILTIN_CORPORA:
+        data = exp.data.model_copy(update={"corpus": str(_resolve(experiment_file, exp.data.corpus).resolve())})
+        updates["data"] = data
+    return exp.model_copy(update=updates)

@@ -1,0 +1,270 @@
+"""The evaluator: assemble a candidate from the level database and score it.
+
+Fitness is the KL divergence from the dense model's next-token distribution to the
+candidate's, in nats per token, on calibration windows (for an encoder: one minus the
+cosine similarity of its token embeddings to the dense model's). The dense reference is
+computed once per model × calibration set and memory-mapped from disk.
+
+Work is not repeated: the output of every transformer block is cached (LRU, bounded in
+bytes) under the key (calibration windows, levels of every unit up to that block). A
+candidate that shares its first k blocks' levels with one evaluated recently — an EvoPress
+child and its parent — starts its forward pass at block k.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from presso.paths import atomic_write_bytes, digest
+from presso.search._base import Request, Result
+
+if TYPE_CHECKING:
+    import torch
+
+    from presso.data import CalibrationData
+    from presso.leveldb import LevelDatabase
+    from presso.models import ModelHandle
+    from presso.spaces import Config, SearchSpace
+
+#: Level values at or above this many bits mean "leave the unit dense".
+DENSE_BITS = 16
+
+
+class DenseReference:
+    """The dense model's outputs on calibration and evaluation windows, cached on disk.
+
+    Causal LMs store log-probabilities (fp16, ``[n, seq, vocab]``); encoders store last
+    hidden states (fp32, ``[n, seq, hidden]``).
+    """
+
+    def __init__(self, root: Path, handle: ModelHandle, data: CalibrationData) -> None:
+        self.handle = handle
+        self.data = data
+        self.path = Path(root) / f"{digest({'model': handle.identity, 'data': data.fingerprint})}.safetensors"
+        self._file: Any = None
+
+    def build(self, *, batch_size: int = 4, progress: Any = None) -> float:
+        """Compute and store the reference unless it exists; returns seconds spent."""
+        if self.path.is_file():
+            return 0.0
+        import torch
+        from safetensors.torch import save
+
+        start = time.perf_counter()
+        self.handle.restore_dense()
+        out = {}
+        for split, windows in (("calibration", self.data.calibration), ("evaluation", self.data.evaluation)):
+            chunks = range(0, len(windows), batch_size)
+            if progress is not None:
+                chunks = progress(chunks, len(chunks), f"dense reference ({split})")
+            parts = [self._reference(self.handle.forward(windows[i : i + batch_size])) for i in chunks]
+            out[split] = torch.cat(parts).contiguous()
+        atomic_write_bytes(self.path, save(out))
+        return time.perf_counter() - start
+
+    def _reference(self, output: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.handle.kind == "causal-lm":
+            return torch.log_softmax(output.float(), dim=-1).half()
+        return output.float()
+
+    def get(self, split: str, indices: Sequence[int]) -> torch.Tensor:
+        import torch
+        from safetensors import safe_open
+
+        if self._file is None:
+            self._file = safe_open(self.path, framework="pt")
+        rows = self._file.get_slice(split)
+        return torch.stack([rows[i : i + 1][0] for i in indices]).float()
+
+
+class _BlockCache:
+    """LRU of block outputs bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+
+    def get(self, key: tuple) -> Any:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: tuple, value: Any) -> None:
+        if key in self._items or self.max_bytes <= 0:
+            return
+        size = _nbytes(value)
+        self._items[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes and self._items:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.bytes -= dropped
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return value.numel() * value.element_size() if hasattr(value, "numel") else 0
+
+
+class Evaluator:
+    """Scores configurations of ``space`` for one model (one per process or Ray actor).
+
+    batch_size: calibration windows per forward pass.
+    cache_mb: memory for cached block outputs; 0 turns prefix reuse off.
+    """
+
+    def __init__(
+        self,
+        handle: ModelHandle,
+        data: CalibrationData,
+        db: LevelDatabase,
+        space: SearchSpace,
+        reference: DenseReference,
+        *,
+        batch_size: int = 4,
+        cache_mb: int = 1024,
+    ) -> None:
+        self.handle = handle
+        self.data = data
+        self.db = db
+        self.space = space
+        self.reference = reference
+        self.batch_size = batch_size
+        self._cache = _BlockCache(cache_mb * 2**20)
+        self._loaded: dict[str, float] = {}
+        block_of = {u.name: u.block for u in handle.units}
+        dims_blocks = [block_of[name] for name in space.names]
+        if dims_blocks != sorted(dims_blocks):
+            raise ValueError("space dimensions must follow the model's block order")
+        # _prefix_end[b]: how many dimensions belong to blocks 0..b.
+        self._prefix_end = [int(np.searchsorted(dims_blocks, b, side="right")) for b in range(len(handle.blocks))]
+        self.blocks_run = 0
+        self.blocks_reused = 0
+
+    # ------------------------------------------------------------------ public
+
+    def evaluate(self, request: Request) -> Result:
+        """Fitness of ``request.config`` on the calibration windows it names. Never raises."""
+        start = time.perf_counter()
+        try:
+            indices = self.sample(request.tokens, request.sample_seed)
+            self.apply(request.config)
+            total, count = 0.0, 0
+            for i in range(0, len(indices), self.batch_size):
+                batch = tuple(indices[i : i + self.batch_size])
+                output = self._forward_reusing(request.config, batch)
+                ref = self.reference.get("calibration", batch)
+                value, n = self._divergence(ref, output)
+                total, count = total + value, count + n
+            fitness = total / count
+            metrics = {self._metric: fitness, "tokens": float(len(indices) * self.data.calibration.shape[1])}
+            return Result(fitness=fitness, metrics=metrics, seconds=time.perf_counter() - start)
+        except Exception as err:  # a failed evaluation is data, not a crash of the run
+            return Result(fitness=None, error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - start)
+
+    def heldout(self, config: Config) -> dict[str, float]:
+        """Held-out metrics on the evaluation split: ``ppl`` and ``kl`` (causal LM) or ``cos_dist``."""
+        import torch
+
+        self.apply(config)
+        windows = self.data.evaluation
+        total, nll, count = 0.0, 0.0, 0
+        for i in range(0, len(windows), self.batch_size):
+            idx = list(range(i, min(i + self.batch_size, len(windows))))
+            output = self.handle.forward(windows[idx])
+            value, n = self._divergence(self.reference.get("evaluation", idx), output)
+            total, count = total + value, count + n
+            if self.handle.kind == "causal-lm":
+                logits = output[:, :-1].float()
+                nll += torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), windows[idx][:, 1:].reshape(-1), reduction="sum"
+                ).item()
+        if self.handle.kind == "causal-lm":
+            tokens = windows.shape[0] * (windows.shape[1] - 1)
+            return {"ppl": math.exp(nll / tokens), "kl": total / count}
+        return {"cos_dist": total / count}
+
+    def sample(self, tokens: int | None, seed: int) -> list[int]:
+        """Indices of the calibration windows a request with ``tokens`` and ``seed`` uses."""
+        pool, seq_len = self.data.calibration.shape
+        if tokens is None:
+            return list(range(pool))
+        n = min(pool, max(1, math.ceil(tokens / seq_len)))
+        return sorted(int(i) for i in np.random.default_rng(seed).choice(pool, n, replace=False))
+
+    def apply(self, config: Config) -> None:
+        """Set every unit's weight to its level in ``config`` (only units that changed)."""
+        self.space.validate(config)
+        for dim, level in zip(self.space.dims, config):
+            bits = dim.levels[level]
+            if self._loaded.get(dim.name) == bits:
+                continue
+            if bits >= DENSE_BITS:
+                self.handle.set_weight(dim.name, self.handle.dense_weight(dim.name))
+            else:
+                self.handle.set_weight(dim.name, self.db.weight(dim.name, int(bits)))
+            self._loaded[dim.name] = bits
+
+    # ------------------------------------------------------------------ internals
+
+    @property
+    def _metric(self) -> str:
+        return "kl" if self.handle.kind == "causal-lm" else "cos_dist"
+
+    def _divergence(self, ref: torch.Tensor, output: torch.Tensor) -> tuple[float, int]:
+        """Summed divergence over tokens, and the token count."""
+        import torch
+
+        if self.handle.kind == "causal-lm":
+            logq = torch.log_softmax(output.float(), dim=-1)
+            kl = (ref.exp() * (ref - logq)).sum(-1)
+            return float(kl.sum()), kl.numel()
+        cos = torch.nn.functional.cosine_similarity(ref, output.float(), dim=-1)
+        return float((1 - cos).sum()), cos.numel()
+
+    def _forward_reusing(self, config: Config, batch: tuple[int, ...]) -> torch.Tensor:
+        """Forward ``batch`` under ``config``, starting after the deepest cached block."""
+        blocks = self.handle.blocks
+        keys = [(batch, tuple(config[: self._prefix_end[b]])) for b in range(len(blocks))]
+        start, cached = 0, None
+        for b in range(len(blocks) - 1, -1, -1):
+            cached = self._cache.get(keys[b])
+            if cached is not None:
+                start = b + 1
+                break
+        hooks = []
+        for b in range(start):  # skipped: return the cached output of block start-1
+            blocks[b].forward = lambda *args, _out=cached, **kwargs: _out  # type: ignore[method-assign]
+        for b in range(start, len(blocks)):
+            hooks.append(
+                blocks[b].register_forward_hook(lambda m, i, out, _k=keys[b]: self._cache.put(_k, out))
+            )
+        try:
+            output = self.handle.forward(self.data.calibration[list(batch)])
+        finally:
+            for b in range(start):
+                del blocks[b].forward
+            for h in hooks:
+                h.remove()
+        self.blocks_reused += start
+        self.blocks_run += len(blocks) - start
+        return output
+
+
+def make_evaluator(spec: dict[str, Any]) -> Evaluator:
+    """Build an evaluator from a plain-data spec (what a Ray actor receives)."""
+    from presso.experiment import Setup
+
+    setup = Setup.from_spec(spec)
+    return setup.evaluator()

@@ -1,0 +1,187 @@
+"""The level database: every (unit, level) compressed once, stored as safetensors on disk.
+
+Content-addressed: the folder name is a hash of model × calibration × operator, so a
+change to any input selects a new folder and nothing stale is ever read. Each level is
+its own file, written atomically, so an interrupted build resumes where it stopped.
+Files are memory-mapped when read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+from presso.paths import atomic_write_bytes, atomic_write_text, digest
+
+if TYPE_CHECKING:
+    import torch
+
+    from presso.compress import Operator, QuantizedWeight
+    from presso.models import ModelHandle
+
+MANIFEST = "manifest.json"
+
+
+class LevelDatabase:
+    """Compressed levels of one model's units under one operator and calibration set.
+
+    root: the database root folder (shared by many models and operators).
+    calibration: the calibration data's fingerprint; ignored by operators that need no data.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        handle: ModelHandle,
+        operator: Operator,
+        levels: Sequence[int],
+        *,
+        calibration: str,
+    ) -> None:
+        self.handle = handle
+        self.operator = operator
+        self.levels = tuple(sorted(int(x) for x in levels))
+        inputs = {
+            "model": handle.identity,
+            "operator": operator.key(),
+            "calibration": calibration if operator.needs_hessian else None,
+        }
+        self.key = digest(inputs)
+        self.folder = Path(root) / self.key
+        self._inputs = inputs
+
+    # ------------------------------------------------------------------ paths and queries
+
+    def path(self, unit: str, level: int) -> Path:
+        return self.folder / unit / f"{level}.safetensors"
+
+    def missing(self) -> list[tuple[str, int]]:
+        return [
+            (u.name, lv)
+            for u in self.handle.units
+            for lv in self.levels
+            if not self.path(u.name, lv).is_file()
+        ]
+
+    def is_complete(self) -> bool:
+        return not self.missing()
+
+    # ------------------------------------------------------------------ building
+
+    def build(
+        self,
+        calibration: torch.Tensor | None,
+        *,
+        batch_size: int = 8,
+        progress: Callable[[Iterable, int, str], Iterable] | None = None,
+    ) -> float:
+        """Compress every missing (unit, level); returns seconds spent (0 if nothing was missing).
+
+        calibration: token windows ``[n, seq_len]`` whose activations give GPTQ its Hessians.
+        progress: wraps an iterable for display, ``progress(iterable, total, description)``.
+        """
+        missing = self.missing()
+        if not missing:
+            return 0.0
+        start = time.perf_counter()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.folder / MANIFEST, json.dumps(self._manifest(), indent=2))
+        units = sorted({u for u, _ in missing}, key=self.handle.unit_names.index)
+        hessians = self._hessians(units, calibration, batch_size) if self.operator.needs_hessian else {}
+        work: Iterable[tuple[str, int]] = missing
+        if progress is not None:
+            work = progress(missing, len(missing), "building level database")
+        for unit, level in work:
+            weight = self.handle.dense_weight(unit)
+            hessian = hessians.get(unit)
+            qw = self.operator.compress(weight, level, hessian)
+            self._write(unit, level, qw, weight, hessian)
+        return time.perf_counter() - start
+
+    def _hessians(
+        self, units: list[str], calibration: torch.Tensor | None, batch_size: int
+    ) -> dict[str, torch.Tensor]:
+        from presso.compress import hessian_hooks
+
+        if calibration is None:
+            raise ValueError(f"operator {self.operator.name} needs calibration data")
+        accumulators, remove = hessian_hooks({u: self.handle.linear(u) for u in units})
+        try:
+            for i in range(0, len(calibration), batch_size):
+                self.handle.forward(calibration[i : i + batch_size])
+        finally:
+            remove()
+        return {u: accumulators[u].hessian for u in units}
+
+    def _write(
+        self,
+        unit: str,
+        level: int,
+        qw: QuantizedWeight,
+        weight: torch.Tensor,
+        hessian: torch.Tensor | None,
+    ) -> None:
+        from safetensors.torch import save
+
+        from presso.compress import relative_output_error
+
+        error = relative_output_error(weight, qw.dequantize(), hessian)
+        meta = {
+            "unit": unit,
+            "level": str(level),
+            "spec": json.dumps(_spec_dict(qw)),
+            "relative_error": repr(float(error)),
+        }
+        tensors = {k: v.contiguous() for k, v in qw.tensors().items()}
+        atomic_write_bytes(self.path(unit, level), save(tensors, metadata=meta))
+
+    def _manifest(self) -> dict:
+        return {
+            "inputs": self._inputs,
+            "levels": list(self.levels),
+            "units": [{"name": u.name, "shape": list(u.shape)} for u in self.handle.units],
+        }
+
+    # ------------------------------------------------------------------ reading
+
+    def load(self, unit: str, level: int) -> QuantizedWeight:
+        """The stored level, memory-mapped from disk."""
+        from safetensors import safe_open
+
+        from presso.compress import QuantizedWeight, QuantSpec
+
+        path = self.path(unit, level)
+        if not path.is_file():
+            raise FileNotFoundError(f"level {level} of {unit} is not built ({path})")
+        with safe_open(path, framework="pt") as f:
+            spec = QuantSpec(**json.loads(f.metadata()["spec"]))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return QuantizedWeight.from_tensors(tensors, spec)
+
+    def weight(self, unit: str, level: int) -> torch.Tensor:
+        """The dequantised weight of ``unit`` at ``level`` (what the evaluator runs with)."""
+        return self.load(unit, level).dequantize()
+
+    def unit_errors(self) -> dict[str, dict[int, float]]:
+        """Relative output error of each unit at each level, compressed alone."""
+        from safetensors import safe_open
+
+        errors: dict[str, dict[int, float]] = {}
+        for u in self.handle.units:
+            errors[u.name] = {}
+            for level in self.levels:
+                with safe_open(self.path(u.name, level), framework="pt") as f:
+                    value = float(f.metadata()["relative_error"])
+                errors[u.name][level] = value if math.isfinite(value) else float("inf")
+        return errors
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.rglob("*.safetensors"))
+
+
+def _spec_dict(qw: QuantizedWeight) -> dict:
+    spec = qw.spec
+    return {"bits": spec.bits, "group_size": spec.group_size, "symmetric": spec.symmetric}

@@ -1,0 +1,178 @@
+"""``presso search``: prepare, run the strategy and the baselines, score the winners held-out.
+
+Phases of a run: ``search`` (the experiment's strategy) then one ``baseline:NAME`` per
+baseline. Every evaluation is recorded as it finishes; on ``--resume`` each phase's
+strategy is replayed from the store and only what is missing is evaluated.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from presso.config import Experiment
+from presso.errors import PressoError
+from presso.experiment import Setup, default_threads
+from presso.store import ResultsStore
+
+Printer = Callable[[str], None]
+
+
+def run_search(
+    exp: Experiment,
+    *,
+    resume: bool = False,
+    store: ResultsStore | None = None,
+    show_progress: bool = True,
+    echo: Printer = print,
+    cache_root: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the experiment; returns the run's summary (also stored with the run)."""
+    import torch
+
+    from presso.search import LocalPool, RayPool, drive, make_strategy
+    from presso.search._base import Request
+
+    store = store or ResultsStore(exp.store)
+    run = exp.name or "run"
+    stored_by_phase: dict[str, dict] = {}
+    if resume:
+        study = store.open(run)
+        _check_same_experiment(study.user_attrs.get("experiment", {}), exp.to_dict(), run)
+        if study.user_attrs.get("status") == "finished":
+            echo(f"run {run!r} is already finished")
+            return study.user_attrs["summary"]
+    else:
+        store.ensure_new(run)
+
+    threads = exp.runner.threads or default_threads(exp.runner.workers if exp.runner.kind == "ray" else 1)
+    torch.set_num_threads(threads)
+    setup = Setup(exp, cache_root=cache_root)
+    progress = _tqdm if show_progress else None
+    timings = setup.prepare(progress)
+    space = setup.space
+    echo(f"model {exp.model}: {len(space)} units; {space.describe()}")
+    study = store.open(run) if resume else store.create(run, exp.to_dict(), space)
+    if resume:
+        for rec in store.records(study):
+            request = Request(
+                config=space.from_dict(dict(zip(space.names, rec.levels))),
+                tokens=rec.tokens, sample_seed=rec.sample_seed, tag=rec.tag,
+            )
+            result = _result(rec)
+            stored_by_phase.setdefault(rec.phase, {})[(rec.step, rec.index)] = (request, result)
+        n = sum(len(v) for v in stored_by_phase.values())
+        echo(f"resuming {run!r}: {n} evaluations already stored")
+
+    evaluator = setup.evaluator()
+    if exp.runner.kind == "ray":
+        pool: Any = RayPool(setup.to_spec(), workers=exp.runner.workers, address=exp.runner.address, threads=threads)
+    else:
+        pool = LocalPool(evaluator)
+    context = setup.context() if _needs_context(exp) else None
+
+    phases = [("search", exp.search.strategy, exp.search.options)]
+    phases += [(f"baseline:{b}", b, {}) for b in exp.baselines if b != exp.search.strategy]
+    winners: dict[str, Any] = {}
+    search_start = time.perf_counter()
+    evaluations = 0
+    try:
+        for phase, name, options in phases:
+            try:
+                strategy = make_strategy(name, space, seed=exp.search.seed, context=context, **options)
+            except (TypeError, ValueError) as err:
+                raise PressoError(f"{phase}: strategy {name!r}: {err}") from None
+            bar = _StepBar(phase, show_progress)
+
+            def record(step: int, index: int, request: Request, result: Any, _phase: str = phase) -> None:
+                store.record(study, space, _phase, step, index, request, result)
+                bar.saw(result)
+
+            evaluations += drive(
+                strategy, pool, stored=stored_by_phase.get(phase), on_result=record, on_step=bar.step
+            )
+            bar.close()
+            best = strategy.best()
+            if best is None:
+                raise PressoError(f"{phase}: strategy {name!r} found no configuration that could be evaluated")
+            winners[phase] = (name, best)
+    finally:
+        pool.close()
+    search_s = time.perf_counter() - search_start
+
+    summary: dict[str, Any] = {"run": run, "timings": {**timings, "search_s": search_s}, "candidates": {}}
+    for phase, (name, config) in winners.items():
+        heldout = evaluator.heldout(config)
+        summary["candidates"][phase] = {
+            "strategy": name,
+            "levels": space.values(config),
+            "mean_bits": space.constraints[0].value(space, config),
+            "heldout": heldout,
+        }
+    summary["evaluations"] = evaluations
+    store.set_summary(study, summary)
+    return summary
+
+
+def _needs_context(exp: Experiment) -> bool:
+    return exp.search.strategy == "error-greedy" or "error-greedy" in exp.baselines
+
+
+def _result(rec: Any) -> Any:
+    from presso.search._base import Result
+
+    return Result(fitness=rec.fitness, metrics=rec.metrics, error=rec.error, seconds=rec.seconds)
+
+
+def _check_same_experiment(old: dict, new: dict, run: str) -> None:
+    # What does not change the results may differ on resume (e.g. moving to Ray).
+    ignore = {"runner", "store"}
+    for key in sorted(set(old) | set(new)):
+        if key in ignore:
+            continue
+        if old.get(key) != new.get(key):
+            raise PressoError(
+                f"run {run!r} was started with a different '{key}' section "
+                f"({old.get(key)!r}); resume it with the same experiment file, or start a new run with --name"
+            )
+
+
+def _tqdm(iterable: Any, total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="it", leave=False, dynamic_ncols=True)
+
+
+class _StepBar:
+    """One progress bar per phase: evaluations done, and a live best-so-far line."""
+
+    def __init__(self, phase: str, show: bool) -> None:
+        self.phase = phase
+        self.best: float | None = None
+        self.failed = 0
+        self._bar = None
+        if show:
+            from tqdm import tqdm
+
+            self._bar = tqdm(desc=phase, unit="eval", dynamic_ncols=True)
+
+    def saw(self, result: Any) -> None:
+        if not result.ok:
+            self.failed += 1
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def step(self, step: int, strategy: Any) -> None:
+        if self._bar is None:
+            return
+        info = {"step": step + 1}
+        history = getattr(strategy, "history", None)
+        if history:
+            info["best"] = f"{history[-1][1]:.4f}"
+        if self.failed:
+            info["failed"] = self.failed
+        self._bar.set_postfix(info)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

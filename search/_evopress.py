@@ -1,0 +1,268 @@
+"""EvoPress: a (1+λ) evolutionary search with level-switch mutation and multi-stage selection.
+
+After Sieberling et al. 2024, "EvoPress: Towards Optimal Dynamic Model Compression via
+Evolutionary Search". Each generation mutates the parent into λ offspring by switching levels
+between units of the same shape (so the budget is kept), then selects in stages of growing
+calibration size: all candidates are scored on few tokens, the best few on more, and the
+single final survivor becomes the next parent. The parent competes in every generation, so
+its fitness never gets worse when the fitness is deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from presso.search._base import Context, Request, Result, Strategy, register
+from presso.search._random import check_told, fill_budget, fitness_of
+from presso.spaces import Config, SearchSpace
+
+# Mutation draws per wanted child before a generation settles for fewer distinct offspring.
+_BREED_RETRIES = 20
+
+
+def derive_seed(seed: int, generation: int, stage: int) -> int:
+    """The calibration draw of one selection stage: fresh per (generation, stage), shared by
+    every candidate of the stage so that their fitnesses compare."""
+    return int(np.random.SeedSequence((seed, generation, stage)).generate_state(1)[0])
+
+
+def _shift(config: Config, d: int, step: int) -> Config:
+    return config[:d] + (config[d] + step,) + config[d + 1 :]
+
+
+@dataclass(frozen=True)
+class LevelSwitch:
+    """Level-switch mutation: move one unit a level up and another of the same group a level
+    down, 1..``max_mutations`` times (fewer switches more likely, as in EvoPress).
+
+    Units of one group have the same shape, so a switch between equal level steps keeps the
+    parameter-weighted mean bits exactly. Steps may differ (4→8 up, 3→2 down): then further
+    same-group partners move down, up to ``max_downs`` in all, until the child fits. When the
+    parent sits under the budget, a lone up move that still fits is also allowed, which is how
+    a parent with slack comes to use it. Every move is checked with ``space.is_feasible``, so a
+    feasible parent never yields an infeasible child.
+
+    attempts: random move draws before falling back to a scan of all single switches.
+    max_checks: feasibility checks the scan may spend (it is quadratic in the units).
+    """
+
+    max_mutations: int = 3
+    max_downs: int = 4
+    attempts: int = 64
+    max_checks: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.max_mutations < 1 or self.max_downs < 1 or self.attempts < 0 or self.max_checks < 0:
+            raise ValueError(f"invalid LevelSwitch options: {self}")
+
+    def __call__(self, space: SearchSpace, parent: Config, rng: np.random.Generator) -> Config:
+        """A mutated copy of ``parent``; it differs from ``parent`` whenever a single feasible
+        move exists (and the scan finds it within ``max_checks``)."""
+        draws = rng.integers(1, self.max_mutations + 1, size=2)
+        child = parent
+        for _ in range(int(draws.min())):
+            moved = self.move(space, child, rng)
+            if moved is None:
+                break
+            child = moved
+        if child == parent:  # switches may undo each other; one move from the parent cannot
+            child = self.move(space, parent, rng) or parent
+        return child
+
+    def move(self, space: SearchSpace, config: Config, rng: np.random.Generator) -> Config | None:
+        """One feasible move from ``config``; None if none was found."""
+        up = [d for d, dim in enumerate(space.dims) if config[d] < len(dim.levels) - 1]
+        if not up:
+            return None
+        for _ in range(self.attempts):
+            child = self._draw(space, config, rng, up)
+            if child is not None:
+                return child
+        for a, b in itertools.islice(_scan_order(space, config, rng, up), self.max_checks):
+            child = _shift(config, a, +1) if b is None else _shift(_shift(config, a, +1), b, -1)
+            if space.is_feasible(child):
+                return child
+        return None
+
+    def _draw(
+        self, space: SearchSpace, config: Config, rng: np.random.Generator, up: list[int]
+    ) -> Config | None:
+        """A random feasible move, or None: half of the time a lone up move (it fits only
+        under slack), else one unit up and same-group partners down, one level at a time,
+        until the child fits."""
+        a = up[int(rng.integers(len(up)))]
+        child = _shift(config, a, +1)
+        if rng.random() < 0.5:
+            return child if space.is_feasible(child) else None
+        group = space.dims[a].group
+        for _ in range(self.max_downs):
+            peers = [
+                b
+                for b, dim in enumerate(space.dims)
+                if dim.group == group and b != a and child[b] > 0
+            ]
+            if not peers:
+                return None
+            child = _shift(child, peers[int(rng.integers(len(peers)))], -1)
+            if space.is_feasible(child):
+                return child
+        return None
+
+
+def _scan_order(
+    space: SearchSpace, config: Config, rng: np.random.Generator, up: list[int]
+) -> Iterator[tuple[int, int | None]]:
+    """Every single move ``(up, down or None)`` in a random order: lone up moves and
+    same-group switches first, then switches across groups, which change the bits and so are
+    the last resort (e.g. for spaces where every unit has a shape of its own)."""
+    group = [dim.group for dim in space.dims]
+    down = [b for b in range(len(config)) if config[b] > 0]
+    same: list[tuple[int, int | None]] = [(a, None) for a in up]
+    same += [(a, b) for a in up for b in down if b != a and group[b] == group[a]]
+    yield from (same[i] for i in rng.permutation(len(same)))
+    cross = [(a, b) for a in up for b in down if group[b] != group[a]]
+    yield from (cross[i] for i in rng.permutation(len(cross)))
+
+
+@register
+class EvoPress(Strategy):
+    """EvoPress behind ask/tell: each ``ask()`` is one selection stage of one generation.
+
+    generations: generations to run (fewer if the parent admits no feasible mutation).
+    offspring: λ, children per generation; the parent competes beside them.
+    stages: ``(tokens, survivors)`` per selection stage; ``tokens`` become
+        ``Request.tokens`` (None: the whole pool); the last stage keeps 1 survivor.
+    max_mutations: most level switches per child.
+    initial: the first parent; default the costliest feasible uniform configuration, else a
+        random configuration that fills the budget.
+
+    ``history`` holds ``(generation, fitness)`` of each generation's surviving parent at the
+    last stage (None where that evaluation failed), generations counted from 1.
+    """
+
+    name = "evopress"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        seed: int = 0,
+        context: Context | None = None,
+        generations: int = 50,
+        offspring: int = 16,
+        stages: Sequence[tuple[int | None, int]] = ((1024, 4), (4096, 1)),
+        max_mutations: int = 3,
+        initial: Config | None = None,
+    ) -> None:
+        super().__init__(space, seed=seed, context=context)
+        if generations < 1 or offspring < 1:
+            raise ValueError(
+                f"generations and offspring must be >= 1, got {generations} and {offspring}"
+            )
+        self.generations, self.offspring = generations, offspring
+        self.stages = _check_stages(stages)
+        self._mutation = LevelSwitch(max_mutations=max_mutations)
+        self._rng = np.random.default_rng(seed)
+        self._parent = self._initial(initial)
+        self.history: list[tuple[int, float | None]] = []
+        self._generation = 0  # index of the generation under way
+        self._last = generations  # lowered when the parent cannot be mutated any more
+        self._any_ok = False
+        self._start_generation()
+
+    def ask(self) -> list[Request]:
+        if self.finished:
+            return []
+        tokens = self.stages[self._stage][0]
+        sample_seed = derive_seed(self.seed, self._generation, self._stage)
+        prefix = f"g{self._generation + 1}/s{self._stage + 1}"
+        return [
+            Request(
+                config,
+                tokens=tokens,
+                sample_seed=sample_seed,
+                tag=f"{prefix}/{'parent' if config == self._parent else 'offspring'}",
+            )
+            for config in self._candidates
+        ]
+
+    def tell(self, requests: Sequence[Request], results: Sequence[Result]) -> None:
+        check_told(self.ask(), requests, results)
+        if not requests:
+            return
+        self._any_ok = self._any_ok or any(r.ok for r in results)
+        # Rank by fitness, failures last; on a tie the parent stays (a broken evaluator must
+        # not let the search wander off to unevaluated children).
+        ranked = sorted(
+            range(len(requests)),
+            key=lambda i: (fitness_of(results[i]), self._candidates[i] != self._parent),
+        )
+        keep = self.stages[self._stage][1]
+        self._candidates = [self._candidates[i] for i in ranked[:keep]]
+        self._stage += 1
+        if self._stage == len(self.stages):
+            self._end_generation(fitness_of(results[ranked[0]]))
+
+    @property
+    def finished(self) -> bool:
+        return self._generation >= self._last
+
+    def best(self) -> Config | None:
+        return self._parent if self._any_ok else None
+
+    def _initial(self, initial: Config | None) -> Config:
+        if initial is not None:
+            config = tuple(int(i) for i in initial)
+            self.space.validate(config)
+            if not self.space.is_feasible(config):
+                raise ValueError(
+                    f"the initial configuration is infeasible: {self.space.describe()}"
+                )
+            return config
+        uniform = self.space.best_uniform()
+        return uniform if uniform is not None else fill_budget(self.space, self._rng)
+
+    def _start_generation(self) -> None:
+        children = self._breed()
+        if not children:  # no feasible move: score the parent once more, then stop
+            self._last = self._generation + 1
+        self._candidates = [self._parent, *children]
+        self._stage = 0
+
+    def _end_generation(self, fitness: float) -> None:
+        self._parent = self._candidates[0]
+        self._generation += 1
+        self.history.append((self._generation, fitness if math.isfinite(fitness) else None))
+        if not self.finished:
+            self._start_generation()
+
+    def _breed(self) -> list[Config]:
+        """Up to λ distinct children, all different from the parent."""
+        children: list[Config] = []
+        seen = {self._parent}
+        for _ in range(self.offspring * _BREED_RETRIES):
+            if len(children) == self.offspring:
+                break
+            child = self._mutation(self.space, self._parent, self._rng)
+            if child not in seen:
+                seen.add(child)
+                children.append(child)
+        return children
+
+
+def _check_stages(stages: Sequence[tuple[int | None, int]]) -> tuple[tuple[int | None, int], ...]:
+    """Validate ``(tokens, survivors)`` stages (lists from a YAML file are accepted)."""
+    checked = tuple((None if t is None else int(t), int(k)) for t, k in stages)
+    if not checked:
+        raise ValueError("stages must hold at least one (tokens, survivors) stage")
+    for tokens, survivors in checked:
+        if survivors < 1 or (tokens is not None and tokens < 1):
+            raise ValueError(f"stage ({tokens}, {survivors}): tokens and survivors must be >= 1")
+    if checked[-1][1] != 1:
+        raise ValueError(f"the last stage must keep 1 survivor, got {checked[-1][1]}")
+    return checked

@@ -1,0 +1,149 @@
+"""The runner owns the loop: ask the strategy, evaluate on a pool, record, tell.
+
+Pools evaluate requests in this process (``LocalPool``) or on Ray actors that each hold
+the model and read the level database (``RayPool``). Results are recorded as each one
+arrives, so a run killed mid-step loses at most the evaluations in flight; on resume the
+strategy is replayed from the stored results and only the missing evaluations run.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from presso.errors import MissingExtraError
+from presso.search._base import Request, Result, Strategy
+
+
+class Pool(ABC):
+    """Somewhere to evaluate requests."""
+
+    @abstractmethod
+    def map(self, requests: Sequence[Request]) -> Iterator[tuple[int, Result]]:
+        """Evaluate ``requests``; yield ``(position, result)`` as each finishes."""
+
+    def close(self) -> None:
+        """Release workers."""
+
+
+class LocalPool(Pool):
+    """Evaluates in this process with one evaluator (anything with ``evaluate(request)``)."""
+
+    def __init__(self, evaluator: Any) -> None:
+        self.evaluator = evaluator
+
+    def map(self, requests: Sequence[Request]) -> Iterator[tuple[int, Result]]:
+        for i, request in enumerate(requests):
+            yield i, self.evaluator.evaluate(request)
+
+
+class RayPool(Pool):
+    """Evaluates on ``workers`` Ray actors built from ``spec`` (see ``presso.evaluator.make_evaluator``).
+
+    address: an existing cluster (``"auto"`` or ``"ray://host:port"``); None starts a local one.
+    threads: torch threads per actor.
+    """
+
+    def __init__(
+        self, spec: Mapping[str, Any], *, workers: int, address: str | None = None, threads: int = 1
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise MissingExtraError("ray", "ray", "the ray runner") from None
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        self._ray = ray
+        actor = ray.remote(num_cpus=1)(_EvaluatorActor)
+        self.actors = [actor.remote(dict(spec), threads) for _ in range(workers)]
+
+    def map(self, requests: Sequence[Request]) -> Iterator[tuple[int, Result]]:
+        ray = self._ray
+        pending: dict[Any, tuple[int, Any]] = {}
+        queue = list(enumerate(requests))
+        idle = list(self.actors)
+        while queue or pending:
+            while queue and idle:
+                i, request = queue.pop(0)
+                actor = idle.pop(0)
+                pending[actor.evaluate.remote(request)] = (i, actor)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i, actor = pending.pop(done[0])
+            idle.append(actor)
+            try:
+                result = ray.get(done[0])
+            except Exception as err:  # a dead worker is a failed evaluation, not a dead run
+                result = Result(fitness=None, error=f"ray worker failed: {err}")
+            yield i, result
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
+        self.actors = []
+
+
+class _EvaluatorActor:
+    """Holds one evaluator in a Ray worker process."""
+
+    def __init__(self, spec: dict[str, Any], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        from presso.evaluator import make_evaluator
+
+        self.evaluator = make_evaluator(spec)
+
+    def evaluate(self, request: Request) -> Result:
+        return self.evaluator.evaluate(request)
+
+
+StoredResults = Mapping[tuple[int, int], tuple[Request, Result]]
+
+
+def drive(
+    strategy: Strategy,
+    pool: Pool,
+    *,
+    stored: StoredResults | None = None,
+    on_result: Callable[[int, int, Request, Result], None] | None = None,
+    on_step: Callable[[int, Strategy], None] | None = None,
+    max_steps: int | None = None,
+) -> int:
+    """Run ``strategy`` to completion on ``pool``; returns the number of new evaluations.
+
+    stored: results of an earlier, interrupted run keyed by (step, position); a request
+        equal to the stored one reuses its result instead of being evaluated again.
+    on_result: called for every new evaluation (to record it) as soon as it finishes.
+    on_step: called after every tell (progress display).
+    """
+    stored = stored or {}
+    step, evaluated = 0, 0
+    while not strategy.finished and (max_steps is None or step < max_steps):
+        requests = strategy.ask()
+        if not requests:
+            break
+        results: list[Result | None] = [None] * len(requests)
+        todo = []
+        for i, request in enumerate(requests):
+            old = stored.get((step, i))
+            if old is not None and old[0] == request:
+                results[i] = old[1]
+            else:
+                todo.append(i)
+        if todo:
+            for j, result in pool.map([requests[i] for i in todo]):
+                i = todo[j]
+                results[i] = result
+                evaluated += 1
+                if on_result is not None:
+                    on_result(step, i, requests[i], result)
+        strategy.tell(requests, results)  # type: ignore[arg-type]
+        if on_step is not None:
+            on_step(step, strategy)
+        step += 1
+    return evaluated
