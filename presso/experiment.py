@@ -53,6 +53,14 @@ class Setup:
         from presso.leveldb import LevelDatabase
 
         c = self.experiment.compress
+        if c.group_size is not None:
+            bad = sorted({u.shape[1] for u in self.handle.units if u.shape[1] % c.group_size})
+            if bad:
+                raise PressoError(
+                    f"compress.group_size: {c.group_size} does not divide the input width {bad[0]} "
+                    f"of some of {self.experiment.model}'s layers; choose a divisor of "
+                    f"{', '.join(map(str, sorted({u.shape[1] for u in self.handle.units})))}, or null for per-channel"
+                )
         options: dict[str, Any] = {"group_size": c.group_size, "symmetric": c.symmetric}
         if c.operator == "gptq":
             options.update(damp=c.damp, act_order=c.act_order)

@@ -4,8 +4,12 @@ After Sieberling et al. 2024, "EvoPress: Towards Optimal Dynamic Model Compressi
 Evolutionary Search". Each generation mutates the parent into λ offspring by switching levels
 between units of the same shape (so the budget is kept), then selects in stages of growing
 calibration size: all candidates are scored on few tokens, the best few on more, and the
-single final survivor becomes the next parent. The parent competes in every generation, so
-its fitness never gets worse when the fitness is deterministic.
+single final survivor becomes the next parent.
+
+The parent competes from the first stage of every generation (the authors' quantization
+script adds it only at the last stage), so its fitness never gets worse when the fitness is
+deterministic. Switches stay within a group (the paper's same-size rule), so apart from slack
+taken up by lone up moves each group keeps the share of the budget the start gave it.
 """
 
 from __future__ import annotations

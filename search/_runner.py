@@ -93,6 +93,9 @@ class _EvaluatorActor:
     def __init__(self, spec: dict[str, Any], threads: int) -> None:
         import torch
 
+        # Caches (tokens, levels, reference) are where the driver keeps them.
+        os.environ["PRESSO_CACHE"] = spec["cache_root"]
+
         torch.set_num_threads(threads)
         from presso.evaluator import make_evaluator
 

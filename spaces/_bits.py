@@ -5,6 +5,8 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Sequence
 
+import numpy as np
+
 from presso.spaces._base import Config, Constraint, Dimension, SearchSpace
 
 
@@ -15,6 +17,7 @@ class MeanBits(Constraint):
     def __init__(self, limit: float) -> None:
         self.limit = float(limit)
         self._limit = Fraction(str(limit))
+        self._tables: dict[int, tuple[np.ndarray, int] | None] = {}
 
     def value(self, space: SearchSpace, config: Config) -> float:
         return float(self._exact(space, config))
@@ -22,10 +25,28 @@ class MeanBits(Constraint):
     def feasible(self, space: SearchSpace, config: Config) -> bool:
         return self._exact(space, config) <= self._limit
 
-    @staticmethod
-    def _exact(space: SearchSpace, config: Config) -> Fraction:
+    def _exact(self, space: SearchSpace, config: Config) -> Fraction:
+        table = self._table(space)
+        if table is not None:  # integer bits: exact in int64, and fast (strategies call this a lot)
+            bits_params, total_params = table
+            total = int(bits_params[np.arange(len(config)), np.asarray(config)].sum())
+            return Fraction(total, total_params)
         total = sum(int(w) * Fraction(str(v)) for w, v in zip(space.weights, space.values(config)))
         return total / int(space.weights.sum())
+
+    def _table(self, space: SearchSpace) -> tuple[np.ndarray, int] | None:
+        """Per dimension and level, parameters × bits, when every level is a whole number."""
+        key = id(space)
+        if key not in self._tables:
+            if all(float(v).is_integer() for d in space.dims for v in d.levels):
+                width = max(len(d.levels) for d in space.dims)
+                table = np.zeros((len(space.dims), width), dtype=np.int64)
+                for i, d in enumerate(space.dims):
+                    table[i, : len(d.levels)] = [d.weight * int(v) for v in d.levels]
+                self._tables[key] = (table, int(space.weights.sum()))
+            else:
+                self._tables[key] = None
+        return self._tables[key]
 
     def describe(self) -> str:
         return f"mean_bits <= {self.limit:g}"

@@ -1,0 +1,135 @@
+"""End to end from the CLI on the tiny model: search, runs, show, export, determinism,
+resume after a kill, and Ray agreeing with the in-process runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from presso.cli import main
+from presso.store import ResultsStore
+
+from .conftest import tiny_experiment
+
+
+def _records(store: Path, run: str) -> list[tuple]:
+    s = ResultsStore(str(store))
+    recs = s.records(s.open(run))
+    return sorted((r.phase, r.step, r.index, tuple(r.levels), r.fitness) for r in recs)
+
+
+def _summary(store: Path, run: str) -> dict:
+    s = ResultsStore(str(store))
+    return s.open(run).user_attrs["summary"]
+
+
+def test_search_show_runs_export(write_experiment, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_experiment(tiny_experiment())
+    store = str(tmp_path / "runs.db")
+    assert main(["search", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline:uniform" in out and "search vs uniform" in out
+
+    assert main(["runs", "--store", store]) == 0
+    assert "tiny" in capsys.readouterr().out
+    assert main(["show", "tiny", "--store", store]) == 0
+    shown = capsys.readouterr().out
+    assert "per-layer bits" in shown and "gate_p" in shown
+
+    plan_path = tmp_path / "plan.json"
+    assert main(["export", "tiny", "--store", store, "--out", str(plan_path)]) == 0
+    plan = json.loads(plan_path.read_text())
+    assert plan["presso_plan"] == 1 and len(plan["units"]) == 28
+    assert plan["mean_bits"] <= 3.0
+    bits = [u["bits"] for u in plan["units"].values()]
+    assert set(bits) <= {2, 3, 4, 8}
+    # never silently overwritten
+    assert main(["export", "tiny", "--store", store, "--out", str(plan_path)]) == 2
+    assert "exists" in capsys.readouterr().err
+    yaml_path = tmp_path / "plan.yaml"
+    assert main(["export", "tiny", "--store", store, "--out", str(yaml_path)]) == 0
+    capsys.readouterr()
+    assert yaml.safe_load(yaml_path.read_text()) == plan
+    assert main(["export", "tiny", "--store", store, "--format", "evopress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 28 and lines[0].startswith("model.layers.0.self_attn.q_proj: ")
+    assert [int(line.split(": ")[1]) for line in lines] == bits
+
+    # the same name again is refused, not overwritten
+    assert main(["search", str(path), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["show", "nope", "--store", store]) == 2
+
+
+def test_same_seed_same_run(write_experiment, tmp_path: Path) -> None:
+    path = write_experiment(tiny_experiment())
+    assert main(["search", str(path), "--quiet"]) == 0
+    assert main(["search", str(path), "--quiet", "--name", "again"]) == 0
+    store = tmp_path / "runs.db"
+    assert _records(store, "tiny") == _records(store, "again")
+    other = write_experiment(tiny_experiment(name="seed1", search={"seed": 1}), "seed1.yaml")
+    assert main(["search", str(other), "--quiet"]) == 0
+    assert _records(store, "seed1") != _records(store, "tiny")
+
+
+def test_resume_after_kill_reevaluates_nothing(write_experiment, tmp_path: Path) -> None:
+    exp = tiny_experiment(search={"options": {"generations": 6, "offspring": 4, "stages": [[128, 2], [256, 1]]}})
+    path = write_experiment(exp)
+    store = tmp_path / "runs.db"
+    env = {**os.environ}
+    cmd = [sys.executable, "-m", "presso.cli", "search", str(path), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if store.exists():
+            try:
+                stored = len(_records(store, "tiny"))
+            except Exception:
+                continue
+            if stored >= 12:
+                break
+    assert proc.poll() is None, proc.stderr.read().decode()  # still running: kill it mid-search
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _records(store, "tiny")
+    assert 12 <= len(before) < 6 * 7
+
+    assert main(["search", str(path), "--quiet", "--resume"]) == 0
+    after = _records(store, "tiny")
+    assert set(before) <= set(after)
+    keys = [r[:3] for r in after]
+    assert len(keys) == len(set(keys))  # nothing evaluated twice
+
+    # identical to an uninterrupted run
+    assert main(["search", str(path), "--quiet", "--name", "straight"]) == 0
+    assert after == _records(store, "straight")
+    assert _summary(store, "tiny")["candidates"] == _summary(store, "straight")["candidates"]
+
+
+def test_resume_refuses_a_changed_experiment(write_experiment, tmp_path: Path, capsys) -> None:
+    path = write_experiment(tiny_experiment(search={"options": {"generations": 1}}))
+    assert main(["search", str(path), "--quiet"]) == 0
+    path.write_text(path.read_text().replace("mean_bits: 3.0", "mean_bits: 3.5"))
+    assert main(["search", str(path), "--quiet", "--resume"]) == 2
+    assert "different 'space' section" in capsys.readouterr().err
+
+
+def test_ray_runner_agrees_with_in_process(write_experiment, tmp_path: Path, ray_session) -> None:
+    local = write_experiment(tiny_experiment(name="local"), "local.yaml")
+    on_ray = write_experiment(
+        tiny_experiment(name="ray", runner={"kind": "ray", "workers": 2, "threads": 1}), "ray.yaml"
+    )
+    assert main(["search", str(local), "--quiet"]) == 0
+    assert main(["search", str(on_ray), "--quiet"]) == 0
+    store = tmp_path / "runs.db"
+    assert _records(store, "local") == _records(store, "ray")

@@ -1,0 +1,84 @@
+"""Experiment files: every mistake is one line naming the file, the line, the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from presso.cli import main
+from presso.config import load_experiment
+from presso.errors import PressoError
+
+from .conftest import tiny_experiment
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_file_loads_with_defaults(tmp_path: Path) -> None:
+    exp = load_experiment(_write(tmp_path, yaml.safe_dump(tiny_experiment())))
+    assert exp.model == "tiny-llama"
+    assert exp.compress.levels == [2, 3, 4, 8]
+    assert exp.evaluation.batch_size == 4
+
+
+def test_unknown_key_names_file_line_and_allowed_keys(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model: tiny-llama\nspace:\n  mean_bits: 3\n  mean_bitz: 2\n")
+    with pytest.raises(PressoError) as err:
+        load_experiment(path)
+    msg = str(err.value)
+    assert f"{path}:4: space.mean_bitz: unknown key" in msg
+    assert "mean_bits" in msg  # the allowed keys are listed
+
+
+def test_wrong_type_names_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model: tiny-llama\nspace:\n  mean_bits: three\n")
+    with pytest.raises(PressoError, match=r"exp.yaml:3: space.mean_bits: .*'three'"):
+        load_experiment(path)
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model: tiny-llama\n")
+    with pytest.raises(PressoError, match=r"space: required"):
+        load_experiment(path)
+
+
+def test_budget_no_configuration_can_meet(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model: tiny-llama\ncompress:\n  levels: [3, 4]\nspace:\n  mean_bits: 2.5\n")
+    with pytest.raises(PressoError, match=r"exp.yaml:5: space.mean_bits: no configuration can meet"):
+        load_experiment(path)
+
+
+def test_missing_model_and_corpus(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model: ./nowhere\nspace: {mean_bits: 3}\n")
+    with pytest.raises(PressoError, match=r"exp.yaml:1: model: './nowhere' is not a built-in model"):
+        load_experiment(path)
+    path = _write(tmp_path, "model: tiny-llama\ndata:\n  corpus: missing.txt\nspace: {mean_bits: 3}\n")
+    with pytest.raises(PressoError, match=r"exp.yaml:3: data.corpus: 'missing.txt' is not a built-in corpus"):
+        load_experiment(path)
+
+
+def test_unknown_strategy_and_option(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model: tiny-llama\nspace: {mean_bits: 3}\nsearch:\n  strategy: evo\n")
+    with pytest.raises(PressoError, match=r"search.strategy: unknown strategy 'evo'; available: .*evopress"):
+        load_experiment(path)
+    text = "model: tiny-llama\nspace: {mean_bits: 3}\nsearch:\n  options:\n    generationz: 3\n"
+    with pytest.raises(PressoError, match=r"exp.yaml:5: search.options.generationz: unknown option"):
+        load_experiment(_write(tmp_path, text))
+
+
+def test_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(PressoError, match=r"exp.yaml:\d+: not valid YAML"):
+        load_experiment(_write(tmp_path, "model: [unclosed\n"))
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _write(tmp_path, "model: tiny-llama\nspace:\n  mean_bits: 3\n  oops: 1\n")
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("presso: ") and "Traceback" not in err
