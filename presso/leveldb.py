@@ -90,27 +90,40 @@ class LevelDatabase:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.folder / MANIFEST, json.dumps(self._manifest(), indent=2))
         units = sorted({u for u, _ in missing}, key=self.handle.unit_names.index)
-        hessians = self._hessians(units, calibration, batch_size) if self.operator.needs_hessian else {}
-        work: Iterable[tuple[str, int]] = missing
+        hessians = (
+            self._hessians(units, calibration, batch_size, progress) if self.operator.needs_hessian else {}
+        )
+        by_unit: dict[str, list[int]] = {}
+        for unit, level in missing:
+            by_unit.setdefault(unit, []).append(level)
+        work: Iterable[str] = units
         if progress is not None:
-            work = progress(missing, len(missing), "building level database")
-        for unit, level in work:
+            work = progress(units, len(units), f"building level database ({len(missing)} levels)")
+        for unit in work:
             weight = self.handle.dense_weight(unit)
-            hessian = hessians.get(unit)
-            qw = self.operator.compress(weight, level, hessian)
-            self._write(unit, level, qw, weight, hessian)
+            hessian = hessians.pop(unit, None)
+            levels = by_unit[unit]
+            for level, qw in zip(levels, self.operator.compress_many(weight, levels, hessian)):
+                self._write(unit, level, qw, weight, hessian)
         return time.perf_counter() - start
 
     def _hessians(
-        self, units: list[str], calibration: torch.Tensor | None, batch_size: int
+        self,
+        units: list[str],
+        calibration: torch.Tensor | None,
+        batch_size: int,
+        progress: Callable[[Iterable, int, str], Iterable] | None,
     ) -> dict[str, torch.Tensor]:
         from presso.compress import hessian_hooks
 
         if calibration is None:
             raise ValueError(f"operator {self.operator.name} needs calibration data")
         accumulators, remove = hessian_hooks({u: self.handle.linear(u) for u in units})
+        batches: Iterable[int] = range(0, len(calibration), batch_size)
+        if progress is not None:
+            batches = progress(batches, len(range(0, len(calibration), batch_size)), "calibration activations")
         try:
-            for i in range(0, len(calibration), batch_size):
+            for i in batches:
                 self.handle.forward(calibration[i : i + batch_size])
         finally:
             remove()

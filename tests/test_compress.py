@@ -364,3 +364,20 @@ def test_registry_refuses_duplicates_and_names_the_available_operators(monkeypat
         make_operator("awq")
     with pytest.raises(ValueError, match="it accepts"):
         make_operator("rtn", damp=0.1)
+
+
+def test_gptq_many_levels_equal_one_by_one() -> None:
+    from presso.compress import make_operator
+
+    torch.manual_seed(3)
+    x = torch.randn(512, 64) @ torch.randn(64, 64)
+    hessian = 2 * x.T @ x / len(x)
+    weight = torch.randn(48, 64)
+    for act_order in (False, True):
+        op = make_operator("gptq", group_size=16, act_order=act_order)
+        together = op.compress_many(weight, [2, 3, 8], hessian)
+        for level, qw in zip([2, 3, 8], together):
+            alone = op.compress(weight, level, hessian)
+            assert qw.spec.bits == level
+            assert torch.equal(qw.codes, alone.codes)
+            assert torch.allclose(qw.scales, alone.scales) and torch.equal(qw.zeros, alone.zeros)

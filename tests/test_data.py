@@ -190,6 +190,18 @@ def test_saved_dataset_dict_uses_train(tmp_path: Path) -> None:
     assert load_texts(str(tmp_path / "dd")) == ["train doc"]
 
 
+def test_real_datasets_save_to_disk(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": ["alpha doc", "beta doc"]}).save_to_disk(str(tmp_path / "one"))
+    assert load_texts(str(tmp_path / "one")) == ["alpha doc", "beta doc"]
+    dd = datasets.DatasetDict({
+        "validation": datasets.Dataset.from_dict({"text": ["valid"]}),
+        "train": datasets.Dataset.from_dict({"text": ["train a", "train b"]}),
+    })
+    dd.save_to_disk(str(tmp_path / "dict"))
+    assert load_texts(str(tmp_path / "dict")) == ["train a", "train b"]
+
+
 def test_saved_dataset_without_pyarrow_says_what_to_install(tmp_path: Path) -> None:
     if importlib.util.find_spec("pyarrow") is not None:
         pytest.skip("pyarrow is installed: the missing-package message cannot be shown")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Sequence, TypeVar
 
 import torch
 
@@ -48,6 +48,12 @@ class Operator(ABC):
         self, weight: torch.Tensor, level: int, hessian: torch.Tensor | None
     ) -> QuantizedWeight:
         """Quantize ``weight`` ``[out, in]`` to ``level`` bits; ``hessian`` ``[in, in]`` or None."""
+
+    def compress_many(
+        self, weight: torch.Tensor, levels: Sequence[int], hessian: torch.Tensor | None
+    ) -> list[QuantizedWeight]:
+        """:meth:`compress` at each of ``levels``; operators override it when sharing work pays."""
+        return [self.compress(weight, level, hessian) for level in levels]
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.key().items() if k not in ("name",))

@@ -9,9 +9,11 @@ applied lazily: within a block of ``block_size`` columns exactly, to the rest on
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
-from presso.compress._quant import QuantizedWeight, QuantSpec, grid, to_codes
+from presso.compress._quant import QuantizedWeight, QuantSpec, grid
 
 _DAMP_RETRIES = 3  # retries of a failed Cholesky, each with 10x the damping
 
@@ -32,8 +34,35 @@ def gptq_quantize(
     descending ``diag(H)`` with grids fixed up front on the original weight ("static groups"), so
     the packed format is the same with or without it. Inputs are not modified.
     """
+    return gptq_quantize_many(
+        weight, hessian, [spec], damp=damp, block_size=block_size, act_order=act_order
+    )[0]
+
+
+def gptq_quantize_many(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    specs: Sequence[QuantSpec],
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+) -> list[QuantizedWeight]:
+    """:func:`gptq_quantize` of one weight at several specs (e.g. every bit level) in one pass.
+
+    The result for each spec is the same as quantizing alone; the Hessian is factorized once and
+    the specs' copies of the weight are stacked as extra rows, so the column loop (Python-bound
+    for small layers) runs once instead of once per level.
+    """
     out, in_features = _check(weight, hessian, damp, block_size)
-    width = spec.group_width(in_features)
+    if not specs:
+        return []
+    widths = {spec.group_width(in_features) for spec in specs}
+    if len(widths) != 1:
+        raise ValueError("specs quantized together must share one group size")
+    width = widths.pop()
+    static = act_order or specs[0].group_size is None
+    n_specs = len(specs)
     device = weight.device
     w = weight.detach().to(torch.float32).clone()
     h = hessian.detach().to(device, torch.float64).clone()
@@ -44,13 +73,15 @@ def gptq_quantize(
     w[:, dead] = 0.0
 
     n_groups = in_features // width
-    scales = torch.empty(out, n_groups, dtype=torch.float32, device=device)
+    scales = torch.empty(n_specs * out, n_groups, dtype=torch.float32, device=device)
     zeros = torch.empty_like(scales)
-    static = act_order or spec.group_size is None
+    rows = [slice(k * out, (k + 1) * out) for k in range(n_specs)]
+    maxq = torch.cat([torch.full((out,), float(spec.maxq), device=device) for spec in specs])
     if static:
         # Every grid depends on the original weight only; with one group per row this is what
         # GPTQ does anyway, since the single group starts before any update.
-        scales[:], zeros[:] = grid(w.view(out, n_groups, width), spec)
+        for k, spec in enumerate(specs):
+            scales[rows[k]], zeros[rows[k]] = grid(w.view(out, n_groups, width), spec)
 
     perm = torch.argsort(torch.diagonal(h), descending=True) if act_order else None
     if perm is not None:
@@ -61,8 +92,9 @@ def gptq_quantize(
 
     u = _inverse_cholesky(h, damp).to(torch.float32)
     # Transposed, a column of W is a contiguous row: the rank-1 updates below run ~1.5x faster.
-    wt = w.T.contiguous()
-    codes_t = torch.empty(in_features, out, dtype=torch.float32, device=device)
+    # Each spec gets its own copy of the weight as extra rows of W (columns of wt).
+    wt = w.T.repeat(1, n_specs).contiguous()
+    codes_t = torch.empty(in_features, n_specs * out, dtype=torch.float32, device=device)
     for i1 in range(0, in_features, block_size):
         i2 = min(i1 + block_size, in_features)
         w1 = wt[i1:i2]  # updated in place: each row ends up as its dequantized value
@@ -72,10 +104,11 @@ def gptq_quantize(
             col = i1 + i
             g = group_of_list[col]
             if not static and col % width == 0:
-                current = _updated_rows(wt, err1, u, i1, i2, col, col + width)
-                scales[:, g], zeros[:, g] = grid(current.T, spec)
+                current = _updated_rows(wt, err1, u, i1, i2, col, col + width).T
+                for k, spec in enumerate(specs):
+                    scales[rows[k], g], zeros[rows[k], g] = grid(current[rows[k]], spec)
             scale, zero = scales[:, g], zeros[:, g]
-            q = to_codes(w1[i], scale, zero, spec)
+            q = torch.minimum(torch.clamp(torch.round(w1[i] / scale) + zero, min=0.0), maxq)
             codes_t[col] = q
             e = (w1[i] - scale * (q - zero)) / u1[i, i]
             w1[i:].addr_(u1[i, i:], e, alpha=-1.0)
@@ -85,7 +118,11 @@ def gptq_quantize(
 
     if perm is not None:
         codes_t = codes_t[torch.argsort(perm)]
-    return QuantizedWeight(codes_t.T.contiguous().to(torch.uint8), scales, zeros, spec)
+    codes = codes_t.T.contiguous().to(torch.uint8)
+    return [
+        QuantizedWeight(codes[r].contiguous(), scales[r].contiguous(), zeros[r].contiguous(), spec)
+        for r, spec in zip(rows, specs)
+    ]
 
 
 def _check(
