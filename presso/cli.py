@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from presso import __version__
 from presso.errors import PressoError
@@ -34,15 +34,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="presso", description="Hardware-aware search for per-layer compression.")
+    p = argparse.ArgumentParser(
+        prog="presso", description="Hardware-aware search for per-layer compression."
+    )
     p.add_argument("--version", action="version", version=f"presso {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="run (or resume) the search an experiment file describes")
     s.add_argument("experiment", help="experiment YAML file")
-    s.add_argument("--resume", action="store_true", help="continue an interrupted run of this experiment")
+    s.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run of this experiment"
+    )
     s.add_argument("--name", help="run name (default: the experiment's name)")
-    s.add_argument("--store", help="results store (SQLite path or SQLAlchemy URL); overrides the file's")
+    s.add_argument(
+        "--store", help="results store (SQLite path or SQLAlchemy URL); overrides the file's"
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_search)
 
@@ -80,7 +86,9 @@ def _search(args: argparse.Namespace) -> int:
     exp = exp.model_copy(update=updates)
     summary = run_search(exp, resume=args.resume, show_progress=not args.quiet)
     _print_summary(summary)
-    print(f"\nstored in {exp.store} as run {exp.name!r}: `presso show {exp.name} --store {exp.store}`")
+    print(
+        f"\nstored in {exp.store} as run {exp.name!r}: `presso show {exp.name} --store {exp.store}`"
+    )
     return 0
 
 
@@ -141,7 +149,9 @@ def _export(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict) -> None:
     cands = summary["candidates"]
-    print(f"\n{'candidate':<22} {'strategy':<14} {'mean bits':>9} {'held-out ppl':>13} {'held-out KL':>12}")
+    print(
+        f"\n{'candidate':<22} {'strategy':<14} {'mean bits':>9} {'held-out ppl':>13} {'held-out KL':>12}"
+    )
     for phase, c in cands.items():
         h = c["heldout"]
         ppl = f"{h['ppl']:.3f}" if "ppl" in h else "-"
@@ -149,7 +159,9 @@ def _print_summary(summary: dict) -> None:
         print(f"{phase:<22} {c['strategy']:<14} {c['mean_bits']:>9.3f} {ppl:>13} {kl:>12.5f}")
     if "search" in cands and "baseline:uniform" in cands and "ppl" in cands["search"]["heldout"]:
         s, u = cands["search"]["heldout"]["ppl"], cands["baseline:uniform"]["heldout"]["ppl"]
-        print(f"search vs uniform: held-out perplexity {s:.3f} vs {u:.3f} ({(u - s) / u:+.1%} better)")
+        print(
+            f"search vs uniform: held-out perplexity {s:.3f} vs {u:.3f} ({(u - s) / u:+.1%} better)"
+        )
 
 
 def _bits_grid(units: list[str], levels: list[float]) -> str:

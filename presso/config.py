@@ -24,7 +24,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    corpus: str = Field("bible", description="a built-in corpus (bible, speeches, reviews, pydoc) or a path")
+    corpus: str = Field(
+        "bible", description="a built-in corpus (bible, speeches, reviews, pydoc) or a path"
+    )
     text_field: str = "text"
     seq_len: int = Field(256, ge=8, le=8192)
     calibration: int = Field(32, ge=1, description="calibration windows in the pool")
@@ -39,7 +41,9 @@ class CompressConfig(_Strict):
     symmetric: bool = False
     damp: float = Field(0.01, gt=0, lt=1)
     act_order: bool = False
-    calibration: int = Field(16, ge=1, description="calibration windows whose activations give GPTQ its Hessians")
+    calibration: int = Field(
+        16, ge=1, description="calibration windows whose activations give GPTQ its Hessians"
+    )
 
     @field_validator("levels")
     @classmethod
@@ -68,13 +72,19 @@ class SearchConfig(_Strict):
 class RunnerConfig(_Strict):
     kind: Literal["local", "ray"] = "local"
     workers: int = Field(2, ge=1, description="Ray actors (ray runner)")
-    address: str | None = Field(None, description="an existing Ray cluster's address; null starts a local one")
-    threads: int | None = Field(None, ge=1, description="torch threads per evaluator (default: cores / workers)")
+    address: str | None = Field(
+        None, description="an existing Ray cluster's address; null starts a local one"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per evaluator (default: cores / workers)"
+    )
 
 
 class EvaluationConfig(_Strict):
     batch_size: int = Field(4, ge=1)
-    cache_mb: int = Field(1024, ge=0, description="memory for reused block outputs; 0 disables reuse")
+    cache_mb: int = Field(
+        1024, ge=0, description="memory for reused block outputs; 0 disables reuse"
+    )
 
 
 class Experiment(_Strict):
@@ -119,7 +129,9 @@ def load_experiment(path: str | Path) -> Experiment:
         first = err.errors()[0]
         raise PressoError(_describe(path, lines, first)) from None
     if exp.version != SCHEMA_VERSION:
-        raise PressoError(f"{path}:{lines.get(('version',), 1)}: version: only version {SCHEMA_VERSION} is known")
+        raise PressoError(
+            f"{path}:{lines.get(('version',), 1)}: version: only version {SCHEMA_VERSION} is known"
+        )
     if exp.name is None:
         exp = exp.model_copy(update={"name": path.stem})
     _check_semantics(path, lines, exp)
@@ -191,22 +203,33 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             f"{min(exp.compress.levels)} bits; raise mean_bits or add a lower level to compress.levels",
         )
     if exp.model not in BUILTIN_MODELS and not _resolve(path, exp.model).exists():
-        fail(("model",), f"{exp.model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}) "
-             "and no such file or folder exists; give a built-in name or a local path")
+        fail(
+            ("model",),
+            f"{exp.model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}) "
+            "and no such file or folder exists; give a built-in name or a local path",
+        )
     from presso.data import BUILTIN_CORPORA
 
     if exp.data.corpus not in BUILTIN_CORPORA and not _resolve(path, exp.data.corpus).exists():
-        fail(("data", "corpus"), f"{exp.data.corpus!r} is not a built-in corpus "
-             f"({', '.join(BUILTIN_CORPORA)}) and no such file or folder exists")
+        fail(
+            ("data", "corpus"),
+            f"{exp.data.corpus!r} is not a built-in corpus "
+            f"({', '.join(BUILTIN_CORPORA)}) and no such file or folder exists",
+        )
     if exp.compress.calibration > exp.data.calibration:
-        fail(("compress", "calibration"), f"{exp.compress.calibration} windows asked for, but the "
-             f"calibration pool (data.calibration) has {exp.data.calibration}; lower it")
+        fail(
+            ("compress", "calibration"),
+            f"{exp.compress.calibration} windows asked for, but the "
+            f"calibration pool (data.calibration) has {exp.data.calibration}; lower it",
+        )
     _check_strategy(path, lines, exp.search.strategy, exp.search.options, ("search",))
     for i, name in enumerate(exp.baselines):
         _check_strategy(path, lines, name, {}, ("baselines", i))
 
 
-def _check_strategy(path: Path, lines: dict[tuple, int], name: str, options: dict, loc: tuple) -> None:
+def _check_strategy(
+    path: Path, lines: dict[tuple, int], name: str, options: dict, loc: tuple
+) -> None:
     from presso import search
 
     if name not in search.available():
@@ -216,7 +239,9 @@ def _check_strategy(path: Path, lines: dict[tuple, int], name: str, options: dic
             f"available: {', '.join(search.available())}"
         )
     params = inspect.signature(search.strategy_class(name).__init__).parameters
-    allowed = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p not in ("seed", "context")]
+    allowed = [
+        p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p not in ("seed", "context")
+    ]
     for key in options:
         if key not in allowed:
             raise PressoError(
@@ -240,6 +265,8 @@ def resolve_paths(experiment_file: Path, exp: Experiment) -> Experiment:
     if exp.model not in BUILTIN_MODELS:
         updates["model"] = str(_resolve(experiment_file, exp.model).resolve())
     if exp.data.corpus not in BUILTIN_CORPORA:
-        data = exp.data.model_copy(update={"corpus": str(_resolve(experiment_file, exp.data.corpus).resolve())})
+        data = exp.data.model_copy(
+            update={"corpus": str(_resolve(experiment_file, exp.data.corpus).resolve())}
+        )
         updates["data"] = data
     return exp.model_copy(update=updates)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +47,10 @@ class DenseReference:
     def __init__(self, root: Path, handle: ModelHandle, data: CalibrationData) -> None:
         self.handle = handle
         self.data = data
-        self.path = Path(root) / f"{digest({'model': handle.identity, 'data': data.fingerprint})}.safetensors"
+        self.path = (
+            Path(root)
+            / f"{digest({'model': handle.identity, 'data': data.fingerprint})}.safetensors"
+        )
         self._file: Any = None
 
     def build(self, *, batch_size: int = 4, progress: Any = None) -> float:
@@ -59,11 +63,16 @@ class DenseReference:
         start = time.perf_counter()
         self.handle.restore_dense()
         out = {}
-        for split, windows in (("calibration", self.data.calibration), ("evaluation", self.data.evaluation)):
+        for split, windows in (
+            ("calibration", self.data.calibration),
+            ("evaluation", self.data.evaluation),
+        ):
             chunks = range(0, len(windows), batch_size)
             if progress is not None:
                 chunks = progress(chunks, len(chunks), f"dense reference ({split})")
-            parts = [self._reference(self.handle.forward(windows[i : i + batch_size])) for i in chunks]
+            parts = [
+                self._reference(self.handle.forward(windows[i : i + batch_size])) for i in chunks
+            ]
             out[split] = torch.cat(parts).contiguous()
         atomic_write_bytes(self.path, save(out))
         return time.perf_counter() - start
@@ -148,7 +157,9 @@ class Evaluator:
         if dims_blocks != sorted(dims_blocks):
             raise ValueError("space dimensions must follow the model's block order")
         # _prefix_end[b]: how many dimensions belong to blocks 0..b.
-        self._prefix_end = [int(np.searchsorted(dims_blocks, b, side="right")) for b in range(len(handle.blocks))]
+        self._prefix_end = [
+            int(np.searchsorted(dims_blocks, b, side="right")) for b in range(len(handle.blocks))
+        ]
         self.blocks_run = 0
         self.blocks_reused = 0
 
@@ -168,10 +179,17 @@ class Evaluator:
                 value, n = self._divergence(ref, output)
                 total, count = total + value, count + n
             fitness = total / count
-            metrics = {self._metric: fitness, "tokens": float(len(indices) * self.data.calibration.shape[1])}
+            metrics = {
+                self._metric: fitness,
+                "tokens": float(len(indices) * self.data.calibration.shape[1]),
+            }
             return Result(fitness=fitness, metrics=metrics, seconds=time.perf_counter() - start)
         except Exception as err:  # a failed evaluation is data, not a crash of the run
-            return Result(fitness=None, error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - start)
+            return Result(
+                fitness=None,
+                error=f"{type(err).__name__}: {err}",
+                seconds=time.perf_counter() - start,
+            )
 
     def heldout(self, config: Config) -> dict[str, float]:
         """Held-out metrics on the evaluation split: ``ppl`` and ``kl`` (causal LM) or ``cos_dist``."""
@@ -188,7 +206,9 @@ class Evaluator:
             if self.handle.kind == "causal-lm":
                 logits = output[:, :-1].float()
                 nll += torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), windows[idx][:, 1:].reshape(-1), reduction="sum"
+                    logits.reshape(-1, logits.shape[-1]),
+                    windows[idx][:, 1:].reshape(-1),
+                    reduction="sum",
                 ).item()
         if self.handle.kind == "causal-lm":
             tokens = windows.shape[0] * (windows.shape[1] - 1)
@@ -248,7 +268,9 @@ class Evaluator:
             blocks[b].forward = lambda *args, _out=cached, **kwargs: _out  # type: ignore[method-assign]
         for b in range(start, len(blocks)):
             hooks.append(
-                blocks[b].register_forward_hook(lambda m, i, out, _k=keys[b]: self._cache.put(_k, out))
+                blocks[b].register_forward_hook(
+                    lambda m, i, out, _k=keys[b]: self._cache.put(_k, out)
+                )
             )
         try:
             output = self.handle.forward(self.data.calibration[list(batch)])

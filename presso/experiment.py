@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from presso.config import Experiment
 from presso.errors import PressoError
@@ -43,8 +44,13 @@ class Setup:
 
         d = self.experiment.data
         return build_calibration(
-            self.handle.tokenizer, d.corpus, seq_len=d.seq_len, n_calibration=d.calibration,
-            n_eval=d.evaluation, seed=d.seed, text_field=d.text_field,
+            self.handle.tokenizer,
+            d.corpus,
+            seq_len=d.seq_len,
+            n_calibration=d.calibration,
+            n_eval=d.evaluation,
+            seed=d.seed,
+            text_field=d.text_field,
         )
 
     @cached_property
@@ -67,7 +73,9 @@ class Setup:
         operator = make_operator(c.operator, **options)
         levels = [b for b in c.levels if b < 16]
         calibration = f"{self.data.fingerprint}/{c.calibration}"
-        return LevelDatabase(self.cache_root / "levels", self.handle, operator, levels, calibration=calibration)
+        return LevelDatabase(
+            self.cache_root / "levels", self.handle, operator, levels, calibration=calibration
+        )
 
     @cached_property
     def space(self):  # noqa: ANN201 - SearchSpace
@@ -75,7 +83,9 @@ class Setup:
 
         units = [(u.name, u.shape) for u in self.handle.units]
         try:
-            return bits_space(units, self.experiment.compress.levels, self.experiment.space.mean_bits)
+            return bits_space(
+                units, self.experiment.compress.levels, self.experiment.space.mean_bits
+            )
         except ValueError as err:
             raise PressoError(f"space: {err}") from None
 
@@ -100,8 +110,13 @@ class Setup:
 
         e = self.experiment.evaluation
         return Evaluator(
-            self.handle, self.data, self.db, self.space, self.reference,
-            batch_size=e.batch_size, cache_mb=e.cache_mb,
+            self.handle,
+            self.data,
+            self.db,
+            self.space,
+            self.reference,
+            batch_size=e.batch_size,
+            cache_mb=e.cache_mb,
         )
 
     def context(self):  # noqa: ANN201 - search Context

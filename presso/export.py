@@ -19,10 +19,14 @@ def build_plan(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
 
     summary = study_attrs.get("summary")
     if not summary:
-        raise PressoError("this run has not finished: there is no chosen configuration to export yet")
+        raise PressoError(
+            "this run has not finished: there is no chosen configuration to export yet"
+        )
     candidates = summary["candidates"]
     if phase not in candidates:
-        raise PressoError(f"no candidate {phase!r} in this run; choose one of: {', '.join(candidates)}")
+        raise PressoError(
+            f"no candidate {phase!r} in this run; choose one of: {', '.join(candidates)}"
+        )
     cand = candidates[phase]
     exp = study_attrs["experiment"]
     comp = exp["compress"]
@@ -32,8 +36,10 @@ def build_plan(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
             units[name] = {"method": "dense"}
         else:
             units[name] = {
-                "method": comp["operator"], "bits": int(bits),
-                "group_size": comp["group_size"], "symmetric": comp["symmetric"],
+                "method": comp["operator"],
+                "bits": int(bits),
+                "group_size": comp["group_size"],
+                "symmetric": comp["symmetric"],
             }
     return {
         "presso_plan": PLAN_VERSION,

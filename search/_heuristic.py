@@ -13,7 +13,7 @@ MLP projection as on a small attention projection for the same error reduction.
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from collections.abc import Sequence
 
 from presso.search._base import Context, Request, Result, Strategy, register
 from presso.search._random import check_told

@@ -9,10 +9,9 @@ raise fits.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
 from presso.search._base import Context, Request, Result, Strategy, register
 from presso.spaces import Config, SearchSpace
 

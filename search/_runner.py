@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from presso.search._base import Request, Result, Strategy
 
 from presso.errors import MissingExtraError
-from presso.search._base import Request, Result, Strategy
 
 
 class Pool(ABC):
@@ -23,7 +25,7 @@ class Pool(ABC):
     def map(self, requests: Sequence[Request]) -> Iterator[tuple[int, Result]]:
         """Evaluate ``requests``; yield ``(position, result)`` as each finishes."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most pools hold nothing to release
         """Release workers."""
 
 

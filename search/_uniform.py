@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from presso.search._base import Context, Request, Result, Strategy, register
 from presso.search._random import check_told

@@ -7,8 +7,8 @@ maps an index to its value (bits, sparsity, ...), ascending in cost.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 import numpy as np
-
 from presso.spaces._base import Config, Constraint, Dimension, SearchSpace
 
 
@@ -63,7 +62,9 @@ def bits_space(
     """
     levels = tuple(sorted(int(b) for b in levels))
     dims = [
-        Dimension(name=name, levels=levels, weight=shape[0] * shape[1], group=f"{shape[0]}x{shape[1]}")
+        Dimension(
+            name=name, levels=levels, weight=shape[0] * shape[1], group=f"{shape[0]}x{shape[1]}"
+        )
         for name, shape in units
     ]
     space = SearchSpace(dims, [MeanBits(target_mean_bits)])

@@ -31,7 +31,9 @@ def _summary(store: Path, run: str) -> dict:
     return s.open(run).user_attrs["summary"]
 
 
-def test_search_show_runs_export(write_experiment, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_search_show_runs_export(
+    write_experiment, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = write_experiment(tiny_experiment())
     store = str(tmp_path / "runs.db")
     assert main(["search", str(path), "--quiet"]) == 0
@@ -81,7 +83,9 @@ def test_same_seed_same_run(write_experiment, tmp_path: Path) -> None:
 
 
 def test_resume_after_kill_reevaluates_nothing(write_experiment, tmp_path: Path) -> None:
-    exp = tiny_experiment(search={"options": {"generations": 6, "offspring": 4, "stages": [[128, 2], [256, 1]]}})
+    exp = tiny_experiment(
+        search={"options": {"generations": 6, "offspring": 4, "stages": [[128, 2], [256, 1]]}}
+    )
     path = write_experiment(exp)
     store = tmp_path / "runs.db"
     env = {**os.environ}

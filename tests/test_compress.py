@@ -12,13 +12,13 @@ from presso.compress import (
     Operator,
     QuantizedWeight,
     QuantSpec,
+    _base,
     gptq_quantize,
     hessian_hooks,
     make_operator,
     quantize_rtn,
     relative_output_error,
 )
-from presso.compress import _base
 
 OUT, IN = 64, 128
 

@@ -49,26 +49,40 @@ def test_missing_required_field(tmp_path: Path) -> None:
 
 
 def test_budget_no_configuration_can_meet(tmp_path: Path) -> None:
-    path = _write(tmp_path, "model: tiny-llama\ncompress:\n  levels: [3, 4]\nspace:\n  mean_bits: 2.5\n")
-    with pytest.raises(PressoError, match=r"exp.yaml:5: space.mean_bits: no configuration can meet"):
+    path = _write(
+        tmp_path, "model: tiny-llama\ncompress:\n  levels: [3, 4]\nspace:\n  mean_bits: 2.5\n"
+    )
+    with pytest.raises(
+        PressoError, match=r"exp.yaml:5: space.mean_bits: no configuration can meet"
+    ):
         load_experiment(path)
 
 
 def test_missing_model_and_corpus(tmp_path: Path) -> None:
     path = _write(tmp_path, "model: ./nowhere\nspace: {mean_bits: 3}\n")
-    with pytest.raises(PressoError, match=r"exp.yaml:1: model: './nowhere' is not a built-in model"):
+    with pytest.raises(
+        PressoError, match=r"exp.yaml:1: model: './nowhere' is not a built-in model"
+    ):
         load_experiment(path)
-    path = _write(tmp_path, "model: tiny-llama\ndata:\n  corpus: missing.txt\nspace: {mean_bits: 3}\n")
-    with pytest.raises(PressoError, match=r"exp.yaml:3: data.corpus: 'missing.txt' is not a built-in corpus"):
+    path = _write(
+        tmp_path, "model: tiny-llama\ndata:\n  corpus: missing.txt\nspace: {mean_bits: 3}\n"
+    )
+    with pytest.raises(
+        PressoError, match=r"exp.yaml:3: data.corpus: 'missing.txt' is not a built-in corpus"
+    ):
         load_experiment(path)
 
 
 def test_unknown_strategy_and_option(tmp_path: Path) -> None:
     path = _write(tmp_path, "model: tiny-llama\nspace: {mean_bits: 3}\nsearch:\n  strategy: evo\n")
-    with pytest.raises(PressoError, match=r"search.strategy: unknown strategy 'evo'; available: .*evopress"):
+    with pytest.raises(
+        PressoError, match=r"search.strategy: unknown strategy 'evo'; available: .*evopress"
+    ):
         load_experiment(path)
     text = "model: tiny-llama\nspace: {mean_bits: 3}\nsearch:\n  options:\n    generationz: 3\n"
-    with pytest.raises(PressoError, match=r"exp.yaml:5: search.options.generationz: unknown option"):
+    with pytest.raises(
+        PressoError, match=r"exp.yaml:5: search.options.generationz: unknown option"
+    ):
         load_experiment(_write(tmp_path, text))
 
 

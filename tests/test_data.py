@@ -192,12 +192,16 @@ def test_saved_dataset_dict_uses_train(tmp_path: Path) -> None:
 
 def test_real_datasets_save_to_disk(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
-    datasets.Dataset.from_dict({"text": ["alpha doc", "beta doc"]}).save_to_disk(str(tmp_path / "one"))
+    datasets.Dataset.from_dict({"text": ["alpha doc", "beta doc"]}).save_to_disk(
+        str(tmp_path / "one")
+    )
     assert load_texts(str(tmp_path / "one")) == ["alpha doc", "beta doc"]
-    dd = datasets.DatasetDict({
-        "validation": datasets.Dataset.from_dict({"text": ["valid"]}),
-        "train": datasets.Dataset.from_dict({"text": ["train a", "train b"]}),
-    })
+    dd = datasets.DatasetDict(
+        {
+            "validation": datasets.Dataset.from_dict({"text": ["valid"]}),
+            "train": datasets.Dataset.from_dict({"text": ["train a", "train b"]}),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "dict"))
     assert load_texts(str(tmp_path / "dict")) == ["train a", "train b"]
 

@@ -33,7 +33,9 @@ def test_content_addressing() -> None:
     rtn2 = Setup(Experiment.model_validate(tiny_experiment(data={"seed": 1})))
     assert rtn1.db.key == rtn2.db.key  # RTN needs no data: calibration does not matter
     g1 = _setup(operator="gptq")
-    g2 = Setup(Experiment.model_validate(tiny_experiment(data={"seed": 1}, compress={"operator": "gptq"})))
+    g2 = Setup(
+        Experiment.model_validate(tiny_experiment(data={"seed": 1}, compress={"operator": "gptq"}))
+    )
     assert g1.db.key != g2.db.key  # GPTQ's levels depend on its calibration data
 
 

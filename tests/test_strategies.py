@@ -7,14 +7,14 @@ deterministic, cheap, and minimised by giving sensitive units more bits.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-
 from presso.search import (
     Context,
     ErrorGreedy,
@@ -339,7 +339,9 @@ def test_equal_step_switches_keep_mean_bits(case: tuple[SearchSpace, Config], se
     space, parent = case
     groups = [d.group for d in space.dims]
     same_group = [
-        (a, b) for a in range(len(parent)) for b in range(len(parent))
+        (a, b)
+        for a in range(len(parent))
+        for b in range(len(parent))
         if a != b and groups[a] == groups[b] and parent[a] < 2 and parent[b] > 0
     ]
     assume(same_group)

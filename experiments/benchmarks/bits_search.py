@@ -17,22 +17,34 @@ import time
 from pathlib import Path
 
 import torch
-
-from presso.config import Experiment
-from presso.experiment import Setup
 from presso.search import LocalPool, drive, make_strategy
 from presso.search._base import Request
 
+from presso.config import Experiment
+from presso.experiment import Setup
+
 
 def experiment(mean_bits: float, args: argparse.Namespace) -> Experiment:
-    return Experiment.model_validate({
-        "name": f"bench-{mean_bits}",
-        "model": "smollm2-135m",
-        "data": {"corpus": "bible", "seq_len": 256, "calibration": 32, "evaluation": args.eval_windows},
-        "compress": {"operator": "gptq", "levels": [2, 3, 4, 8], "group_size": 64, "calibration": 16},
-        "space": {"mean_bits": mean_bits},
-        "search": {"strategy": "evopress", "seed": 0},
-    })
+    return Experiment.model_validate(
+        {
+            "name": f"bench-{mean_bits}",
+            "model": "smollm2-135m",
+            "data": {
+                "corpus": "bible",
+                "seq_len": 256,
+                "calibration": 32,
+                "evaluation": args.eval_windows,
+            },
+            "compress": {
+                "operator": "gptq",
+                "levels": [2, 3, 4, 8],
+                "group_size": 64,
+                "calibration": 16,
+            },
+            "space": {"mean_bits": mean_bits},
+            "search": {"strategy": "evopress", "seed": 0},
+        }
+    )
 
 
 def bare_forward_seconds(setup: Setup, tokens: int) -> float:
@@ -96,7 +108,11 @@ def main() -> None:
     report["eval_vs_forward"] = (time.perf_counter() - start) / bare
     report["bare_forward_tokens_per_s"] = tokens / bare
 
-    evo = {"generations": args.generations, "offspring": args.offspring, "stages": [[512, 2], [2048, 1]]}
+    evo = {
+        "generations": args.generations,
+        "offspring": args.offspring,
+        "stages": [[512, 2], [2048, 1]],
+    }
     for budget in args.budgets:
         setup = Setup(experiment(budget, args))
         setup.handle = first.handle  # same model, data and levels: only the budget differs
@@ -104,7 +120,9 @@ def main() -> None:
         rows = [
             run_strategy(setup, "evopress", evo, context),
             run_strategy(setup, "uniform", {}, context),
-            run_strategy(setup, "random", {"samples": args.random_samples, "tokens": 2048}, context),
+            run_strategy(
+                setup, "random", {"samples": args.random_samples, "tokens": 2048}, context
+            ),
             run_strategy(setup, "error-greedy", {}, context),
         ]
         report["budgets"][str(budget)] = rows
@@ -118,20 +136,28 @@ def main() -> None:
         off = run_strategy(setup, "evopress", short, context, cache_mb=0)
         on = run_strategy(setup, "evopress", short, context, cache_mb=1024)
         report["prefix_reuse"] = {
-            "search_s_without": off["search_s"], "search_s_with": on["search_s"],
-            "speedup": off["search_s"] / on["search_s"], "blocks_reused_share": on["blocks_reused_share"],
+            "search_s_without": off["search_s"],
+            "search_s_with": on["search_s"],
+            "speedup": off["search_s"] / on["search_s"],
+            "blocks_reused_share": on["blocks_reused_share"],
             "same_result": off["ppl"] == on["ppl"],
         }
     report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
-    print(f"\nmodel load {report['model_load_s']:.1f} s; prepare {fmt(report['prepare'])}; "
-          f"level database {report['level_db_bytes'] / 2**20:.0f} MiB")
-    print(f"bare forward: {report['bare_forward_tokens_per_s']:.0f} tokens/s; one evaluation costs "
-          f"{report['eval_vs_forward']:.2f}x a bare forward over the same tokens")
+    print(
+        f"\nmodel load {report['model_load_s']:.1f} s; prepare {fmt(report['prepare'])}; "
+        f"level database {report['level_db_bytes'] / 2**20:.0f} MiB"
+    )
+    print(
+        f"bare forward: {report['bare_forward_tokens_per_s']:.0f} tokens/s; one evaluation costs "
+        f"{report['eval_vs_forward']:.2f}x a bare forward over the same tokens"
+    )
     if "prefix_reuse" in report:
         p = report["prefix_reuse"]
-        print(f"prefix reuse: {p['speedup']:.2f}x faster search ({p['blocks_reused_share']:.0%} of blocks "
-              f"reused), same result: {p['same_result']}")
+        print(
+            f"prefix reuse: {p['speedup']:.2f}x faster search ({p['blocks_reused_share']:.0%} of blocks "
+            f"reused), same result: {p['same_result']}"
+        )
     print(f"peak memory {report['peak_rss_gb']:.2f} GiB")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
@@ -141,11 +167,16 @@ def main() -> None:
 def print_budget(budget: float, rows: list[dict]) -> None:
     uniform = next(r for r in rows if r["strategy"] == "uniform")
     print(f"\nmean bits <= {budget}")
-    print(f"{'strategy':<14}{'mean bits':>10}{'ppl':>10}{'KL':>10}{'vs uniform':>12}{'evals':>7}{'evals/min':>11}")
+    print(
+        f"{'strategy':<14}{'mean bits':>10}{'ppl':>10}{'KL':>10}{'vs uniform':>12}{'evals':>7}{'evals/min':>11}"
+    )
     for r in rows:
         gain = (uniform["ppl"] - r["ppl"]) / uniform["ppl"]
-        print(f"{r['strategy']:<14}{r['mean_bits']:>10.3f}{r['ppl']:>10.3f}{r['kl']:>10.4f}"
-              f"{gain:>+12.1%}{r['evaluations']:>7}{r['evals_per_min']:>11.1f}", flush=True)
+        print(
+            f"{r['strategy']:<14}{r['mean_bits']:>10.3f}{r['ppl']:>10.3f}{r['kl']:>10.4f}"
+            f"{gain:>+12.1%}{r['evaluations']:>7}{r['evals_per_min']:>11.1f}",
+            flush=True,
+        )
 
 
 def fmt(d: dict) -> str:

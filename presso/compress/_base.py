@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 

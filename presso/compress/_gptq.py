@@ -9,7 +9,7 @@ applied lazily: within a block of ``block_size`` columns exactly, to the rest on
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
