@@ -1,0 +1,48 @@
+"""The bits space: exact budget, encode/decode, uniform configurations."""
+
+from __future__ import annotations
+
+import pytest
+
+from presso.spaces import Dimension, MeanBits, SearchSpace, bits_space
+
+
+def _space(target: float = 3.0) -> SearchSpace:
+    units = [("a", (4, 8)), ("b", (4, 8)), ("c", (8, 8))]  # weights 32, 32, 64
+    return bits_space(units, [2, 3, 4, 8], target)
+
+
+def test_budget_is_held_exactly() -> None:
+    space = _space(3.0)
+    on_budget = (0, 2, 1)  # 2*32 + 4*32 + 3*64 = 384 = 3.0 * 128
+    assert space.constraints[0].value(space, on_budget) == 3.0
+    assert space.is_feasible(on_budget)
+    assert not space.is_feasible((1, 2, 1))  # 3.25
+    # a budget that is not a binary fraction is still exact: 2.1 * 128 = 268.8
+    tight = _space(2.1)
+    assert tight.is_feasible((0, 0, 0)) and not tight.is_feasible((1, 0, 0))
+
+
+def test_fractional_levels_use_exact_rationals() -> None:
+    dims = [Dimension("x", (0.5, 1.5), 3, "g"), Dimension("y", (0.5, 1.5), 3, "g")]
+    space = SearchSpace(dims, [MeanBits(1.0)])
+    assert space.is_feasible((0, 1)) and not space.is_feasible((1, 1))
+
+
+def test_encode_decode_round_trip() -> None:
+    space = _space()
+    config = (0, 3, 1)
+    vector = space.encode(config)
+    assert list(vector) == [2.0, 8.0, 3.0]
+    assert space.decode(vector) == config
+    assert space.decode([2.4, 6.5, 3.6]) == (0, 3, 2)  # nearest level
+    assert space.from_dict(space.to_dict(config)) == config
+
+
+def test_uniform_and_impossible_budget() -> None:
+    assert _space(3.0).best_uniform() == (1, 1, 1)
+    assert _space(3.5).best_uniform() == (1, 1, 1)
+    with pytest.raises(ValueError, match="cannot be met"):
+        _space(1.5)
+    with pytest.raises(ValueError, match="ascending"):
+        Dimension("z", (3, 2), 1, "g")
