@@ -55,3 +55,19 @@ def test_missing_model_is_a_clear_error(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(PressoError, match="no config.json"):
         load_model(str(tmp_path / "empty"))
+
+
+def test_local_hf_folder_loads_as_the_same_model(tmp_path) -> None:
+    tiny = load_model("tiny-llama")
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    folder = load_model(str(tmp_path / "m"))
+    assert folder.kind == "causal-lm"
+    assert folder.unit_names == tiny.unit_names
+    ids = torch.randint(0, 1000, (1, 12))
+    assert torch.allclose(folder.forward(ids), tiny.forward(ids), atol=1e-5)
+
+    bert = load_model("tiny-bert")
+    bert.model.save_pretrained(tmp_path / "b")
+    bert.tokenizer.save_pretrained(tmp_path / "b")
+    assert load_model(str(tmp_path / "b")).kind == "encoder"
