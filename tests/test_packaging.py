@@ -21,7 +21,18 @@ FOLDERS = {
 
 def test_wheel_holds_every_module_under_presso(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
     )
@@ -30,7 +41,9 @@ def test_wheel_holds_every_module_under_presso(tmp_path: Path) -> None:
     for folder, package in FOLDERS.items():
         for source in (ROOT / folder).rglob("*.py"):
             relative = source.relative_to(ROOT / folder).as_posix()
-            assert f"{package}/{relative}" in names, f"{folder}/{relative} is missing from the wheel"
+            assert f"{package}/{relative}" in names, (
+                f"{folder}/{relative} is missing from the wheel"
+            )
     assert any(n.endswith("entry_points.txt") for n in names)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from presso.spaces import Dimension, MeanBits, SearchSpace, bits_space
 
 
