@@ -94,6 +94,51 @@ class Strategy(ABC):
         """The best configuration found so far (None before any successful result)."""
 
 
+def fitness_of(result: Result) -> float:
+    """The fitness to rank ``result`` by: a failed evaluation ranks worst (``inf``)."""
+    return float(result.fitness) if result.ok else math.inf  # type: ignore[arg-type]
+
+
+def check_told(
+    pending: Sequence[Request], requests: Sequence[Request], results: Sequence[Result]
+) -> None:
+    """Refuse a tell that does not answer the last ask: a replay that diverged from the
+    original run would otherwise rebuild a different state silently."""
+    if len(requests) != len(results):
+        raise ValueError(f"tell() got {len(requests)} requests but {len(results)} results")
+    if list(requests) != list(pending):
+        raise ValueError("tell() got requests that are not the ones the last ask() returned")
+
+
+class OneShot(Strategy):
+    """A strategy that proposes one configuration, scored on the whole calibration pool
+    (the uniform and heuristic baselines)."""
+
+    def __init__(
+        self, space: SearchSpace, config: Config, *, seed: int = 0, context: Context | None = None
+    ) -> None:
+        super().__init__(space, seed=seed, context=context)
+        self._request = Request(config, tokens=None, sample_seed=seed, tag=self.name)
+        self._told = False
+        self._ok = False
+
+    def ask(self) -> list[Request]:
+        return [] if self._told else [self._request]
+
+    def tell(self, requests: Sequence[Request], results: Sequence[Result]) -> None:
+        check_told(self.ask(), requests, results)
+        if requests:
+            self._told = True
+            self._ok = results[0].ok
+
+    @property
+    def finished(self) -> bool:
+        return self._told
+
+    def best(self) -> Config | None:
+        return self._request.config if self._ok else None
+
+
 _REGISTRY: dict[str, type[Strategy]] = {}
 
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from presso.search._base import Context, Request, Result, Strategy, register
-from presso.search._random import check_told, fill_budget, fitness_of
+from presso.search._base import Context, Request, Result, Strategy, check_told, fitness_of, register
+from presso.search._random import fill_budget
 from presso.spaces import Config, SearchSpace
 
 # Mutation draws per wanted child before a generation settles for fewer distinct offspring.

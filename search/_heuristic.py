@@ -15,8 +15,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from presso.search._base import Context, Request, Result, Strategy, register
-from presso.search._random import check_told
+from presso.search._base import Context, OneShot, register
 from presso.spaces import Config, SearchSpace
 
 
@@ -76,7 +75,7 @@ def _check_unit_errors(space: SearchSpace, context: Context) -> tuple[tuple[floa
 
 
 @register
-class ErrorGreedy(Strategy):
+class ErrorGreedy(OneShot):
     """One request: the greedy error-per-bit configuration, scored on the whole pool."""
 
     name = "error-greedy"
@@ -84,25 +83,5 @@ class ErrorGreedy(Strategy):
     def __init__(
         self, space: SearchSpace, *, seed: int = 0, context: Context | None = None
     ) -> None:
-        super().__init__(space, seed=seed, context=context)
-        errors = _check_unit_errors(space, self.context)
-        config = greedy_upgrades(space, errors)
-        self._request = Request(config, tokens=None, sample_seed=seed, tag="error-greedy")
-        self._told = False
-        self._ok = False
-
-    def ask(self) -> list[Request]:
-        return [] if self._told else [self._request]
-
-    def tell(self, requests: Sequence[Request], results: Sequence[Result]) -> None:
-        check_told(self.ask(), requests, results)
-        if requests:
-            self._told = True
-            self._ok = results[0].ok
-
-    @property
-    def finished(self) -> bool:
-        return self._told
-
-    def best(self) -> Config | None:
-        return self._request.config if self._ok else None
+        errors = _check_unit_errors(space, context or Context())
+        super().__init__(space, greedy_upgrades(space, errors), seed=seed, context=context)

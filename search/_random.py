@@ -8,11 +8,18 @@ raise fits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
-from presso.search._base import Context, Request, Result, Strategy, register
+from presso.search._base import (
+    Context,
+    Request,
+    Result,
+    Strategy,
+    check_told,
+    fitness_of,
+    register,
+)
 from presso.spaces import Config, SearchSpace
 
 # Redraws allowed per sample to avoid a configuration already asked for; small spaces may
@@ -112,19 +119,3 @@ class RandomSearch(Strategy):
             config = fill_budget(self.space, self._rng)
         self._seen.add(config)
         return config
-
-
-def fitness_of(result: Result) -> float:
-    """The fitness to rank ``result`` by: a failed evaluation ranks worst (``inf``)."""
-    return float(result.fitness) if result.ok else math.inf  # type: ignore[arg-type]
-
-
-def check_told(
-    pending: Sequence[Request], requests: Sequence[Request], results: Sequence[Result]
-) -> None:
-    """Refuse a tell that does not answer the last ask: a replay that diverged from the
-    original run would otherwise rebuild a different state silently."""
-    if len(requests) != len(results):
-        raise ValueError(f"tell() got {len(requests)} requests but {len(results)} results")
-    if list(requests) != list(pending):
-        raise ValueError("tell() got requests that are not the ones the last ask() returned")
