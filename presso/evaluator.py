@@ -182,6 +182,8 @@ class Evaluator:
             metrics = {
                 self._metric: fitness,
                 "tokens": float(len(indices) * self.data.calibration.shape[1]),
+                # What the constraints measure (e.g. mean_bits): objectives for Pareto fronts.
+                **{c.metric: c.value(self.space, request.config) for c in self.space.constraints},
             }
             return Result(fitness=fitness, metrics=metrics, seconds=time.perf_counter() - start)
         except Exception as err:  # a failed evaluation is data, not a crash of the run

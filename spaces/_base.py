@@ -42,6 +42,8 @@ class Constraint(ABC):
     """A limit on a configuration: feasible when ``value(config) <= limit``."""
 
     limit: float
+    #: The name of the constrained quantity, as stored with every evaluation (``mean_bits``).
+    metric: str = "constraint"
 
     @abstractmethod
     def value(self, space: SearchSpace, config: Config) -> float:

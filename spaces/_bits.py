@@ -13,6 +13,8 @@ class MeanBits(Constraint):
     """Parameter-weighted mean bits <= ``limit``, checked in exact rational arithmetic
     so that a configuration exactly on the budget is never refused by rounding."""
 
+    metric = "mean_bits"
+
     def __init__(self, limit: float) -> None:
         self.limit = float(limit)
         self._limit = Fraction(str(limit))
