@@ -20,7 +20,7 @@ from presso.paths import atomic_write_bytes, atomic_write_text, digest
 if TYPE_CHECKING:
     import torch
 
-    from presso.compress import Operator, QuantizedWeight
+    from presso.compress import Compressed, Operator
     from presso.models import ModelHandle
 
 MANIFEST = "manifest.json"
@@ -138,7 +138,7 @@ class LevelDatabase:
         self,
         unit: str,
         level: int,
-        qw: QuantizedWeight,
+        qw: Compressed,
         weight: torch.Tensor,
         hessian: torch.Tensor | None,
     ) -> None:
@@ -150,7 +150,7 @@ class LevelDatabase:
         meta = {
             "unit": unit,
             "level": str(level),
-            "spec": json.dumps(_spec_dict(qw)),
+            "meta": json.dumps(qw.meta()),
             "relative_error": repr(float(error)),
         }
         tensors = {k: v.contiguous() for k, v in qw.tensors().items()}
@@ -165,19 +165,17 @@ class LevelDatabase:
 
     # ------------------------------------------------------------------ reading
 
-    def load(self, unit: str, level: int) -> QuantizedWeight:
+    def load(self, unit: str, level: int) -> Compressed:
         """The stored level, memory-mapped from disk."""
         from safetensors import safe_open
-
-        from presso.compress import QuantizedWeight, QuantSpec
 
         path = self.path(unit, level)
         if not path.is_file():
             raise FileNotFoundError(f"level {level} of {unit} is not built ({path})")
         with safe_open(path, framework="pt") as f:
-            spec = QuantSpec(**json.loads(f.metadata()["spec"]))
+            meta = json.loads(f.metadata()["meta"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return QuantizedWeight.from_tensors(tensors, spec)
+        return self.operator.restore(tensors, meta)
 
     def weight(self, unit: str, level: int) -> torch.Tensor:
         """The dequantised weight of ``unit`` at ``level`` (what the evaluator runs with)."""
@@ -198,8 +196,3 @@ class LevelDatabase:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*.safetensors"))
-
-
-def _spec_dict(qw: QuantizedWeight) -> dict:
-    spec = qw.spec
-    return {"bits": spec.bits, "group_size": spec.group_size, "symmetric": spec.symmetric}

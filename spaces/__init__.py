@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-from presso.spaces._base import Config, Constraint, Dimension, SearchSpace
-from presso.spaces._bits import MeanBits, bits_space
+from presso.spaces._base import KINDS, Config, Constraint, Dimension, SearchSpace
+from presso.spaces._bits import MeanBits, bits_dims, bits_space
+from presso.spaces._depth import DROPPED, KEPT, MinDropped, depth_dims, depth_space
+from presso.spaces._sparsity import MeanSparsity, sparsity_dims, sparsity_space
 
-__all__ = ["Config", "Constraint", "Dimension", "MeanBits", "SearchSpace", "bits_space"]
+__all__ = [
+    "DROPPED",
+    "KEPT",
+    "KINDS",
+    "Config",
+    "Constraint",
+    "Dimension",
+    "MeanBits",
+    "MeanSparsity",
+    "MinDropped",
+    "SearchSpace",
+    "bits_dims",
+    "bits_space",
+    "depth_dims",
+    "depth_space",
+    "sparsity_dims",
+    "sparsity_space",
+]

@@ -15,31 +15,55 @@ import numpy as np
 Config = tuple[int, ...]
 
 
+#: Kinds of dimension: what a level value means and how the evaluator realises it.
+KINDS = ("bits", "sparsity", "depth")
+
+
 @dataclass(frozen=True)
 class Dimension:
-    """One searchable unit.
+    """One searchable choice.
 
-    name: the unit's fully qualified module name.
-    levels: the values this unit may take, ascending (e.g. bits ``(2, 3, 4, 8)``).
-    weight: the unit's parameter count, used by parameter-weighted constraints.
-    group: units of one group have the same shape, so a level switch between two of them
+    name: unique in the space; the unit's fully qualified module name for a single-kind space.
+    levels: the values it may take, ordered by *cost*, cheapest first — bits ascending
+        ``(2, 3, 4, 8)``; sparsity in percent descending ``(70, 60, 50, 0)``; depth ``(0, 1)``
+        (dropped, kept). Strategies rely on this order: a higher level index costs more.
+    weight: parameters the choice governs, used by parameter-weighted constraints.
+    group: dimensions of one group have the same shape, so a level switch between two of them
         moves the same number of parameters up and down.
+    kind: ``bits``, ``sparsity`` or ``depth``.
+    target: the module the choice applies to (a Linear for bits/sparsity; a block, or its
+        ``self_attn`` / ``mlp`` for depth); defaults to ``name``.
     """
 
     name: str
     levels: tuple[float, ...]
     weight: int
     group: str
+    kind: str = "bits"
+    target: str = ""
 
     def __post_init__(self) -> None:
-        if not self.levels or list(self.levels) != sorted(set(self.levels)):
-            raise ValueError(f"{self.name}: levels must be strictly ascending, got {self.levels}")
+        values = list(self.levels)
+        monotone = values == sorted(set(values)) or values == sorted(set(values), reverse=True)
+        if not values or not monotone:
+            raise ValueError(f"{self.name}: levels must be strictly monotone, got {self.levels}")
         if self.weight <= 0:
             raise ValueError(f"{self.name}: weight must be positive, got {self.weight}")
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        if not self.target:
+            object.__setattr__(self, "target", self.name)
 
 
 class Constraint(ABC):
-    """A limit on a configuration: feasible when ``value(config) <= limit``."""
+    """A limit on a configuration: feasible when ``value(config) <= limit`` (or ``>=`` for a
+    constraint whose ``sense`` is ``">="``, such as a minimum mean sparsity).
+
+    Constraints must get no easier to meet as any level index rises (levels ascend in cost):
+    strategies fill a budget by raising levels until the next raise does not fit.
+    """
+
+    sense: str = "<="
 
     limit: float
     #: The name of the constrained quantity, as stored with every evaluation (``mean_bits``).
@@ -54,6 +78,8 @@ class Constraint(ABC):
         """A short human description, e.g. ``mean_bits <= 3.0``."""
 
     def feasible(self, space: SearchSpace, config: Config) -> bool:
+        if self.sense == ">=":
+            return self.value(space, config) >= self.limit - 1e-9
         return self.value(space, config) <= self.limit + 1e-9
 
 
@@ -103,18 +129,37 @@ class SearchSpace:
             int(np.argmin(np.abs(np.asarray(d.levels) - v))) for d, v in zip(self.dims, vector)
         )
 
-    def uniform(self, level_value: float) -> Config:
-        """Every dimension at the level whose value is ``level_value``."""
-        return tuple(d.levels.index(level_value) for d in self.dims)
+    def kinds(self) -> list[str]:
+        """The kinds of dimension in this space, in order of first appearance."""
+        return list(dict.fromkeys(d.kind for d in self.dims))
+
+    def uniform(self, level_value: float, kind: str | None = None) -> Config:
+        """Every dimension (of ``kind``; others at their lowest level) at ``level_value``."""
+        return tuple(
+            d.levels.index(level_value) if kind in (None, d.kind) else 0 for d in self.dims
+        )
 
     def best_uniform(self) -> Config | None:
-        """The costliest configuration with one level value for every unit that is feasible."""
-        shared = set(self.dims[0].levels).intersection(*(d.levels for d in self.dims))
-        for value in sorted(shared, reverse=True):
-            config = self.uniform(value)
-            if self.is_feasible(config):
-                return config
-        return None
+        """The costliest feasible configuration that gives every dimension of a kind one value.
+
+        Several kinds (a joint space) each get their own value; among feasible combinations
+        the one with the most level steps wins.
+        """
+        import itertools
+
+        kinds = self.kinds()
+        choices = []
+        for kind in kinds:
+            dims = [d for d in self.dims if d.kind == kind]
+            shared = set(dims[0].levels).intersection(*(d.levels for d in dims))
+            choices.append([v for v in dims[0].levels if v in shared])
+        best: tuple[int, Config] | None = None
+        for values in itertools.product(*choices):
+            chosen = dict(zip(kinds, values))
+            config = tuple(d.levels.index(chosen[d.kind]) for d in self.dims)
+            if self.is_feasible(config) and (best is None or sum(config) > best[0]):
+                best = (sum(config), config)
+        return None if best is None else best[1]
 
     def lowest(self) -> Config:
         return tuple(0 for _ in self.dims)

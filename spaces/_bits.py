@@ -32,25 +32,49 @@ class MeanBits(Constraint):
             bits_params, total_params = table
             total = int(bits_params[np.arange(len(config)), np.asarray(config)].sum())
             return Fraction(total, total_params)
-        total = sum(int(w) * Fraction(str(v)) for w, v in zip(space.weights, space.values(config)))
-        return total / int(space.weights.sum())
+        pairs = [
+            (d.weight, Fraction(str(d.levels[i])))
+            for d, i in zip(space.dims, config)
+            if d.kind == "bits"
+        ]
+        return sum(w * v for w, v in pairs) / sum(w for w, _ in pairs)
 
     def _table(self, space: SearchSpace) -> tuple[np.ndarray, int] | None:
         """Per dimension and level, parameters × bits, when every level is a whole number."""
         key = id(space)
         if key not in self._tables:
-            if all(float(v).is_integer() for d in space.dims for v in d.levels):
+            dims = [d for d in space.dims if d.kind == "bits"]
+            if all(float(v).is_integer() for d in dims for v in d.levels):
                 width = max(len(d.levels) for d in space.dims)
                 table = np.zeros((len(space.dims), width), dtype=np.int64)
                 for i, d in enumerate(space.dims):
-                    table[i, : len(d.levels)] = [d.weight * int(v) for v in d.levels]
-                self._tables[key] = (table, int(space.weights.sum()))
+                    if d.kind == "bits":
+                        table[i, : len(d.levels)] = [d.weight * int(v) for v in d.levels]
+                self._tables[key] = (table, sum(d.weight for d in dims))
             else:
                 self._tables[key] = None
         return self._tables[key]
 
     def describe(self) -> str:
         return f"mean_bits <= {self.limit:g}"
+
+
+def bits_dims(
+    units: Sequence[tuple[str, tuple[int, int]]], levels: Sequence[int], *, suffix: str = ""
+) -> list[Dimension]:
+    """One bitwidth dimension per ``(name, (out_features, in_features))`` unit."""
+    ordered = tuple(sorted(int(b) for b in levels))
+    return [
+        Dimension(
+            name=name + suffix,
+            levels=ordered,
+            weight=shape[0] * shape[1],
+            group=f"{shape[0]}x{shape[1]}",
+            kind="bits",
+            target=name,
+        )
+        for name, shape in units
+    ]
 
 
 def bits_space(

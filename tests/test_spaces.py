@@ -43,5 +43,7 @@ def test_uniform_and_impossible_budget() -> None:
     assert _space(3.5).best_uniform() == (1, 1, 1)
     with pytest.raises(ValueError, match="cannot be met"):
         _space(1.5)
-    with pytest.raises(ValueError, match="ascending"):
-        Dimension("z", (3, 2), 1, "g")
+    with pytest.raises(ValueError, match="monotone"):
+        Dimension("z", (3, 2, 4), 1, "g")
+    with pytest.raises(ValueError, match="kind"):
+        Dimension("z", (2, 3), 1, "g", kind="color")

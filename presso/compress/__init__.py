@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Importing the operator modules registers them with make_operator.
 from presso.compress import _gptq_operator, _rtn  # noqa: F401
-from presso.compress._base import Operator, make_operator
+from presso.compress._base import Compressed, Operator, make_operator
 from presso.compress._gptq import gptq_quantize
 from presso.compress._hessian import HessianAccumulator, hessian_hooks
 from presso.compress._quant import (
@@ -19,6 +19,7 @@ from presso.compress._quant import (
 )
 
 __all__ = [
+    "Compressed",
     "HessianAccumulator",
     "Operator",
     "QuantSpec",

@@ -6,11 +6,30 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 
 from presso.compress._quant import QuantizedWeight, QuantSpec
+
+
+class Compressed(Protocol):
+    """What an operator produces: a compressed weight that the level database can store.
+
+    QuantizedWeight (codes, scales, zeros) and sparse weights both satisfy it.
+    """
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 ``[out, in]`` weight to run the model with."""
+        ...
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The stored tensors by name."""
+        ...
+
+    def meta(self) -> dict[str, Any]:
+        """JSON-ready facts that, with :meth:`tensors`, let :meth:`Operator.restore` rebuild it."""
+        ...
 
 
 class Operator(ABC):
@@ -24,7 +43,7 @@ class Operator(ABC):
     name: ClassVar[str]
     needs_hessian: ClassVar[bool]
     # Bumped when an implementation change alters outputs, so cached levels are rebuilt.
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     def __init__(self, *, group_size: int | None = None, symmetric: bool = False) -> None:
         QuantSpec(bits=2, group_size=group_size, symmetric=symmetric)  # validates the options
@@ -47,12 +66,16 @@ class Operator(ABC):
     @abstractmethod
     def compress(
         self, weight: torch.Tensor, level: int, hessian: torch.Tensor | None
-    ) -> QuantizedWeight:
+    ) -> Compressed:
         """Quantize ``weight`` ``[out, in]`` to ``level`` bits; ``hessian`` ``[in, in]`` or None."""
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Compressed:
+        """Rebuild what :meth:`compress` returned from its stored tensors and meta."""
+        return QuantizedWeight.from_tensors(tensors, QuantSpec(**meta))
 
     def compress_many(
         self, weight: torch.Tensor, levels: Sequence[int], hessian: torch.Tensor | None
-    ) -> list[QuantizedWeight]:
+    ) -> list[Compressed]:
         """:meth:`compress` at each of ``levels``; operators override it when sharing work pays."""
         return [self.compress(weight, level, hessian) for level in levels]
 

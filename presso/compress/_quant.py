@@ -18,6 +18,7 @@ scales and zeros can be exported to GPTQ-style checkpoints without conversion:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -136,6 +137,14 @@ class QuantizedWeight:
     def tensors(self) -> dict[str, torch.Tensor]:
         """The packed tensors by name (``codes``, ``scales``, ``zeros``), e.g. for safetensors."""
         return {"codes": self.codes, "scales": self.scales, "zeros": self.zeros}
+
+    def meta(self) -> dict[str, Any]:
+        """JSON-ready facts that, with :meth:`tensors`, rebuild this weight (the spec)."""
+        return {
+            "bits": self.spec.bits,
+            "group_size": self.spec.group_size,
+            "symmetric": self.spec.symmetric,
+        }
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], spec: QuantSpec) -> QuantizedWeight:
