@@ -55,13 +55,21 @@ class Result:
 
 @dataclass(frozen=True)
 class Context:
-    """Facts about the problem that some strategies use.
+    """Facts about the problem that some strategies use (heuristics and baselines).
 
     unit_errors: per dimension, per level index, the unit's relative output error when
-        compressed at that level alone (from the level database); used by heuristics.
+        compressed at that level alone (from the level database); used by error-greedy.
+    dim_blocks: per dimension, the index of the transformer block it belongs to.
+    block_importance: per block, ShortGPT's block influence, 1 - mean cos(input, output) of
+        the block's hidden states on calibration tokens (low = the block changes little).
+    outlier_ratios: per block, OWL's layerwise outlier distribution: the share of the block's
+        weights whose Wanda score |W_ij|·||X_j|| exceeds M times the mean score (M = 5).
     """
 
     unit_errors: tuple[tuple[float, ...], ...] | None = None
+    dim_blocks: tuple[int, ...] | None = None
+    block_importance: tuple[float, ...] | None = None
+    outlier_ratios: tuple[float, ...] | None = None
 
 
 class Strategy(ABC):
