@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("show", help="a run's best candidates and per-layer bits")
     sh.add_argument("run")
+    sh.add_argument("--pareto", action="store_true", help="the Pareto front and its hypervolume")
     sh.add_argument("--store", default=DEFAULT_STORE)
     sh.set_defaults(func=_show)
 
@@ -121,9 +122,19 @@ def _show(args: argparse.Namespace) -> int:
             print(f"best so far: fitness {best.fitness:.5f} ({best.tag}, {best.tokens} tokens)")
         return 0
     _print_summary(summary)
+    if args.pareto:
+        _print_pareto(summary)
+        return 0
     best = summary["candidates"]["search"]
-    print("\nper-layer bits of the search's best (rows: blocks):")
-    print(_bits_grid(attrs["units"], best["levels"]))
+    kinds = attrs.get("kinds") or ["bits"] * len(attrs["units"])
+    for kind in dict.fromkeys(kinds):
+        names = [n for n, k in zip(attrs["units"], kinds) if k == kind]
+        values = [v for v, k in zip(best["levels"], kinds) if k == kind]
+        label = {"bits": "bits", "sparsity": "sparsity (%)", "depth": "kept (1) / dropped (0)"}[
+            kind
+        ]
+        print(f"\nper-layer {label} of the search's best (rows: blocks):")
+        print(_bits_grid([n.split(":")[0] for n in names], values))
     return 0
 
 
@@ -147,21 +158,42 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+BUDGET_METRICS = ("mean_bits", "mean_sparsity", "dropped")
+
+
 def _print_summary(summary: dict) -> None:
     cands = summary["candidates"]
-    print(
-        f"\n{'candidate':<22} {'strategy':<14} {'mean bits':>9} {'held-out ppl':>13} {'held-out KL':>12}"
-    )
+    budget = [m for m in BUDGET_METRICS if any(m in c for c in cands.values())]
+    head = "".join(f"{m:>14}" for m in budget)
+    print(f"\n{'candidate':<22} {'strategy':<14}{head} {'held-out ppl':>13} {'held-out KL':>12}")
     for phase, c in cands.items():
         h = c["heldout"]
         ppl = f"{h['ppl']:.3f}" if "ppl" in h else "-"
         kl = h.get("kl", h.get("cos_dist", float("nan")))
-        print(f"{phase:<22} {c['strategy']:<14} {c['mean_bits']:>9.3f} {ppl:>13} {kl:>12.5f}")
+        values = "".join(f"{c.get(m, float('nan')):>14.3f}" for m in budget)
+        print(f"{phase:<22} {c['strategy']:<14}{values} {ppl:>13} {kl:>12.5f}")
     if "search" in cands and "baseline:uniform" in cands and "ppl" in cands["search"]["heldout"]:
         s, u = cands["search"]["heldout"]["ppl"], cands["baseline:uniform"]["heldout"]["ppl"]
         print(
             f"search vs uniform: held-out perplexity {s:.3f} vs {u:.3f} ({(u - s) / u:+.1%} better)"
         )
+
+
+def _print_pareto(summary: dict) -> None:
+    pareto = summary.get("pareto") or {}
+    objectives = pareto.get("objectives", [])
+    if not pareto.get("points"):
+        print("\nno Pareto front: no evaluation has every objective")
+        return
+    heldout = {h["index"]: h for h in pareto.get("heldout", [])}
+    print(f"\nPareto front over {', '.join(objectives)}: {len(pareto['points'])} points")
+    print("".join(f"{o:>16}" for o in objectives) + f"{'held-out ppl':>14}")
+    for i, point in enumerate(pareto["points"]):
+        ppl = heldout.get(i, {}).get("ppl")
+        print("".join(f"{v:>16.5f}" for v in point) + (f"{ppl:>14.3f}" if ppl else f"{'-':>14}"))
+    if pareto.get("hypervolume") is not None:
+        ref = ", ".join(f"{r:.4g}" for r in pareto["reference"])
+        print(f"hypervolume {pareto['hypervolume']:.6g} (reference point {ref})")
 
 
 def _bits_grid(units: list[str], levels: list[float]) -> str:
@@ -171,8 +203,8 @@ def _bits_grid(units: list[str], levels: list[float]) -> str:
     rows: dict[int, dict[str, float]] = {}
     cols: list[str] = []
     for name, bits in zip(units, levels):
-        m = re.search(r"\.(\d+)\.(.+)$", name)
-        block, short = (int(m.group(1)), m.group(2).split(".")[-1]) if m else (0, name)
+        m = re.search(r"\.(\d+)(?:\.(.+))?$", name)
+        block, short = (int(m.group(1)), (m.group(2) or "block").split(".")[-1]) if m else (0, name)
         rows.setdefault(block, {})[short] = bits
         if short not in cols:
             cols.append(short)

@@ -58,9 +58,52 @@ class CompressConfig(_Strict):
         return sorted(v)
 
 
+class SparsityConfig(_Strict):
+    operator: Literal["sparsegpt", "wanda", "magnitude"] = "sparsegpt"
+    levels: list[int] = Field(default_factory=lambda: [0, 30, 40, 50, 60, 70, 80, 90])
+    pattern: Literal["unstructured", "2:4"] = "unstructured"
+    damp: float = Field(0.01, gt=0, lt=1)
+    calibration: int = Field(
+        16, ge=1, description="calibration windows for Wanda/SparseGPT statistics"
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if not 0 <= s < 100]
+        if not v or bad:
+            raise ValueError(f"sparsity levels are percent in 0..99, got {bad or v}")
+        if len(set(v)) != len(v):
+            raise ValueError("levels must be distinct")
+        return sorted(v)
+
+
+#: Which space kinds each budget switches on.
+BUDGET_KINDS = {"mean_bits": "bits", "mean_sparsity": "sparsity", "dropped": "depth"}
+
+
 class SpaceConfig(_Strict):
-    kind: Literal["bits"] = "bits"
-    mean_bits: float = Field(..., gt=0, description="parameter-weighted mean bits budget")
+    kind: Literal["bits", "sparsity", "depth", "joint"] = "bits"
+    mean_bits: float | None = Field(None, gt=0, description="parameter-weighted mean bits budget")
+    mean_sparsity: float | None = Field(
+        None, ge=0, lt=100, description="minimum parameter-weighted mean sparsity, percent"
+    )
+    dropped: int | None = Field(None, ge=0, description="blocks (or sublayers) to drop, at least")
+    granularity: Literal["block", "sublayer"] = "block"
+
+    def kinds(self) -> list[str]:
+        """The kinds of dimension this space has: its own kind, or every budgeted one (joint)."""
+        if self.kind != "joint":
+            return [self.kind]
+        return [k for field, k in BUDGET_KINDS.items() if getattr(self, field) is not None]
+
+    def missing_budget(self) -> str | None:
+        """The budget field a kind needs but lacks, if any."""
+        need = {v: k for k, v in BUDGET_KINDS.items()}
+        if self.kind == "joint":
+            return None if len(self.kinds()) >= 2 else "two of mean_bits, mean_sparsity, dropped"
+        field = need[self.kind]
+        return field if getattr(self, field) is None else None
 
 
 class SearchConfig(_Strict):
@@ -93,7 +136,12 @@ class Experiment(_Strict):
     model: str
     data: DataConfig = Field(default_factory=DataConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     space: SpaceConfig
+    objectives: list[str] = Field(
+        default_factory=list,
+        description="metrics the Pareto front is over (default: kl and each budget's metric)",
+    )
     search: SearchConfig = Field(default_factory=SearchConfig)
     baselines: list[str] = Field(default_factory=lambda: ["uniform"])
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
@@ -196,7 +244,11 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
     def fail(loc: tuple, message: str) -> None:
         raise PressoError(f"{_where(path, lines, loc)}: {'.'.join(map(str, loc))}: {message}")
 
-    if exp.space.mean_bits < min(exp.compress.levels):
+    missing = exp.space.missing_budget()
+    if missing:
+        fail(("space",), f"a {exp.space.kind} space needs {missing}; add it under space:")
+    kinds = exp.space.kinds()
+    if "bits" in kinds and exp.space.mean_bits < min(exp.compress.levels):
         fail(
             ("space", "mean_bits"),
             f"no configuration can meet mean_bits <= {exp.space.mean_bits:g}: the lowest level is "
@@ -215,6 +267,17 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             ("data", "corpus"),
             f"{exp.data.corpus!r} is not a built-in corpus "
             f"({', '.join(BUILTIN_CORPORA)}) and no such file or folder exists",
+        )
+    if "sparsity" in kinds and exp.space.mean_sparsity > max(exp.sparsity.levels):
+        fail(
+            ("space", "mean_sparsity"),
+            f"no configuration reaches mean_sparsity >= {exp.space.mean_sparsity:g}%: the highest "
+            f"level is {max(exp.sparsity.levels)}%; lower it or add a higher level to sparsity.levels",
+        )
+    if "sparsity" in kinds and exp.sparsity.pattern == "2:4" and exp.sparsity.levels != [0, 50]:
+        fail(
+            ("sparsity", "levels"),
+            "the 2:4 pattern has exactly the levels [0, 50]; set levels: [0, 50]",
         )
     if exp.compress.calibration > exp.data.calibration:
         fail(

@@ -24,6 +24,7 @@ import numpy as np
 
 from presso.paths import atomic_write_bytes, digest
 from presso.search._base import Request, Result
+from presso.spaces._depth import DROPPED
 
 if TYPE_CHECKING:
     import torch
@@ -129,6 +130,9 @@ def _nbytes(value: Any) -> int:
 class Evaluator:
     """Scores configurations of ``space`` for one model (one per process or Ray actor).
 
+    dbs: the level database of each kind of dimension that needs one (``bits``, ``sparsity``);
+        a unit with both a bits and a sparsity dimension takes its sparse level and rounds
+        the kept weights to its bits (round-to-nearest, on the fly; pruned weights stay zero).
     batch_size: calibration windows per forward pass.
     cache_mb: memory for cached block outputs; 0 turns prefix reuse off.
     """
@@ -137,7 +141,7 @@ class Evaluator:
         self,
         handle: ModelHandle,
         data: CalibrationData,
-        db: LevelDatabase,
+        dbs: dict[str, LevelDatabase],
         space: SearchSpace,
         reference: DenseReference,
         *,
@@ -146,16 +150,25 @@ class Evaluator:
     ) -> None:
         self.handle = handle
         self.data = data
-        self.db = db
+        self.dbs = dbs
         self.space = space
         self.reference = reference
         self.batch_size = batch_size
         self._cache = _BlockCache(cache_mb * 2**20)
-        self._loaded: dict[str, float] = {}
-        block_of = {u.name: u.block for u in handle.units}
-        dims_blocks = [block_of[name] for name in space.names]
+        self._loaded: dict[str, tuple] = {}
+        self._dropped: set[str] = set()
+        missing = {d.kind for d in space.dims if d.kind != "depth"} - set(dbs)
+        if missing:
+            raise ValueError(f"no level database for {sorted(missing)} dimensions")
+        dims_blocks = [handle.block_of(d.target) for d in space.dims]
         if dims_blocks != sorted(dims_blocks):
             raise ValueError("space dimensions must follow the model's block order")
+        # Per unit: the dimension index of each kind that sets it.
+        self._unit_dims: dict[str, dict[str, int]] = {}
+        for i, d in enumerate(space.dims):
+            if d.kind != "depth":
+                self._unit_dims.setdefault(d.target, {})[d.kind] = i
+        self._tuple_output = self._block_returns_tuple()
         # _prefix_end[b]: how many dimensions belong to blocks 0..b.
         self._prefix_end = [
             int(np.searchsorted(dims_blocks, b, side="right")) for b in range(len(handle.blocks))
@@ -226,17 +239,92 @@ class Evaluator:
         return sorted(int(i) for i in np.random.default_rng(seed).choice(pool, n, replace=False))
 
     def apply(self, config: Config) -> None:
-        """Set every unit's weight to its level in ``config`` (only units that changed)."""
+        """Set every unit's weight to its levels in ``config`` (only units that changed) and
+        drop the blocks or sublayers it drops."""
         self.space.validate(config)
-        for dim, level in zip(self.space.dims, config):
-            bits = dim.levels[level]
-            if self._loaded.get(dim.name) == bits:
-                continue
+        for unit, kinds in self._unit_dims.items():
+            levels = tuple(
+                sorted((k, self.space.dims[i].levels[config[i]]) for k, i in kinds.items())
+            )
+            if self._loaded.get(unit) != levels:
+                self.handle.set_weight(unit, self._weight(unit, dict(levels)))
+                self._loaded[unit] = levels
+        dropped = {
+            d.target
+            for d, i in zip(self.space.dims, config)
+            if d.kind == "depth" and d.levels[i] == DROPPED
+        }
+        for target in self._dropped - dropped:
+            self._set_forward(self.handle.module(target), None)
+        for target in dropped - self._dropped:
+            self._set_forward(self.handle.module(target), self._skip_for(target))
+        self._dropped = dropped
+
+    def _weight(self, unit: str, levels: dict[str, float]) -> torch.Tensor:
+        """The weight of ``unit`` at ``levels`` (kind -> level value)."""
+        bits, sparsity = levels.get("bits", DENSE_BITS), levels.get("sparsity", 0)
+        if sparsity == 0:
             if bits >= DENSE_BITS:
-                self.handle.set_weight(dim.name, self.handle.dense_weight(dim.name))
-            else:
-                self.handle.set_weight(dim.name, self.db.weight(dim.name, int(bits)))
-            self._loaded[dim.name] = bits
+                return self.handle.dense_weight(unit)
+            return self.dbs["bits"].weight(unit, int(bits))
+        sparse = self.dbs["sparsity"].weight(unit, int(sparsity))
+        if bits >= DENSE_BITS:
+            return sparse
+        from presso.compress import QuantSpec, quantize_rtn
+
+        op = self.dbs["bits"].operator
+        spec = QuantSpec(bits=int(bits), group_size=op.group_size, symmetric=op.symmetric)
+        return quantize_rtn(sparse, spec).dequantize() * (sparse != 0)
+
+    def _skip_for(self, target: str) -> Any:
+        """A forward that makes module ``target`` (a block, its attention or its MLP) a no-op
+        on the residual stream: a block passes its input through, a sublayer adds zero."""
+        if target in self.handle.block_names():
+            tuple_output = self._tuple_output
+
+            def skip_block(*args: Any, **kwargs: Any) -> Any:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                return (hidden,) if tuple_output else hidden
+
+            return skip_block
+        if target.endswith("self_attn"):
+
+            def skip_attention(*args: Any, **kwargs: Any) -> Any:
+                import torch
+
+                hidden = args[0] if args else kwargs["hidden_states"]
+                return torch.zeros_like(hidden), None
+
+            return skip_attention
+
+        def skip_mlp(x: Any, *args: Any, **kwargs: Any) -> Any:
+            import torch
+
+            return torch.zeros_like(x)
+
+        return skip_mlp
+
+    @staticmethod
+    def _set_forward(module: Any, forward: Any) -> None:
+        """Override a module's forward (instance attribute), or restore its own with None."""
+        if forward is None:
+            module.__dict__.pop("forward", None)
+        else:
+            module.forward = forward
+
+    def _block_returns_tuple(self) -> bool:
+        """Whether this architecture's blocks return a tuple (BERT) or a tensor (Llama)."""
+        import torch
+
+        seen: list[bool] = []
+        hook = self.handle.blocks[0].register_forward_hook(
+            lambda m, i, out: seen.append(isinstance(out, tuple))
+        )
+        try:
+            self.handle.forward(torch.zeros(1, 2, dtype=torch.long))
+        finally:
+            hook.remove()
+        return seen[0]
 
     # ------------------------------------------------------------------ internals
 
@@ -266,8 +354,9 @@ class Evaluator:
                 start = b + 1
                 break
         hooks = []
+        names = self.handle.block_names()
         for b in range(start):  # skipped: return the cached output of block start-1
-            blocks[b].forward = lambda *args, _out=cached, **kwargs: _out  # type: ignore[method-assign]
+            self._set_forward(blocks[b], lambda *args, _out=cached, **kwargs: _out)
         for b in range(start, len(blocks)):
             hooks.append(
                 blocks[b].register_forward_hook(
@@ -277,8 +366,9 @@ class Evaluator:
         try:
             output = self.handle.forward(self.data.calibration[list(batch)])
         finally:
-            for b in range(start):
-                del blocks[b].forward
+            for b in range(start):  # back to its own forward, or to being dropped
+                skip = self._skip_for(names[b]) if names[b] in self._dropped else None
+                self._set_forward(blocks[b], skip)
             for h in hooks:
                 h.remove()
         self.blocks_reused += start

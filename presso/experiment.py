@@ -78,16 +78,95 @@ class Setup:
         )
 
     @cached_property
-    def space(self):  # noqa: ANN201 - SearchSpace
-        from presso.spaces import bits_space
+    def sparse_db(self):  # noqa: ANN201 - LevelDatabase of the sparsity operator
+        from presso.compress import make_operator
+        from presso.leveldb import LevelDatabase
 
-        units = [(u.name, u.shape) for u in self.handle.units]
-        try:
-            return bits_space(
-                units, self.experiment.compress.levels, self.experiment.space.mean_bits
+        c = self.experiment.sparsity
+        options: dict[str, Any] = {"pattern": c.pattern}
+        if c.operator == "sparsegpt":
+            options["damp"] = c.damp
+        if c.pattern == "2:4":
+            bad = sorted({u.shape[1] for u in self.handle.units if u.shape[1] % 4})
+            if bad:
+                raise PressoError(
+                    f"sparsity.pattern: 2:4 needs input widths divisible by 4, got {bad[0]}"
+                )
+        operator = make_operator(c.operator, **options)
+        calibration = f"{self.data.fingerprint}/{c.calibration}"
+        return LevelDatabase(
+            self.cache_root / "levels", self.handle, operator, c.levels, calibration=calibration
+        )
+
+    @cached_property
+    def kinds(self) -> list[str]:
+        return self.experiment.space.kinds()
+
+    def dbs(self) -> dict[str, Any]:
+        """The level database of each kind in the space that needs one."""
+        out = {}
+        if "bits" in self.kinds:
+            out["bits"] = self.db
+        if "sparsity" in self.kinds:
+            out["sparsity"] = self.sparse_db
+        return out
+
+    @cached_property
+    def space(self):  # noqa: ANN201 - SearchSpace
+        from presso.spaces import (
+            MeanBits,
+            MeanSparsity,
+            MinDropped,
+            SearchSpace,
+            bits_dims,
+            depth_dims,
+            sparsity_dims,
+        )
+
+        sp, kinds = self.experiment.space, self.kinds
+        joint = len(kinds) > 1
+        dims, constraints = [], []
+        for b, block in enumerate(self.handle.block_names()):
+            units = [(u.name, u.shape) for u in self.handle.units if u.block == b]
+            if "bits" in kinds:
+                dims += bits_dims(
+                    units, self.experiment.compress.levels, suffix=":bits" if joint else ""
+                )
+            if "sparsity" in kinds:
+                dims += sparsity_dims(
+                    units, self.experiment.sparsity.levels, suffix=":sparsity" if joint else ""
+                )
+            if "depth" in kinds:
+                dims += depth_dims([(block, self._params(block))], sublayers=self._sublayers(block))
+        if "bits" in kinds:
+            constraints.append(MeanBits(sp.mean_bits))
+        if "sparsity" in kinds:
+            constraints.append(MeanSparsity(sp.mean_sparsity))
+        if "depth" in kinds:
+            n = len([d for d in dims if d.kind == "depth"])
+            if sp.dropped >= n:
+                raise PressoError(f"space.dropped: {sp.dropped} but the model has only {n} to drop")
+            constraints.append(MinDropped(sp.dropped))
+        space = SearchSpace(dims, constraints)
+        if not space.is_feasible(space.lowest()):
+            raise PressoError(f"space: no configuration meets {space.describe()}")
+        return space
+
+    def _params(self, module: str) -> int:
+        return sum(p.numel() for p in self.handle.module(module).parameters())
+
+    def _sublayers(self, block: str) -> list[tuple[str, int]]:
+        """The block's attention and MLP as depth dimensions (granularity: sublayer)."""
+        if self.experiment.space.granularity == "block":
+            return []
+        names = [f"{block}.self_attn", f"{block}.mlp"]
+        modules = dict(self.handle.model.named_modules())
+        if not all(n in modules for n in names):
+            raise PressoError(
+                f"space.granularity: sublayer needs blocks with self_attn and mlp modules "
+                f"({self.experiment.model} has none); use granularity: block"
             )
-        except ValueError as err:
-            raise PressoError(f"space: {err}") from None
+        return [(n, self._params(n)) for n in names]
 
     @cached_property
     def reference(self):  # noqa: ANN201 - DenseReference
@@ -96,12 +175,18 @@ class Setup:
         return DenseReference(self.cache_root / "reference", self.handle, self.data)
 
     def prepare(self, progress: Progress | None = None) -> dict[str, float]:
-        """Build what is missing (level database, dense reference); returns timings in seconds."""
+        """Build what is missing (level databases, dense reference); returns timings in seconds."""
         start = time.perf_counter()
         _ = self.data
         timings = {"load_s": time.perf_counter() - start}
-        n = self.experiment.compress.calibration
-        timings["level_db_s"] = self.db.build(self.data.calibration[:n], progress=progress)
+        if "bits" in self.kinds:
+            n = self.experiment.compress.calibration
+            timings["level_db_s"] = self.db.build(self.data.calibration[:n], progress=progress)
+        if "sparsity" in self.kinds:
+            n = self.experiment.sparsity.calibration
+            timings["sparse_db_s"] = self.sparse_db.build(
+                self.data.calibration[:n], progress=progress
+            )
         timings["reference_s"] = self.reference.build(progress=progress)
         return timings
 
@@ -112,21 +197,43 @@ class Setup:
         return Evaluator(
             self.handle,
             self.data,
-            self.db,
+            self.dbs(),
             self.space,
             self.reference,
             batch_size=e.batch_size,
             cache_mb=e.cache_mb,
         )
 
-    def context(self):  # noqa: ANN201 - search Context
+    def context(self, strategies: list[str]):  # noqa: ANN201 - search Context
+        """What the named strategies need to know beyond the space (computed only if needed)."""
         from presso.search import Context
 
-        errors = self.db.unit_errors()
-        per_dim = []
-        for dim in self.space.dims:
-            per_dim.append(tuple(0.0 if b >= 16 else errors[dim.name][int(b)] for b in dim.levels))
-        return Context(unit_errors=tuple(per_dim))
+        space, facts = self.space, {}
+        facts["dim_blocks"] = tuple(self.handle.block_of(d.target) for d in space.dims)
+        windows = self.data.calibration
+        if "error-greedy" in strategies and "depth" not in self.kinds:
+            dbs = self.dbs()
+            errors = {kind: db.unit_errors() for kind, db in dbs.items()}
+            facts["unit_errors"] = tuple(
+                tuple(_level_error(errors[d.kind][d.target], v, d.kind) for v in d.levels)
+                for d in space.dims
+            )
+        if "shortgpt" in strategies:
+            from presso.importance import block_influence
+
+            facts["block_importance"] = tuple(block_influence(self.handle, windows))
+        if "owl" in strategies:
+            from presso.importance import outlier_ratios
+
+            facts["outlier_ratios"] = tuple(outlier_ratios(self.handle, windows))
+        return Context(**facts)
+
+
+def _level_error(errors: dict[int, float], value: float, kind: str) -> float:
+    """A unit's stored error at a level; dense levels (16 bits, 0% sparsity) have none."""
+    if (kind == "bits" and value >= 16) or (kind == "sparsity" and value == 0):
+        return errors.get(int(value), 0.0)
+    return errors[int(value)]
 
 
 def default_threads(workers: int = 1) -> int:

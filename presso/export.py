@@ -29,28 +29,44 @@ def build_plan(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
         )
     cand = candidates[phase]
     exp = study_attrs["experiment"]
-    comp = exp["compress"]
-    units = {}
-    for name, bits in zip(study_attrs["units"], cand["levels"]):
-        if bits >= 16:
-            units[name] = {"method": "dense"}
-        else:
-            units[name] = {
-                "method": comp["operator"],
-                "bits": int(bits),
-                "group_size": comp["group_size"],
-                "symmetric": comp["symmetric"],
-            }
+    names = study_attrs["units"]
+    kinds = study_attrs.get("kinds") or ["bits"] * len(names)
+    targets = study_attrs.get("targets") or names
+    units: dict[str, dict[str, Any]] = {}
+    dropped = []
+    for target, kind, value in zip(targets, kinds, cand["levels"]):
+        if kind == "depth":
+            if value == 0:
+                dropped.append(target)
+            continue
+        entry = units.setdefault(target, {"method": "dense"})
+        if kind == "bits" and value < 16:
+            comp = exp["compress"]
+            entry.update(
+                method=comp["operator"],
+                bits=int(value),
+                group_size=comp["group_size"],
+                symmetric=comp["symmetric"],
+            )
+        elif kind == "sparsity" and value > 0:
+            sp = exp["sparsity"]
+            entry.update(sparsity=int(value), sparsity_method=sp["operator"], pattern=sp["pattern"])
+    budget = {
+        k: v
+        for k, v in exp["space"].items()
+        if k in ("mean_bits", "mean_sparsity", "dropped") and v is not None
+    }
     return {
         "presso_plan": PLAN_VERSION,
         "run": summary["run"],
         "candidate": phase,
         "strategy": cand["strategy"],
         "model": exp["model"],
-        "budget": {"mean_bits": exp["space"]["mean_bits"]},
-        "mean_bits": cand["mean_bits"],
+        "budget": budget,
+        **{k: cand[k] for k in ("mean_bits", "mean_sparsity", "dropped") if k in cand},
         "metrics": cand["heldout"],
         "units": units,
+        "dropped": dropped,
     }
 
 
@@ -58,9 +74,27 @@ def render(plan: dict[str, Any], fmt: str, suffix: str = "") -> str:
     """The file contents for ``fmt``: a plan as JSON (YAML when ``suffix`` is .yaml/.yml), or
     EvoPress's ``layer: level`` lines."""
     if fmt == "evopress":
-        return "".join(f"{name}: {u.get('bits', 16)}\n" for name, u in plan["units"].items())
+        return _evopress_text(plan)
     if suffix in (".yaml", ".yml"):
         import yaml
 
         return yaml.safe_dump(plan, sort_keys=False)
     return json.dumps(plan, indent=2) + "\n"
+
+
+def _evopress_text(plan: dict[str, Any]) -> str:
+    """EvoPress's ``layer: level`` lines: bits per layer, sparsity per layer, or 0/1 (dropped/kept)
+    per block — one kind per file, as EvoPress writes them."""
+    from presso.errors import PressoError
+
+    units = plan["units"]
+    has_bits = any("bits" in u for u in units.values())
+    has_sparsity = any("sparsity" in u for u in units.values())
+    if sum([has_bits, has_sparsity, bool(plan["dropped"])]) > 1:
+        raise PressoError(
+            "the evopress format holds one kind of level; this candidate mixes several: use --format plan"
+        )
+    if plan["dropped"]:
+        return "".join(f"{name}: 0\n" for name in plan["dropped"])
+    key, dense = ("sparsity", 0) if has_sparsity else ("bits", 16)
+    return "".join(f"{name}: {u.get(key, dense)}\n" for name, u in units.items())

@@ -56,8 +56,8 @@ class ModelHandle:
         self.tokenizer = tokenizer
         self.kind = kind
         self.name = name
-        self.blocks, self._blocks_prefix = _find_blocks(model)
-        self.units = _find_units(model, self._blocks_prefix)
+        self.blocks, self.blocks_prefix = _find_blocks(model)
+        self.units = _find_units(model, self.blocks_prefix)
         if not self.units:
             raise PressoError(f"model {name}: no Linear layers found inside its transformer blocks")
         self._modules = dict(model.named_modules())
@@ -69,6 +69,19 @@ class ModelHandle:
     @property
     def unit_names(self) -> list[str]:
         return [u.name for u in self.units]
+
+    def block_of(self, name: str) -> int:
+        """The index of the block that module ``name`` (a block, or anything inside one) is in."""
+        prefix = self.blocks_prefix + "."
+        if not name.startswith(prefix):
+            raise ValueError(f"{name} is not inside the blocks {self.blocks_prefix}.*")
+        return int(name[len(prefix) :].split(".")[0])
+
+    def block_names(self) -> list[str]:
+        return [f"{self.blocks_prefix}.{i}" for i in range(len(self.blocks))]
+
+    def module(self, name: str) -> nn.Module:
+        return self._modules[name]
 
     def linear(self, name: str) -> nn.Linear:
         return self._modules[name]  # type: ignore[return-value]

@@ -78,9 +78,16 @@ def run_search(
         )
     else:
         pool = LocalPool(evaluator)
-    context = setup.context() if _needs_context(exp) else None
+    context = setup.context([exp.search.strategy, *exp.baselines])
 
-    phases = [("search", exp.search.strategy, exp.search.options)]
+    objectives = exp.objectives or default_objectives(setup)
+    phases = [
+        (
+            "search",
+            exp.search.strategy,
+            _with_objectives(exp.search.strategy, exp.search.options, objectives),
+        )
+    ]
     phases += [(f"baseline:{b}", b, {}) for b in exp.baselines if b != exp.search.strategy]
     winners: dict[str, Any] = {}
     search_start = time.perf_counter()
@@ -140,16 +147,81 @@ def run_search(
         summary["candidates"][phase] = {
             "strategy": name,
             "levels": space.values(config),
-            "mean_bits": space.constraints[0].value(space, config),
+            **{c.metric: c.value(space, config) for c in space.constraints},
             "heldout": heldout,
         }
     summary["evaluations"] = evaluations
+    multi = "objectives" in phases[0][2]
+    summary["pareto"] = _pareto(
+        store.records(study), objectives, space, evaluator if multi else None
+    )
     store.set_summary(study, summary)
     return summary
 
 
-def _needs_context(exp: Experiment) -> bool:
-    return exp.search.strategy == "error-greedy" or "error-greedy" in exp.baselines
+def default_objectives(setup: Setup) -> list[str]:
+    """The fitness metric and each budget's metric: e.g. ``["kl", "mean_bits"]``."""
+    fitness = "kl" if setup.handle.kind == "causal-lm" else "cos_dist"
+    return [fitness, *(c.metric for c in setup.space.constraints)]
+
+
+def _with_objectives(strategy: str, options: dict, objectives: list[str]) -> dict:
+    """Multi-objective strategies get the run's objectives unless the file sets their own."""
+    import inspect
+
+    from presso.search import strategy_class
+
+    params = inspect.signature(strategy_class(strategy).__init__).parameters
+    if "objectives" in params and "objectives" not in options:
+        return {**options, "objectives": list(objectives)}
+    return options
+
+
+#: Held-out metrics are measured for at most this many points of a Pareto front.
+MAX_FRONT_HELDOUT = 12
+
+
+def _pareto(records: list, objectives: list[str], space: Any, evaluator: Any) -> dict[str, Any]:
+    """The search's Pareto front over ``objectives`` (minimised; ``-name`` maximises), among its
+    evaluations at the largest calibration size (smaller ones are screening, not comparable).
+    With an evaluator, up to MAX_FRONT_HELDOUT front points are also scored held-out."""
+    import numpy as np
+
+    from presso.pareto import hypervolume, non_dominated, reference_point
+
+    search = [r for r in records if r.phase == "search" and r.fitness is not None]
+    sizes = {r.tokens for r in search}
+    top = None if None in sizes else max(sizes, default=None)
+    rows, seen = [], set()
+    for r in search:
+        values = [_objective(r.metrics, o) for o in objectives]
+        if r.tokens == top and None not in values and tuple(r.levels) not in seen:
+            seen.add(tuple(r.levels))
+            rows.append((values, r.levels))
+    if not rows:
+        return {"objectives": objectives, "points": [], "levels": [], "hypervolume": 0.0}
+    points = np.asarray([v for v, _ in rows], dtype=float)
+    mask = non_dominated(points)
+    front = sorted((tuple(points[i]), rows[i][1]) for i in np.flatnonzero(mask))
+    ref = reference_point(points)
+    result = {
+        "objectives": objectives,
+        "points": [list(p) for p, _ in front],
+        "levels": [lv for _, lv in front],
+        "hypervolume": float(hypervolume(points[mask], ref)) if len(objectives) in (2, 3) else None,
+        "reference": [float(x) for x in ref],
+        "heldout": [],
+    }
+    step = max(1, -(-len(front) // MAX_FRONT_HELDOUT))
+    for i in range(0, len(front), step) if evaluator is not None else ():
+        config = space.from_dict(dict(zip(space.names, front[i][1])))
+        result["heldout"].append({"index": i, **evaluator.heldout(config)})
+    return result
+
+
+def _objective(metrics: dict, name: str) -> float | None:
+    value = metrics.get(name.lstrip("-"))
+    return None if value is None else (-value if name.startswith("-") else value)
 
 
 def _result(rec: Any) -> Any:

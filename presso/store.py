@@ -106,6 +106,8 @@ class ResultsStore:
         study = optuna.create_study(study_name=run, storage=self.storage, direction="minimize")
         study.set_user_attr("experiment", experiment)
         study.set_user_attr("units", space.names)
+        study.set_user_attr("kinds", [d.kind for d in space.dims])
+        study.set_user_attr("targets", [d.target for d in space.dims])
         study.set_user_attr("levels", [list(d.levels) for d in space.dims])
         study.set_user_attr("status", "running")
         return study

@@ -12,17 +12,26 @@ from presso.search._base import (
     register,
     strategy_class,
 )
+from presso.search._bayes import GP, TPE, Bayesian
 from presso.search._evopress import EvoPress, LevelSwitch
 from presso.search._heuristic import ErrorGreedy
+from presso.search._nsga2 import NSGA2
+from presso.search._owl import OWL
 from presso.search._random import RandomSearch
 from presso.search._runner import LocalPool, Pool, RayPool, drive
+from presso.search._shortgpt import ShortGPT
 from presso.search._uniform import Uniform
 
 __all__ = [
+    "GP",
+    "NSGA2",
+    "TPE",
+    "Bayesian",
     "Context",
     "ErrorGreedy",
     "EvoPress",
     "LevelSwitch",
+    "OWL",
     "RandomSearch",
     "Request",
     "Result",
@@ -30,6 +39,7 @@ __all__ = [
     "LocalPool",
     "Pool",
     "RayPool",
+    "ShortGPT",
     "Uniform",
     "available",
     "make_strategy",

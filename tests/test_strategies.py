@@ -1,7 +1,8 @@
 """Strategies: a contract suite every registered strategy passes, then each one's behaviour.
 
 The fitness is synthetic, ``sum_d sensitivity_d * 2**-bits_d`` with random sensitivities:
-deterministic, cheap, and minimised by giving sensitive units more bits.
+deterministic, cheap, and minimised by giving sensitive units more bits (on sparsity and depth
+spaces, ``2**-level_index``: the costlier level, the smaller the error).
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ from presso.search import (
 )
 from presso.search._evopress import derive_seed
 from presso.search._random import fill_budget
-from presso.spaces import Config, Dimension, MeanBits, SearchSpace, bits_space
+from presso.spaces import (
+    KINDS,
+    Config,
+    Dimension,
+    MeanBits,
+    SearchSpace,
+    bits_space,
+    depth_space,
+    sparsity_space,
+)
 
 Fitness = Callable[[Config], float]
 Step = tuple[list[Request], list[Result]]
@@ -40,7 +50,25 @@ SHAPES = [(64, 64), (64, 256), (256, 64)]
 OPTIONS: dict[str, dict[str, Any]] = {
     "evopress": {"generations": 4, "offspring": 6, "stages": ((64, 3), (256, 1))},
     "random": {"samples": 10, "batch": 4},
+    "nsga2": {"population": 6, "generations": 3},
+    "tpe": {"trials": 10, "batch": 4, "startup": 4},
+    "gp": {"trials": 8, "batch": 4, "startup": 4},
 }
+#: The space kinds a strategy applies to; the contract suite skips the others. A strategy not
+#: listed is held to bits spaces only.
+APPLIES: dict[str, tuple[str, ...]] = {
+    "evopress": KINDS,
+    "random": KINDS,
+    "uniform": KINDS,
+    "error-greedy": ("bits",),
+    "owl": ("sparsity",),
+    "shortgpt": ("depth",),
+    "nsga2": KINDS,
+    "tpe": KINDS,
+    "gp": KINDS,
+}
+#: Strategies that need a Context (the synthetic one below).
+NEEDS_CONTEXT = {"error-greedy", "owl", "shortgpt"}
 
 
 def make_space(
@@ -50,33 +78,77 @@ def make_space(
     return bits_space(units, levels, target)
 
 
+def contract_space(kind: str, slack: bool = False) -> SearchSpace:
+    """A space of ``kind`` over 6 blocks named ``layer{i}``; ``slack``: a budget the uniform
+    configuration does not meet exactly (for depth: a space of sublayers instead)."""
+    if kind == "bits":
+        return make_space(target=3.4 if slack else 3.0)
+    units = [(f"layer{i}.{g}", shape) for i in range(6) for g, shape in enumerate(SHAPES)]
+    if kind == "sparsity":
+        return sparsity_space(units, (70, 60, 50, 40, 0), 45.0 if slack else 50.0)
+    if not slack:
+        return depth_space([(f"layer{i}", 4096) for i in range(6)], 2)
+    sublayers = [(f"layer{i}.{part}", 4096) for i in range(6) for part in ("self_attn", "mlp")]
+    return depth_space([], 3, sublayers=sublayers)
+
+
+def block_of(dim: Dimension) -> int:
+    """The block index in a ``layer{i}...`` dimension name."""
+    return int(dim.name.split(".")[0].removeprefix("layer"))
+
+
 def sensitivities(space: SearchSpace, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).lognormal(0.0, 1.5, size=len(space))
 
 
 def synthetic_fitness(space: SearchSpace, seed: int = 0) -> Fitness:
     sens = sensitivities(space, seed)
+    if space.kinds() != ["bits"]:
+        return lambda config: float(np.sum(sens * 2.0 ** -np.asarray(config, dtype=np.float64)))
     return lambda config: float(np.sum(sens * 2.0 ** -space.encode(config)))
 
 
 def synthetic_context(space: SearchSpace, seed: int = 0) -> Context:
     sens = sensitivities(space, seed)
     errors = [[float(s * 2.0**-b) for b in d.levels] for s, d in zip(sens, space.dims)]
-    return Context(unit_errors=tuple(map(tuple, errors)))
+    blocks = tuple(block_of(d) for d in space.dims)
+    rng = np.random.default_rng(seed)
+    return Context(
+        unit_errors=tuple(map(tuple, errors)),
+        dim_blocks=blocks,
+        block_importance=tuple(rng.uniform(0.0, 1.0, size=max(blocks) + 1).tolist()),
+        outlier_ratios=tuple(rng.uniform(0.0, 0.05, size=max(blocks) + 1).tolist()),
+    )
 
 
 def build(name: str, space: SearchSpace, seed: int = 0) -> Strategy:
-    context = synthetic_context(space) if name == "error-greedy" else None
+    context = synthetic_context(space) if name in NEEDS_CONTEXT else None
     return make_strategy(name, space, seed=seed, context=context, **OPTIONS.get(name, {}))
 
 
 def evaluate(
-    requests: list[Request], fitness: Fitness, fail: Callable[[int], bool] = lambda i: False
+    requests: list[Request],
+    fitness: Fitness,
+    fail: Callable[[int], bool] = lambda i: False,
+    space: SearchSpace | None = None,
 ) -> list[Result]:
+    """Synthetic results; with ``space``, their metrics hold what the real evaluator stores:
+    the fitness as ``kl`` and each constraint's metric (``mean_bits``...), the objectives of
+    multi-objective strategies."""
     return [
-        Result(fitness=None, error="boom") if fail(i) else Result(fitness=fitness(r.config))
+        Result(fitness=None, error="boom")
+        if fail(i)
+        else synthetic_result(r.config, fitness, space)
         for i, r in enumerate(requests)
     ]
+
+
+def synthetic_result(config: Config, fitness: Fitness, space: SearchSpace | None) -> Result:
+    f = fitness(config)
+    metrics = {"kl": f}
+    if space is not None:
+        metrics.update({c.metric: c.value(space, config) for c in space.constraints})
+    return Result(fitness=f, metrics=metrics)
 
 
 def drive(strategy: Strategy, fitness: Fitness, *, max_steps: int = 1000, **kw: Any) -> list[Step]:
@@ -86,7 +158,7 @@ def drive(strategy: Strategy, fitness: Fitness, *, max_steps: int = 1000, **kw: 
         if strategy.finished:
             return steps
         requests = strategy.ask()
-        results = evaluate(requests, fitness, **kw)
+        results = evaluate(requests, fitness, space=strategy.space, **kw)
         strategy.tell(requests, results)
         steps.append((requests, results))
     raise AssertionError(f"{strategy.name} did not finish in {max_steps} steps")
@@ -109,8 +181,21 @@ def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def test_same_seed_gives_same_requests(name: str) -> None:
-    space = make_space()
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest, name: str) -> str:
+    if request.param not in APPLIES.get(name, ("bits",)):
+        pytest.skip(f"{name} does not apply to {request.param} spaces")
+    return request.param
+
+
+def test_every_strategy_applies_to_some_space_kind() -> None:
+    for name in available():
+        kinds = APPLIES.get(name, ("bits",))
+        assert kinds and set(kinds) <= set(KINDS), name
+
+
+def test_same_seed_gives_same_requests(name: str, kind: str) -> None:
+    space = contract_space(kind)
     fitness = synthetic_fitness(space)
     first = requests_of(drive(build(name, space, seed=3), fitness))
     second = requests_of(drive(build(name, space, seed=3), fitness))
@@ -126,8 +211,9 @@ def test_different_seed_gives_different_requests(stochastic: str) -> None:
     )
 
 
-def test_requests_are_valid_and_feasible(name: str) -> None:
-    space = make_space(target=3.4)
+@pytest.mark.parametrize("slack", [False, True])
+def test_requests_are_valid_and_feasible(name: str, kind: str, slack: bool) -> None:
+    space = contract_space(kind, slack=slack)
     for requests in requests_of(drive(build(name, space), synthetic_fitness(space))):
         assert requests
         for request in requests:
@@ -136,8 +222,8 @@ def test_requests_are_valid_and_feasible(name: str) -> None:
             assert space.is_feasible(request.config)
 
 
-def test_finishes_and_best_is_feasible(name: str) -> None:
-    space = make_space()
+def test_finishes_and_best_is_feasible(name: str, kind: str) -> None:
+    space = contract_space(kind)
     strategy = build(name, space)
     assert strategy.best() is None
     drive(strategy, synthetic_fitness(space))
@@ -146,13 +232,13 @@ def test_finishes_and_best_is_feasible(name: str) -> None:
     assert best is not None and space.is_feasible(best)
 
 
-def test_ask_is_idempotent_until_tell(name: str) -> None:
-    strategy = build(name, make_space())
+def test_ask_is_idempotent_until_tell(name: str, kind: str) -> None:
+    strategy = build(name, contract_space(kind))
     assert strategy.ask() == strategy.ask()
 
 
-def test_tell_refuses_mismatched_results(name: str) -> None:
-    strategy = build(name, make_space())
+def test_tell_refuses_mismatched_results(name: str, kind: str) -> None:
+    strategy = build(name, contract_space(kind))
     requests = strategy.ask()
     with pytest.raises(ValueError):
         strategy.tell(requests, [])
@@ -161,9 +247,9 @@ def test_tell_refuses_mismatched_results(name: str) -> None:
         strategy.tell(other, [Result(1.0)] * len(requests))
 
 
-def test_replay_rebuilds_the_same_state(name: str) -> None:
+def test_replay_rebuilds_the_same_state(name: str, kind: str) -> None:
     """Resume: a strategy rebuilt and told the stored results asks what the original asks."""
-    space = make_space()
+    space = contract_space(kind)
     fitness = synthetic_fitness(space)
     original = build(name, space, seed=5)
     stored: list[Step] = []
@@ -171,7 +257,7 @@ def test_replay_rebuilds_the_same_state(name: str) -> None:
         if original.finished:
             break
         requests = original.ask()
-        results = evaluate(requests, fitness, fail=lambda i: i == 1)
+        results = evaluate(requests, fitness, fail=lambda i: i == 1, space=space)
         original.tell(requests, results)
         stored.append((requests, results))
     rebuilt = build(name, space, seed=5)
@@ -181,16 +267,16 @@ def test_replay_rebuilds_the_same_state(name: str) -> None:
     assert rebuilt.best() == original.best()
 
 
-def test_failures_do_not_crash(name: str) -> None:
-    space = make_space()
+def test_failures_do_not_crash(name: str, kind: str) -> None:
+    space = contract_space(kind)
     strategy = build(name, space)
     drive(strategy, synthetic_fitness(space), fail=lambda i: i % 2 == 0)
     best = strategy.best()
     assert best is None or space.is_feasible(best)
 
 
-def test_all_failures_leave_no_best(name: str) -> None:
-    space = make_space()
+def test_all_failures_leave_no_best(name: str, kind: str) -> None:
+    space = contract_space(kind)
     strategy = build(name, space)
     drive(strategy, synthetic_fitness(space), fail=lambda i: True)
     assert strategy.finished and strategy.best() is None

@@ -96,7 +96,7 @@ def main() -> None:
     report["model_load_s"] = time.perf_counter() - t0
     report["prepare"] = first.prepare()
     report["level_db_bytes"] = first.db.size_bytes()
-    context = first.context()
+    context = first.context(["error-greedy"])
 
     # Cost of one evaluation vs a bare forward pass over the same tokens (2048 tokens, no reuse).
     ev = first.evaluator()

@@ -1,14 +1,16 @@
-"""Compression operators: realise one level (bits) of one Linear weight.
+"""Compression operators: realise one level of one Linear weight.
 
-``make_operator("gptq", group_size=128)`` gives an :class:`Operator`; its ``compress`` returns a
-:class:`QuantizedWeight` (uint8 codes, per-group float32 scales and zeros).
+``make_operator("gptq", group_size=128)`` gives an :class:`Operator` whose levels are bits
+(``kind == "bits"``); its ``compress`` returns a :class:`QuantizedWeight` (uint8 codes, per-group
+float32 scales and zeros). ``make_operator("sparsegpt", pattern="2:4")`` gives one whose levels are
+sparsity percent (``kind == "sparsity"``); its ``compress`` returns a :class:`SparseWeight`.
 """
 
 from __future__ import annotations
 
 # Importing the operator modules registers them with make_operator.
-from presso.compress import _gptq_operator, _rtn  # noqa: F401
-from presso.compress._base import Compressed, Operator, make_operator
+from presso.compress import _gptq_operator, _rtn, _sparse_operators  # noqa: F401
+from presso.compress._base import Compressed, Operator, Quantizer, make_operator
 from presso.compress._gptq import gptq_quantize
 from presso.compress._hessian import HessianAccumulator, hessian_hooks
 from presso.compress._quant import (
@@ -17,6 +19,12 @@ from presso.compress._quant import (
     quantize_rtn,
     relative_output_error,
 )
+from presso.compress._sparse import (
+    SparseWeight,
+    magnitude_prune,
+    sparsegpt_prune,
+    wanda_prune,
+)
 
 __all__ = [
     "Compressed",
@@ -24,9 +32,14 @@ __all__ = [
     "Operator",
     "QuantSpec",
     "QuantizedWeight",
+    "Quantizer",
+    "SparseWeight",
     "gptq_quantize",
     "hessian_hooks",
+    "magnitude_prune",
     "make_operator",
     "quantize_rtn",
     "relative_output_error",
+    "sparsegpt_prune",
+    "wanda_prune",
 ]

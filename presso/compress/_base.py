@@ -33,45 +33,38 @@ class Compressed(Protocol):
 
 
 class Operator(ABC):
-    """A weight quantizer: ``compress(weight, level, hessian)`` with ``level`` = bits per weight.
+    """A compression method: ``compress(weight, level, hessian)`` realises one ``level``.
+
+    What a level means is the class attribute ``kind``: ``"bits"`` per weight for quantizers
+    (:class:`Quantizer`), ``"sparsity"`` in integer percent of zeroed weights for pruners. The level
+    database and the evaluator read it; search spaces use the same kind names.
 
     Subclasses set ``name`` (the registry key), ``needs_hessian`` (whether ``compress`` needs the
-    calibration Hessian, so callers collect one only when needed) and extend :meth:`key` with
-    every constructor option that changes the output.
+    calibration Hessian, so callers collect one only when needed), ``kind`` (unless ``"bits"``),
+    implement :meth:`compress` and :meth:`restore`, and extend :meth:`key` with every constructor
+    option that changes the output.
     """
 
     name: ClassVar[str]
     needs_hessian: ClassVar[bool]
+    # The unit of `level`, one of KINDS. "bits" by default: operators were quantizers first.
+    kind: ClassVar[str] = "bits"
     # Bumped when an implementation change alters outputs, so cached levels are rebuilt.
     version: ClassVar[int] = 2
 
-    def __init__(self, *, group_size: int | None = None, symmetric: bool = False) -> None:
-        QuantSpec(bits=2, group_size=group_size, symmetric=symmetric)  # validates the options
-        self.group_size = group_size
-        self.symmetric = symmetric
-
-    def spec(self, level: int) -> QuantSpec:
-        """The quantization spec of ``level`` (bits, 2..8)."""
-        return QuantSpec(bits=level, group_size=self.group_size, symmetric=self.symmetric)
-
     def key(self) -> dict[str, Any]:
         """Every parameter that changes the output, as JSON-ready data (content addressing)."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "group_size": self.group_size,
-            "symmetric": self.symmetric,
-        }
+        return {"name": self.name, "version": self.version}
 
     @abstractmethod
     def compress(
         self, weight: torch.Tensor, level: int, hessian: torch.Tensor | None
     ) -> Compressed:
-        """Quantize ``weight`` ``[out, in]`` to ``level`` bits; ``hessian`` ``[in, in]`` or None."""
+        """Compress ``weight`` ``[out, in]`` to ``level``; ``hessian`` ``[in, in]`` or None."""
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Compressed:
         """Rebuild what :meth:`compress` returned from its stored tensors and meta."""
-        return QuantizedWeight.from_tensors(tensors, QuantSpec(**meta))
+        raise NotImplementedError(f"{type(self).__qualname__} cannot restore stored levels")
 
     def compress_many(
         self, weight: torch.Tensor, levels: Sequence[int], hessian: torch.Tensor | None
@@ -84,6 +77,35 @@ class Operator(ABC):
         return f"{type(self).__name__}({options})"
 
 
+class Quantizer(Operator):
+    """A weight quantizer: ``level`` = bits per weight (2..8), on per-group integer grids of
+    ``group_size`` input columns (``None``: one grid per output row), ``symmetric`` or not."""
+
+    kind = "bits"
+
+    def __init__(self, *, group_size: int | None = None, symmetric: bool = False) -> None:
+        QuantSpec(bits=2, group_size=group_size, symmetric=symmetric)  # validates the options
+        self.group_size = group_size
+        self.symmetric = symmetric
+
+    def spec(self, level: int) -> QuantSpec:
+        """The quantization spec of ``level`` (bits, 2..8)."""
+        return QuantSpec(bits=level, group_size=self.group_size, symmetric=self.symmetric)
+
+    def key(self) -> dict[str, Any]:
+        return {**super().key(), "group_size": self.group_size, "symmetric": self.symmetric}
+
+    @abstractmethod
+    def compress(
+        self, weight: torch.Tensor, level: int, hessian: torch.Tensor | None
+    ) -> QuantizedWeight:
+        """Quantize ``weight`` ``[out, in]`` to ``level`` bits; ``hessian`` ``[in, in]`` or None."""
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> QuantizedWeight:
+        return QuantizedWeight.from_tensors(tensors, QuantSpec(**meta))
+
+
+KINDS = ("bits", "sparsity")
 _REGISTRY: dict[str, type[Operator]] = {}
 _O = TypeVar("_O", bound=type[Operator])
 
@@ -93,6 +115,8 @@ def register(cls: _O) -> _O:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"{cls.__qualname__} needs a non-empty class attribute `name`")
+    if cls.kind not in KINDS:
+        raise ValueError(f"{cls.__qualname__}.kind must be one of {KINDS}, got {cls.kind!r}")
     if name in _REGISTRY:
         raise ValueError(
             f"an operator named {name!r} is already registered ({_REGISTRY[name].__qualname__})"
@@ -106,12 +130,20 @@ def available_operators() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _available_by_kind() -> str:
+    """``"gptq, rtn (bits); magnitude, ... (sparsity)"``: the names, grouped by level kind."""
+    groups = (
+        (kind, [n for n in available_operators() if _REGISTRY[n].kind == kind]) for kind in KINDS
+    )
+    return "; ".join(f"{', '.join(names)} ({kind})" for kind, names in groups if names)
+
+
 def make_operator(name: str, **options: Any) -> Operator:
     """The operator registered as ``name``, built with keyword ``options``."""
     cls = _REGISTRY.get(name)
     if cls is None:
         raise ValueError(
-            f"unknown compression operator {name!r}; available: {', '.join(available_operators())}"
+            f"unknown compression operator {name!r}; available: {_available_by_kind()}"
         )
     try:
         inspect.signature(cls).bind(**options)

@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from presso.compress._base import Operator, register
+from presso.compress._base import Quantizer, register
 from presso.compress._gptq import gptq_quantize, gptq_quantize_many
 from presso.compress._quant import QuantizedWeight
 
 
 @register
-class GptqOperator(Operator):
+class GptqOperator(Quantizer):
     """GPTQ with ``damp`` (fraction of mean diag H), ``block_size`` (columns) and ``act_order``."""
 
     name = "gptq"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from presso.compress._base import Operator, register
+from presso.compress._base import Quantizer, register
 from presso.compress._quant import QuantizedWeight, quantize_rtn
 
 
 @register
-class RtnOperator(Operator):
+class RtnOperator(Quantizer):
     """Round-to-nearest quantization; ignores the Hessian."""
 
     name = "rtn"
