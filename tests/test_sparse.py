@@ -24,6 +24,16 @@ OUT, IN = 64, 128
 LEVELS = [1, 10, 25, 50, 70, 90, 99]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The matrices here are tiny: on a loaded machine intra-op threads only wait on each other
+    # (10-30x slower SparseGPT column loops), so this module runs single-threaded.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _weight(seed: int = 0, in_features: int = IN) -> torch.Tensor:
     return torch.randn(OUT, in_features, generator=torch.Generator().manual_seed(seed))
 
@@ -139,7 +149,9 @@ def test_magnitude_keeps_the_largest_weights():
         assert torch.equal(magnitude_prune(w, level).weight[kept], w[kept])  # kept are unchanged
     groups, kept = w.abs().view(OUT, -1, 4), magnitude_prune(w, 50, pattern="2:4").weight != 0
     kept = kept.view_as(groups)
-    assert torch.all(groups[kept].view(OUT, -1, 2).amin(-1) >= groups[~kept].view(OUT, -1, 2).amax(-1))
+    assert torch.all(
+        groups[kept].view(OUT, -1, 2).amin(-1) >= groups[~kept].view(OUT, -1, 2).amax(-1)
+    )
 
 
 def test_wanda_weighs_by_input_norms_and_beats_magnitude_on_uneven_inputs():
@@ -151,16 +163,16 @@ def test_wanda_weighs_by_input_norms_and_beats_magnitude_on_uneven_inputs():
         assert (magnitude == 0).ne(wanda == 0).any()
         assert _output_error(w, wanda, x) < 0.3 * _output_error(w, magnitude, x), pattern
     # Equal input norms: Wanda is magnitude pruning.
-    assert torch.equal(wanda_prune(w, 3.0 * torch.eye(IN), 50).weight, magnitude_prune(w, 50).weight)
+    assert torch.equal(
+        wanda_prune(w, 3.0 * torch.eye(IN), 50).weight, magnitude_prune(w, 50).weight
+    )
 
 
 @pytest.mark.parametrize("level", [50, 70])
 def test_sparsegpt_beats_wanda_and_magnitude_on_correlated_inputs(level):
     w, x = _weight(), _correlated_inputs()
     h = _hessian(x)
-    errors = {
-        m: _output_error(w, _prune(m, w, level).weight, x) for m in ("magnitude", "wanda")
-    }
+    errors = {m: _output_error(w, _prune(m, w, level).weight, x) for m in ("magnitude", "wanda")}
     sparsegpt = _output_error(w, sparsegpt_prune(w, h, level).weight, x)
     assert sparsegpt < 0.5 * min(errors.values()), (sparsegpt, errors)
 

@@ -144,7 +144,7 @@ def sparsegpt_prune_many(
     Each level's result is that of pruning alone: masks are chosen per row, so the levels' copies
     of the weight can be stacked as extra rows and share one factorization and one column loop.
     """
-    out, in_features = _check(weight, hessian, damp, block_size)
+    _, in_features = _check(weight, hessian, damp, block_size)
     counts = [_pruned_per_row(in_features, level, pattern) for level in levels]
     if pattern == "2:4" and block_size % 4:
         raise ValueError(f"2:4 SparseGPT needs block_size divisible by 4, got {block_size}")
@@ -200,11 +200,10 @@ def _sparsegpt_rows(
                 # Scores of the group's weights as updated by every column before it.
                 scores = w1[i : i + 4].pow(2) / u_diag[col : col + 4, None].pow(2)
                 mask_t[col : col + 4] = _rank(scores) < 2
-            q = torch.where(mask_t[col], 0.0, w1[i])
-            e = (w1[i] - q) / u1[i, i]
+            # The error of zeroing the masked weights (zero where kept), scaled as in GPTQ.
+            e = torch.div(torch.where(mask_t[col], w1[i], 0.0), u1[i, i], out=err1[i])
             w1[i + 1 :].addr_(u1[i, i + 1 :], e, alpha=-1.0)
-            w1[i] = q  # exactly zero where pruned, not zero up to float rounding
-            err1[i] = e
+            w1[i].masked_fill_(mask_t[col], 0.0)  # exactly zero, not zero up to float rounding
         # The lazy half: the columns after this block get the whole block's update in one GEMM.
         wt[i2:].addmm_(u[i1:i2, i2:].T, err1, alpha=-1.0)
     return [wt[:, k * out : (k + 1) * out].T.contiguous() for k in range(n)]
