@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from presso.search._base import Context, OneShot, register
 from presso.spaces import Config, MeanSparsity, SearchSpace
 
@@ -34,7 +35,7 @@ def owl_sparsities(
     w = np.ones_like(r) if weights is None else np.asarray(weights, dtype=np.float64)
     spread = r.max() - r.min()
     n = np.zeros_like(r) if spread <= 0 else 2.0 * lam * (r - r.min()) / spread
-    return list(target - (n - np.average(n, weights=w)))
+    return [float(s) for s in target - (n - np.average(n, weights=w))]
 
 
 def owl_config(space: SearchSpace, context: Context, *, lam: float, spend_budget: bool) -> Config:

@@ -159,7 +159,23 @@ class SearchSpace:
             config = tuple(d.levels.index(chosen[d.kind]) for d in self.dims)
             if self.is_feasible(config) and (best is None or sum(config) > best[0]):
                 best = (sum(config), config)
-        return None if best is None else best[1]
+        if best is None:
+            return None
+        return self._keep_depth(best[1])
+
+    def _keep_depth(self, config: Config) -> Config:
+        """Depth has no meaningful uniform value (all kept breaks the budget, all dropped wrecks
+        the model): keep blocks in order while the budget allows, i.e. drop the last ones."""
+        out = list(config)
+        for d, dim in enumerate(self.dims):
+            if dim.kind != "depth":
+                continue
+            while out[d] < len(dim.levels) - 1:
+                out[d] += 1
+                if not self.is_feasible(tuple(out)):
+                    out[d] -= 1
+                    break
+        return tuple(out)
 
     def lowest(self) -> Config:
         return tuple(0 for _ in self.dims)

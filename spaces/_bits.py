@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
+
 from presso.spaces._base import Config, Constraint, Dimension, SearchSpace
 
 

@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from presso.compress._hessian import hessian_hooks
+from presso.importance import _outlier_ratio, block_influence, dim_blocks, outlier_ratios
+from presso.models import ModelHandle, load_model
 from presso.search import OWL, Context, ShortGPT, make_strategy
 from presso.search._owl import owl_sparsities
 from presso.spaces import (
@@ -22,10 +26,6 @@ from presso.spaces import (
     sparsity_dims,
     sparsity_space,
 )
-
-from presso.compress._hessian import hessian_hooks
-from presso.importance import _outlier_ratio, block_influence, dim_blocks, outlier_ratios
-from presso.models import ModelHandle, load_model
 
 SHAPES = [(64, 64), (64, 256), (256, 64)]
 LEVELS = (70, 60, 50, 40, 30, 0)

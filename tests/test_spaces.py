@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from presso.spaces import Dimension, MeanBits, SearchSpace, bits_space
 
 
@@ -47,3 +48,10 @@ def test_uniform_and_impossible_budget() -> None:
         Dimension("z", (3, 2, 4), 1, "g")
     with pytest.raises(ValueError, match="kind"):
         Dimension("z", (2, 3), 1, "g", kind="color")
+
+
+def test_uniform_depth_drops_the_last_blocks() -> None:
+    from presso.spaces import depth_space
+
+    space = depth_space([(f"model.layers.{i}", 10) for i in range(6)], dropped=2)
+    assert space.best_uniform() == (1, 1, 1, 1, 0, 0)
