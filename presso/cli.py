@@ -1,4 +1,4 @@
-"""The ``presso`` command: search, runs, show, export.
+"""The ``presso`` command: search, runs, show, export, dashboard, report.
 
 A user mistake prints one line (``presso: ...``) and exits with code 2; an interrupted
 search says how to resume and exits with 130.
@@ -70,6 +70,21 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     e.add_argument("--store", default=DEFAULT_STORE)
     e.set_defaults(func=_export)
+
+    d = sub.add_parser("dashboard", help="browse runs, Pareto fronts and configurations, live")
+    d.add_argument(
+        "stores", nargs="*", metavar="STORE", help=f"results stores (default: {DEFAULT_STORE})"
+    )
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    d.add_argument("--port", type=int, default=8050, help="port (default: 8050; 0: a free one)")
+    d.set_defaults(func=_dashboard)
+
+    rp = sub.add_parser("report", help="write a run's dashboard as one self-contained HTML file")
+    rp.add_argument("run")
+    rp.add_argument("--store", default=DEFAULT_STORE)
+    rp.add_argument("--out", help="output .html file (default: RUN-report.html)")
+    rp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    rp.set_defaults(func=_report)
     return p
 
 
@@ -155,6 +170,22 @@ def _export(args: argparse.Namespace) -> int:
         raise PressoError(f"{out} exists; choose another --out or add --force to overwrite it")
     atomic_write_text(out, text)
     print(f"wrote {out} ({args.format}, candidate {args.candidate})")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from presso.dashboards._server import serve
+
+    return serve(args.stores or [DEFAULT_STORE], host=args.host, port=args.port)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from presso.dashboards._report import write_report
+
+    out = write_report(
+        args.run, store=args.store, out=Path(args.out) if args.out else None, force=args.force
+    )
+    print(f"wrote {out} (run {args.run}; opens offline in a browser)")
     return 0
 
 

@@ -1,0 +1,445 @@
+"""Read-only access to results stores, shaped as JSON for the dashboard and the report.
+
+The stores are Optuna RDB studies (see presso.store). This module reads their tables with
+plain SELECTs (SQLAlchemy Core) rather than through Optuna's storage API, for two reasons:
+opening an ``RDBStorage`` may write (table creation, version stamps), and loading trials
+through it reads every parameter row — seconds per poll for a thousand evaluations of a
+210-unit model — while everything the dashboard shows is in the trials' user attributes.
+SQLite files are opened with ``mode=ro``: the dashboard cannot write to them even by mistake.
+
+Every database failure becomes a ``StoreUnavailable`` with a one-line message for the page.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from presso.errors import PressoError
+from presso.store import Record
+
+#: Trial states presso writes (it adds finished trials only); anything else is still running.
+DONE_STATES = ("COMPLETE", "FAIL", "PRUNED")
+#: Seconds a read waits for a writer's lock before the page says the store is busy.
+BUSY_TIMEOUT_S = 5.0
+
+
+class StoreUnavailable(PressoError):
+    """A store cannot be read right now (busy, corrupt, empty, gone): shown in the page."""
+
+
+class EmptyStore(StoreUnavailable):
+    """The store holds no tables yet: nothing is wrong, nothing has run."""
+
+
+def sqlite_path(store: str) -> Path | None:
+    """The file of an SQLite store (a path or an ``sqlite:///`` URL); None for other URLs."""
+    m = _SQLITE_URL.match(store)
+    if m:
+        store = store[m.end() :]
+    elif "://" in store:
+        return None
+    return Path(store).expanduser().resolve()
+
+
+_SQLITE_URL = re.compile(r"^sqlite(\+\w+)?:///")
+
+
+def _sqlite_read_only(path: Path, timeout_s: float) -> Any:
+    """A connection that SQLite itself keeps read-only (``mode=ro``): it cannot create the file,
+    a journal or a table. The path is percent-encoded into the URI, so that names holding
+    ``?``, ``#`` or ``%`` open the right file (a URL string would be cut there)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    uri = f"file:{quote(path.as_posix())}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=timeout_s, check_same_thread=False)
+
+
+def check_store_exists(store: str) -> None:
+    """Refuse a store path that names no file (a typo must not look like an empty store)."""
+    path = sqlite_path(store)
+    if path is not None and not path.is_file():
+        raise PressoError(f"{store}: no results store there (run `presso search` first)")
+
+
+class StoreReader:
+    """Reads runs and evaluations from one store; never writes."""
+
+    def __init__(self, store: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.label = store
+        self.url = store if "://" in store else f"sqlite:///{store}"
+        self._path = sqlite_path(store)
+        self._busy_timeout_s = busy_timeout_s
+        self._engine: Any = None
+
+    # ------------------------------------------------------------------ queries
+
+    def runs(self) -> list[dict[str, Any]]:
+        """One row per run: name, status, evaluations, model, strategy, times, summary."""
+        counts = self._rows(
+            "SELECT s.study_id, s.study_name, COUNT(t.trial_id), MIN(t.datetime_start),"
+            " MAX(t.datetime_complete) FROM studies s LEFT JOIN trials t"
+            " ON t.study_id = s.study_id GROUP BY s.study_id, s.study_name ORDER BY s.study_id"
+        )
+        attrs: dict[int, dict[str, Any]] = {}
+        for study_id, key, value in self._rows(
+            "SELECT study_id, key, value_json FROM study_user_attributes"
+            " WHERE key IN ('status', 'experiment', 'summary')"
+        ):
+            attrs.setdefault(study_id, {})[key] = _loads(value)
+        return [
+            _run_row(name, n, started, updated, attrs.get(study_id, {}))
+            for study_id, name, n, started, updated in counts
+        ]
+
+    def attrs(self, run: str) -> dict[str, Any]:
+        """The run's study user attributes (experiment, units, levels, status, summary)."""
+        rows = self._rows("SELECT study_id FROM studies WHERE study_name = :run", run=run)
+        if not rows:
+            known = ", ".join(r["name"] for r in self.runs()) or "none"
+            raise StoreUnavailable(f"no run named {run!r} in {self.label}; runs there: {known}")
+        return {
+            key: _loads(value)
+            for key, value in self._rows(
+                "SELECT key, value_json FROM study_user_attributes WHERE study_id = :sid",
+                sid=rows[0][0],
+            )
+        }
+
+    def records(self, run: str, since: int = 0) -> tuple[list[tuple[int, Record]], int]:
+        """The run's evaluations numbered ``since`` and later, as ``(number, Record)``, and the
+        number to ask from next time (the first still-running trial, else one past the last)."""
+        trials = self._rows(
+            "SELECT t.trial_id, t.number, t.state, v.value, v.value_type FROM trials t"
+            " JOIN studies s ON s.study_id = t.study_id"
+            " LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0"
+            " WHERE s.study_name = :run AND t.number >= :since ORDER BY t.number",
+            run=run,
+            since=since,
+        )
+        attrs: dict[int, dict[str, Any]] = {}
+        for trial_id, key, value in self._rows(
+            "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a"
+            " JOIN trials t ON t.trial_id = a.trial_id JOIN studies s ON s.study_id = t.study_id"
+            " WHERE s.study_name = :run AND t.number >= :since",
+            run=run,
+            since=since,
+        ):
+            attrs.setdefault(trial_id, {})[key] = _loads(value)
+        out, pending = [], None
+        for trial_id, number, state, value, value_type in trials:
+            if _state(state) not in DONE_STATES:
+                pending = number if pending is None else min(pending, number)
+                continue
+            a = attrs.get(trial_id, {})
+            if "phase" in a:  # trials not written by presso are not evaluations
+                ok = _state(state) == "COMPLETE" and _state(value_type) == "FINITE"
+                out.append((number, _record(a, value if ok else None)))
+        last = trials[-1][1] + 1 if trials else since
+        return out, pending if pending is not None else last
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _rows(self, sql: str, **params: Any) -> list[tuple]:
+        import sqlalchemy
+
+        try:
+            with self._connect().connect() as conn:
+                return [tuple(r) for r in conn.execute(sqlalchemy.text(sql), params)]
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            raise self._unavailable(err) from None
+
+    def _connect(self) -> Any:
+        if self._engine is None:
+            import sqlalchemy
+            from sqlalchemy.pool import NullPool
+
+            path, timeout = self._path, self._busy_timeout_s
+            # NullPool: no file handle is kept between polls.
+            kwargs: dict[str, Any] = {"poolclass": NullPool}
+            if path is not None:
+                kwargs["creator"] = lambda: _sqlite_read_only(path, timeout)
+            elif self.url.startswith("postgresql"):
+                kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
+            try:
+                url = "sqlite://" if path is not None else self.url
+                self._engine = sqlalchemy.create_engine(url, **kwargs)
+            except Exception as err:  # a malformed URL or a missing database driver
+                raise StoreUnavailable(f"{self.label}: cannot open it: {err}") from None
+        return self._engine
+
+    def _unavailable(self, err: Exception) -> StoreUnavailable:
+        """The error to show for a database error: one line a person can act on."""
+        cause = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        low = cause.lower()
+        if "no such table" in low or "does not exist" in low:
+            if self._has_no_tables():
+                return EmptyStore(
+                    f"{self.label}: empty store, no runs yet (start one with `presso search`)"
+                )
+            return StoreUnavailable(
+                f"{self.label}: not a presso results store (no Optuna tables in it)"
+            )
+        return StoreUnavailable(f"{self.label}{self._explain(low, cause)}")
+
+    @staticmethod
+    def _explain(low: str, cause: str) -> str:
+        if "locked" in low or "busy" in low:
+            return " is busy (a search is writing to it); retrying"
+        if "not a database" in low or "malformed" in low:
+            return ": not a readable results store (the file is corrupt or not SQLite)"
+        if "unable to open" in low:
+            return ": cannot open it (was the file moved or deleted?)"
+        if "readonly" in low or "read-only" in low:
+            return (
+                " holds an unfinished write (was a search killed?); "
+                "`presso runs --store ...` repairs it"
+            )
+        return f": cannot read it: {cause}"
+
+    def _has_no_tables(self) -> bool:
+        import sqlalchemy
+
+        if self._path is None:
+            return True
+        try:
+            with self._connect().connect() as conn:
+                sql = sqlalchemy.text("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'")
+                return conn.execute(sql).scalar() == 0
+        except sqlalchemy.exc.SQLAlchemyError:
+            return False
+
+
+def _loads(value: str | None) -> Any:
+    try:
+        return json.loads(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _state(value: Any) -> str:
+    # Enums come back as their names on SQLite and may come back as enum objects elsewhere.
+    return str(getattr(value, "name", value) or "")
+
+
+def _time(value: Any) -> str:
+    return str(value)[:19].replace(" ", "T") if value else ""
+
+
+def _record(a: dict[str, Any], value: float | None) -> Record:
+    """A Record as ``ResultsStore.records`` builds it from a trial's attributes and value."""
+    return Record(
+        phase=a["phase"],
+        step=a["step"],
+        index=a["index"],
+        levels=a["levels"],
+        tag=a["tag"],
+        tokens=a["tokens"],
+        sample_seed=a["sample_seed"],
+        fitness=value if value is not None and math.isfinite(value) else None,
+        metrics=a.get("metrics") or {},
+        seconds=a.get("seconds", 0.0),
+        error=a.get("error"),
+    )
+
+
+def _run_row(name: str, n: int, started: Any, updated: Any, attrs: dict) -> dict[str, Any]:
+    exp = attrs.get("experiment") or {}
+    summary = attrs.get("summary") or {}
+    return {
+        "name": name,
+        "status": attrs.get("status") or "?",
+        "evaluations": n,
+        "started": _time(started),
+        "updated": _time(updated),
+        "model": exp.get("model", "?"),
+        "strategy": (exp.get("search") or {}).get("strategy", "?"),
+        "budget": {k: v for k, v in (exp.get("space") or {}).items() if _finite(v)},
+        "candidates": {
+            phase: {"strategy": c.get("strategy"), "heldout": c.get("heldout", {})}
+            for phase, c in (summary.get("candidates") or {}).items()
+        },
+    }
+
+
+# ---------------------------------------------------------------------- JSON for the page
+
+_BLOCK = re.compile(r"\.(\d+)(?:\.(.+))?$")
+
+
+def unit_grid(targets: list[str]) -> dict[str, Any]:
+    """Where each unit sits in a blocks × unit-kinds heatmap: rows are block numbers, columns
+    short names (``q_proj`` ... ``down_proj``; ``block`` for a whole block)."""
+    rows: list[str] = []
+    cols: list[str] = []
+    cells = []
+    for target in targets:
+        m = _BLOCK.search(target)
+        row, col = (m.group(1), (m.group(2) or "block").split(".")[-1]) if m else ("-", target)
+        if row not in rows:
+            rows.append(row)
+        if col not in cols:
+            cols.append(col)
+        cells.append([row, col])
+    rows.sort(key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0))
+    return {
+        "rows": rows,
+        "cols": cols,
+        "cells": [[rows.index(r), cols.index(c)] for r, c in cells],
+    }
+
+
+def record_json(number: int, rec: Record) -> dict[str, Any]:
+    """One evaluation for the page; ``tokens`` is the calibration size it was scored on
+    (the stored ``None`` means the whole pool, whose size the metrics hold)."""
+    tokens = rec.tokens if rec.tokens is not None else rec.metrics.get("tokens")
+    return {
+        "n": number,
+        "phase": rec.phase,
+        "step": rec.step,
+        "index": rec.index,
+        "tag": rec.tag,
+        "tokens": int(tokens) if isinstance(tokens, int | float) else None,
+        "fitness": rec.fitness,
+        "metrics": {k: v for k, v in rec.metrics.items() if _finite(v)},
+        "seconds": rec.seconds,
+        "error": rec.error,
+        "levels": rec.levels,
+    }
+
+
+def meta_json(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What the page needs about a run besides its evaluations."""
+    units = attrs.get("units") or []
+    targets = attrs.get("targets") or [u.split(":")[0] for u in units]
+    exp = attrs.get("experiment") or {}
+    summary = attrs.get("summary") or {}
+    kinds = attrs.get("kinds") or ["bits"] * len(units)
+    values: dict[str, set[float]] = {}
+    for kind, levels in zip(kinds, attrs.get("levels") or []):
+        values.setdefault(kind, set()).update(v for v in levels if _finite(v))
+    return {
+        "status": attrs.get("status") or "?",
+        "experiment": exp,
+        "level_values": {kind: sorted(v) for kind, v in values.items()},
+        "units": units,
+        "kinds": kinds,
+        "grid": unit_grid(targets),
+        "finals": finals_json(summary),
+        "timings": summary.get("timings", {}),
+    }
+
+
+def finals_json(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's finally chosen configurations with their held-out metrics (``heldout_ppl``,
+    ``heldout_kl``) beside their budget metrics: each phase's winner (``kind: candidate``)
+    and the Pareto-front points the run scored held-out (``kind: front``)."""
+    out = []
+    for phase, c in (summary.get("candidates") or {}).items():
+        metrics = {k: v for k, v in c.items() if k in BUDGET_METRICS}
+        metrics.update({f"heldout_{k}": v for k, v in (c.get("heldout") or {}).items()})
+        out.append(_final(f"final:{phase}", phase, "candidate", c.get("strategy"), c, metrics))
+    pareto = summary.get("pareto") or {}
+    objectives = pareto.get("objectives") or []
+    points, levels = pareto.get("points") or [], pareto.get("levels") or []
+    for h in pareto.get("heldout") or []:
+        i = h.get("index")
+        if not isinstance(i, int) or not 0 <= i < min(len(points), len(levels)):
+            continue
+        # Budget objectives only: the calibration fitness of a front point is already plotted
+        # as the evaluation it came from.
+        metrics = {
+            name.lstrip("-"): -v if name.startswith("-") else v
+            for name, v in zip(objectives, points[i])
+            if name.lstrip("-") in BUDGET_METRICS and _finite(v)
+        }
+        metrics.update({f"heldout_{k}": v for k, v in h.items() if k != "index"})
+        entry = {"levels": levels[i]}
+        out.append(_final(f"front:{i}", "search", "front", None, entry, metrics))
+    return out
+
+
+#: Metrics that measure a configuration's cost (its budget), as the run summary names them.
+BUDGET_METRICS = ("mean_bits", "mean_sparsity", "dropped")
+
+
+def _final(
+    key: str, phase: str, kind: str, strategy: Any, c: dict, metrics: dict
+) -> dict[str, Any]:
+    return {
+        "key": key,
+        "phase": phase,
+        "kind": kind,
+        "strategy": strategy,
+        "levels": c.get("levels", []),
+        "metrics": {k: v for k, v in metrics.items() if _finite(v)},
+    }
+
+
+def run_json(reader: StoreReader, run: str, since: int = 0) -> dict[str, Any]:
+    """A run's metadata and its evaluations from number ``since`` on (the page polls with the
+    returned ``next``)."""
+    attrs = reader.attrs(run)
+    records, next_number = reader.records(run, since)
+    return {
+        "run": run,
+        "meta": meta_json(attrs),
+        "records": [record_json(n, r) for n, r in records],
+        "next": next_number,
+    }
+
+
+def export_files(attrs: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Per candidate, the files ``presso export`` writes: plan JSON, plan YAML, EvoPress text
+    (absent where the candidate cannot be written in that format)."""
+    files: dict[str, dict[str, str]] = {}
+    for phase in (attrs.get("summary") or {}).get("candidates", {}):
+        files[phase] = {}
+        for fmt in EXPORTS:
+            try:
+                files[phase][fmt] = export_text(attrs, phase, fmt)
+            except PressoError:
+                continue
+    return files
+
+
+#: Download choices: name → (presso export --format, file suffix).
+EXPORTS = {
+    "plan.json": ("plan", ".json"),
+    "plan.yaml": ("plan", ".yaml"),
+    "evopress.txt": ("evopress", ".txt"),
+}
+
+
+def export_text(attrs: dict[str, Any], phase: str, choice: str) -> str:
+    """The text ``presso export --candidate PHASE`` writes for one download choice."""
+    from presso.export import build_plan, render
+
+    if choice not in EXPORTS:
+        raise PressoError(f"unknown export {choice!r}; choose one of: {', '.join(EXPORTS)}")
+    fmt, suffix = EXPORTS[choice]
+    return render(build_plan(attrs, phase), fmt, suffix)
+
+
+def export_filename(run: str, phase: str, choice: str) -> str:
+    """A safe download name, e.g. ``tiny-baseline-uniform-plan.yaml``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{run}-{phase}-{choice}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None: JSON has no such numbers and browsers refuse them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,501 @@
+"""The dashboard and the report over a store a real tiny search wrote.
+
+In a real browser (headless Chromium from Debian, driven by Playwright; skipped where either
+is missing): the pages load, the Pareto plot holds every stored evaluation, a click opens
+that configuration, a running search updates the page without a reload, a busy, corrupt or
+empty store is a message in the page, the export button gives `presso export`'s files, and
+the report opens offline. Without a browser: the read-only data layer and the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from presso.cli import main
+from presso.errors import PressoError
+from presso.store import Record, ResultsStore
+
+from .conftest import tiny_experiment
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 15_000  # generous: a loaded machine may take a few polls
+POLL = "?poll=0.3"  # the page polls every 0.3 s instead of 2 s: the live tests take less time
+
+# Plotted points of the run page's Pareto plot (the front line and the selection ring aside).
+POINTS_JS = """() => { const gd = document.getElementById('pareto');
+  if (!gd || !gd.data) return -1;
+  return gd.data.filter(t => t.meta && t.meta.kind === 'points')
+    .reduce((n, t) => n + t.x.length, 0); }"""
+FRONT_JS = """() => document.getElementById('pareto').data
+  .filter(t => t.meta && t.meta.kind === 'points' && t.meta.front)
+  .reduce((n, t) => n + t.x.length, 0)"""
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, presso_cache: Path) -> Path:
+    """A store holding run ``tiny``: EvoPress (two calibration sizes) and uniform 3-bit."""
+    folder = tmp_path_factory.mktemp("dashboard")
+    path = folder / "runs.db"
+    exp_path = folder / "exp.yaml"
+    exp_path.write_text(yaml.safe_dump({"store": str(path), **tiny_experiment()}))
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
+        mp.setenv("PRESSO_CACHE", str(presso_cache))
+        assert main(["search", str(exp_path), "--quiet"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no {CHROMIUM}: apt-get install chromium (see .ci/install)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    pytest.importorskip("plotly", reason="the dashboard extra: pip install 'presso[dashboard]'")
+    playwright = sync_api.sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    except Exception as err:  # a broken browser install is a skip, not a failure of presso
+        playwright.stop()
+        pytest.skip(f"chromium does not start: {str(err).splitlines()[0]}")
+    yield chromium
+    chromium.close()
+    playwright.stop()
+
+
+@contextlib.contextmanager
+def serving(*stores: Path, busy_timeout_s: float = 5.0) -> Iterator[str]:
+    from presso.dashboards._server import DashboardServer
+
+    server = DashboardServer([str(s) for s in stores], port=0, busy_timeout_s=busy_timeout_s)
+    server.start()
+    try:
+        yield server.url + POLL
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def page_at(browser: Any, url: str, **context: Any) -> Iterator[Any]:
+    """A fresh page at ``url``; fails the test on any script error in the page."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, **context)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(url)
+    try:
+        yield page
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def stored(store: Path, run: str = "tiny") -> list[Record]:
+    s = ResultsStore(str(store))
+    return s.records(s.open(run))
+
+
+def wait_points(page: Any, n: int) -> None:
+    page.wait_for_function(f"() => ({POINTS_JS})() === {n}", timeout=WAIT_MS)
+
+
+def distinct_colours(browser: Any, png: bytes) -> int:
+    """Distinct pixel colours of a PNG, decoded by the browser in a blank page."""
+    page = browser.new_page()
+    try:
+        return page.evaluate(
+            """async (b64) => {
+              const img = new Image();
+              img.src = 'data:image/png;base64,' + b64;
+              await img.decode();
+              const c = document.createElement('canvas');
+              c.width = img.width; c.height = img.height;
+              const ctx = c.getContext('2d');
+              ctx.drawImage(img, 0, 0);
+              const px = new Uint32Array(ctx.getImageData(0, 0, c.width, c.height).data.buffer);
+              return new Set(px).size;
+            }""",
+            base64.b64encode(png).decode(),
+        )
+    finally:
+        page.close()
+
+
+def live_space(units: list[str]) -> Any:
+    from presso.spaces import bits_space
+
+    return bits_space([(u, (64, 64)) for u in units], [2, 3, 4, 8], 3.0)
+
+
+def add_evaluations(
+    results: ResultsStore, study: Any, space: Any, start: int, n: int, phase: str = "search"
+) -> None:
+    """``n`` evaluations as a search records them, with levels that vary from one to the next."""
+    from presso.search._base import Request, Result
+
+    for i in range(start, start + n):
+        config = tuple((i + k) % 3 for k in range(len(space)))
+        mean_bits = space.constraints[0].value(space, config)
+        kl = 0.01 / (1 + i) + 0.001 * (3 - mean_bits)
+        request = Request(config=config, tokens=64, sample_seed=0, tag=f"live/{i}")
+        latency = {"latency_ms_predicted": 10 * mean_bits, "latency_ms_measured": 11 * mean_bits}
+        metrics = {"kl": kl, "tokens": 64.0, "mean_bits": mean_bits, **latency}
+        results.record(study, space, phase, i, 0, request, Result(fitness=kl, metrics=metrics))
+
+
+# ---------------------------------------------------------------------- in the browser
+
+
+def test_runs_page_and_pareto_plot(browser: Any, store: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"\x13\x37 not sqlite " * 4096)
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    records = stored(store)
+    with serving(store, corrupt, empty) as url, page_at(browser, url) as page:
+        page.wait_for_selector('tr[data-run="tiny"]', timeout=WAIT_MS)
+        text = page.inner_text("#view")
+        assert "corrupt.db: not a readable results store" in text
+        assert "empty.db: empty store, no runs yet" in text
+        assert "Traceback" not in page.content()
+
+        page.click("a.run-link")
+        page.wait_for_function(f"() => ({POINTS_JS})() > 0", timeout=WAIT_MS)
+        # Default axes: mean bits and calibration KL; every evaluation has both.
+        plotted = [r for r in records if "kl" in r.metrics and "mean_bits" in r.metrics]
+        assert len(plotted) == len(records) > 10
+        assert page.evaluate(POINTS_JS) == len(plotted)
+        from presso.pareto import non_dominated
+
+        mask = non_dominated([[r.metrics["mean_bits"], r.metrics["kl"]] for r in plotted])
+        assert page.evaluate(FRONT_JS) == int(mask.sum())
+
+        png = page.screenshot(full_page=True)
+        (tmp_path / "run.png").write_bytes(png)
+        assert distinct_colours(browser, png) > 100  # plots, text, colours: not a blank page
+
+        # Multi-stage selection: each calibration size alone (baselines score on the whole pool).
+        sizes = sorted({r.tokens for r in records if r.tokens is not None})
+        assert len(sizes) == 2
+        page.select_option("#tokens", str(sizes[0]))
+        wait_points(page, sum(r.tokens == sizes[0] for r in records))
+
+
+def test_click_opens_the_configuration(browser: Any, store: Path) -> None:
+    records = stored(store)
+    units = ResultsStore(str(store)).open("tiny").user_attrs["units"]
+    with serving(store) as url, page_at(browser, url + "#/run/0/tiny") as page:
+        wait_points(page, len(records))
+        # The point farthest from every other, so that the click cannot hit a neighbour.
+        target = page.evaluate(
+            """() => {
+              const gd = document.getElementById('pareto');
+              gd.scrollIntoView();
+              const fl = gd._fullLayout, box = gd.getBoundingClientRect(), pts = [];
+              for (const t of gd.data) {
+                if (!t.meta || t.meta.kind !== 'points') continue;
+                t.x.forEach((x, i) => pts.push({ key: t.customdata[i],
+                  px: box.left + fl.xaxis._offset + fl.xaxis.d2p(x),
+                  py: box.top + fl.yaxis._offset + fl.yaxis.d2p(t.y[i]) }));
+              }
+              let best = null, gap = -1;
+              for (const p of pts) {
+                const d = Math.min(...pts.filter(q => q !== p).map(q => Math.hypot(p.px - q.px, p.py - q.py)));
+                if (d > gap) { gap = d; best = p; }
+              }
+              return { ...best, gap };
+            }"""
+        )
+        assert target["gap"] > 10
+        n = target["key"]
+        page.mouse.move(target["px"], target["py"])
+        page.wait_for_selector(".hoverlayer .hovertext", timeout=WAIT_MS)
+        hover = page.text_content(".hoverlayer") or ""
+        for fact in (records[n].tag, f"phase: {records[n].phase}", "mean bits: 3", "fitness: "):
+            assert fact in hover
+        assert f"tokens: {records[n].tokens}" in hover
+        page.mouse.click(target["px"], target["py"])
+        page.wait_for_selector("#config-title", timeout=WAIT_MS)
+        assert page.inner_text("#config-title").startswith(f"Evaluation #{n}:")
+        assert f"sel={n}" in page.url
+        bars = page.evaluate("document.getElementById('bars-bits').data[0].y")
+        assert bars == records[n].levels and len(bars) == len(units) == 28
+        # Heatmap: blocks as rows, q_proj ... down_proj as columns, in the store's unit order.
+        heat = page.evaluate("document.getElementById('heatmap-bits').data[0]")
+        assert heat["x"] == [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+        assert [v for row in heat["customdata"] for v in row] == records[n].levels
+        assert page.locator("#latency").count() == 0  # no latency metrics stored yet
+
+
+def test_running_search_updates_live(browser: Any, store: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "live.db"
+    shutil.copy(store, copy)
+    results = ResultsStore(str(copy))
+    attrs = results.open("tiny").user_attrs
+    space = live_space(attrs["units"])
+    with serving(copy) as url, page_at(browser, url) as page:
+        page.wait_for_selector('tr[data-run="tiny"]', timeout=WAIT_MS)
+        page.evaluate("window.__not_reloaded = true")
+        study = results.create("live", {**attrs["experiment"], "name": "live"}, space)
+        add_evaluations(results, study, space, 0, 3)
+        page.wait_for_selector('tr[data-run="live"] .badge.running', timeout=WAIT_MS)
+
+        page.click('tr[data-run="live"] a.run-link')
+        wait_points(page, 3)
+        add_evaluations(results, study, space, 3, 4)
+        wait_points(page, 7)
+        assert "export is available once the run has finished" in page.inner_text("#export")
+
+        config = space.values(tuple(1 for _ in range(len(space))))
+        candidate = {"strategy": "live", "levels": config, "mean_bits": 3.0}
+        summary = {"run": "live", "candidates": {"search": {**candidate, "heldout": {"kl": 0.1}}}}
+        results.set_summary(study, summary)
+        page.wait_for_selector("#run-status .badge.finished", timeout=WAIT_MS)
+        page.wait_for_selector("#export-button", timeout=WAIT_MS)
+
+        # Latency metrics, once stored, get their section in the per-layer view.
+        page.evaluate("location.hash = '#/run/0/live?sel=2'")
+        page.wait_for_selector("#latency #latency-plot .main-svg", timeout=WAIT_MS)
+        assert "Predicted vs measured latency" in page.inner_text("#latency")
+
+        # Comparison: tick both runs on the runs page, overlay their fronts and convergence.
+        page.click("#nav-runs")
+        for run in ("tiny", "live"):
+            page.check(f'tr[data-run="{run}"] input.pick')
+        page.click("#compare-button")
+        page.wait_for_function(
+            """() => { const gd = document.getElementById('cmp-pareto');
+              return gd && gd.data && gd.data.filter(t => t.meta.kind === 'front').length === 2; }""",
+            timeout=WAIT_MS,
+        )
+        fronts = page.evaluate(
+            "document.getElementById('cmp-pareto').data.filter(t => t.meta.kind === 'front')"
+            ".map(t => t.meta.run)"
+        )
+        best = page.evaluate(
+            "document.getElementById('cmp-convergence').data.map(t => [t.meta.run, t.y.length])"
+        )
+        assert sorted(fronts) == ["live", "tiny"]
+        searched = sum(r.phase == "search" for r in stored(copy))
+        assert sorted(best) == [["live", 7], ["tiny", searched]]
+        assert page.evaluate("window.__not_reloaded") is True
+
+
+def test_busy_store_is_a_message_then_recovers(browser: Any, store: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "busy.db"
+    shutil.copy(store, copy)
+    n = len(stored(copy))
+    with serving(copy, busy_timeout_s=0.3) as url, page_at(browser, url + "#/run/0/tiny") as page:
+        wait_points(page, n)
+        lock = sqlite3.connect(copy, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # what a writer holds while it commits, for longer
+        try:
+            page.wait_for_selector("#run-message .message.error", timeout=WAIT_MS)
+            assert "busy (a search is writing to it)" in page.inner_text("#run-message")
+            assert page.evaluate(POINTS_JS) == n  # what was shown stays
+        finally:
+            lock.execute("COMMIT")
+            lock.close()
+        page.wait_for_selector("#run-message .message", state="detached", timeout=WAIT_MS)
+
+
+def test_export_button_gives_presso_exports_files(
+    browser: Any, store: Path, tmp_path: Path
+) -> None:
+    expected = tmp_path / "expected.yaml"
+    argv = ["export", "tiny", "--store", str(store), "--candidate", "baseline:uniform"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([*argv, "--out", str(expected)]) == 0
+    with (
+        serving(store) as url,
+        page_at(browser, url + "#/run/0/tiny", accept_downloads=True) as page,
+    ):
+        page.wait_for_selector("#export-button", timeout=WAIT_MS)
+        page.select_option("#export-candidate", "baseline:uniform")
+        page.select_option("#export-file", "plan.yaml")
+        with page.expect_download() as download:
+            page.click("#export-button")
+        got = Path(download.value.path()).read_text()
+        assert download.value.suggested_filename == "tiny-baseline-uniform-plan.yaml"
+        assert got == expected.read_text()
+
+
+def test_report_opens_offline(
+    browser: Any, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "report.html"
+    argv = ["report", "tiny", "--store", str(store), "--out", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 2  # the user's file is never silently overwritten
+    assert "exists" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
+    html = out.read_text()
+    assert 'src="static/' not in html and 'href="static/' not in html  # all inline
+
+    requests: list[str] = []
+
+    def only_the_file(route: Any) -> None:
+        requests.append(route.request.url)
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            route.abort()
+
+    with page_at(browser, "about:blank", offline=True, accept_downloads=True) as page:
+        page.route("**/*", only_the_file)
+        page.goto(out.as_uri())
+        wait_points(page, len(stored(store)))
+        assert requests == [out.as_uri()]
+        png = page.screenshot(full_page=True)
+        (tmp_path / "report.png").write_bytes(png)
+        assert distinct_colours(browser, png) > 100
+        page.select_option("#export-file", "evopress.txt")
+        with page.expect_download() as download:
+            page.click("#export-button")
+        text = Path(download.value.path()).read_text()
+    capsys.readouterr()
+    assert main(["export", "tiny", "--store", str(store), "--format", "evopress"]) == 0
+    assert text == capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- without a browser
+
+
+def test_reader_matches_the_store_and_never_writes(store: Path, tmp_path: Path) -> None:
+    from presso.dashboards._data import StoreReader, StoreUnavailable, check_store_exists
+
+    before = (hashlib.sha256(store.read_bytes()).hexdigest(), store.stat().st_mtime_ns)
+    reader = StoreReader(str(store))
+    [run] = reader.runs()
+    assert run["name"] == "tiny" and run["status"] == "finished"
+    numbered, next_number = reader.records("tiny")
+    assert [r for _, r in numbered] == stored(store)  # the same Records ResultsStore builds
+    assert next_number == len(numbered) == run["evaluations"]
+    tail, same = reader.records("tiny", since=next_number - 2)
+    assert [n for n, _ in tail] == [next_number - 2, next_number - 1] and same == next_number
+    assert reader.attrs("tiny")["summary"]["candidates"]
+    after = (hashlib.sha256(store.read_bytes()).hexdigest(), store.stat().st_mtime_ns)
+    assert after == before
+    assert sorted(p.name for p in store.parent.iterdir() if p.name.startswith("runs.db")) == [
+        "runs.db"
+    ]  # no journal or WAL left beside it
+
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    with pytest.raises(StoreUnavailable, match="empty store"):
+        StoreReader(str(empty)).runs()
+    assert empty.stat().st_size == 0  # no tables created on open
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(os.urandom(8192))
+    with pytest.raises(StoreUnavailable, match="corrupt"):
+        StoreReader(str(garbage)).runs()
+    with pytest.raises(StoreUnavailable, match="no run named 'nope'.*runs there: tiny"):
+        reader.attrs("nope")
+    with pytest.raises(PressoError, match="no results store there"):
+        check_store_exists(str(tmp_path / "missing.db"))
+    gone = tmp_path / "gone.db"
+    with pytest.raises(StoreUnavailable, match="cannot open it"):
+        StoreReader(str(gone)).runs()
+    assert not gone.exists()  # read-only: SQLite may not create it
+
+    # Characters that end a URL's path must still name the file (and create nothing else).
+    odd = tmp_path / "a ?#% b" / "runs 1.db"
+    odd.parent.mkdir()
+    shutil.copy(store, odd)
+    for spec in (str(odd), f"sqlite:///{odd}"):
+        assert [r["name"] for r in StoreReader(spec).runs()] == ["tiny"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a ?#% b", "empty.db", "garbage.db"]
+    assert [p.name for p in odd.parent.iterdir()] == ["runs 1.db"]
+
+
+def test_cli_dashboard_and_report_errors(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["dashboard", str(tmp_path / "missing.db")]) == 2
+    assert "no results store there" in capsys.readouterr().err
+    assert main(["report", "nope", "--store", str(store), "--out", str(tmp_path / "r.html")]) == 2
+    assert "no run named 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+    pytest.importorskip("plotly", reason="the dashboard extra: pip install 'presso[dashboard]'")
+    from presso.dashboards import _page
+    from presso.dashboards._server import DashboardServer
+
+    with serving(store) as url:  # a taken port is a one-line message
+        port = int(url.split("/")[2].rsplit(":", 1)[1])
+        with pytest.raises(PressoError, match="cannot listen on 127.0.0.1"):
+            DashboardServer([str(store)], port=port)
+    with monkeypatch.context() as mp:
+        mp.setattr(_page.importlib.util, "find_spec", lambda name: None)
+        assert (
+            main(["report", "tiny", "--store", str(store), "--out", str(tmp_path / "r.html")]) == 2
+        )
+        assert "presso[dashboard]" in capsys.readouterr().err
+
+
+def test_presso_dashboard_command_serves_and_stops_on_ctrl_c(store: Path) -> None:
+    pytest.importorskip("plotly", reason="the dashboard extra: pip install 'presso[dashboard]'")
+    code = "import sys, presso.cli; sys.exit(presso.cli.main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "dashboard", str(store), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("presso dashboard: http://127.0.0.1:"), line
+        url = line.split()[2]
+        with urllib.request.urlopen(url + "api/runs", timeout=10) as reply:
+            runs = json.loads(reply.read())
+        assert [r["name"] for r in runs["stores"][0]["runs"]] == ["tiny"]
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert b"static/plotly.min.js" in reply.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_import_presso_cli_stays_light() -> None:
+    code = (
+        "import sys, presso, presso.cli\n"
+        "heavy = [m for m in ('http.server', 'plotly', 'presso.dashboards._server') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
