@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from presso.search._base import Context, Request, Result, Strategy, check_told, fitness_of, register
 from presso.search._random import fill_budget
 from presso.spaces import Config, SearchSpace
@@ -141,8 +142,9 @@ class EvoPress(Strategy):
     stages: ``(tokens, survivors)`` per selection stage; ``tokens`` become
         ``Request.tokens`` (None: the whole pool); the last stage keeps 1 survivor.
     max_mutations: most level switches per child.
-    initial: the first parent; default the costliest feasible uniform configuration, else a
-        random configuration that fills the budget.
+    initial: the first parent; default the costliest feasible uniform configuration with the
+        budget it leaves unused filled by random one-level raises (or, with no feasible uniform
+        configuration, a random configuration that fills the budget).
 
     ``history`` holds ``(generation, fitness)`` of each generation's surviving parent at the
     last stage (None where that evaluation failed), generations counted from 1.
@@ -227,8 +229,12 @@ class EvoPress(Strategy):
                     f"the initial configuration is infeasible: {self.space.describe()}"
                 )
             return config
+        # The uniform configuration, with any budget it leaves unused spent on randomly chosen
+        # units (e.g. mean 2.5 bits over levels {2, 3, 4, 8}: uniform is 2 bits; half the
+        # parameters go to 3). Level switches keep the budget, so slack left at the start
+        # would stay unused for most of the search.
         uniform = self.space.best_uniform()
-        return uniform if uniform is not None else fill_budget(self.space, self._rng)
+        return fill_budget(self.space, self._rng, start=uniform)
 
     def _start_generation(self) -> None:
         children = self._breed()
