@@ -85,7 +85,9 @@ def run_search(
         (
             "search",
             exp.search.strategy,
-            _with_objectives(exp.search.strategy, exp.search.options, objectives),
+            _with_objectives(
+                exp.search.strategy, exp.search.options, objectives, bool(exp.objectives)
+            ),
         )
     ]
     phases += [(f"baseline:{b}", b, {}) for b in exp.baselines if b != exp.search.strategy]
@@ -160,21 +162,25 @@ def run_search(
 
 
 def default_objectives(setup: Setup) -> list[str]:
-    """The fitness metric and each budget's metric: e.g. ``["kl", "mean_bits"]``."""
+    """The fitness metric and each budget's metric, oriented so that cheaper is better:
+    e.g. ``["kl", "mean_bits"]``, ``["kl", "-mean_sparsity"]``."""
     fitness = "kl" if setup.handle.kind == "causal-lm" else "cos_dist"
-    return [fitness, *(c.metric for c in setup.space.constraints)]
+    budgets = [c.metric if c.sense == "<=" else f"-{c.metric}" for c in setup.space.constraints]
+    return [fitness, *budgets]
 
 
-def _with_objectives(strategy: str, options: dict, objectives: list[str]) -> dict:
-    """Multi-objective strategies get the run's objectives unless the file sets their own."""
+def _with_objectives(strategy: str, options: dict, objectives: list[str], explicit: bool) -> dict:
+    """Give a strategy the run's objectives unless its options set their own: always for a
+    multi-objective strategy (its default is None), and for a single-objective one (TPE, GP)
+    only when the experiment file names objectives."""
     import inspect
 
     from presso.search import strategy_class
 
-    params = inspect.signature(strategy_class(strategy).__init__).parameters
-    if "objectives" in params and "objectives" not in options:
-        return {**options, "objectives": list(objectives)}
-    return options
+    param = inspect.signature(strategy_class(strategy).__init__).parameters.get("objectives")
+    if param is None or "objectives" in options or not (explicit or param.default is None):
+        return options
+    return {**options, "objectives": list(objectives)}
 
 
 #: Held-out metrics are measured for at most this many points of a Pareto front.

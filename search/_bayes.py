@@ -1,7 +1,8 @@
 """Bayesian optimisation with Optuna's samplers (TPE, GP) behind ask/tell.
 
-The search space is encoded as one ``IntDistribution(0, levels - 1)`` per dimension (the
-level index). Optuna samples the box, but only feasible configurations may be evaluated, so
+The search space is encoded as one level index per dimension: ``IntDistribution(0, levels -
+1)`` for TPE, a ``FloatDistribution`` over the same range, rounded, for the GP (see ``GP``).
+Optuna samples the box, but only feasible configurations may be evaluated, so
 every sample is a *proposal*: it is repaired to feasibility (random levels lowered until the
 constraints hold; for a single objective the budget is then filled, since spending it never
 hurts accuracy), the proposal trial is closed as FAIL (samplers ignore failed trials), and
@@ -17,11 +18,14 @@ told results, so a resumed run asks exactly what the original asked.
 from __future__ import annotations
 
 import importlib.util
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+
+from presso.errors import MissingExtraError
 from presso.pareto import non_dominated
 from presso.search._base import Context, Request, Result, Strategy, check_told, register
 from presso.search._objectives import Objectives
@@ -29,14 +33,14 @@ from presso.search._operators import Repair
 from presso.search._random import fill_budget
 from presso.spaces import Config, SearchSpace
 
-from presso.errors import MissingExtraError
-
 if TYPE_CHECKING:
     import optuna
 
-# Fresh proposals asked of the sampler, then random fillings drawn, before a duplicate
-# configuration is accepted (small spaces may hold fewer than ``trials`` distinct ones).
-_PROPOSALS = 3
+# Proposals asked of the sampler (a GP's take a second), repairs of each, then random
+# fillings drawn, before a configuration already asked for is accepted again (small spaces
+# may hold fewer than ``trials`` distinct ones).
+_PROPOSALS = 2
+_REPAIRS = 4
 _RANDOM_DRAWS = 10
 
 
@@ -65,6 +69,9 @@ class Bayesian(Strategy):
     startup: random trials before the model is used (None: the sampler's default, 10).
     """
 
+    #: Encode level indices as floats (rounded) rather than integers.
+    continuous: ClassVar[bool] = False
+
     def __init__(
         self,
         space: SearchSpace,
@@ -89,16 +96,16 @@ class Bayesian(Strategy):
         self.repair = Repair(space)
         self._fill = len(self.objectives) == 1
         self._rng = np.random.default_rng(seed)
-        self._distributions = _encoding(space)
+        self._distributions = _encoding(space, continuous=self.continuous)
         self._study = self._create_study(startup)
         self._seen: set[Config] = set()
         self._pending: list[Request] | None = None
         self._numbers: list[int] = []  # the study trials of the pending requests
         self._told: list[tuple[Config, np.ndarray]] = []
 
+    @abstractmethod
     def _sampler(self, startup: int | None) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler, seeded with ``self.seed``."""
-        raise NotImplementedError
+        """The Optuna sampler, seeded with ``self.seed`` (``startup``: its random trials)."""
 
     def _create_study(self, startup: int | None) -> optuna.Study:
         import optuna
@@ -158,7 +165,11 @@ class Bayesian(Strategy):
         already asked for, a random filling), entered in the study as a RUNNING trial."""
         config: Config | None = None
         for _ in range(_PROPOSALS):
-            config = self.repair(self._sample(), self._rng, fill=self._fill)
+            proposal = self._sample()
+            for _ in range(_REPAIRS):  # repair (and fill) are random: a cheap retry first
+                config = self.repair(proposal, self._rng, fill=self._fill)
+                if config is not None and config not in self._seen:
+                    break
             if config is not None and config not in self._seen:
                 break
         for _ in range(_RANDOM_DRAWS):
@@ -177,14 +188,14 @@ class Bayesian(Strategy):
         with _quiet_optuna():
             trial = self._study.ask(self._distributions)
             self._study.tell(trial, state=TrialState.FAIL)
-        return tuple(int(trial.params[f"d{d}"]) for d in range(len(self.space)))
+        return tuple(int(round(trial.params[f"d{d}"])) for d in range(len(self.space)))
 
     def _add_running(self, config: Config) -> int:
         import optuna
 
         trial = optuna.trial.create_trial(
             state=optuna.trial.TrialState.RUNNING,
-            params={f"d{d}": int(i) for d, i in enumerate(config)},
+            params={f"d{d}": float(i) if self.continuous else int(i) for d, i in enumerate(config)},
             distributions=self._distributions,
         )
         number = len(self._study.get_trials(deepcopy=False))  # in-memory: numbered 0, 1, ...
@@ -192,12 +203,19 @@ class Bayesian(Strategy):
         return number
 
 
-def _encoding(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
+def _encoding(
+    space: SearchSpace, *, continuous: bool
+) -> dict[str, optuna.distributions.BaseDistribution]:
     """One level-index parameter per dimension, named ``d0``, ``d1``... (unit names can be
-    long and hold any character)."""
-    from optuna.distributions import IntDistribution
+    long and hold any character); ``continuous``: a float in ``[0, levels - 1]``, rounded."""
+    from optuna.distributions import FloatDistribution, IntDistribution
 
-    return {f"d{d}": IntDistribution(0, len(dim.levels) - 1) for d, dim in enumerate(space.dims)}
+    return {
+        f"d{d}": FloatDistribution(0, len(dim.levels) - 1)
+        if continuous
+        else IntDistribution(0, len(dim.levels) - 1)
+        for d, dim in enumerate(space.dims)
+    }
 
 
 @register
@@ -218,6 +236,10 @@ class GP(Bayesian):
     """Bayesian optimisation with Optuna's Gaussian-process sampler (needs scipy)."""
 
     name = "gp"
+    # Level indices are ordinal, so a continuous relaxation loses little, and Optuna's GP
+    # optimises its acquisition over floats by L-BFGS: about 1 s per proposal at 18
+    # dimensions, against some 15 s for its discrete local search over integers.
+    continuous = True
 
     def _sampler(self, startup: int | None) -> optuna.samplers.BaseSampler:
         if importlib.util.find_spec("scipy") is None:

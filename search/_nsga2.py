@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from presso.pareto import crowding_distance, non_dominated, non_dominated_sort
 from presso.search._base import Context, Request, Result, Strategy, check_told, register
 from presso.search._objectives import Objectives, default_objectives

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
 from presso.search._base import Result
 from presso.spaces import SearchSpace
 

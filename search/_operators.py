@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from presso.search._random import fill_budget
 from presso.spaces import Config, SearchSpace
 
@@ -21,9 +22,7 @@ class BinaryTournament:
     """Pick two population members at random; the lower rank wins, then the larger crowding
     distance, then the first drawn."""
 
-    def __call__(
-        self, rank: np.ndarray, crowding: np.ndarray, rng: np.random.Generator
-    ) -> int:
+    def __call__(self, rank: np.ndarray, crowding: np.ndarray, rng: np.random.Generator) -> int:
         a, b = (int(i) for i in rng.integers(len(rank), size=2))
         if (rank[b], -crowding[b]) < (rank[a], -crowding[a]):
             return b

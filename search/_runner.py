@@ -13,9 +13,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from presso.search._base import Request, Result, Strategy
-
 from presso.errors import MissingExtraError
+from presso.search._base import Request, Result, Strategy
 
 
 class Pool(ABC):

@@ -4,10 +4,10 @@ failures as data, held-out perplexity."""
 from __future__ import annotations
 
 import pytest
-from presso.search import Request
 
 from presso.config import Experiment
 from presso.experiment import Setup
+from presso.search import Request
 
 from .conftest import tiny_experiment
 

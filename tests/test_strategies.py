@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
 from presso.search import (
     Context,
     ErrorGreedy,
@@ -52,7 +53,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "random": {"samples": 10, "batch": 4},
     "nsga2": {"population": 6, "generations": 3},
     "tpe": {"trials": 10, "batch": 4, "startup": 4},
-    "gp": {"trials": 8, "batch": 4, "startup": 4},
+    # One model-based proposal per run (after 3 completed trials): a GP fit takes ~1 s.
+    "gp": {"trials": 5, "batch": 4, "startup": 3},
 }
 #: The space kinds a strategy applies to; the contract suite skips the others. A strategy not
 #: listed is held to bits spaces only.
@@ -122,6 +124,8 @@ def synthetic_context(space: SearchSpace, seed: int = 0) -> Context:
 
 
 def build(name: str, space: SearchSpace, seed: int = 0) -> Strategy:
+    if name == "gp":
+        pytest.importorskip("scipy", reason="the gp strategy needs scipy (presso[bayes])")
     context = synthetic_context(space) if name in NEEDS_CONTEXT else None
     return make_strategy(name, space, seed=seed, context=context, **OPTIONS.get(name, {}))
 
@@ -202,7 +206,7 @@ def test_same_seed_gives_same_requests(name: str, kind: str) -> None:
     assert first == second
 
 
-@pytest.mark.parametrize("stochastic", ["evopress", "random"])
+@pytest.mark.parametrize("stochastic", ["evopress", "random", "nsga2", "tpe", "gp"])
 def test_different_seed_gives_different_requests(stochastic: str) -> None:
     space = make_space()
     fitness = synthetic_fitness(space)

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from presso.search import LocalPool, drive, make_strategy
-from presso.search._base import Request
 
 from presso.config import Experiment
 from presso.experiment import Setup
+from presso.search import LocalPool, drive, make_strategy
+from presso.search._base import Request
 
 
 def experiment(mean_bits: float, args: argparse.Namespace) -> Experiment:
