@@ -189,7 +189,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-BUDGET_METRICS = ("mean_bits", "mean_sparsity", "dropped")
+BUDGET_METRICS = ("mean_bits", "mean_sparsity", "dropped", "params", "size_mb")
 
 
 def _print_summary(summary: dict) -> None:

@@ -90,6 +90,12 @@ class SpaceConfig(_Strict):
     )
     dropped: int | None = Field(None, ge=0, description="blocks (or sublayers) to drop, at least")
     granularity: Literal["block", "sublayer"] = "block"
+    max_params: float | None = Field(
+        None, gt=0, description="nonzero weights left in the compressible layers, at most"
+    )
+    max_size_mb: float | None = Field(
+        None, gt=0, description="MB of the compressible layers' packed weights, at most"
+    )
 
     def kinds(self) -> list[str]:
         """The kinds of dimension this space has: its own kind, or every budgeted one (joint)."""

@@ -114,6 +114,8 @@ class Setup:
     @cached_property
     def space(self):  # noqa: ANN201 - SearchSpace
         from presso.spaces import (
+            MaxParams,
+            MaxSize,
             MeanBits,
             MeanSparsity,
             MinDropped,
@@ -147,6 +149,13 @@ class Setup:
             if sp.dropped >= n:
                 raise PressoError(f"space.dropped: {sp.dropped} but the model has only {n} to drop")
             constraints.append(MinDropped(sp.dropped))
+        units = [(u.name, u.params) for u in self.handle.units]
+        if sp.max_params is not None:
+            constraints.append(MaxParams(sp.max_params, units))
+        if sp.max_size_mb is not None:
+            widths = {u.name: u.shape[1] for u in self.handle.units}
+            group = self.experiment.compress.group_size
+            constraints.append(MaxSize(sp.max_size_mb, units, group_size=group, in_features=widths))
         space = SearchSpace(dims, constraints)
         if not space.is_feasible(space.lowest()):
             raise PressoError(f"space: no configuration meets {space.describe()}")

@@ -73,7 +73,9 @@ def test_joint_space(write_experiment, tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("strategy", ["nsga2", "tpe"])
 def test_multiobjective_pareto(write_experiment, tmp_path: Path, capsys, strategy: str) -> None:
-    options = {"population": 4, "generations": 3} if strategy == "nsga2" else {"trials": 8, "batch": 4}
+    options = (
+        {"population": 4, "generations": 3} if strategy == "nsga2" else {"trials": 8, "batch": 4}
+    )
     exp = tiny_experiment(
         name=strategy,
         space={"mean_bits": 4.0},
@@ -92,3 +94,14 @@ def test_multiobjective_pareto(write_experiment, tmp_path: Path, capsys, strateg
     assert pareto["heldout"] and "ppl" in pareto["heldout"][0]
     assert main(["show", strategy, "--store", str(tmp_path / "runs.db"), "--pareto"]) == 0
     assert "hypervolume" in capsys.readouterr().out
+
+
+def test_size_budget_binds_beside_mean_bits(write_experiment, tmp_path: Path) -> None:
+    exp = tiny_experiment(
+        name="size",
+        space={"mean_bits": 4.0, "max_size_mb": 0.07},  # 4-bit everywhere would be ~0.092 MB
+        search={"options": EVO},
+    )
+    assert main(["search", str(write_experiment(exp)), "--quiet"]) == 0
+    for cand in _summary(tmp_path, "size")["candidates"].values():
+        assert cand["size_mb"] <= 0.07 and cand["mean_bits"] <= 4.0

@@ -55,3 +55,27 @@ def test_uniform_depth_drops_the_last_blocks() -> None:
 
     space = depth_space([(f"model.layers.{i}", 10) for i in range(6)], dropped=2)
     assert space.best_uniform() == (1, 1, 1, 1, 0, 0)
+
+
+def test_params_and_size_budgets_look_across_kinds() -> None:
+    from presso.spaces import MaxParams, MaxSize, bits_dims, depth_dims, sparsity_dims
+
+    units = [("m.layers.0.a", (4, 8)), ("m.layers.1.a", (4, 8))]  # 32 weights each
+    dims = (
+        bits_dims(units[:1], [2, 4], suffix=":bits")
+        + sparsity_dims(units[:1], [0, 50], suffix=":sparsity")
+        + bits_dims(units[1:], [2, 4], suffix=":bits")
+        + depth_dims([("m.layers.1", 40)])
+    )
+    counts = [(name, 32) for name, _ in units]
+    params = MaxParams(48, counts)
+    size = MaxSize(1.0, counts, group_size=8, in_features={n: 8 for n, _ in units})
+    space = SearchSpace(dims, [params, size])
+    # unit 0 at 4 bits and 50% sparse; unit 1 at 2 bits, its block kept
+    config = (1, 0, 0, 1)
+    assert params.value(space, config) == 16 + 32
+    expected_bits = (16 * 4 + 32 / 8 * 32 + 32) + (32 * 2 + 32 / 8 * 32)
+    assert size.value(space, config) == pytest.approx(expected_bits / 8 / 1e6)
+    dropped = (1, 0, 0, 0)  # block 1 dropped: its unit no longer counts
+    assert params.value(space, dropped) == 16
+    assert space.is_feasible(config) and not space.is_feasible((1, 1, 0, 1))  # 64 > 48 params

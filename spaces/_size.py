@@ -1,0 +1,102 @@
+"""Budgets on what is left of the model: parameters kept, and bytes of the compressed weights.
+
+Both look across kinds: a unit's weights count only if its block (and sublayer) is kept,
+scaled by its density (1 − sparsity), and — for size — by its bits. The size model is that
+of the packed formats presso writes: ``bits`` per kept weight, plus a 16-bit scale and a
+16-bit zero point per group of ``group_size`` weights, plus a 1-bit mask per weight of a
+sparse unit; an uncompressed unit is stored in 16 bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from presso.spaces._base import Config, Constraint, SearchSpace
+
+DENSE_BITS = 16
+
+
+class _UnitBudget(Constraint):
+    """Shared bookkeeping: for each unit, the dimensions that decide its fate."""
+
+    def __init__(self, limit: float, units: Sequence[tuple[str, int]]) -> None:
+        self.limit = float(limit)
+        self.units = list(units)
+        self._plans: dict[int, list[tuple[int, int | None, int | None, list[int]]]] = {}
+
+    def _plan(self, space: SearchSpace) -> list[tuple[int, int | None, int | None, list[int]]]:
+        """Per unit: (params, its bits dim, its sparsity dim, the depth dims that remove it)."""
+        key = id(space)
+        if key not in self._plans:
+            plan = []
+            for name, params in self.units:
+                bits = sparsity = None
+                depth = []
+                for i, d in enumerate(space.dims):
+                    if d.target == name and d.kind == "bits":
+                        bits = i
+                    elif d.target == name and d.kind == "sparsity":
+                        sparsity = i
+                    elif d.kind == "depth" and name.startswith(d.target + "."):
+                        depth.append(i)
+                plan.append((params, bits, sparsity, depth))
+            self._plans[key] = plan
+        return self._plans[key]
+
+    @staticmethod
+    def _kept(space: SearchSpace, config: Config, depth: list[int]) -> bool:
+        return all(space.dims[i].levels[config[i]] != 0 for i in depth)
+
+
+class MaxParams(_UnitBudget):
+    """Nonzero weights of the compressible units left, at most ``limit`` (pruned and dropped
+    weights do not count)."""
+
+    metric = "params"
+
+    def value(self, space: SearchSpace, config: Config) -> float:
+        total = 0.0
+        for params, _, sparsity, depth in self._plan(space):
+            if self._kept(space, config, depth):
+                s = space.dims[sparsity].levels[config[sparsity]] if sparsity is not None else 0
+                total += params * (1 - s / 100)
+        return total
+
+    def describe(self) -> str:
+        return f"params <= {self.limit:.4g}"
+
+
+class MaxSize(_UnitBudget):
+    """Bytes of the compressible units' weights in their packed format, at most ``limit`` MB."""
+
+    metric = "size_mb"
+
+    def __init__(
+        self,
+        limit_mb: float,
+        units: Sequence[tuple[str, int]],
+        *,
+        group_size: int | None,
+        in_features: dict[str, int],
+    ) -> None:
+        super().__init__(limit_mb, units)
+        self.group_size = group_size
+        self.in_features = in_features
+
+    def value(self, space: SearchSpace, config: Config) -> float:
+        bits_total = 0.0
+        for (name, _), (params, bits, sparsity, depth) in zip(self.units, self._plan(space)):
+            if not self._kept(space, config, depth):
+                continue
+            b = space.dims[bits].levels[config[bits]] if bits is not None else DENSE_BITS
+            s = space.dims[sparsity].levels[config[sparsity]] if sparsity is not None else 0
+            bits_total += params * (1 - s / 100) * b
+            if b < DENSE_BITS:
+                group = self.group_size or self.in_features[name]
+                bits_total += params / group * 32  # fp16 scale + zero per group
+            if s > 0:
+                bits_total += params  # 1-bit mask
+        return bits_total / 8 / 1e6
+
+    def describe(self) -> str:
+        return f"size_mb <= {self.limit:g}"
