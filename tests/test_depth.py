@@ -78,6 +78,15 @@ def test_sublayer_drop_zeroes_attention_or_mlp() -> None:
     assert torch.allclose(dropped, s.handle.forward(ids), atol=1e-6)
     s.handle.restore_dense()
 
+    # With block 0's attention dropped (its KV-cache slot never written) the model still
+    # generates with its cache exactly as without it: positions and layer indices hold.
+    ev.apply((0, 1, 1, 0, 1, 1, 1, 1))
+    prompt = ids[:, :8]
+    with torch.no_grad():
+        cached = s.handle.model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = s.handle.model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
 
 def test_bert_block_drop() -> None:
     exp = tiny_experiment(
