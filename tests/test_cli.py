@@ -91,7 +91,7 @@ def test_resume_after_kill_reevaluates_nothing(write_experiment, tmp_path: Path)
     env = {**os.environ}
     cmd = [sys.executable, "-m", "presso.cli", "search", str(path), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # generous: a loaded machine is slow to start the model
     stored = 0
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
