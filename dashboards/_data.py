@@ -232,19 +232,7 @@ def _time(value: Any) -> str:
 
 def _record(a: dict[str, Any], value: float | None) -> Record:
     """A Record as ``ResultsStore.records`` builds it from a trial's attributes and value."""
-    return Record(
-        phase=a["phase"],
-        step=a["step"],
-        index=a["index"],
-        levels=a["levels"],
-        tag=a["tag"],
-        tokens=a["tokens"],
-        sample_seed=a["sample_seed"],
-        fitness=value if value is not None and math.isfinite(value) else None,
-        metrics=a.get("metrics") or {},
-        seconds=a.get("seconds", 0.0),
-        error=a.get("error"),
-    )
+    return Record.from_attrs(a, value)
 
 
 def _run_row(name: str, n: int, started: Any, updated: Any, attrs: dict) -> dict[str, Any]:

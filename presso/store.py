@@ -49,6 +49,23 @@ class Record:
     seconds: float
     error: str | None
 
+    @classmethod
+    def from_attrs(cls, a: dict[str, Any], value: float | None) -> Record:
+        """The record a trial's user attributes and value describe (a failed trial: no fitness)."""
+        return cls(
+            phase=a["phase"],
+            step=a["step"],
+            index=a["index"],
+            levels=a["levels"],
+            tag=a["tag"],
+            tokens=a["tokens"],
+            sample_seed=a["sample_seed"],
+            fitness=value if value is not None and math.isfinite(value) else None,
+            metrics=a.get("metrics") or {},
+            seconds=a.get("seconds", 0.0),
+            error=a.get("error"),
+        )
+
 
 class ResultsStore:
     """Runs and their evaluations in one Optuna storage."""
@@ -160,28 +177,11 @@ class ResultsStore:
         study.add_trial(trial)
 
     def records(self, study: optuna.Study) -> list[Record]:
-        out = []
-        for t in study.get_trials(deepcopy=False):
-            a = t.user_attrs
-            if "phase" not in a:
-                continue
-            fitness = t.value if t.value is not None and math.isfinite(t.value) else None
-            out.append(
-                Record(
-                    phase=a["phase"],
-                    step=a["step"],
-                    index=a["index"],
-                    levels=a["levels"],
-                    tag=a["tag"],
-                    tokens=a["tokens"],
-                    sample_seed=a["sample_seed"],
-                    fitness=fitness,
-                    metrics=a.get("metrics", {}),
-                    seconds=a.get("seconds", 0.0),
-                    error=a.get("error"),
-                )
-            )
-        return out
+        return [
+            Record.from_attrs(t.user_attrs, t.value)
+            for t in study.get_trials(deepcopy=False)
+            if "phase" in t.user_attrs
+        ]
 
     @staticmethod
     def set_summary(study: optuna.Study, summary: dict[str, Any]) -> None:

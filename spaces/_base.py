@@ -55,6 +55,28 @@ class Dimension:
             object.__setattr__(self, "target", self.name)
 
 
+def unit_dims(
+    units: Sequence[tuple[str, tuple[int, int]]],
+    levels: Sequence[float],
+    *,
+    kind: str,
+    suffix: str = "",
+) -> list[Dimension]:
+    """One ``kind`` dimension per ``(name, (out_features, in_features))`` unit, all with
+    ``levels`` (already ordered cheapest first); units of one shape share a group."""
+    return [
+        Dimension(
+            name=name + suffix,
+            levels=tuple(levels),
+            weight=shape[0] * shape[1],
+            group=f"{shape[0]}x{shape[1]}",
+            kind=kind,
+            target=name,
+        )
+        for name, shape in units
+    ]
+
+
 class Constraint(ABC):
     """A limit on a configuration: feasible when ``value(config) <= limit`` (or ``>=`` for a
     constraint whose ``sense`` is ``">="``, such as a minimum mean sparsity).

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from presso.spaces._base import Config, Constraint, Dimension, SearchSpace
+from presso.spaces._base import Config, Constraint, Dimension, SearchSpace, unit_dims
 
 
 class MeanBits(Constraint):
@@ -65,17 +65,7 @@ def bits_dims(
 ) -> list[Dimension]:
     """One bitwidth dimension per ``(name, (out_features, in_features))`` unit."""
     ordered = tuple(sorted(int(b) for b in levels))
-    return [
-        Dimension(
-            name=name + suffix,
-            levels=ordered,
-            weight=shape[0] * shape[1],
-            group=f"{shape[0]}x{shape[1]}",
-            kind="bits",
-            target=name,
-        )
-        for name, shape in units
-    ]
+    return unit_dims(units, ordered, kind="bits", suffix=suffix)
 
 
 def bits_space(
@@ -88,13 +78,7 @@ def bits_space(
     Raises ValueError when no configuration can meet the budget.
     """
     levels = tuple(sorted(int(b) for b in levels))
-    dims = [
-        Dimension(
-            name=name, levels=levels, weight=shape[0] * shape[1], group=f"{shape[0]}x{shape[1]}"
-        )
-        for name, shape in units
-    ]
-    space = SearchSpace(dims, [MeanBits(target_mean_bits)])
+    space = SearchSpace(bits_dims(units, levels), [MeanBits(target_mean_bits)])
     if not space.is_feasible(space.lowest()):
         raise ValueError(
             f"mean_bits <= {target_mean_bits:g} cannot be met: the lowest level is {levels[0]} bits"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from presso.spaces._base import Config, Constraint, Dimension, SearchSpace
+from presso.spaces._base import Config, Constraint, Dimension, SearchSpace, unit_dims
 
 
 class MeanSparsity(Constraint):
@@ -33,17 +33,7 @@ def sparsity_dims(
 ) -> list[Dimension]:
     """One sparsity dimension (percent, cheapest = sparsest first) per ``(name, shape)`` unit."""
     ordered = tuple(sorted({int(s) for s in levels}, reverse=True))
-    return [
-        Dimension(
-            name=name + suffix,
-            levels=ordered,
-            weight=shape[0] * shape[1],
-            group=f"{shape[0]}x{shape[1]}",
-            kind="sparsity",
-            target=name,
-        )
-        for name, shape in units
-    ]
+    return unit_dims(units, ordered, kind="sparsity", suffix=suffix)
 
 
 def sparsity_space(
