@@ -53,12 +53,7 @@ def block_influence(
         )
         for i, block in enumerate(handle.blocks)
     ]
-    try:
-        for batch in _batches(handle, windows, batch_size):
-            handle.forward(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with(handle, windows, batch_size, hooks)
     if min(tokens) == 0:
         raise RuntimeError("block_influence: some blocks were never called by the forward pass")
     return [1.0 - s / t for s, t in zip(cos_sum, tokens)]
@@ -110,12 +105,7 @@ def outlier_ratios(
         )
         for u in handle.units
     ]
-    try:
-        for batch in _batches(handle, windows, batch_size):
-            handle.forward(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with(handle, windows, batch_size, hooks)
 
     ratios = []
     for b in range(len(handle.blocks)):
@@ -165,6 +155,16 @@ def dim_blocks(handle: ModelHandle, space: SearchSpace) -> tuple[int, ...]:
             raise ValueError(f"{dim.name}: target {target!r} is not inside a transformer block")
         out.append(owner[0])
     return tuple(out)
+
+
+def _forward_with(handle: ModelHandle, windows: torch.Tensor, batch_size: int, hooks: list) -> None:
+    """Run the dense model over ``windows`` with ``hooks`` installed, then remove them."""
+    try:
+        for batch in _batches(handle, windows, batch_size):
+            handle.forward(batch)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _batches(handle: ModelHandle, windows: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
