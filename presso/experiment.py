@@ -218,7 +218,9 @@ class Setup:
         from presso.search import Context
 
         space, facts = self.space, {}
-        facts["dim_blocks"] = tuple(self.handle.block_of(d.target) for d in space.dims)
+        from presso.importance import dim_blocks
+
+        facts["dim_blocks"] = dim_blocks(self.handle, space)
         windows = self.data.calibration
         if "error-greedy" in strategies and "depth" not in self.kinds:
             dbs = self.dbs()

@@ -135,26 +135,7 @@ def dim_blocks(handle: ModelHandle, space: SearchSpace) -> tuple[int, ...]:
     """Per dimension of ``space``, the index of the block its target lies in: a unit's block
     for bits/sparsity dimensions, the block itself (or the block holding the ``self_attn`` /
     ``mlp`` sublayer) for depth dimensions."""
-    unit_block = {u.name: u.block for u in handle.units}
-    block_names = {
-        name: i
-        for name, module in handle.model.named_modules()
-        for i, block in enumerate(handle.blocks)
-        if module is block
-    }
-    out = []
-    for dim in space.dims:
-        target = dim.target
-        if target in unit_block:
-            out.append(unit_block[target])
-            continue
-        owner = [
-            i for name, i in block_names.items() if target == name or target.startswith(name + ".")
-        ]
-        if not owner:
-            raise ValueError(f"{dim.name}: target {target!r} is not inside a transformer block")
-        out.append(owner[0])
-    return tuple(out)
+    return tuple(handle.block_of(dim.target) for dim in space.dims)
 
 
 def _forward_with(handle: ModelHandle, windows: torch.Tensor, batch_size: int, hooks: list) -> None:
