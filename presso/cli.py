@@ -63,8 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     sh.set_defaults(func=_show)
 
     e = sub.add_parser("export", help="write a run's chosen configuration to a file")
-    e.add_argument("run")
-    e.add_argument("--format", choices=("plan", "evopress"), default="plan")
+    e.add_argument("run", nargs="?", help="the run to export (`presso runs` lists them)")
+    e.add_argument(
+        "--format",
+        default="plan",
+        metavar="FORMAT",
+        help="plan (default), evopress, ... (`presso export --formats` lists them)",
+    )
+    e.add_argument("--formats", action="store_true", help="list the export formats and exit")
     e.add_argument("--candidate", default="search", help="'search' (default) or 'baseline:NAME'")
     e.add_argument("--out", help="output file (.json/.yaml for plans); default: standard output")
     e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -154,21 +160,21 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from presso.export import build_plan, render
-    from presso.paths import atomic_write_text
+    from presso.export import export, formats, make_exporter
     from presso.store import ResultsStore
 
+    if args.formats:
+        for name in formats():
+            print(f"{name:<16} {make_exporter(name).help}")
+        return 0
+    if not args.run:
+        raise PressoError("presso export: give the RUN to export (`presso runs` lists them)")
     study = ResultsStore(args.store, must_exist=True).open(args.run)
-    plan = build_plan(study.user_attrs, args.candidate)
-    suffix = Path(args.out).suffix.lower() if args.out else ""
-    text = render(plan, args.format, suffix)
-    if not args.out:
+    out = Path(args.out) if args.out else None
+    text = export(study.user_attrs, args.candidate, args.format, out, force=args.force)
+    if text is not None:
         sys.stdout.write(text)
         return 0
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise PressoError(f"{out} exists; choose another --out or add --force to overwrite it")
-    atomic_write_text(out, text)
     print(f"wrote {out} ({args.format}, candidate {args.candidate})")
     return 0
 

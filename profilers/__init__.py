@@ -1,1 +1,31 @@
-"""Reserved for later issues (see ARCHITECTURE.md)."""
+"""Measurement backends behind one ``measure`` interface, and the profile database.
+
+Every backend module is importable without its heavy package (torch, onnxruntime, tvm,
+triton are imported when a profiler is made); a missing one is a message naming the extra.
+"""
+
+from presso.profilers._base import (
+    Assignment,
+    LinearOp,
+    Measurement,
+    Profiler,
+    Workload,
+    available,
+    make_profiler,
+    register,
+)
+from presso.profilers._database import ProfileDatabase
+from presso.profilers._fingerprint import fingerprint
+
+__all__ = [
+    "Assignment",
+    "LinearOp",
+    "Measurement",
+    "ProfileDatabase",
+    "Profiler",
+    "Workload",
+    "available",
+    "fingerprint",
+    "make_profiler",
+    "register",
+]

@@ -7,10 +7,13 @@ the model, the budget and the held-out metrics the run measured for it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from presso.export._base import Exporter, Source, register
+from presso.paths import atomic_write_text
+
 PLAN_VERSION = 1
-FORMATS = ("plan", "evopress")
 
 
 def build_plan(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
@@ -98,3 +101,25 @@ def _evopress_text(plan: dict[str, Any]) -> str:
         return "".join(f"{name}: 0\n" for name in plan["dropped"])
     key, dense = ("sparsity", 0) if has_sparsity else ("bits", 16)
     return "".join(f"{name}: {u.get(key, dense)}\n" for name, u in units.items())
+
+
+class TextExporter(Exporter):
+    """A format that is one text file (printed to standard output when no --out is given)."""
+
+    def render(self, plan: dict[str, Any], suffix: str = "") -> str:
+        return render(plan, self.name, suffix)
+
+    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+        atomic_write_text(out, self.render(plan, out.suffix.lower()))
+
+
+@register
+class PlanExporter(TextExporter):
+    name = "plan"
+    help = "presso's versioned plan (JSON, or YAML for a .yaml/.yml --out)"
+
+
+@register
+class EvoPressExporter(TextExporter):
+    name = "evopress"
+    help = "EvoPress's `layer: level` text (one kind of level per file)"

@@ -1,0 +1,107 @@
+"""The exporter interface: a chosen candidate's plan, written in one target tool's format.
+
+Every format is an :class:`Exporter` registered by name; ``presso export --format NAME``
+finds it here. Formats that hold only a configuration (a recipe, a per-module config) read
+the plan; formats that hold weights (a Hugging Face folder, an ONNX model) also read the
+run's compressed levels through a :class:`Source`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+from presso.errors import MissingExtraError, PressoError
+
+
+class Source:
+    """The run behind a plan: its experiment rebuilt (model, data, level databases), lazily.
+
+    Level databases are content-addressed in the cache, so they are found again (or rebuilt,
+    identically) on any machine with the same model and calibration data.
+    """
+
+    def __init__(self, study_attrs: dict[str, Any], phase: str) -> None:
+        self.attrs = study_attrs
+        self.phase = phase
+
+    @cached_property
+    def setup(self):  # noqa: ANN201 - presso.experiment.Setup
+        from presso.config import Experiment
+        from presso.experiment import Setup
+
+        setup = Setup(Experiment.model_validate(self.attrs["experiment"]))
+        setup.prepare()
+        return setup
+
+    @property
+    def handle(self):  # noqa: ANN201 - ModelHandle (dense weights in place)
+        return self.setup.handle
+
+    @cached_property
+    def config(self) -> tuple[int, ...]:
+        """The candidate as level indices of the run's search space."""
+        levels = self.attrs["summary"]["candidates"][self.phase]["levels"]
+        return self.setup.space.from_dict(dict(zip(self.attrs["units"], levels)))
+
+    def quantized(self, unit: str, bits: int):  # noqa: ANN201 - QuantizedWeight
+        """The stored quantized weight of ``unit`` at ``bits`` (codes, scales, zeros)."""
+        return self.setup.db.load(unit, bits)
+
+    def sparse(self, unit: str, sparsity: int):  # noqa: ANN201 - SparseWeight
+        """The stored pruned weight of ``unit`` at ``sparsity`` percent."""
+        return self.setup.sparse_db.load(unit, sparsity)
+
+    def evaluator(self):  # noqa: ANN201 - an Evaluator with this candidate applied
+        """presso's own evaluation of the candidate: the model with exactly the weights (and
+        dropped blocks) the search scored. Exports are checked against its outputs."""
+        evaluator = self.setup.evaluator()
+        evaluator.apply(self.config)
+        return evaluator
+
+
+class Exporter(ABC):
+    """One target format. ``folder`` exporters write a directory, others one file."""
+
+    name: ClassVar[str]
+    help: ClassVar[str] = ""
+    folder: ClassVar[bool] = False
+    #: Packages the writer itself needs (not the target's runtime), and the extra installing them.
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
+
+    def check(self, plan: dict[str, Any]) -> None:
+        """Refuse, before anything is written, a plan the target cannot represent (say which
+        layers and why). The default accepts every plan."""
+        import importlib.util
+
+        for package in self.requires:
+            if importlib.util.find_spec(package) is None:
+                raise MissingExtraError(package, self.extra, f"--format {self.name}")
+
+    @abstractmethod
+    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+        """Write the export to ``out`` atomically (a file via presso.paths.atomic_write_*, a
+        folder via presso.paths.atomic_dir); ``out`` is known not to exist, or --force was given."""
+
+
+_REGISTRY: dict[str, type[Exporter]] = {}
+
+
+def register(cls: type[Exporter]) -> type[Exporter]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"export format {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def formats() -> list[str]:
+    return list(_REGISTRY)
+
+
+def make_exporter(name: str) -> Exporter:
+    if name not in _REGISTRY:
+        raise PressoError(f"unknown export format {name!r}; available: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]()

@@ -1,0 +1,244 @@
+"""What a profiler measures, and the one interface every backend implements.
+
+A measurement is of one *op* — a linear layer of shape ``out × in`` at a compression level
+(bits, sparsity) — under one *workload* (batch, sequence length, prefill or decode), or of a
+whole assembled candidate. Timing is real: the backend runs the kernel a deployment would
+use for that level (a packed low-bit GEMM, a sparse GEMM, the dense one when the backend has
+nothing better), never fake-quantised fp32 weights. A level the backend cannot run comes
+back as a failed :class:`Measurement` (``median_ms is None``, ``error`` says why): failure is
+data, as in TVM's ``RunnerResult``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from presso.errors import MissingExtraError, PressoError
+
+DENSE_BITS = 16
+PHASES = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The input a latency is for.
+
+    batch: sequences per forward. seq_len: tokens per sequence processed in this forward
+    for ``prefill``; for ``decode`` one new token per sequence is processed against a KV
+    cache of ``seq_len`` tokens. The GEMMs of a linear layer see ``rows`` input rows.
+    """
+
+    batch: int = 1
+    seq_len: int = 128
+    phase: str = "prefill"
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise PressoError(f"workload phase must be one of {PHASES}, got {self.phase!r}")
+        if self.batch < 1 or self.seq_len < 1:
+            raise PressoError(f"workload batch and seq_len must be >= 1, got {self}")
+
+    @property
+    def rows(self) -> int:
+        """M of every linear layer's GEMM."""
+        return self.batch * self.seq_len if self.phase == "prefill" else self.batch
+
+    @property
+    def key(self) -> str:
+        return f"b{self.batch}-s{self.seq_len}-{self.phase}"
+
+    @classmethod
+    def parse(cls, key: str) -> Workload:
+        """The inverse of :attr:`key` (``b1-s128-prefill``)."""
+        try:
+            b, s, phase = key.split("-")
+            return cls(batch=int(b[1:]), seq_len=int(s[1:]), phase=phase)
+        except (ValueError, IndexError):
+            raise PressoError(
+                f"workload {key!r}: expected bBATCH-sSEQ-PHASE, e.g. b1-s128-prefill"
+            ) from None
+
+
+@dataclass(frozen=True)
+class LinearOp:
+    """A linear layer ``y = x W^T`` with ``W`` of ``out_features × in_features`` at one level.
+
+    bits: 16 means dense (fp32/fp16 as the backend runs dense); 2..8 a weight-only quantized
+    layer with ``group_size`` (None: per channel). sparsity: percent of zero weights.
+    """
+
+    out_features: int
+    in_features: int
+    bits: int = DENSE_BITS
+    sparsity: int = 0
+    group_size: int | None = 128
+
+    @property
+    def key(self) -> str:
+        g = "ch" if self.group_size is None else f"g{self.group_size}"
+        return f"linear-{self.out_features}x{self.in_features}-w{self.bits}-s{self.sparsity}-{g}"
+
+    @property
+    def dense(self) -> bool:
+        return self.bits >= DENSE_BITS and self.sparsity == 0
+
+
+@dataclass
+class Measurement:
+    """A timed op (or a whole model). ``median_ms``/``spread_ms`` are over ``repeats`` runs after
+    warm-up (spread = interquartile range); ``detail`` says which kernel ran (e.g. the packed
+    width a 3-bit layer runs at). ``median_ms is None`` means it failed; ``error`` says why."""
+
+    backend: str
+    op: str
+    workload: str
+    median_ms: float | None
+    spread_ms: float | None = None
+    repeats: int = 0
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.median_ms is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: A candidate as a backend assembles it: per-unit ``(bits, sparsity)`` and the modules
+#: (blocks or sublayers) dropped. Units not named stay dense.
+@dataclass(frozen=True)
+class Assignment:
+    units: dict[str, tuple[int, int]] = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
+    group_size: int | None = 128
+
+
+class Profiler(ABC):
+    """A measurement backend. Subclasses set ``name``, the ``requires`` packages and the
+    ``extra`` that installs them, and implement :meth:`_time_op` and :meth:`_time_model`."""
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        warmup: int = 5,
+        repeats: int = 25,
+        threads: int | None = None,
+    ) -> None:
+        self.check()
+        self.device = device
+        self.warmup = warmup
+        self.repeats = repeats
+        self.threads = threads
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise a clear error when a package this backend needs is missing."""
+        import importlib.util
+
+        for package in cls.requires:
+            if importlib.util.find_spec(package) is None:
+                raise MissingExtraError(package, cls.extra, f"the {cls.name} profiler")
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries that decide this backend's speed (part of the fingerprint)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for package in self.requires:
+            try:
+                out[package] = version(package)
+            except PackageNotFoundError:
+                out[package] = "?"
+        return out
+
+    def measure(self, op: LinearOp, workload: Workload) -> Measurement:
+        """Time ``op`` under ``workload``; never raises for a level or shape it cannot run."""
+        try:
+            return self._time_op(op, workload)
+        except PressoError as err:
+            return Measurement(self.name, op.key, workload.key, None, error=str(err))
+        except Exception as err:  # noqa: BLE001 - a kernel failure is data, not a crash
+            return Measurement(
+                self.name, op.key, workload.key, None, error=f"{type(err).__name__}: {err}"
+            )
+
+    def measure_model(self, handle: Any, assignment: Assignment, workload: Workload) -> Measurement:
+        """Assemble ``assignment`` on this backend for real and time one full forward."""
+        try:
+            return self._time_model(handle, assignment, workload)
+        except PressoError as err:
+            return Measurement(self.name, "model", workload.key, None, error=str(err))
+        except Exception as err:  # noqa: BLE001
+            return Measurement(
+                self.name, "model", workload.key, None, error=f"{type(err).__name__}: {err}"
+            )
+
+    @abstractmethod
+    def _time_op(self, op: LinearOp, workload: Workload) -> Measurement: ...
+
+    @abstractmethod
+    def _time_model(
+        self, handle: Any, assignment: Assignment, workload: Workload
+    ) -> Measurement: ...
+
+    def _timed(
+        self,
+        run: Callable[[], Any],
+        *,
+        op: str,
+        workload: Workload,
+        sync: Callable[[], Any] = lambda: None,
+        **detail: Any,
+    ) -> Measurement:
+        """Warm up, then time ``run`` ``repeats`` times; median and interquartile range in ms."""
+        for _ in range(self.warmup):
+            run()
+        sync()
+        times = []
+        for _ in range(self.repeats):
+            start = time.perf_counter()
+            run()
+            sync()
+            times.append((time.perf_counter() - start) * 1e3)
+        q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+        return Measurement(
+            self.name,
+            op,
+            workload.key,
+            statistics.median(times),
+            q[2] - q[0],
+            len(times),
+            detail=detail,
+        )
+
+
+_REGISTRY: dict[str, type[Profiler]] = {}
+
+
+def register(cls: type[Profiler]) -> type[Profiler]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"profiler {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_profiler(name: str, **options: Any) -> Profiler:
+    if name not in _REGISTRY:
+        raise PressoError(f"unknown backend {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name](**options)
