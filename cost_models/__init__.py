@@ -1,1 +1,27 @@
-"""Reserved for later issues (see ARCHITECTURE.md)."""
+"""Latency, memory and size models behind one fit / predict / save / load interface.
+
+Per-op latency: :class:`LookupTable` (measured timing table) and :class:`BoostedTrees`
+(learned, for what was not measured); per candidate: :class:`CandidateLatency`; bytes:
+:func:`disk_bytes`, :func:`memory_bytes`.
+"""
+
+from presso.cost_models._base import CostModel, available, make_cost_model, parse_op, register
+from presso.cost_models._candidate import CandidateLatency, Structure, UnitSlot
+from presso.cost_models._learned import BoostedTrees
+from presso.cost_models._lookup import LookupTable
+from presso.cost_models._size import disk_bytes, memory_bytes
+
+__all__ = [
+    "BoostedTrees",
+    "CandidateLatency",
+    "CostModel",
+    "LookupTable",
+    "Structure",
+    "UnitSlot",
+    "available",
+    "disk_bytes",
+    "make_cost_model",
+    "memory_bytes",
+    "parse_op",
+    "register",
+]

@@ -52,6 +52,40 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_search)
 
+    pr = sub.add_parser(
+        "profile", help="measure a model's layers at every level on a backend (profile database)"
+    )
+    pr.add_argument("model", help="a built-in model name, a model folder or .gguf file")
+    pr.add_argument("--backend", required=True, help="torch, onnxruntime, tvm or triton")
+    pr.add_argument(
+        "--workload",
+        nargs="+",
+        default=["b1-s128-prefill", "b1-s128-decode"],
+        help="bBATCH-sSEQ-PHASE, PHASE prefill or decode (default: b1-s128-prefill b1-s128-decode)",
+    )
+    pr.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8], help="bit levels")
+    pr.add_argument("--sparsity", type=int, nargs="+", default=[0], help="sparsity levels, %%")
+    pr.add_argument(
+        "--group-size", type=int, default=128, help="quantization group (0: per channel)"
+    )
+    pr.add_argument("--threads", type=int, default=1, help="threads the backend may use")
+    pr.add_argument("--repeats", type=int, default=25, help="timed runs per measurement")
+    pr.add_argument("--device", default="cpu", help="cpu or cuda")
+    pr.add_argument("--db", help="profile database (default: <cache>/profiles.sqlite)")
+    pr.add_argument(
+        "--validate",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also measure K random candidates end to end and report the prediction error",
+    )
+    pr.add_argument(
+        "--max-dropped", type=int, default=2, help="blocks a validation candidate may drop"
+    )
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.set_defaults(func=_profile)
+
     r = sub.add_parser("runs", help="list the runs in a results store")
     r.add_argument("--store", default=DEFAULT_STORE)
     r.set_defaults(func=_runs)
@@ -112,6 +146,101 @@ def _search(args: argparse.Namespace) -> int:
         f"\nstored in {exp.store} as run {exp.name!r}: `presso show {exp.name} --store {exp.store}`"
     )
     return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from presso.models import load_model
+    from presso.profilers import ProfileDatabase, Workload, make_profiler
+    from presso.profiling import (
+        latency_model,
+        profile_model,
+        random_assignment,
+        unit_ops,
+        validate,
+    )
+    from presso.run import _tqdm
+
+    workloads = [Workload.parse(w) for w in args.workload]
+    group = args.group_size or None
+    profiler = make_profiler(
+        args.backend, device=args.device, threads=args.threads, repeats=args.repeats
+    )
+    handle = load_model(args.model)
+    db = ProfileDatabase(args.db)
+    ops = unit_ops(handle, args.bits, args.sparsity, group)
+    progress = None if args.quiet else _tqdm
+    report = profile_model(handle, profiler, db, workloads, ops, progress=progress)
+    print(
+        f"{handle.name} on {args.backend} ({args.threads} threads): {report.measured} measured, "
+        f"{report.reused} reused from {db.path}, {len(report.failed)} failed, {report.seconds:.0f} s"
+    )
+    for m in report.failed[:5]:
+        print(f"  failed: {m.op} at {m.workload}: {m.error}")
+    for w in workloads:
+        _print_op_table(db, profiler, handle, w, ops)
+        try:
+            model = latency_model(handle, profiler, db, w, group_size=group)
+        except PressoError as err:
+            print(f"  no latency model at {w.key}: {err}")
+            continue
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in model.describe().items())
+        print(f"  structure (ms): {parts}")
+        if args.validate:
+            rng = np.random.default_rng(args.seed)
+            cands = [
+                random_assignment(
+                    handle,
+                    rng,
+                    bits=sorted(set(args.bits) | {16}),
+                    sparsity=args.sparsity,
+                    max_dropped=args.max_dropped,
+                    group_size=group,
+                )
+                for _ in range(args.validate)
+            ]
+            learned = latency_model(handle, profiler, db, w, group_size=group, cost_model="learned")
+            result = validate(
+                handle,
+                profiler,
+                db,
+                {"lookup_ms": model, "learned_ms": learned},
+                w,
+                cands,
+                progress=progress,
+            )
+            for column in ("lookup_ms", "learned_ms"):
+                s = result.summary(column)
+                print(
+                    f"  validation ({column[:-3]}, {s['n']} candidates measured end to end): "
+                    f"MAPE {s['mape']:.1%}, within ±10%: {s['within_10']:.0%}"
+                )
+    return 0
+
+
+def _print_op_table(db, profiler, handle, workload, ops) -> None:  # noqa: ANN001
+    """Median ms per layer shape (rows) and level (columns) under one workload."""
+    from presso.profiling import machine_id
+
+    fp = machine_id(profiler)
+    levels = sorted({(op.bits, op.sparsity) for op in ops}, key=lambda t: (-t[0], t[1]))
+    shapes = sorted({(op.out_features, op.in_features) for op in ops})
+    names = [f"w{b}" + (f"s{s}" if s else "") for b, s in levels]
+    print(f"\n{workload.key} ({profiler.name}), median ms per layer:")
+    print(f"{'out x in':>12}" + "".join(f"{n:>10}" for n in names))
+    by_key = {op.key: op for op in ops}
+    for out, inp in shapes:
+        cells = []
+        for b, s in levels:
+            op = next(
+                o
+                for o in by_key.values()
+                if (o.out_features, o.in_features, o.bits, o.sparsity) == (out, inp, b, s)
+            )
+            m = db.get(fp, profiler.name, op.key, workload.key)
+            cells.append(f"{m.median_ms:>10.4f}" if m and m.ok else f"{'failed':>10}")
+        print(f"{f'{out}x{inp}':>12}" + "".join(cells))
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -195,7 +324,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-BUDGET_METRICS = ("mean_bits", "mean_sparsity", "dropped", "params", "size_mb")
+BUDGET_METRICS = ("mean_bits", "mean_sparsity", "dropped", "params", "size_mb", "latency_ms")
 
 
 def _print_summary(summary: dict) -> None:

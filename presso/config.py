@@ -96,6 +96,12 @@ class SpaceConfig(_Strict):
     max_size_mb: float | None = Field(
         None, gt=0, description="MB of the compressible layers' packed weights, at most"
     )
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="predicted end-to-end latency on hardware.backend, ms, at most"
+    )
+    latency_ratio: float | None = Field(
+        None, gt=0, le=1, description="predicted latency at most this fraction of the dense model's"
+    )
 
     def kinds(self) -> list[str]:
         """The kinds of dimension this space has: its own kind, or every budgeted one (joint)."""
@@ -110,6 +116,27 @@ class SpaceConfig(_Strict):
             return None if len(self.kinds()) >= 2 else "two of mean_bits, mean_sparsity, dropped"
         field = need[self.kind]
         return field if getattr(self, field) is None else None
+
+
+class WorkloadConfig(_Strict):
+    batch: int = Field(1, ge=1)
+    seq_len: int = Field(
+        128, ge=1, description="tokens per sequence (prefill) or KV length (decode)"
+    )
+    phase: Literal["prefill", "decode"] = "prefill"
+
+
+class HardwareConfig(_Strict):
+    """Where latency is measured: every candidate gets a predicted ``latency_ms`` from a cost
+    model fitted to this machine's measurements (profiled once, kept in the profile database)."""
+
+    backend: str = Field("torch", description="a profiler backend: torch, onnxruntime, tvm, triton")
+    device: str = "cpu"
+    workload: WorkloadConfig = Field(default_factory=WorkloadConfig)
+    threads: int = Field(1, ge=1, description="threads the backend may use when measuring")
+    cost_model: Literal["lookup", "learned"] = "lookup"
+    repeats: int = Field(25, ge=3)
+    profile_db: str | None = Field(None, description="profile database (default: in the cache)")
 
 
 class SearchConfig(_Strict):
@@ -151,6 +178,9 @@ class Experiment(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     baselines: list[str] = Field(default_factory=lambda: ["uniform"])
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    hardware: HardwareConfig | None = Field(
+        None, description="backend, device and workload latency is measured for"
+    )
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     store: str = Field("runs/presso.db", description="an SQLite path or any SQLAlchemy URL")
 
@@ -291,6 +321,23 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             f"{exp.compress.calibration} windows asked for, but the "
             f"calibration pool (data.calibration) has {exp.data.calibration}; lower it",
         )
+    if (exp.space.max_latency_ms or exp.space.latency_ratio) and exp.hardware is None:
+        field = "max_latency_ms" if exp.space.max_latency_ms else "latency_ratio"
+        fail(
+            ("space", field),
+            "a latency budget needs a hardware: section saying where latency is measured "
+            "(backend, workload); add one",
+        )
+    if exp.hardware is not None:
+        from presso.profilers import available
+
+        if exp.hardware.backend not in available():
+            fail(
+                ("hardware", "backend"),
+                f"unknown backend {exp.hardware.backend!r}; available: {', '.join(available())}",
+            )
+    if "latency_ms" in exp.objectives and exp.hardware is None:
+        fail(("objectives",), "latency_ms needs a hardware: section (backend, workload); add one")
     _check_strategy(path, lines, exp.search.strategy, exp.search.options, ("search",))
     for i, name in enumerate(exp.baselines):
         _check_strategy(path, lines, name, {}, ("baselines", i))

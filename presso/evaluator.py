@@ -196,7 +196,7 @@ class Evaluator:
                 self._metric: fitness,
                 "tokens": float(len(indices) * self.data.calibration.shape[1]),
                 # What the constraints measure (e.g. mean_bits): objectives for Pareto fronts.
-                **{c.metric: c.value(self.space, request.config) for c in self.space.constraints},
+                **self.space.metrics(request.config),
             }
             return Result(fitness=fitness, metrics=metrics, seconds=time.perf_counter() - start)
         except Exception as err:  # a failed evaluation is data, not a crash of the run

@@ -115,7 +115,6 @@ class Setup:
     def space(self):  # noqa: ANN201 - SearchSpace
         from presso.spaces import (
             MaxParams,
-            MaxSize,
             MeanBits,
             MeanSparsity,
             MinDropped,
@@ -153,13 +152,103 @@ class Setup:
         if sp.max_params is not None:
             constraints.append(MaxParams(sp.max_params, units))
         if sp.max_size_mb is not None:
-            widths = {u.name: u.shape[1] for u in self.handle.units}
-            group = self.experiment.compress.group_size
-            constraints.append(MaxSize(sp.max_size_mb, units, group_size=group, in_features=widths))
-        space = SearchSpace(dims, constraints)
+            constraints.append(self._size(units, sp.max_size_mb))
+        reports = [] if sp.max_size_mb is not None else [self._size(units, float("inf"))]
+        if self.experiment.hardware is not None:
+            latency = self._latency_constraint(dims)
+            (constraints if latency.limit < float("inf") else reports).append(latency)
+        space = SearchSpace(dims, constraints, reports)
         if not space.is_feasible(space.lowest()):
             raise PressoError(f"space: no configuration meets {space.describe()}")
         return space
+
+    def _size(self, units: list[tuple[str, int]], limit_mb: float):  # noqa: ANN202 - MaxSize
+        from presso.spaces import MaxSize
+
+        widths = {u.name: u.shape[1] for u in self.handle.units}
+        group = self.experiment.compress.group_size
+        return MaxSize(limit_mb, units, group_size=group, in_features=widths)
+
+    # ------------------------------------------------------------------ latency
+
+    @cached_property
+    def profiler(self):  # noqa: ANN201 - presso.profilers.Profiler
+        from presso.profilers import make_profiler
+
+        hw = self.experiment.hardware
+        return make_profiler(hw.backend, device=hw.device, threads=hw.threads, repeats=hw.repeats)
+
+    @cached_property
+    def profile_db(self):  # noqa: ANN201 - ProfileDatabase
+        from presso.profilers import ProfileDatabase
+
+        return ProfileDatabase(self.experiment.hardware.profile_db)
+
+    @property
+    def workload(self):  # noqa: ANN201 - Workload
+        from presso.profilers import Workload
+
+        w = self.experiment.hardware.workload
+        return Workload(batch=w.batch, seq_len=w.seq_len, phase=w.phase)
+
+    def profile(self, progress: Progress | None = None) -> float:
+        """Measure on the backend what the profile database lacks for this space; seconds."""
+        from presso.profiling import profile_model, unit_ops
+
+        bits = self.experiment.compress.levels if "bits" in self.kinds else []
+        sparsity = self.experiment.sparsity.levels if "sparsity" in self.kinds else []
+        ops = unit_ops(self.handle, bits, sparsity, self.experiment.compress.group_size)
+        report = profile_model(
+            self.handle, self.profiler, self.profile_db, [self.workload], ops, progress=progress
+        )
+        return report.seconds
+
+    @cached_property
+    def latency(self):  # noqa: ANN201 - CandidateLatency
+        from presso.profiling import latency_model
+
+        hw = self.experiment.hardware
+        return latency_model(
+            self.handle,
+            self.profiler,
+            self.profile_db,
+            self.workload,
+            group_size=self.experiment.compress.group_size,
+            cost_model=hw.cost_model,
+        )
+
+    def _latency_constraint(self, dims: list):  # noqa: ANN001, ANN202 - MaxLatency
+        from presso.profilers import Assignment
+        from presso.spaces import MaxLatency
+
+        sp, hw = self.experiment.space, self.experiment.hardware
+        latency, group = self.latency, self.experiment.compress.group_size
+        units = {
+            i: (d.target, d.kind) for i, d in enumerate(dims) if d.kind in ("bits", "sparsity")
+        }
+        depth = [i for i, d in enumerate(dims) if d.kind == "depth"]
+
+        def predict(space, config) -> float:  # noqa: ANN001
+            levels: dict[str, list[int]] = {}
+            for i, (unit, kind) in units.items():
+                value = int(space.dims[i].levels[config[i]])
+                entry = levels.setdefault(unit, [16, 0])
+                entry[0 if kind == "bits" else 1] = value
+            dropped = tuple(
+                space.dims[i].target for i in depth if space.dims[i].levels[config[i]] == 0
+            )
+            assignment = Assignment(
+                units={u: (b, s) for u, (b, s) in levels.items()}, dropped=dropped, group_size=group
+            )
+            return latency.predict(assignment)
+
+        limit = float("inf")
+        if sp.max_latency_ms is not None:
+            limit = sp.max_latency_ms
+        if sp.latency_ratio is not None:
+            limit = min(limit, sp.latency_ratio * latency.structure.dense_ms)
+        label = f"{hw.backend} {self.workload.key}"
+        return MaxLatency(limit, predict, label=label)
 
     def _params(self, module: str) -> int:
         return sum(p.numel() for p in self.handle.module(module).parameters())
@@ -197,6 +286,8 @@ class Setup:
                 self.data.calibration[:n], progress=progress
             )
         timings["reference_s"] = self.reference.build(progress=progress)
+        if self.experiment.hardware is not None:
+            timings["profile_s"] = self.profile(progress)
         return timings
 
     def evaluator(self):  # noqa: ANN201 - Evaluator

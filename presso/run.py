@@ -149,7 +149,7 @@ def run_search(
         summary["candidates"][phase] = {
             "strategy": name,
             "levels": space.values(config),
-            **{c.metric: c.value(space, config) for c in space.constraints},
+            **space.metrics(config),
             "heldout": heldout,
         }
     summary["evaluations"] = evaluations

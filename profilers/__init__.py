@@ -29,3 +29,9 @@ __all__ = [
     "make_profiler",
     "register",
 ]
+
+from presso.profilers import (
+    _onnxruntime,  # noqa: F401,E402  (registers the backend)
+    _torch,  # noqa: F401,E402  (registers the backend)
+    _triton,  # noqa: F401,E402  (registers the backend)
+)

@@ -78,6 +78,11 @@ class LinearOp:
     sparsity: int = 0
     group_size: int | None = 128
 
+    def __post_init__(self) -> None:
+        # A dense layer has no groups: one key per dense op, whatever group size was passed.
+        if self.bits >= DENSE_BITS and self.group_size is not None:
+            object.__setattr__(self, "group_size", None)
+
     @property
     def key(self) -> str:
         g = "ch" if self.group_size is None else f"g{self.group_size}"

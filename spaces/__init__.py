@@ -5,6 +5,7 @@ from __future__ import annotations
 from presso.spaces._base import KINDS, Config, Constraint, Dimension, SearchSpace
 from presso.spaces._bits import MeanBits, bits_dims, bits_space
 from presso.spaces._depth import DROPPED, KEPT, MinDropped, depth_dims, depth_space
+from presso.spaces._latency import MaxLatency
 from presso.spaces._size import MaxParams, MaxSize
 from presso.spaces._sparsity import MeanSparsity, sparsity_dims, sparsity_space
 
@@ -15,6 +16,7 @@ __all__ = [
     "Config",
     "Constraint",
     "Dimension",
+    "MaxLatency",
     "MaxParams",
     "MaxSize",
     "MeanBits",

@@ -108,7 +108,12 @@ class Constraint(ABC):
 class SearchSpace:
     """Dimensions and constraints; encodes configurations to vectors and back."""
 
-    def __init__(self, dims: Sequence[Dimension], constraints: Sequence[Constraint] = ()) -> None:
+    def __init__(
+        self,
+        dims: Sequence[Dimension],
+        constraints: Sequence[Constraint] = (),
+        reports: Sequence[Constraint] = (),
+    ) -> None:
         if not dims:
             raise ValueError("a search space needs at least one dimension")
         names = [d.name for d in dims]
@@ -116,6 +121,8 @@ class SearchSpace:
             raise ValueError("dimension names must be unique")
         self.dims: tuple[Dimension, ...] = tuple(dims)
         self.constraints: tuple[Constraint, ...] = tuple(constraints)
+        #: Quantities stored with every evaluation without limiting anything (latency, size).
+        self.reports: tuple[Constraint, ...] = tuple(reports)
         self.weights = np.array([d.weight for d in dims], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -135,6 +142,10 @@ class SearchSpace:
         for d, i in zip(self.dims, config):
             if not 0 <= i < len(d.levels):
                 raise ValueError(f"{d.name}: level index {i} out of range 0..{len(d.levels) - 1}")
+
+    def metrics(self, config: Config) -> dict[str, float]:
+        """What the constraints and reports measure of ``config`` (e.g. mean_bits, latency_ms)."""
+        return {c.metric: c.value(self, config) for c in (*self.constraints, *self.reports)}
 
     def is_feasible(self, config: Config) -> bool:
         return all(c.feasible(self, config) for c in self.constraints)

@@ -1,10 +1,8 @@
 """Budgets on what is left of the model: parameters kept, and bytes of the compressed weights.
 
 Both look across kinds: a unit's weights count only if its block (and sublayer) is kept,
-scaled by its density (1 − sparsity), and — for size — by its bits. The size model is that
-of the packed formats presso writes: ``bits`` per kept weight, plus a 16-bit scale and a
-16-bit zero point per group of ``group_size`` weights, plus a 1-bit mask per weight of a
-sparse unit; an uncompressed unit is stored in 16 bits.
+scaled by its density (1 − sparsity), and — for size — by its bits, in the packed format
+presso writes (:func:`presso.cost_models._size.disk_bytes`).
 """
 
 from __future__ import annotations
@@ -84,19 +82,19 @@ class MaxSize(_UnitBudget):
         self.in_features = in_features
 
     def value(self, space: SearchSpace, config: Config) -> float:
-        bits_total = 0.0
+        from presso.cost_models._size import disk_bytes
+        from presso.profilers._base import LinearOp
+
+        total = 0.0
         for (name, _), (params, bits, sparsity, depth) in zip(self.units, self._plan(space)):
             if not self._kept(space, config, depth):
                 continue
             b = space.dims[bits].levels[config[bits]] if bits is not None else DENSE_BITS
             s = space.dims[sparsity].levels[config[sparsity]] if sparsity is not None else 0
-            bits_total += params * (1 - s / 100) * b
-            if b < DENSE_BITS:
-                group = self.group_size or self.in_features[name]
-                bits_total += params / group * 32  # fp16 scale + zero per group
-            if s > 0:
-                bits_total += params  # 1-bit mask
-        return bits_total / 8 / 1e6
+            width = self.in_features[name]
+            op = LinearOp(params // width, width, int(b), int(s), self.group_size)
+            total += disk_bytes(op)
+        return total / 1e6
 
     def describe(self) -> str:
         return f"size_mb <= {self.limit:g}"

@@ -84,7 +84,9 @@ def test_sublayer_drop_zeroes_attention_or_mlp() -> None:
     prompt = ids[:, :8]
     with torch.no_grad():
         cached = s.handle.model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True)
-        uncached = s.handle.model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False)
+        uncached = s.handle.model.generate(
+            prompt, max_new_tokens=6, do_sample=False, use_cache=False
+        )
     assert torch.equal(cached, uncached)
 
 

@@ -45,3 +45,14 @@ def export(
         raise PressoError(f"{out} exists; choose another --out or add --force to overwrite it")
     exporter.write(plan, out, Source(study_attrs, phase))
     return None
+
+
+from presso.export import (  # noqa: F401,E402  (registers the formats)
+    _gptqmodel,
+    _hf,
+    _llamacpp,
+    _llmcompressor,
+    _onnx,  # noqa: F401,E402  (registers the format)
+    _pruned,
+    _torchao,
+)

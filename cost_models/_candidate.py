@@ -1,0 +1,143 @@
+"""The latency of a whole candidate, from per-op predictions and measured model structure.
+
+    latency = remainder + Σ over kept blocks [ rest_b
+                + (attention kept) · (attn_overhead + Σ attention units at their levels)
+                + (MLP kept)       · (mlp_overhead  + Σ MLP units at their levels) ]
+
+The per-unit terms come from a per-op cost model (the timing table, with the learned model
+where the table has no entry). The other terms are *measured* on the assembled dense model:
+``dense`` end to end, and the same model with one block / one attention / one MLP removed;
+what a removal saves beyond the dense cost of its linear layers is that part's overhead
+(attention scores, norms, activations), and what no block accounts for is the remainder
+(embeddings, final norm, LM head). Like ZipLM's timing tables, the sum is additive: it
+cannot see kernels fusing across layers — validation says how much that matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from presso.cost_models._base import CostModel
+from presso.errors import PressoError
+from presso.profilers._base import DENSE_BITS, Assignment, LinearOp, Workload
+
+
+@dataclass(frozen=True)
+class UnitSlot:
+    """A compressible linear layer: its name, ``(out, in)`` shape, block index, and which part
+    of the block it is in (``self_attn``, ``mlp``, or ``""`` when the block has no such parts)."""
+
+    name: str
+    shape: tuple[int, int]
+    block: int
+    part: str
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Measured end-to-end milliseconds of the dense model and of it with one part removed."""
+
+    dense_ms: float
+    drop_block_ms: float
+    drop_attn_ms: float | None = None
+    drop_mlp_ms: float | None = None
+
+
+class CandidateLatency:
+    """Predicts a candidate's end-to-end latency (ms) on one backend, machine and workload."""
+
+    def __init__(
+        self,
+        ops: CostModel,
+        units: Sequence[UnitSlot],
+        blocks: Sequence[str],
+        structure: Structure,
+        workload: Workload,
+        *,
+        group_size: int | None,
+        fallback: CostModel | None = None,
+    ) -> None:
+        self.ops, self.fallback = ops, fallback
+        self.units, self.blocks = list(units), list(blocks)
+        self.workload, self.group_size = workload, group_size
+        self.structure = structure
+        self._cache: dict[tuple, float] = {}
+        dense = self.unit_ms({u.name: (DENSE_BITS, 0) for u in self.units})
+        per_block = [0.0] * len(blocks)
+        per_part: dict[tuple[int, str], float] = {}
+        for u in self.units:
+            per_block[u.block] += dense[u.name]
+            per_part[(u.block, u.part)] = per_part.get((u.block, u.part), 0.0) + dense[u.name]
+        # All blocks have one shape: the measured block (the middle one) stands for every block.
+        b = len(blocks) // 2
+        block_total = structure.dense_ms - structure.drop_block_ms
+        self.remainder = structure.dense_ms - len(blocks) * block_total
+        self.attn_overhead = self.mlp_overhead = 0.0
+        rest = block_total - per_block[b]
+        if structure.drop_attn_ms is not None and structure.drop_mlp_ms is not None:
+            self.attn_overhead = (
+                structure.dense_ms - structure.drop_attn_ms - per_part.get((b, "self_attn"), 0.0)
+            )
+            self.mlp_overhead = (
+                structure.dense_ms - structure.drop_mlp_ms - per_part.get((b, "mlp"), 0.0)
+            )
+            rest -= self.attn_overhead + self.mlp_overhead
+        self.block_rest = rest
+
+    def op(self, unit: UnitSlot, bits: int, sparsity: int) -> LinearOp:
+        group = self.group_size if bits < DENSE_BITS else None
+        return LinearOp(unit.shape[0], unit.shape[1], int(bits), int(sparsity), group)
+
+    def _ms(self, unit: UnitSlot, bits: int, sparsity: int) -> float:
+        key = (unit.shape, bits, sparsity)
+        if key not in self._cache:
+            op = self.op(unit, bits, sparsity)
+            value = self.ops.predict([op], self.workload)[0]
+            if np.isnan(value) and self.fallback is not None:
+                value = self.fallback.predict([op], self.workload)[0]
+            if not np.isfinite(value):
+                raise PressoError(
+                    f"no latency for {op.key} at {self.workload.key}: it was not measured and "
+                    "no learned model covers it; run `presso profile` for these levels"
+                )
+            self._cache[key] = float(value)
+        return self._cache[key]
+
+    def unit_ms(self, levels: dict[str, tuple[int, int]]) -> dict[str, float]:
+        """Predicted ms of each named unit at its ``(bits, sparsity)``."""
+        return {u.name: self._ms(u, *levels[u.name]) for u in self.units if u.name in levels}
+
+    def predict(self, assignment: Assignment) -> float:
+        """Predicted end-to-end ms of ``assignment`` (units not named are dense)."""
+        dropped = set(assignment.dropped)
+        total = self.remainder
+        for block in self.blocks:
+            if block not in dropped:
+                total += self.block_rest
+                for part, overhead in (
+                    ("self_attn", self.attn_overhead),
+                    ("mlp", self.mlp_overhead),
+                ):
+                    if f"{block}.{part}" not in dropped:
+                        total += overhead
+        dense = (DENSE_BITS, 0)
+        for u in self.units:
+            block = self.blocks[u.block]
+            if block in dropped or (u.part and f"{block}.{u.part}" in dropped):
+                continue
+            total += self._ms(u, *assignment.units.get(u.name, dense))
+        return total
+
+    def describe(self) -> dict[str, Any]:
+        s = self.structure
+        return {
+            "dense_ms": s.dense_ms,
+            "remainder_ms": self.remainder,
+            "block_rest_ms": self.block_rest,
+            "attn_overhead_ms": self.attn_overhead,
+            "mlp_overhead_ms": self.mlp_overhead,
+        }

@@ -1,0 +1,109 @@
+"""Export a candidate as one ONNX model that ONNX Runtime runs with its low-bit kernels.
+
+``--format onnx``: every quantized layer is a ``com.microsoft.MatMulNBits`` node holding the
+run's own codes, scales and zero points (the GPTQ/RTN levels the search scored), at its own
+bits; 3-bit layers are carried in the 4-bit layout and 5..7-bit ones in the 8-bit layout with
+the same values (ORT 1.32 runs 2, 4 and 8 bits), as the model's ``presso.units`` metadata says.
+``--format onnx-qdq``: the same weights as blocked ``DequantizeLinear`` (uint4/uint8) + ``MatMul``.
+
+Dropped blocks and sublayers are absent from the graph. Pruned layers hold the pruned weight's
+dense values; pruned and quantized layers are rounded to their bits with RTN, as the evaluator
+does. The weights live inside the ``.onnx`` file (an ``<out>.data`` file beside it only for
+models past protobuf's 2 GB limit). Inputs ``input_ids`` int64 ``[batch, seq]``, output
+``logits``; see :mod:`presso.onnx_model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from presso.errors import PressoError
+from presso.export._base import Exporter, Source, register
+
+DENSE_BITS = 16
+
+
+def assignment_of(plan: dict[str, Any]) -> Any:
+    """The plan as a profilers :class:`~presso.profilers.Assignment` (bits, sparsity per unit)."""
+    from presso.profilers import Assignment
+
+    units, groups = {}, set()
+    for name, entry in plan["units"].items():
+        bits, sparsity = int(entry.get("bits", DENSE_BITS)), int(entry.get("sparsity", 0))
+        if bits < DENSE_BITS or sparsity:
+            units[name] = (bits, sparsity)
+        if bits < DENSE_BITS:
+            groups.add(entry.get("group_size"))
+    if len(groups) > 1:
+        raise PressoError(f"ONNX export: one group size per model, this plan has {sorted(groups)}")
+    group_size = groups.pop() if groups else None
+    return Assignment(units=units, dropped=tuple(plan["dropped"]), group_size=group_size)
+
+
+@register
+class OnnxExporter(Exporter):
+    name = "onnx"
+    help = (
+        "ONNX model: MatMulNBits at each layer's bits, dropped blocks removed (onnxruntime runs it)"
+    )
+    requires = ("onnx",)
+    extra = "onnx"
+    fmt: ClassVar[str] = "matmulnbits"
+
+    def check(self, plan: dict[str, Any]) -> None:
+        super().check(plan)
+        assignment_of(plan)
+        quantized = {
+            n: e for n, e in plan["units"].items() if int(e.get("bits", DENSE_BITS)) < DENSE_BITS
+        }
+        wide = [n for n, e in quantized.items() if not 2 <= int(e["bits"]) <= 8]
+        if wide:
+            raise PressoError(
+                f"--format {self.name}: MatMulNBits holds 2..8-bit codes; {', '.join(wide)} "
+                "have other bit widths"
+            )
+        self._check_groups(quantized)
+
+    def _check_groups(self, quantized: dict[str, dict[str, Any]]) -> None:
+        """MatMulNBits blocks are powers of two >= 16 columns: a group must be a multiple of one."""
+        from presso.onnx_model import block_size
+
+        bad = []
+        for name, entry in quantized.items():
+            if entry.get("group_size") is None:
+                continue  # per channel: the block divides the layer's width (checked on write)
+            try:
+                block_size(int(entry["group_size"]))
+            except PressoError:
+                bad.append(name)
+        if bad:
+            group = quantized[bad[0]]["group_size"]
+            raise PressoError(
+                f"--format {self.name}: group size {group} is not a multiple of a power of two "
+                f">= 16, which MatMulNBits needs, in {', '.join(bad)}; use --format onnx-qdq"
+            )
+
+    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+        from presso.onnx_model import build_onnx
+
+        symmetric = {bool(e.get("symmetric", False)) for e in plan["units"].values() if "bits" in e}
+        build_onnx(
+            source.handle,
+            assignment_of(plan),
+            out,
+            weights=source.quantized,
+            sparse=lambda unit, percent: source.sparse(unit, percent).weight,
+            symmetric=symmetric.pop() if symmetric else False,
+            fmt=self.fmt,
+        )
+
+
+@register
+class OnnxQdqExporter(OnnxExporter):
+    name = "onnx-qdq"
+    help = "ONNX model: blocked DequantizeLinear (uint4/uint8) + MatMul per quantized layer"
+    fmt = "qdq"
+
+    def _check_groups(self, quantized: dict[str, dict[str, Any]]) -> None:
+        return None  # DequantizeLinear takes any block size

@@ -1,0 +1,151 @@
+"""Export a pruned or layer-dropped candidate as a smaller, plain Hugging Face folder.
+
+The folder is what ``save_pretrained`` writes (config, safetensors, generation config) plus the
+tokenizer and the plan, and loads with ``AutoModelForCausalLM.from_pretrained`` without presso:
+
+* blocks in ``plan["dropped"]`` are removed physically (:func:`presso.surgery.drop_blocks`):
+  the config's ``num_hidden_layers`` shrinks and the kept blocks are renumbered;
+* pruned weights are stored as dense tensors whose pruned entries are zero;
+* quantized units are stored *dequantized* (the float weights presso evaluated): this format is
+  for pruning and depth; quantized candidates belong in ``--format hf``.
+
+A dropped sublayer (``...self_attn`` or ``...mlp`` alone) has no place in a standard config,
+where every block has both, so such candidates are refused.
+
+The helpers here (the weight presso evaluated for a unit, the candidate as a standalone model)
+are shared with the ``hf`` format.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from presso.errors import PressoError
+from presso.export._base import Exporter, Source, register
+from presso.paths import atomic_dir
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from presso.compress import QuantizedWeight
+
+PLAN_FILE = "presso_plan.json"
+
+
+def refuse_sublayer_drops(plan: dict[str, Any], fmt: str) -> None:
+    """Refuse a plan that drops an attention or MLP sublayer without its block."""
+    # A block is named `<blocks prefix>.<index>`; a sublayer ends in a module name.
+    sublayers = [name for name in plan["dropped"] if not name.rsplit(".", 1)[-1].isdigit()]
+    if sublayers:
+        raise PressoError(
+            f"--format {fmt}: this candidate drops sublayers ({', '.join(sublayers)}), which a "
+            "standard Hugging Face config cannot express (every block keeps its attention and "
+            "MLP); export it with --format plan, or search with space.granularity: block"
+        )
+
+
+def kept_units(plan: dict[str, Any], source: Source) -> dict[str, dict[str, Any]]:
+    """The plan's compressed units (bits and/or sparsity) outside the dropped blocks."""
+    handle = source.handle
+    dropped = {handle.block_of(name) for name in plan["dropped"]}
+    return {
+        name: entry
+        for name, entry in plan["units"].items()
+        if ("bits" in entry or "sparsity" in entry) and handle.block_of(name) not in dropped
+    }
+
+
+def sparse_quantized(sparse: torch.Tensor, entry: dict[str, Any]) -> QuantizedWeight:
+    """A pruned weight rounded to ``entry``'s bits as the evaluator does (RTN on its group grid).
+
+    Every grid includes zero as an exact code (see :mod:`presso.compress._quant`), so the pruned
+    entries dequantize to exactly zero: the mask is carried by the codes themselves.
+    """
+    import torch
+
+    from presso.compress import QuantSpec, quantize_rtn
+
+    spec = QuantSpec(
+        bits=int(entry["bits"]), group_size=entry["group_size"], symmetric=entry["symmetric"]
+    )
+    qw = quantize_rtn(sparse, spec)
+    if not torch.all(qw.dequantize()[sparse == 0] == 0):
+        raise RuntimeError("a pruned weight did not land on its grid's zero code")
+    return qw
+
+
+def unit_weight(source: Source, name: str, entry: dict[str, Any]) -> torch.Tensor:
+    """The float32 ``[out, in]`` weight presso evaluated for unit ``name`` under ``entry``."""
+    bits, sparsity = entry.get("bits"), entry.get("sparsity")
+    if sparsity:
+        sparse = source.sparse(name, int(sparsity)).weight
+        return sparse if bits is None else sparse_quantized(sparse, entry).dequantize()
+    if bits is not None:
+        return source.quantized(name, int(bits)).dequantize()
+    return source.handle.dense_weight(name)
+
+
+def standalone_model(
+    source: Source, plan: dict[str, Any], weights: dict[str, torch.Tensor]
+) -> tuple[nn.Module, dict[str, str]]:
+    """A copy of the model with ``weights`` (unit name -> tensor) set and the plan's blocks
+    removed, and the new name of every kept unit (later blocks are renumbered)."""
+    from presso.surgery import drop_blocks
+
+    handle = source.handle
+    handle.restore_dense()
+    model = copy.deepcopy(handle.model)
+    for name, weight in weights.items():
+        linear = model.get_submodule(name)
+        linear.weight.data = weight.to(linear.weight.dtype).contiguous()
+    dropped = sorted(handle.block_of(name) for name in plan["dropped"])
+    drop_blocks(model, handle.blocks_prefix, dropped)
+    prefix = handle.blocks_prefix + "."
+    renamed = {}
+    for unit in handle.units:
+        if unit.block in dropped:
+            continue
+        new_index = unit.block - sum(1 for b in dropped if b < unit.block)
+        rest = unit.name[len(prefix) :].split(".", 1)[1]
+        renamed[unit.name] = f"{prefix}{new_index}.{rest}"
+    return model, renamed
+
+
+def save_folder(folder: Path, model: nn.Module, source: Source, plan: dict[str, Any]) -> None:
+    """Write the model (safetensors), its generation config, the tokenizer and the plan."""
+    model.save_pretrained(folder)
+    source.handle.tokenizer.save_pretrained(folder)
+    (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+
+
+@register
+class PrunedExporter(Exporter):
+    name = "pruned"
+    folder = True
+    help = (
+        "a smaller plain Hugging Face folder: dropped blocks removed, pruned weights as zeros "
+        "(quantized units stored dequantized: use hf for those)"
+    )
+
+    def check(self, plan: dict[str, Any]) -> None:
+        super().check(plan)
+        refuse_sublayer_drops(plan, self.name)
+
+    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+        units = kept_units(plan, source)
+        quantized = [name for name, entry in units.items() if "bits" in entry]
+        if quantized:
+            logging.getLogger("presso").warning(
+                "--format pruned stores the %d quantized units dequantized (float); "
+                "--format hf keeps them compressed",
+                len(quantized),
+            )
+        weights = {name: unit_weight(source, name, entry) for name, entry in units.items()}
+        model, _ = standalone_model(source, plan, weights)
+        with atomic_dir(out) as tmp:
+            save_folder(tmp, model, source, plan)

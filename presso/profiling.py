@@ -1,0 +1,265 @@
+"""Fill the profile database for a model's search space, price candidates, validate prices.
+
+``presso profile`` runs :func:`profile_model`: every distinct linear shape of the model at
+every level, under every workload, plus the assembled dense model with one block (and one
+attention, one MLP) removed — each measured once per machine and kept in the profile
+database, so an interrupted run resumes and later searches reuse it. :func:`latency_model`
+turns those measurements into a :class:`CandidateLatency`; :func:`validate` assembles random
+candidates for real, measures them end to end, and reports how far the predictions are off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from presso.errors import PressoError
+from presso.paths import digest
+from presso.profilers import Assignment, LinearOp, Measurement, ProfileDatabase, Profiler, Workload
+from presso.profilers._base import DENSE_BITS
+
+Progress = Callable[[Iterable, int, str], Iterable]
+
+
+def machine_id(profiler: Profiler, db: ProfileDatabase | None = None) -> str:
+    """The fingerprint measurements of ``profiler`` are stored under (threads included: the
+    same machine with more threads is another machine for latency)."""
+    from presso.profilers import fingerprint
+
+    software = {**profiler.versions(), "threads": str(profiler.threads or "default")}
+    fp, facts = fingerprint(profiler.device, software)
+    if db is not None:
+        db.add_machine(fp, facts)
+    return fp
+
+
+def model_key(handle: Any) -> str:
+    """Whole-model measurements are keyed by architecture (not weights: they do not change speed)."""
+    config = handle.model.config.to_dict()
+    arch = {k: v for k, v in config.items() if not k.startswith(("_", "transformers_version"))}
+    return f"model-{handle.name}-{digest(arch, 10)}"
+
+
+def unit_ops(
+    handle: Any, bits: Sequence[int], sparsity: Sequence[int], group_size: int | None
+) -> list[LinearOp]:
+    """Each distinct linear shape of the model at each level (bits × sparsity), dense included."""
+    shapes = sorted({u.shape for u in handle.units})
+    ops = []
+    for out, inp in shapes:
+        for b in sorted(set(bits) | {DENSE_BITS}):
+            for s in sorted(set(sparsity) | {0}):
+                ops.append(LinearOp(out, inp, b, s, group_size if b < DENSE_BITS else None))
+    return ops
+
+
+def structure_probes(handle: Any, sublayers: bool) -> dict[str, Assignment]:
+    """The assembled models whose end-to-end times give the structure: dense, and the middle
+    block (or its attention / MLP) removed."""
+    block = handle.block_names()[len(handle.blocks) // 2]
+    probes = {"dense": Assignment(), "drop-block": Assignment(dropped=(block,))}
+    if sublayers:
+        probes["drop-attn"] = Assignment(dropped=(f"{block}.self_attn",))
+        probes["drop-mlp"] = Assignment(dropped=(f"{block}.mlp",))
+    return probes
+
+
+def has_sublayers(handle: Any) -> bool:
+    modules = dict(handle.model.named_modules())
+    block = handle.block_names()[0]
+    return f"{block}.self_attn" in modules and f"{block}.mlp" in modules
+
+
+@dataclass
+class ProfileReport:
+    measured: int = 0
+    reused: int = 0
+    failed: list[Measurement] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def profile_model(
+    handle: Any,
+    profiler: Profiler,
+    db: ProfileDatabase,
+    workloads: Sequence[Workload],
+    ops: Sequence[LinearOp],
+    *,
+    progress: Progress | None = None,
+) -> ProfileReport:
+    """Measure what the database lacks for ``ops`` and the model's structure under each workload."""
+    import time
+
+    start = time.perf_counter()
+    fp = machine_id(profiler, db)
+    key = model_key(handle)
+    todo: list[tuple[str, Workload, Any]] = []
+    report = ProfileReport()
+    for w in workloads:
+        for op in ops:
+            todo.append((op.key, w, op))
+        for name, assignment in structure_probes(handle, has_sublayers(handle)).items():
+            todo.append((f"{key}/{name}", w, assignment))
+    pending = []
+    for op_key, w, what in todo:
+        if db.get(fp, profiler.name, op_key, w.key) is not None:
+            report.reused += 1
+        else:
+            pending.append((op_key, w, what))
+    items: Iterable = pending
+    if progress is not None and pending:
+        items = progress(pending, len(pending), f"profiling on {profiler.name}")
+    for op_key, w, what in items:
+        if isinstance(what, LinearOp):
+            m = profiler.measure(what, w)
+        else:
+            m = profiler.measure_model(handle, what, w)
+            m.op = op_key
+        db.put(fp, m)
+        report.measured += 1
+        if not m.ok:
+            report.failed.append(m)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def latency_model(
+    handle: Any,
+    profiler: Profiler,
+    db: ProfileDatabase,
+    workload: Workload,
+    *,
+    group_size: int | None,
+    cost_model: str = "lookup",
+) -> Any:
+    """A CandidateLatency from this machine's measurements (which must exist: profile first)."""
+    from presso.cost_models import (
+        BoostedTrees,
+        CandidateLatency,
+        LookupTable,
+        Structure,
+        UnitSlot,
+        make_cost_model,
+    )
+
+    fp = machine_id(profiler)
+    measurements = db.measurements(fp, profiler.name)
+    key = model_key(handle)
+
+    def probe(name: str) -> float | None:
+        m = db.get(fp, profiler.name, f"{key}/{name}", workload.key)
+        if m is None:
+            return None
+        if not m.ok:
+            raise PressoError(
+                f"the {profiler.name} backend could not run {handle.name} end to end at "
+                f"{workload.key}: {m.error}"
+            )
+        return m.median_ms
+
+    dense, drop = probe("dense"), probe("drop-block")
+    if dense is None or drop is None:
+        raise PressoError(
+            f"no measurements of {handle.name} on {profiler.name} at {workload.key} on this "
+            f"machine; run `presso profile {handle.name} --backend {profiler.name}` first"
+        )
+    sub = has_sublayers(handle)
+    structure = Structure(
+        dense, drop, probe("drop-attn") if sub else None, probe("drop-mlp") if sub else None
+    )
+    prefix = handle.blocks_prefix + "."
+    units = []
+    for u in handle.units:
+        part = u.name[len(prefix) :].split(".")[1] if sub else ""
+        units.append(
+            UnitSlot(u.name, u.shape, u.block, part if part in ("self_attn", "mlp") else "")
+        )
+    ops = make_cost_model(cost_model).fit(measurements)
+    fallback = BoostedTrees().fit(measurements) if isinstance(ops, LookupTable) else None
+    return CandidateLatency(
+        ops,
+        units,
+        handle.block_names(),
+        structure,
+        workload,
+        group_size=group_size,
+        fallback=fallback,
+    )
+
+
+def random_assignment(
+    handle: Any,
+    rng: np.random.Generator,
+    *,
+    bits: Sequence[int],
+    sparsity: Sequence[int] = (0,),
+    max_dropped: int = 0,
+    group_size: int | None,
+) -> Assignment:
+    """A random candidate: each unit at a random level, up to ``max_dropped`` blocks removed."""
+    units = {
+        u.name: (int(rng.choice(list(bits))), int(rng.choice(list(sparsity)))) for u in handle.units
+    }
+    n = int(rng.integers(0, max_dropped + 1)) if max_dropped else 0
+    blocks = handle.block_names()
+    # Never the first or last block: removing them wrecks a model, nobody would deploy that.
+    dropped = tuple(sorted(rng.choice(blocks[1:-1], size=n, replace=False))) if n else ()
+    return Assignment(units=units, dropped=dropped, group_size=group_size)
+
+
+@dataclass
+class Validation:
+    rows: list[dict[str, Any]]
+
+    def errors(self, column: str = "predicted_ms") -> np.ndarray:
+        ok = [r for r in self.rows if r["measured_ms"] is not None]
+        measured = np.array([r["measured_ms"] for r in ok])
+        predicted = np.array([r[column] for r in ok])
+        return np.abs(predicted - measured) / measured
+
+    def summary(self, column: str = "predicted_ms") -> dict[str, float]:
+        e = self.errors(column)
+        if not len(e):
+            return {"mape": float("nan"), "within_10": float("nan"), "n": 0}
+        return {"mape": float(e.mean()), "within_10": float((e <= 0.10).mean()), "n": int(len(e))}
+
+
+def validate(
+    handle: Any,
+    profiler: Profiler,
+    db: ProfileDatabase,
+    models: dict[str, Any],
+    workload: Workload,
+    candidates: Sequence[Assignment],
+    *,
+    progress: Progress | None = None,
+) -> Validation:
+    """Measure each candidate assembled for real and compare with each model's prediction
+    (``models``: column name → CandidateLatency). Measurements are kept in the database."""
+    fp = machine_id(profiler, db)
+    key = model_key(handle)
+    rows = []
+    items: Iterable = candidates
+    if progress is not None:
+        items = progress(candidates, len(candidates), f"validating on {profiler.name}")
+    for assignment in items:
+        name = f"{key}/candidate-{digest([sorted(assignment.units.items()), assignment.dropped, assignment.group_size], 12)}"
+        m = db.get(fp, profiler.name, name, workload.key)
+        if m is None:
+            m = profiler.measure_model(handle, assignment, workload)
+            m.op = name
+            db.put(fp, m)
+        row: dict[str, Any] = {
+            "candidate": name.rsplit("/", 1)[1],
+            "dropped": len(assignment.dropped),
+            "mean_bits": float(np.mean([b for b, _ in assignment.units.values()])),
+            "measured_ms": m.median_ms,
+            "error": m.error,
+        }
+        for column, model in models.items():
+            row[column] = model.predict(assignment)
+        rows.append(row)
+    return Validation(rows)

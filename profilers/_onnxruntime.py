@@ -1,0 +1,179 @@
+"""The ONNX Runtime backend: each level timed with the kernel an ORT deployment would run.
+
+* dense: ORT's fp32 ``MatMul``;
+* 2..8 bits: ``com.microsoft.MatMulNBits`` holding real RTN codes (a seeded random weight, the
+  same one the torch backend times). ORT 1.32's CPU kernel runs 2, 4 and 8 bits; 3 bits run in
+  the 4-bit layout and 5..7 in the 8-bit one (``carrier_bits`` in ``detail``). Groups must be
+  powers of two >= 16 columns wide, or multiples of one (see :mod:`presso.onnx_model`);
+* sparsity: ORT has no unstructured-sparse GEMM on CPU, so a pruned layer runs the dense
+  ``MatMul`` of the pruned weight (``detail["kernel"] == "dense"``, "no sparse kernel").
+
+Whole candidates are written by :func:`presso.onnx_model.build_onnx` (dropped blocks absent)
+and timed one ``InferenceSession.run`` at a time: prefill is one forward of ``batch × seq_len``
+tokens; decode is one token per sequence against a KV cache of ``seq_len`` tokens (the cache is
+an input, so every repeat sees the same length).
+
+Threads: ``intra_op_num_threads = threads`` when given, else 1 (ORT's own default takes every
+core, which makes timings on a shared machine swing and differ from the single-thread tables
+the cost models are fitted on).
+
+``accuracy_level`` is MatMulNBits' compute type. The default, 4, quantizes the activations to
+int8 per block: the path ORT's CPU deployments use, and the only fast one for 2 and 8 bits (at
+level 0, fp32 compute, ORT 1.32 on an AVX2 CPU ran 2- and 8-bit layers ~100x slower than the
+dense MatMul at one row, while 4 bits had a packed fp32 kernel). Level 0 is what
+:func:`presso.onnx_model.build_onnx` writes by default, since only it reproduces presso's
+evaluator exactly; give ``accuracy_level=0`` to time that. The level is part of
+:meth:`versions`, so the two are stored apart in the profile database.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from presso.errors import PressoError
+from presso.profilers._base import (
+    DENSE_BITS,
+    Assignment,
+    LinearOp,
+    Measurement,
+    Profiler,
+    Workload,
+    register,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from presso.models import ModelHandle
+
+#: Seed of the random weights and inputs ops are timed with (shared with the torch backend).
+SEED = 0
+
+
+def _check_level(where: str, bits: int, sparsity: int) -> None:
+    if not (2 <= bits <= 8 or bits >= DENSE_BITS) or not 0 <= sparsity <= 99:
+        raise PressoError(
+            f"{where}: level w{bits}-s{sparsity} cannot be run: bits must be 2..8 "
+            f"(or {DENSE_BITS} for dense) and sparsity a percent in 0..99"
+        )
+
+
+@register
+class OnnxRuntimeProfiler(Profiler):
+    """ONNX Runtime's CPU (or CUDA) execution provider; see the module docstring."""
+
+    name = "onnxruntime"
+    requires = ("onnxruntime", "onnx")
+    extra = "onnx"
+
+    def __init__(self, *, accuracy_level: int = 4, **options: Any) -> None:
+        super().__init__(**options)
+        if self.device not in ("cpu", "cuda"):
+            raise PressoError(
+                f"onnxruntime profiler: device must be 'cpu' or 'cuda', not {self.device!r}"
+            )
+        if accuracy_level not in (0, 1, 2, 3, 4):
+            raise PressoError(
+                f"onnxruntime profiler: accuracy_level must be 0..4, got {accuracy_level}"
+            )
+        self.accuracy_level = accuracy_level
+
+    def versions(self) -> dict[str, str]:
+        return {**super().versions(), "accuracy_level": str(self.accuracy_level)}
+
+    def _session(self, model: Any) -> Any:
+        from presso.onnx_model import make_session
+
+        return make_session(model, threads=self.threads or 1, device=self.device)
+
+    # ------------------------------------------------------------------ ops
+
+    def _time_op(self, op: LinearOp, workload: Workload) -> Measurement:
+        import torch
+
+        from presso.compress import magnitude_prune
+        from presso.onnx_model import linear_model
+        from presso.profilers._torch import quantized_level
+
+        _check_level(op.key, op.bits, op.sparsity)
+        gen = torch.Generator().manual_seed(SEED)
+        weight = torch.randn(op.out_features, op.in_features, generator=gen) * 0.02
+        x = torch.randn(workload.rows, op.in_features, generator=gen).numpy()
+        detail: dict[str, Any] = {}
+        if op.bits < DENSE_BITS:
+            level: Any = quantized_level(weight, op.bits, op.sparsity, op.group_size)
+            detail["kernel"] = "MatMulNBits"
+            detail["accuracy_level"] = self.accuracy_level
+        else:
+            level = magnitude_prune(weight, op.sparsity).weight if op.sparsity else weight
+            detail["kernel"] = "dense"
+        if op.sparsity:
+            detail.update(sparsity_exploited=False, note="no sparse kernel in onnxruntime")
+        model, facts = linear_model(level, accuracy_level=self.accuracy_level)
+        detail.update({k: v for k, v in facts.items() if k != "bits"})
+        session = self._session(model.SerializeToString())
+        feed = {"x": x}
+        return self._timed(lambda: session.run(None, feed), op=op.key, workload=workload, **detail)
+
+    # ------------------------------------------------------------------ models
+
+    def _time_model(
+        self, handle: ModelHandle, assignment: Assignment, workload: Workload
+    ) -> Measurement:
+        import json
+
+        import onnx
+
+        from presso.onnx_model import build_onnx
+
+        decode = workload.phase == "decode"
+        with tempfile.TemporaryDirectory(prefix="presso-ort-") as tmp:
+            start = time.perf_counter()
+            path = build_onnx(
+                handle,
+                assignment,
+                Path(tmp) / "model.onnx",
+                kv_cache=decode,
+                accuracy_level=self.accuracy_level,
+            )
+            build_s = time.perf_counter() - start
+            units = json.loads(
+                {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}[
+                    "presso.units"
+                ]
+            )
+            session = self._session(path)
+        feed = _model_inputs(session, handle, workload)
+        carried = {
+            u: f["carrier_bits"]
+            for u, f in units.items()
+            if f.get("carrier_bits", 0) != f.get("bits", 0)
+        }
+        return self._timed(
+            lambda: session.run(["logits"], feed),
+            op="model",
+            workload=workload,
+            build_s=round(build_s, 3),
+            dropped=list(assignment.dropped),
+            carried=carried,
+            accuracy_level=self.accuracy_level,
+        )
+
+
+def _model_inputs(session: Any, handle: ModelHandle, workload: Workload) -> dict[str, np.ndarray]:
+    """Seeded token ids for this workload and, for decode, a KV cache of ``seq_len`` tokens."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    vocab = handle.model.config.vocab_size
+    tokens = 1 if workload.phase == "decode" else workload.seq_len
+    feed = {"input_ids": rng.integers(0, vocab, (workload.batch, tokens), dtype=np.int64)}
+    for arg in session.get_inputs():
+        if arg.name.startswith("past_"):
+            _, kv_heads, _, head_dim = arg.shape
+            shape = (workload.batch, kv_heads, workload.seq_len, head_dim)
+            feed[arg.name] = rng.standard_normal(shape, dtype=np.float32)
+    return feed

@@ -1,0 +1,129 @@
+"""Cost models: the timing table, the learned model, candidate latency arithmetic, sizes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from presso.cost_models import (
+    BoostedTrees,
+    CandidateLatency,
+    CostModel,
+    LookupTable,
+    Structure,
+    UnitSlot,
+    disk_bytes,
+    memory_bytes,
+    parse_op,
+)
+from presso.errors import PressoError
+from presso.profilers import Assignment, LinearOp, Measurement, Workload
+
+W = Workload(batch=1, seq_len=16, phase="prefill")
+
+
+def _m(op: LinearOp, ms: float | None, workload: Workload = W) -> Measurement:
+    return Measurement("torch", op.key, workload.key, ms, 0.0, 5, None if ms else "failed")
+
+
+def _grid() -> list[Measurement]:
+    """A latency law a GEMM roughly follows: proportional to work, cheaper at fewer bits."""
+    out = []
+    for n, k in [(64, 64), (128, 64), (64, 128), (256, 64), (64, 256), (256, 256)]:
+        for bits in (2, 4, 8, 16):
+            for w in (W, Workload(batch=1, seq_len=64)):
+                ms = 1e-4 * n * k * w.rows / 64 * (0.5 + bits / 32)
+                out.append(_m(LinearOp(n, k, bits, 0, 32 if bits < 16 else None), ms, w))
+    return out
+
+
+def test_op_keys_round_trip() -> None:
+    for op in [LinearOp(576, 1536, 4, 0, 64), LinearOp(192, 576, 16, 50, None)]:
+        assert parse_op(op.key) == op
+    with pytest.raises(PressoError):
+        parse_op("model-x/dense")
+    assert Workload.parse("b4-s256-decode") == Workload(4, 256, "decode")
+    assert Workload(4, 256, "decode").rows == 4 and Workload(4, 256).rows == 1024
+    with pytest.raises(PressoError):
+        Workload.parse("batch1")
+
+
+def test_lookup_is_exact_on_measured_and_nan_elsewhere() -> None:
+    ms = _grid()
+    table = LookupTable().fit(ms + [_m(LinearOp(32, 32), None)])  # failures are not learned
+    op = parse_op(ms[5].op)
+    assert table.predict([op], Workload.parse(ms[5].workload))[0] == ms[5].median_ms
+    assert math.isnan(table.predict([LinearOp(32, 32)], W)[0])
+    assert math.isnan(table.predict([LinearOp(999, 64, 4, 0, 32)], W)[0])
+
+
+def test_learned_model_interpolates_and_round_trips(tmp_path) -> None:  # noqa: ANN001
+    ms = _grid()
+    held_out = [m for m in ms if m.op.startswith("linear-128x64-")]
+    model = BoostedTrees().fit([m for m in ms if m not in held_out])
+    truth = np.array([m.median_ms for m in held_out])
+    pred = np.array(
+        [model.predict([parse_op(m.op)], Workload.parse(m.workload))[0] for m in held_out]
+    )
+    # An unseen shape between measured ones: the right order of magnitude, not exact.
+    assert np.all(pred / truth < 3) and np.all(pred / truth > 1 / 3)
+    model.save(tmp_path / "m.json")
+    again = CostModel.load(tmp_path / "m.json")
+    ops = [parse_op(m.op) for m in held_out]
+    assert np.array_equal(again.predict(ops, W), model.predict(ops, W))
+    with pytest.raises(PressoError):
+        BoostedTrees().fit(ms[:2])
+
+
+def _latency(sublayers: bool = True) -> CandidateLatency:
+    units = [UnitSlot(f"b.{i}.self_attn.q", (64, 64), i, "self_attn") for i in range(3)] + [
+        UnitSlot(f"b.{i}.mlp.up", (256, 64), i, "mlp") for i in range(3)
+    ]
+    table = LookupTable().fit(_grid())
+    dense_units = sum(table.predict([LinearOp(*u.shape)], W)[0] for u in units if u.block == 1)
+    # Measured: dense 10 ms; one block out saves 2 ms; its attention 0.8 ms, its MLP 1 ms.
+    s = Structure(10.0, 8.0, 9.2 if sublayers else None, 9.0 if sublayers else None)
+    model = CandidateLatency(table, units, ["b.0", "b.1", "b.2"], s, W, group_size=32)
+    assert model.block_rest == pytest.approx(
+        2.0 - dense_units - (model.attn_overhead + model.mlp_overhead)
+    )
+    return model
+
+
+def test_candidate_latency_adds_up() -> None:
+    model = _latency()
+    assert model.predict(Assignment()) == pytest.approx(10.0)  # dense is what was measured
+    assert model.predict(Assignment(dropped=("b.1",))) == pytest.approx(8.0)
+    assert model.predict(Assignment(dropped=("b.2.self_attn",))) == pytest.approx(9.2)
+    assert model.predict(Assignment(dropped=("b.0.mlp",))) == pytest.approx(9.0)
+    four = model.predict(Assignment(units={"b.0.mlp.up": (4, 0)}))
+    saved = (
+        model.unit_ms({"b.0.mlp.up": (16, 0)})["b.0.mlp.up"]
+        - model.unit_ms({"b.0.mlp.up": (4, 0)})["b.0.mlp.up"]
+    )
+    assert four == pytest.approx(10.0 - saved)
+    # A dropped block's units cost nothing, whatever their level.
+    assert model.predict(Assignment(units={"b.1.mlp.up": (2, 0)}, dropped=("b.1",))) == (
+        pytest.approx(8.0)
+    )
+
+
+def test_unmeasured_level_needs_a_fallback() -> None:
+    model = _latency()
+    with pytest.raises(PressoError, match="presso profile"):
+        model.predict(Assignment(units={"b.0.mlp.up": (3, 0)}))
+    model.fallback = BoostedTrees().fit(_grid())
+    assert 0 < model.predict(Assignment(units={"b.0.mlp.up": (3, 0)})) < 10.0 + 1.0
+
+
+def test_sizes_follow_the_packed_formats() -> None:
+    dense, four = LinearOp(128, 256), LinearOp(128, 256, 4, 0, 64)
+    assert disk_bytes(dense) == 128 * 256 * 2
+    assert disk_bytes(four) == 128 * 256 / 2 + 128 * 4 * 4  # codes + fp16 scale/zero per group
+    sparse = LinearOp(128, 256, 16, 50)
+    assert disk_bytes(sparse) == 128 * 256 * 0.5 * 2 + 128 * 256 / 8
+    three = LinearOp(128, 256, 3, 0, 64)
+    assert memory_bytes(three, carrier_bits=4) == disk_bytes(four)
+    assert memory_bytes(sparse, sparse=True) < memory_bytes(dense) / 2 + 128 * 256 * 4

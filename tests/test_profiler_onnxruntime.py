@@ -1,0 +1,74 @@
+"""The ONNX Runtime profiler: real ORT kernels timed (dense MatMul, MatMulNBits at 2/4/8 bits
+and carried widths), failures returned as data, whole candidates timed for prefill and decode."""
+
+from __future__ import annotations
+
+import pytest
+
+from presso.models import load_model
+from presso.profilers import Assignment, LinearOp, Workload, available, make_profiler
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+PREFILL = Workload(batch=1, seq_len=8)
+DECODE = Workload(batch=2, seq_len=16, phase="decode")
+
+
+@pytest.fixture(scope="module")
+def profiler():
+    return make_profiler("onnxruntime", warmup=1, repeats=3)
+
+
+def test_registered() -> None:
+    assert "onnxruntime" in available()
+
+
+@pytest.mark.parametrize(
+    ("bits", "sparsity", "kernel", "carrier"),
+    [(16, 0, "dense", None), (4, 0, "MatMulNBits", 4), (8, 0, "MatMulNBits", 8),
+     (2, 0, "MatMulNBits", 2), (3, 0, "MatMulNBits", 4), (16, 50, "dense", None),
+     (4, 50, "MatMulNBits", 4)],
+)  # fmt: skip
+def test_ops_measure(profiler, bits: int, sparsity: int, kernel: str, carrier: int | None) -> None:
+    op = LinearOp(64, 128, bits=bits, sparsity=sparsity, group_size=32)
+    m = profiler.measure(op, PREFILL)
+    assert m.ok, m.error
+    assert m.median_ms > 0 and m.repeats == 3 and m.backend == "onnxruntime"
+    assert m.detail["kernel"] == kernel
+    assert m.detail.get("carrier_bits") == carrier
+    assert m.detail.get("sparsity_exploited", True) is (sparsity == 0)
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        (LinearOp(64, 96, bits=4, group_size=24), "powers of two >= 16"),
+        (LinearOp(64, 100, bits=4, group_size=32), "does not divide"),
+        (LinearOp(64, 128, bits=12), "bits must be 2..8"),
+    ],
+)
+def test_impossible_levels_are_failed_measurements(profiler, op: LinearOp, message: str) -> None:
+    m = profiler.measure(op, PREFILL)
+    assert not m.ok and m.median_ms is None
+    assert message in m.error
+
+
+@pytest.mark.parametrize("workload", [PREFILL, DECODE], ids=["prefill", "decode"])
+def test_model_prefill_and_decode(profiler, workload: Workload) -> None:
+    handle = load_model("tiny-llama")
+    names = handle.unit_names
+    units = {n: ((3, 4, 8)[i % 3], 0) for i, n in enumerate(names)}
+    assignment = Assignment(units=units, dropped=("model.layers.2",), group_size=32)
+    m = profiler.measure_model(handle, assignment, workload)
+    assert m.ok, m.error
+    assert m.op == "model" and m.workload == workload.key
+    assert m.detail["dropped"] == ["model.layers.2"]
+    assert set(m.detail["carried"].values()) == {4}  # the 3-bit units
+    assert m.detail["build_s"] > 0
+
+
+def test_model_failure_is_data(profiler) -> None:
+    handle = load_model("tiny-bert")
+    m = profiler.measure_model(handle, Assignment(), PREFILL)
+    assert not m.ok and "Llama" in m.error
