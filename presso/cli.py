@@ -168,6 +168,12 @@ def _profile(args: argparse.Namespace) -> int:
         args.backend, device=args.device, threads=args.threads, repeats=args.repeats
     )
     handle = load_model(args.model)
+    widths = sorted({u.shape[1] for u in handle.units})
+    if group and any(w % group for w in widths):
+        raise PressoError(
+            f"--group-size {group} does not divide the input widths {widths} of {handle.name}'s "
+            "layers; choose a divisor of them, or 0 for per channel"
+        )
     db = ProfileDatabase(args.db)
     ops = unit_ops(handle, args.bits, args.sparsity, group)
     progress = None if args.quiet else _tqdm

@@ -158,6 +158,15 @@ class Setup:
             latency = self._latency_constraint(dims)
             (constraints if latency.limit < float("inf") else reports).append(latency)
         space = SearchSpace(dims, constraints, reports)
+        latency = [c for c in constraints if c.metric == "latency_ms"]
+        if latency and not latency[0].feasible(space, space.lowest()):
+            lowest = latency[0].value(space, space.lowest())
+            raise PressoError(
+                f"space: even the cheapest levels are predicted at {lowest:.3f} ms on "
+                f"{latency[0].label}, over the limit {latency[0].limit:.3f} ms (dense: "
+                f"{self.latency.structure.dense_ms:.3f} ms): on this backend low levels are not "
+                "faster; raise the latency budget or choose another backend or workload"
+            )
         if not space.is_feasible(space.lowest()):
             raise PressoError(f"space: no configuration meets {space.describe()}")
         return space

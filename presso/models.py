@@ -282,3 +282,10 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    # transformers imports torchao when it is installed; torchao then warns about CUDA-only
+    # libraries it cannot load on a CPU machine and torch about deprecated registrations.
+    # Neither concerns a presso user.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)

@@ -6,13 +6,14 @@ which every quantized unit is a ``com.microsoft.MatMulNBits`` node at its own bi
 scales and zero points it is given; dropped blocks and sublayers are not in the graph at all.
 
 Why the graph is written node by node rather than by ``torch.onnx.export``: the dynamo exporter
-took 25-45 s for the 4-block tiny-llama on this machine (minutes for SmolLM2), names the
+took 25-40 s for the 4-block tiny-llama on a 2-core CPU (minutes for SmolLM2), names the
 transposed weights ``val_N`` after optimisation, and gives no KV-cache variant for free. Here the
 same graph takes well under a second to emit plus the time to pack the weights, and the KV-cache
 variant (``kv_cache=True``: ``past_key.J``/``past_value.J`` in, ``present_key.J``/
 ``present_value.J`` out, J counting the attention layers kept) is a flag. The rotary tables
-are computed by the model's own rotary module, so every rope variant transformers implements
-comes out right; tests compare the logits with transformers'.
+are computed by the model's own rotary module (for positions 0 .. max_position_embeddings-1),
+so rope variants whose tables depend on the position alone come out right (not "dynamic" NTK
+scaling, which depends on the sequence length); tests compare the logits with transformers'.
 
 ORT's layouts (checked against ORT 1.32 on CPU; the kernel refuses others):
 
@@ -328,7 +329,8 @@ class _Llama:
         g = self.g
         zero, one = g.ints(0), g.ints(1)
         seq = g.op("Squeeze", g.op("Shape", ids, start=1, end=2), zero)
-        past = zero_s = g.op("Squeeze", g.ints(0), zero)
+        zero_s = g.op("Squeeze", g.ints(0), zero)  # Range takes scalars
+        past = zero_s
         if past_key is not None:
             past = g.op("Squeeze", g.op("Shape", past_key, start=2, end=3), zero)
         total = g.op("Add", past, seq)
@@ -431,6 +433,9 @@ def _check_llama(handle: ModelHandle) -> None:
         )
     if config.hidden_act != "silu":
         raise PressoError(f"ONNX export: {handle.name} uses {config.hidden_act}, not silu")
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type") == "dynamic":  # its tables change with the sequence length
+        raise PressoError(f"ONNX export: {handle.name} uses dynamic rope scaling, not supported")
 
 
 def _dropped(handle: ModelHandle, dropped: Iterable[str]) -> tuple[set[int], set[str]]:
@@ -448,6 +453,17 @@ def _dropped(handle: ModelHandle, dropped: Iterable[str]) -> tuple[set[int], set
                 "self_attn or mlp"
             )
     return blocks, sublayers
+
+
+def _present(g: Graph, j: int, cache: tuple[str, str], shape: list[Any]) -> None:
+    """Expose attention layer ``j``'s updated key/value cache as graph outputs."""
+    from onnx import TensorProto, helper
+
+    for kind, value in zip(("key", "value"), cache):
+        g.nodes.append(helper.make_node("Identity", [value], [f"present_{kind}.{j}"]))
+        g.outputs.append(
+            helper.make_tensor_value_info(f"present_{kind}.{j}", TensorProto.FLOAT, shape)
+        )
 
 
 def _emit_llama(
@@ -491,14 +507,7 @@ def _emit_llama(
             out, cache = llama.attention(normed, block, weights, rope, past.get(block))  # type: ignore[arg-type]
             hidden = g.op("Add", hidden, out)
             if kv_cache:
-                j = attention_blocks.index(block)
-                for kind, value in zip(("key", "value"), cache):
-                    g.nodes.append(helper.make_node("Identity", [value], [f"present_{kind}.{j}"]))
-                    g.outputs.append(
-                        helper.make_tensor_value_info(
-                            f"present_{kind}.{j}", TensorProto.FLOAT, present_shape
-                        )
-                    )
+                _present(g, attention_blocks.index(block), cache, present_shape)
         if f"{block}.mlp" not in gone_sublayers:
             normed = llama.rms_norm(hidden, module.post_attention_layernorm)
             hidden = g.op("Add", hidden, llama.mlp(normed, block, weights))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from presso.errors import PressoError
+from presso.errors import MissingExtraError, PressoError
 from presso.paths import digest
 from presso.profilers import Assignment, LinearOp, Measurement, ProfileDatabase, Profiler, Workload
 from presso.profilers._base import DENSE_BITS
@@ -178,7 +178,12 @@ def latency_model(
             UnitSlot(u.name, u.shape, u.block, part if part in ("self_attn", "mlp") else "")
         )
     ops = make_cost_model(cost_model).fit(measurements)
-    fallback = BoostedTrees().fit(measurements) if isinstance(ops, LookupTable) else None
+    fallback = None
+    if isinstance(ops, LookupTable):
+        try:  # the learned model prices what the table lacks; without scikit-learn, nothing does
+            fallback = BoostedTrees().fit(measurements)
+        except MissingExtraError:
+            pass
     return CandidateLatency(
         ops,
         units,

@@ -34,4 +34,5 @@ from presso.profilers import (
     _onnxruntime,  # noqa: F401,E402  (registers the backend)
     _torch,  # noqa: F401,E402  (registers the backend)
     _triton,  # noqa: F401,E402  (registers the backend)
+    _tvm,  # noqa: F401,E402  (registers the backend)
 )

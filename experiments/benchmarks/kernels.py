@@ -1,0 +1,172 @@
+"""Benchmark: low-bit weight-only GEMM kernels against the dense baseline, ratios in one run.
+
+CPU section (``--cpu``, the default): at SmolLM2-135M's linear shapes (N × K = 576×576,
+1536×576, 576×1536) and M = 1 (decode) and 256 (prefill) rows, fp32 activations, group 32:
+
+* torch fp32 ``x @ W.T`` (the baseline every ratio is against);
+* TVM int4 and int8 (``presso.kernels._tvm_gemm``), meta_schedule-tuned with ``--trials``
+  trials per shape, records kept in the profile database (a re-run does not tune again);
+* ONNX Runtime ``MatMulNBits`` (4-bit, block 32, uint8 zero points), a one-node graph built
+  here with ``onnx.helper`` and checked against the same reference.
+
+Times are medians over interleaved rounds (every kernel of a shape is timed once per round, so
+a load change on this shared machine hits all of them alike). A GPU section is added later.
+
+    .venv/bin/python experiments/benchmarks/kernels.py [--cpu] [--trials 32] [--rounds 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from presso.kernels import _tvm_gemm as tg
+from presso.profilers import ProfileDatabase
+
+CPU_SHAPES = ((576, 576), (1536, 576), (576, 1536))  # (N, K) of q/o, gate/up, down
+CPU_ROWS = (1, 256)
+GROUP = 32
+
+
+def time_ms(run: Callable[[], object], number: int) -> float:
+    """Mean ms of ``number`` back-to-back calls."""
+    start = time.perf_counter()
+    for _ in range(number):
+        run()
+    return (time.perf_counter() - start) * 1e3 / number
+
+
+def interleaved_medians(
+    runs: dict[str, Callable[[], object]], rounds: int, number: int
+) -> dict[str, float]:
+    """Median ms per kernel over ``rounds`` rounds, each timing every kernel once (after one
+    warm-up round)."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds + 1):
+        for name, run in runs.items():
+            t = time_ms(run, number)
+            if r:  # round 0 warms caches and thread pools
+                samples[name].append(t)
+    return {name: statistics.median(ts) for name, ts in samples.items()}
+
+
+def ort_matmul_nbits(n: int, k: int, packed: torch.Tensor, scales, zeros) -> Callable:
+    """An ONNX Runtime session of one 4-bit MatMulNBits node ``y = x · W^T`` with our codes:
+    MatMulNBits stores B as [N, K/block, block/2] bytes, element 2i in the low nibble — the
+    layout of :func:`presso.kernels._tvm_gemm.pack_int4` — and zero points packed the same way
+    along the blocks of a row."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    blocks = k // GROUP
+    b = packed.numpy().reshape(n, blocks, GROUP // 2)
+    zp = tg.pack_int4(zeros.to(torch.uint8)).numpy().reshape(-1)
+    node = helper.make_node(
+        "MatMulNBits",
+        ["x", "b", "scales", "zp"],
+        ["y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=4,
+        block_size=GROUP,
+    )
+    graph = helper.make_graph(
+        [node],
+        "matmul_nbits",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+        initializer=[
+            numpy_helper.from_array(b, "b"),
+            numpy_helper.from_array(scales.numpy().reshape(-1).astype(np.float32), "scales"),
+            numpy_helper.from_array(zp, "zp"),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return lambda x: session.run(None, {"x": x})[0]
+
+
+def cpu_rows(
+    n: int, k: int, m: int, args: argparse.Namespace, db: ProfileDatabase | None
+) -> dict[str, float]:
+    """Medians (ms) of every CPU kernel at one shape, after checking each against the reference."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(m, k, generator=gen)
+    w = torch.randn(n, k, generator=gen)
+    int4 = tg.compile_gemm(m, n, k, 4, GROUP, trials=args.trials, db=db)
+    int8 = tg.compile_gemm(m, n, k, 8, GROUP, trials=args.trials, db=db)
+    w4, w8 = tg.random_weights(int4.shape, seed=1), tg.random_weights(int8.shape, seed=2)
+    ref4 = tg.reference_gemm(x, tg.unpack_int4(w4[0]), w4[1], w4[2], GROUP)
+    ref8 = tg.reference_gemm(x, w8[0], w8[1], w8[2], GROUP)
+    ort4 = ort_matmul_nbits(n, k, *w4)
+    x_np = x.numpy()
+    y4, y8 = torch.empty(m, n), torch.empty(m, n)
+    for got, ref in ((int4(x, *w4), ref4), (int8(x, *w8), ref8)):
+        torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-2 * float(ref.abs().max()))
+    torch.testing.assert_close(
+        torch.from_numpy(ort4(x_np)), ref4, rtol=1e-3, atol=1e-2 * float(ref4.abs().max())
+    )
+    runs = {
+        "torch fp32": lambda: x @ w.T,
+        "tvm int4": lambda: int4(x, *w4, out=y4),
+        "tvm int8": lambda: int8(x, *w8, out=y8),
+        "ort nbits4": lambda: ort4(x_np),
+    }
+    number = max(1, int(args.budget_ms / max(0.01, 2 * m * n * k / 20e9 * 1e3)))
+    return interleaved_medians(runs, args.rounds, number)
+
+
+def cpu(args: argparse.Namespace) -> list[dict]:
+    """The CPU section: one row per (N, K, M), medians and ratios vs torch fp32; prints a table."""
+    db = None if args.no_db else ProfileDatabase()
+    rows = []
+    for m in CPU_ROWS:
+        for n, k in CPU_SHAPES:
+            start = time.perf_counter()
+            medians = cpu_rows(n, k, m, args, db)
+            rows.append({"n": n, "k": k, "m": m, **medians})
+            print(f"  N×K={n}×{k} M={m}: {time.perf_counter() - start:.0f} s", flush=True)
+    names = ["torch fp32", "tvm int4", "tvm int8", "ort nbits4"]
+    header = f"{'N×K':>10} {'M':>4} " + " ".join(f"{n + ' ms':>14}" for n in names)
+    header += " " + " ".join(f"{n.split()[0] + ' ' + n.split()[1] + ' ×':>14}" for n in names[1:])
+    print(f"\nCPU ({torch.get_num_threads()} threads), group {GROUP}, tvm trials {args.trials}")
+    print(header)
+    for r in rows:
+        base = r["torch fp32"]
+        times = " ".join(f"{r[n]:>14.4f}" for n in names)
+        ratios = " ".join(f"{base / r[n]:>14.2f}" for n in names[1:])
+        print(f"{r['n']:>5}×{r['k']:<4} {r['m']:>4} {times} {ratios}")
+    print("(× = speed-up over torch fp32: torch_ms / kernel_ms; > 1 is faster)")
+    return rows
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {"cpu": cpu}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="run the CPU section (default)")
+    parser.add_argument("--trials", type=int, default=32, help="meta_schedule trials per shape")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
+    parser.add_argument("--budget-ms", type=float, default=20.0, help="target ms per timing")
+    parser.add_argument("--no-db", action="store_true", help="tune without the profile database")
+    args = parser.parse_args()
+    chosen = [name for name in SECTIONS if getattr(args, name)] or ["cpu"]
+    for name in chosen:
+        SECTIONS[name](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,491 @@
+"""Weight-only low-bit GEMM for the CPU, written in TensorIR and tuned with TVM's meta_schedule.
+
+``y[M, N] = x[M, K] · dequant(W)[N, K]^T`` with fp32 activations ``x`` and output ``y``. Three
+kernels share one calling convention (all tensors C-contiguous, on the CPU):
+
+* ``dense`` (bits 16): ``w`` float32 ``[N, K]`` — the baseline, compiled and tuned the same way;
+* ``int8`` (bits 8): ``codes`` uint8 ``[N, K]`` plus ``scales``, ``zeros`` float32
+  ``[N, K / group_size]``; ``W[n, k] = scales[n, k // g] * (codes[n, k] - zeros[n, k // g])``,
+  the grid of :mod:`presso.compress._quant` (zeros in code units);
+* ``int4`` (bits 4): the same grid with 4-bit codes, two per byte along K — ``packed`` uint8
+  ``[N, K / 2]`` where byte ``packed[n, i]`` holds code ``k = 2i`` in its **low** nibble (bits 0–3)
+  and code ``k = 2i + 1`` in its **high** nibble (bits 4–7): ``packed = c[2i] | (c[2i+1] << 4)``.
+  This is the order of ONNX Runtime's MatMulNBits; :func:`pack_int4` / :func:`unpack_int4`.
+
+The dequantization is its own TensorIR block; meta_schedule's llvm rules inline it into the
+reduction (an fp32 copy of the weight is never written). Placing a dequantized tile at a loop
+instead (no AutoInline, RandomComputeLocation) was tried at M = 256 and was not faster.
+
+Tuning runs meta_schedule's evolutionary search for a bounded number of ``trials`` with a
+builder and a runner that work inside this process: meta_schedule's ``LocalBuilder`` starts fresh
+worker processes for every batch, and each imports TVM (10–50 s on this machine) before
+building anything. Only the x86 tensor intrinsics are registered (importing all of them loads
+the CUDA ones, 40–50 s). The best schedule's trace is kept as JSON text in the
+:class:`~presso.profilers.ProfileDatabase` (an artifact keyed by kernel, shape, group size and
+target), so a second :func:`compile_gemm` on the same machine compiles that schedule without
+tuning; compiled kernels are also cached in-process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+import tempfile
+import time
+import types
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from presso.errors import MissingExtraError, PressoError
+
+if TYPE_CHECKING:
+    import torch
+
+    from presso.profilers import ProfileDatabase
+
+#: The profile-database backend name under which tuning records are stored.
+BACKEND = "tvm"
+#: Kernel name by weight bits: 4 → int4, 8 → int8, 16 → dense fp32.
+KERNELS = {4: "int4", 8: "int8", 16: "dense"}
+
+#: How many times a tuning search ran in this process (tests check that a cached shape does not).
+TUNING_RUNS = {"count": 0}
+
+
+# --------------------------------------------------------------------------- torch side
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Pack uint8 codes ``[N, K]`` in ``0..15`` (K even) into ``[N, K / 2]`` bytes: code ``2i``
+    in the low nibble, code ``2i + 1`` in the high nibble of byte ``i``."""
+    import torch
+
+    if codes.dim() != 2 or codes.shape[1] % 2:
+        raise PressoError(f"pack_int4: codes must be [N, K] with K even, got {tuple(codes.shape)}")
+    if codes.dtype != torch.uint8 or (codes.numel() and int(codes.max()) > 15):
+        raise PressoError("pack_int4: codes must be uint8 values in 0..15")
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_int4`: uint8 codes ``[N, 2 * packed.shape[1]]``."""
+    import torch
+
+    low, high = packed & 0x0F, packed >> 4
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
+
+
+def reference_gemm(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    group_size: int | None,
+) -> torch.Tensor:
+    """``x [M, K] · (scales * (codes - zeros))^T`` in float32 — the numerics every kernel must
+    match. ``codes`` unpacked uint8 ``[N, K]``; ``group_size`` None means one group per row."""
+    n, k = codes.shape
+    g = k if group_size is None else group_size
+    w = (codes.float().view(n, k // g, g) - zeros.unsqueeze(-1)) * scales.unsqueeze(-1)
+    return x.float() @ w.view(n, k).T
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """One kernel instance: ``M`` rows of ``x``, ``N`` outputs, ``K`` inputs, weight ``bits``
+    (4, 8, or 16 for dense fp32) and ``group_size`` input columns per grid (None: per row)."""
+
+    m: int
+    n: int
+    k: int
+    bits: int
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits not in KERNELS:
+            raise PressoError(
+                f"TVM GEMM: no kernel for {self.bits}-bit weights; kernels exist for "
+                f"{sorted(KERNELS)} (run 2-3 bits in int4 and 5-7 bits in int8)"
+            )
+        if min(self.m, self.n, self.k) < 1:
+            raise PressoError(f"TVM GEMM: M, N, K must be >= 1, got {self}")
+        if self.bits < 16 and self.k % self.group:
+            raise PressoError(
+                f"TVM GEMM: group_size {self.group_size} does not divide K = {self.k}; "
+                "choose a group size that divides the layer's in_features"
+            )
+        if self.bits == 4 and self.k % 2:
+            raise PressoError(f"TVM GEMM: int4 packs two codes per byte, K = {self.k} is odd")
+
+    @property
+    def kernel(self) -> str:
+        return KERNELS[self.bits]
+
+    @property
+    def group(self) -> int:
+        return self.k if self.group_size is None else self.group_size
+
+    @property
+    def key(self) -> str:
+        g = "na" if self.bits == 16 else f"g{self.group}"
+        return f"gemm-{self.kernel}-m{self.m}-n{self.n}-k{self.k}-{g}"
+
+    def weight_shapes(self) -> list[tuple[tuple[int, ...], str]]:
+        """``(shape, dtype)`` of the weight arguments after ``x``, in call order."""
+        if self.bits == 16:
+            return [((self.n, self.k), "float32")]
+        codes = (self.n, self.k // 2) if self.bits == 4 else (self.n, self.k)
+        grid = (self.n, self.k // self.group)
+        return [(codes, "uint8"), (grid, "float32"), (grid, "float32")]
+
+
+# --------------------------------------------------------------------------- TVM side
+
+
+def _tvm() -> Any:
+    try:
+        import tvm
+    except ImportError:
+        raise MissingExtraError("tvm", "tvm", "the TVM GEMM kernels") from None
+    return tvm
+
+
+def _register_x86_intrinsics() -> None:
+    """Make ``tvm.s_tir.tensor_intrin`` importable with only its x86 intrinsics: the package's
+    ``__init__`` also loads CUDA's (40-50 s), and meta_schedule imports it on every tune."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return
+    package = types.ModuleType(name)
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
+    package.__package__ = name
+    sys.modules[name] = package
+    importlib.import_module(name + ".x86")
+
+
+def cpu_target() -> dict[str, Any]:
+    """The llvm target of this CPU as TVM 0.27 takes it (a dict; ``mcpu`` detected)."""
+    import os
+
+    tvm = _tvm()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "kind": "llvm",
+        "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+        "num-cores": int(cores or 1),
+    }
+
+
+def _target_key(target: dict[str, Any]) -> str:
+    return f"{target['kind']}-{target['mcpu']}-c{target['num-cores']}"
+
+
+def prim_func(shape: GemmShape) -> Any:
+    """The unscheduled TensorIR function ``main(x, *weights, y)`` of ``shape``."""
+    tvm = _tvm()
+    from tvm import te
+
+    m, n, k, g = shape.m, shape.n, shape.k, shape.group
+    x = te.placeholder((m, k), "float32", name="x")
+    weights = [
+        te.placeholder(s, dtype, name=nm)
+        for (s, dtype), nm in zip(shape.weight_shapes(), ("w", "scales", "zeros"))
+    ]
+    if shape.bits == 16:
+        w = weights[0]
+    else:
+        codes, scales, zeros = weights
+        if shape.bits == 4:
+            low4 = tvm.tirx.const(15, "uint8")
+
+            def code(i: Any, j: Any) -> Any:
+                shift = ((j % 2) * 4).astype("uint8")  # even k: low nibble, odd k: high
+                return (codes[i, j // 2] >> shift) & low4
+        else:
+
+            def code(i: Any, j: Any) -> Any:
+                return codes[i, j]
+
+        w = te.compute(
+            (n, k),
+            lambda i, j: scales[i, j // g] * (code(i, j).astype("float32") - zeros[i, j // g]),
+            name="dequant",
+        )
+    r = te.reduce_axis((0, k), name="r")
+    y = te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[j, r], axis=r), name="y")
+    return te.create_prim_func([x, *weights, y])
+
+
+def _in_process_tools(tvm: Any) -> tuple[Any, Any]:
+    """A meta_schedule builder and runner that build and time candidates in this process."""
+    import numpy as np
+    from tvm.driver import build as tvm_build
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
+    from tvm.s_tir.meta_schedule.runner.runner import PyRunnerFuture
+
+    built: dict[str, Any] = {}
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs: list) -> list:
+            results = []
+            for item in build_inputs:
+                try:
+                    module = tvm_build(item.mod, target=item.target)
+                except Exception as err:  # noqa: BLE001 - a failed candidate is data
+                    results.append(BuilderResult(None, f"{type(err).__name__}: {err}"))
+                    continue
+                # meta_schedule deletes the artifact's folder after measuring: give it a real one.
+                path = tempfile.mkdtemp(prefix="presso-tvm-") + "/kernel"
+                built[path] = module
+                results.append(BuilderResult(path, None))
+            return results
+
+    @derived_object
+    class Done(PyRunnerFuture):
+        def __init__(self, secs: list[float] | None, error: str | None) -> None:
+            super().__init__()
+            self.secs, self.error = secs, error
+
+        def done(self) -> bool:
+            return True
+
+        def result(self) -> Any:
+            return RunnerResult(self.secs, self.error)
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def run(self, runner_inputs: list) -> list:
+            device, futures = tvm.cpu(), []
+            rng = np.random.default_rng(0)
+            for item in runner_inputs:
+                module = built.pop(item.artifact_path)
+                try:
+                    args = [
+                        tvm.runtime.tensor(rng.integers(0, 16, size=shape).astype(dtype), device)
+                        for _, dtype, shape in (a.as_json() for a in item.args_info)
+                    ]
+                    timer = module.time_evaluator(
+                        module.entry_name, device, number=3, repeat=3, min_repeat_ms=10
+                    )
+                    futures.append(Done([float(t) for t in timer(*args).results], None))
+                except Exception as err:  # noqa: BLE001
+                    futures.append(Done(None, f"{type(err).__name__}: {err}"))
+            return futures
+
+    return InProcessBuilder(), InProcessRunner()
+
+
+def tune(shape: GemmShape, target: dict[str, Any], trials: int) -> dict[str, Any]:
+    """Search ``trials`` schedules of ``shape`` with meta_schedule; the best one as a JSON-ready
+    record ``{"trace", "run_ms", "trials", "tune_s"}`` (run_ms: its tuning-time median)."""
+    tvm = _tvm()
+    _register_x86_intrinsics()
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = tvm.IRModule({"main": prim_func(shape)})
+    tvm_target = tvm.target.Target(target)
+    builder, runner = _in_process_tools(tvm)
+    start = time.perf_counter()
+    TUNING_RUNS["count"] += 1
+    # meta_schedule logs every round at INFO to the console: keep WARNING and above. Its file
+    # handlers of an earlier tune point into a deleted work_dir, and it re-lists existing
+    # handlers by name (an unnamed one, e.g. added by pytest, makes it crash): start clean.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_logger.setLevel(logging.WARNING)
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+        handler.close()
+    with tempfile.TemporaryDirectory(prefix="presso-tvm-tune-") as work_dir:
+        database = ms.tune_tir(
+            mod,
+            tvm_target,
+            work_dir,
+            max_trials_global=trials,
+            num_trials_per_iter=min(trials, 16),
+            builder=builder,
+            runner=runner,
+            database=ms.database.MemoryDatabase(),
+            cost_model="random",  # xgboost is not a dependency; few trials make it moot anyway
+            strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=64, genetic_num_iters=2, init_min_unmeasured=16
+            ),
+            num_tuning_cores=int(target["num-cores"]),
+            seed=0,
+        )
+    records = database.get_top_k(database.commit_workload(mod), 1)
+    if not records:
+        raise PressoError(
+            f"TVM GEMM {shape.key}: no schedule of {trials} trials built and ran; "
+            "raise trials or use trials=0 for the untuned kernel"
+        )
+    best = records[0]
+    secs = sorted(float(t) for t in best.run_secs)
+    return {
+        "trace": json.loads(json.dumps(best.trace.as_json(remove_postproc=False), default=_json)),
+        "run_ms": secs[len(secs) // 2] * 1e3,
+        "trials": trials,
+        "tune_s": time.perf_counter() - start,
+    }
+
+
+def _json(value: Any) -> Any:
+    # TVM containers and scalars in a trace's JSON object: lists, ints, floats, strings.
+    if hasattr(value, "value"):
+        return value.value
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return str(value)
+    return list(value)
+
+
+def _compile(shape: GemmShape, target: dict[str, Any], record: dict[str, Any] | None) -> Any:
+    """The compiled ``main`` of ``shape``, scheduled by ``record``'s trace (None: untuned)."""
+    tvm = _tvm()
+    mod = tvm.IRModule({"main": prim_func(shape)})
+    if record is not None:
+        _register_x86_intrinsics()
+        from tvm.s_tir import Schedule
+        from tvm.s_tir.schedule import Trace
+
+        sch = Schedule(mod)
+        Trace.apply_json_to_schedule(record["trace"], sch)
+        mod = sch.mod
+    return tvm.compile(mod, target=tvm.target.Target(target))["main"]
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+class TvmGemm:
+    """A compiled kernel: ``gemm(x, *weights, out=None) -> y`` on torch CPU tensors, passed to
+    TVM by DLPack (no copy). ``record`` is the tuning record it was compiled from (None:
+    untuned), ``tuned_now`` whether this call had to tune."""
+
+    def __init__(
+        self, shape: GemmShape, func: Any, record: dict[str, Any] | None, tuned_now: bool
+    ) -> None:
+        self.shape = shape
+        self.record = record
+        self.tuned_now = tuned_now
+        self._func = func
+
+    def __call__(self, x: torch.Tensor, *weights: torch.Tensor, out: torch.Tensor | None = None):
+        import torch
+
+        if out is None:
+            out = torch.empty(self.shape.m, self.shape.n, dtype=torch.float32)
+        self._func(x, *weights, out)
+        return out
+
+    def check(self, x: torch.Tensor, *weights: torch.Tensor) -> None:
+        """Raise a PressoError when the arguments do not fit this kernel (shape, dtype, layout)."""
+        expected = [((self.shape.m, self.shape.k), "float32"), *self.shape.weight_shapes()]
+        got = [(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for t in (x, *weights)]
+        if got != expected or not all(t.is_contiguous() for t in (x, *weights)):
+            raise PressoError(
+                f"TVM GEMM {self.shape.key}: arguments {got} do not match {expected} "
+                "(contiguous CPU tensors)"
+            )
+
+
+_CACHE: dict[tuple[str, str, int], TvmGemm] = {}
+
+
+def compile_gemm(
+    m: int,
+    n: int,
+    k: int,
+    bits: int,
+    group_size: int | None = None,
+    *,
+    trials: int = 16,
+    db: ProfileDatabase | None = None,
+    fingerprint: str | None = None,
+) -> TvmGemm:
+    """The kernel for ``y[m, n] = x[m, k] · W[n, k]^T`` at ``bits`` (4, 8, 16 = dense fp32).
+
+    trials: meta_schedule trials when no tuning record exists (0: compile the untuned
+    TensorIR, correct but slow — for tests). db/fingerprint: where tuning records are read
+    from and written to (fingerprint defaults to this machine's, see :func:`tvm_fingerprint`).
+    Raises PressoError for a shape no kernel can run.
+    """
+    shape = GemmShape(m, n, k, bits, group_size)
+    target = cpu_target()
+    key = f"{shape.key}-{_target_key(target)}"
+    cached = _CACHE.get((key, str(db.path) if db else "", trials))
+    if cached is not None:
+        return cached
+    record, tuned_now = None, False
+    if trials > 0:
+        if db is not None and fingerprint is None:
+            fingerprint = tvm_fingerprint()
+        stored = db.get_artifact(fingerprint, BACKEND, key) if db is not None else None
+        if stored is not None:
+            record = json.loads(stored)
+        else:
+            record, tuned_now = tune(shape, target, trials), True
+            if db is not None:
+                db.put_artifact(fingerprint, BACKEND, key, json.dumps(record))
+    gemm = TvmGemm(shape, _compile(shape, target, record), record, tuned_now)
+    _CACHE[(key, str(db.path) if db else "", trials)] = gemm
+    return gemm
+
+
+def tvm_fingerprint() -> str:
+    """This machine's fingerprint for TVM kernels (CPU facts plus the TVM versions)."""
+    from presso.profilers._fingerprint import fingerprint
+
+    return fingerprint("cpu", tvm_versions())[0]
+
+
+def tvm_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("apache-tvm", "apache-tvm-ffi"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "?"
+    return out
+
+
+def random_weights(shape: GemmShape, seed: int = 0) -> list[torch.Tensor]:
+    """Random weight arguments of ``shape`` in kernel layout (for timing; values do not matter)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    if shape.bits == 16:
+        return [torch.randn(shape.n, shape.k, generator=gen)]
+    (codes_shape, _), (grid, _), _ = shape.weight_shapes()
+    codes = torch.randint(0, 256, codes_shape, generator=gen, dtype=torch.uint8)
+    return [codes, torch.rand(grid, generator=gen) + 0.5, torch.randint(0, 16, grid).float()]
+
+
+__all__ = [
+    "BACKEND",
+    "KERNELS",
+    "GemmShape",
+    "TvmGemm",
+    "compile_gemm",
+    "cpu_target",
+    "pack_int4",
+    "prim_func",
+    "random_weights",
+    "reference_gemm",
+    "tune",
+    "tvm_fingerprint",
+    "unpack_int4",
+]

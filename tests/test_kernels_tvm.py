@@ -1,0 +1,120 @@
+"""TVM low-bit GEMM kernels: numerics against the torch reference, the int4 packing, tuning
+records kept in the profile database, and shapes no kernel can run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("tvm")
+
+from presso.errors import PressoError  # noqa: E402
+from presso.kernels import _tvm_gemm as tg  # noqa: E402
+from presso.profilers import ProfileDatabase  # noqa: E402
+
+M, N, K, G = 4, 32, 64, 16
+
+
+def _reference(shape: tg.GemmShape, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    if shape.bits == 16:
+        return x @ weights[0].T
+    codes = tg.unpack_int4(weights[0]) if shape.bits == 4 else weights[0]
+    return tg.reference_gemm(x, codes, weights[1], weights[2], shape.group_size)
+
+
+def test_pack_int4_round_trips_and_puts_even_codes_in_the_low_nibble() -> None:
+    codes = torch.randint(0, 16, (5, 12), dtype=torch.uint8)
+    packed = tg.pack_int4(codes)
+    assert packed.shape == (5, 6)
+    assert torch.equal(tg.unpack_int4(packed), codes)
+    assert int(packed[0, 0]) == int(codes[0, 0]) | (int(codes[0, 1]) << 4)
+
+
+def test_pack_int4_refuses_codes_that_do_not_fit() -> None:
+    with pytest.raises(PressoError, match="0..15"):
+        tg.pack_int4(torch.full((2, 4), 16, dtype=torch.uint8))
+    with pytest.raises(PressoError, match="even"):
+        tg.pack_int4(torch.zeros(2, 3, dtype=torch.uint8))
+
+
+def test_reference_matches_quantized_weight_dequantize() -> None:
+    from presso.compress._quant import QuantSpec, quantize_rtn
+
+    w, x = torch.randn(N, K), torch.randn(M, K)
+    q = quantize_rtn(w, QuantSpec(4, G))
+    expected = x @ q.dequantize().T
+    got = tg.reference_gemm(x, q.codes, q.scales, q.zeros, G)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+@pytest.mark.parametrize("group_size", [G, None])
+def test_untuned_kernel_equals_reference(bits: int, group_size: int | None) -> None:
+    gemm = tg.compile_gemm(M, N, K, bits, group_size, trials=0)
+    weights = tg.random_weights(gemm.shape, seed=bits)
+    x = torch.randn(M, K)
+    gemm.check(x, *weights)
+    y = gemm(x, *weights)
+    # fp32 sums of 64 products of O(10) magnitude: ~1e-5 relative.
+    torch.testing.assert_close(y, _reference(gemm.shape, x, weights), rtol=1e-4, atol=1e-3)
+
+
+def test_kernel_runs_real_quantized_weights() -> None:
+    from presso.compress._quant import QuantSpec, quantize_rtn
+
+    w, x = torch.randn(N, K), torch.randn(M, K)
+    q = quantize_rtn(w, QuantSpec(3, G))  # 3-bit codes run in the int4 container
+    gemm = tg.compile_gemm(M, N, K, 4, G, trials=0)
+    y = gemm(x, tg.pack_int4(q.codes), q.scales, q.zeros)
+    torch.testing.assert_close(y, x @ q.dequantize().T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("k", "bits", "group_size", "message"),
+    [(60, 4, 16, "does not divide"), (63, 4, None, "odd"), (64, 3, 16, "no kernel")],
+)
+def test_shapes_no_kernel_can_run_are_user_errors(
+    k: int, bits: int, group_size: int | None, message: str
+) -> None:
+    with pytest.raises(PressoError, match=message):
+        tg.compile_gemm(M, N, k, bits, group_size, trials=0)
+
+
+def test_check_names_mismatched_arguments() -> None:
+    gemm = tg.compile_gemm(M, N, K, 8, G, trials=0)
+    weights = tg.random_weights(gemm.shape)
+    with pytest.raises(PressoError, match="do not match"):
+        gemm.check(torch.randn(M, K + 1), *weights)
+
+
+def test_tuning_record_is_stored_and_reused(tmp_path: Path) -> None:
+    db = ProfileDatabase(tmp_path / "profiles.sqlite")
+    fingerprint = tg.tvm_fingerprint()
+    before = tg.TUNING_RUNS["count"]
+    gemm = tg.compile_gemm(M, N, K, 4, G, trials=2, db=db, fingerprint=fingerprint)
+    assert gemm.tuned_now and tg.TUNING_RUNS["count"] == before + 1
+    key = f"{gemm.shape.key}-{tg._target_key(tg.cpu_target())}"
+    stored = db.get_artifact(fingerprint, tg.BACKEND, key)
+    assert stored is not None and '"trace"' in stored
+
+    tg._CACHE.clear()  # a new process: only the database remembers
+    again = tg.compile_gemm(M, N, K, 4, G, trials=2, db=db, fingerprint=fingerprint)
+    assert not again.tuned_now and tg.TUNING_RUNS["count"] == before + 1
+    assert again.record == gemm.record
+    weights, x = tg.random_weights(again.shape), torch.randn(M, K)
+    torch.testing.assert_close(
+        again(x, *weights), _reference(again.shape, x, weights), rtol=1e-4, atol=1e-3
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [4, 8])
+def test_tuned_kernel_at_a_smollm2_shape_equals_reference(bits: int) -> None:
+    gemm = tg.compile_gemm(1, 576, 1536, bits, 32, trials=16)
+    assert gemm.record is not None and gemm.record["run_ms"] > 0
+    weights, x = tg.random_weights(gemm.shape), torch.randn(1, 1536)
+    torch.testing.assert_close(
+        gemm(x, *weights), _reference(gemm.shape, x, weights), rtol=1e-4, atol=1e-2
+    )

@@ -1,0 +1,146 @@
+"""Profiling a model into the database, pricing candidates from it, validating the prices,
+and latency inside a search — with real torch measurements on the tiny Llama."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from presso.cli import main
+from presso.errors import PressoError
+from presso.models import load_model
+from presso.profilers import Assignment, ProfileDatabase, Workload, make_profiler
+from presso.profiling import (
+    latency_model,
+    machine_id,
+    model_key,
+    profile_model,
+    random_assignment,
+    unit_ops,
+    validate,
+)
+from tests.conftest import tiny_experiment
+
+W = Workload(batch=1, seq_len=8, phase="prefill")
+
+
+@pytest.fixture(scope="module")
+def handle():  # noqa: ANN201
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def profiled(handle, tmp_path_factory):  # noqa: ANN001, ANN201
+    """The tiny Llama profiled once on torch: (profiler, database, first report)."""
+    profiler = make_profiler("torch", threads=1, repeats=3, warmup=1)
+    db = ProfileDatabase(tmp_path_factory.mktemp("profiles") / "p.sqlite")
+    ops = unit_ops(handle, [2, 4], [0], 32)
+    report = profile_model(handle, profiler, db, [W], ops)
+    return profiler, db, report
+
+
+def test_profile_fills_the_database_and_resumes(handle, profiled) -> None:  # noqa: ANN001
+    profiler, db, report = profiled
+    shapes = {u.shape for u in handle.units}
+    # Each shape at 16, 4 and 2 bits, plus dense / drop-block / drop-attn / drop-mlp models.
+    assert report.measured == 3 * len(shapes) + 4 and not report.failed
+    again = profile_model(handle, profiler, db, [W], unit_ops(handle, [2, 4], [0], 32))
+    assert again.measured == 0 and again.reused == report.measured
+    fp = machine_id(profiler)
+    assert db.machine(fp)["cores"] >= 1 and db.machine(fp)["versions"]["threads"] == "1"
+    stored = db.measurements(fp, "torch", W.key)
+    assert all(m.ok and m.median_ms > 0 and m.repeats == 3 for m in stored)
+    assert {m.op for m in stored} >= {f"{model_key(handle)}/dense"}
+
+
+def test_failed_measurements_are_stored_not_raised(handle, profiled) -> None:  # noqa: ANN001
+    profiler, db, _ = profiled
+    ops = unit_ops(handle, [4], [0], 48)  # 48 divides no width of the tiny model
+    report = profile_model(handle, profiler, db, [W], ops)
+    assert report.failed and all("group" in m.error for m in report.failed)
+    assert db.get(machine_id(profiler), "torch", report.failed[0].op, W.key).error
+
+
+def test_latency_model_reproduces_its_measurements(handle, profiled) -> None:  # noqa: ANN001
+    profiler, db, _ = profiled
+    model = latency_model(handle, profiler, db, W, group_size=32)
+    fp, key = machine_id(profiler), model_key(handle)
+    dense = db.get(fp, "torch", f"{key}/dense", W.key).median_ms
+    dropped = db.get(fp, "torch", f"{key}/drop-block", W.key).median_ms
+    middle = handle.block_names()[len(handle.blocks) // 2]
+    assert model.predict(Assignment()) == pytest.approx(dense)
+    assert model.predict(Assignment(dropped=(middle,))) == pytest.approx(dropped)
+    four = {u.name: (4, 0) for u in handle.units}
+    per_unit = model.unit_ms(four)
+    dense_units = model.unit_ms({u.name: (16, 0) for u in handle.units})
+    expected = dense + sum(per_unit.values()) - sum(dense_units.values())
+    assert model.predict(Assignment(units=four)) == pytest.approx(expected)
+    with pytest.raises(PressoError, match="presso profile"):
+        latency_model(handle, profiler, db, Workload(2, 8), group_size=32)
+
+
+def test_validation_measures_candidates_for_real_once(handle, profiled) -> None:  # noqa: ANN001
+    profiler, db, _ = profiled
+    model = latency_model(handle, profiler, db, W, group_size=32)
+    rng = np.random.default_rng(0)
+    cands = [
+        random_assignment(handle, rng, bits=[2, 4, 16], max_dropped=1, group_size=32)
+        for _ in range(2)
+    ]
+    result = validate(handle, profiler, db, {"lookup_ms": model}, W, cands)
+    assert [r["measured_ms"] > 0 for r in result.rows] == [True, True]
+    assert all(math.isfinite(r["lookup_ms"]) for r in result.rows)
+    summary = result.summary("lookup_ms")
+    assert summary["n"] == 2 and summary["mape"] >= 0 and 0 <= summary["within_10"] <= 1
+    before = len(db.measurements(machine_id(profiler), "torch"))
+    validate(handle, profiler, db, {"lookup_ms": model}, W, cands)  # reused, not re-measured
+    assert len(db.measurements(machine_id(profiler), "torch")) == before
+
+
+def test_profile_command(tmp_path, capsys) -> None:  # noqa: ANN001
+    db = str(tmp_path / "p.sqlite")
+    args = ["profile", "tiny-llama", "--backend", "torch", "--workload", "b1-s8-prefill"]
+    args += ["--bits", "4", "--group-size", "32", "--repeats", "3", "--db", db, "--quiet"]
+    assert main(args + ["--validate", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "0 failed" in out and "MAPE" in out and "within ±10%" in out and "w4" in out
+    assert main(args) == 0
+    assert "0 measured" in capsys.readouterr().out
+    assert main(["profile", "tiny-llama", "--backend", "tpu", "--db", db]) == 2
+    assert "unknown backend 'tpu'" in capsys.readouterr().err
+    assert main(args[:8] + ["--group-size", "48", "--db", db]) == 2
+    assert "does not divide" in capsys.readouterr().err
+
+
+def test_search_stores_predicted_latency_and_respects_a_budget(write_experiment) -> None:  # noqa: ANN001
+    from presso.config import load_experiment
+    from presso.experiment import Setup
+    from presso.run import run_search
+
+    hardware = {"backend": "torch", "workload": {"seq_len": 8}, "repeats": 3}
+    exp = tiny_experiment(hardware=hardware, space={"mean_bits": 3.0, "max_latency_ms": 1e6})
+    exp["search"]["options"] = {"generations": 1, "offspring": 2, "stages": [[128, 1]]}
+    exp = load_experiment(write_experiment(exp))
+    summary = run_search(exp, show_progress=False)
+    setup = Setup(exp)
+    setup.prepare()
+    from presso.store import ResultsStore
+
+    records = ResultsStore(exp.store).records(ResultsStore(exp.store).open(exp.name))
+    assert records and all("latency_ms" in r.metrics and "size_mb" in r.metrics for r in records)
+    space = setup.space
+    for r in records[:3]:
+        config = space.from_dict(dict(zip(space.names, r.levels)))
+        assert r.metrics["latency_ms"] == pytest.approx(space.metrics(config)["latency_ms"])
+    assert "latency_ms" in summary["candidates"]["search"]
+
+
+def test_latency_budget_needs_hardware_and_a_known_backend(write_experiment, capsys) -> None:  # noqa: ANN001
+    path = write_experiment(tiny_experiment(space={"mean_bits": 3.0, "latency_ratio": 0.5}))
+    assert main(["search", str(path)]) == 2
+    assert "needs a hardware: section" in capsys.readouterr().err
+    path = write_experiment(tiny_experiment(hardware={"backend": "fpga"}), "b.yaml")
+    assert main(["search", str(path)]) == 2
+    assert "unknown backend 'fpga'" in capsys.readouterr().err
