@@ -111,6 +111,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--store", default=DEFAULT_STORE)
     e.set_defaults(func=_export)
 
+    g = sub.add_parser(
+        "generate", help="run a run's chosen candidate on a backend: greedy text and tokens/s"
+    )
+    g.add_argument("run")
+    g.add_argument("--backend", default="torch", help="torch, onnxruntime, tvm or triton")
+    g.add_argument("--candidate", default="search", help="'search' (default) or 'baseline:NAME'")
+    g.add_argument("--prompt", default="In the beginning God created", help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--store", default=DEFAULT_STORE)
+    g.set_defaults(func=_generate)
+
     d = sub.add_parser("dashboard", help="browse runs, Pareto fronts and configurations, live")
     d.add_argument(
         "stores", nargs="*", metavar="STORE", help=f"results stores (default: {DEFAULT_STORE})"
@@ -311,6 +324,34 @@ def _export(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     print(f"wrote {out} ({args.format}, candidate {args.candidate})")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from presso.export import Source, build_plan
+    from presso.generate import generate
+    from presso.store import ResultsStore
+
+    if args.max_new_tokens < 1:
+        raise PressoError("--max-new-tokens must be at least 1")
+    study = ResultsStore(args.store, must_exist=True).open(args.run)
+    plan = build_plan(study.user_attrs, args.candidate)
+    out = generate(
+        Source(study.user_attrs, args.candidate),
+        plan,
+        args.backend,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        threads=args.threads,
+        device=args.device,
+    )
+    print(f"{args.prompt}{out['text']}")
+    decode = f"{out['decode_tok_s']:.1f}" if out["decode_tok_s"] else "-"
+    print(
+        f"\n{args.run} ({args.candidate}) on {args.backend}, {args.threads} thread(s): "
+        f"prefill {out['prompt_tokens']} tokens at {out['prefill_tok_s']:.1f} tokens/s, "
+        f"decode {out['new_tokens']} tokens at {decode} tokens/s"
+    )
     return 0
 
 

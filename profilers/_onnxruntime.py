@@ -80,6 +80,21 @@ class OnnxRuntimeProfiler(Profiler):
                 f"onnxruntime profiler: accuracy_level must be 0..4, got {accuracy_level}"
             )
         self.accuracy_level = accuracy_level
+        # RTN levels of a model's units, kept across candidates: validation assembles many
+        # candidates of one model, and quantizing 200 layers costs more than building the graph.
+        self._levels: dict[tuple, Any] = {}
+
+    def _weights(self, handle: ModelHandle, group_size: int | None) -> Any:
+        from presso.compress import QuantSpec, quantize_rtn
+
+        def weight(unit: str, bits: int) -> Any:
+            key = (handle.identity, unit, bits, group_size)
+            if key not in self._levels:
+                spec = QuantSpec(bits=bits, group_size=group_size)
+                self._levels[key] = quantize_rtn(handle.dense_weight(unit), spec)
+            return self._levels[key]
+
+        return weight
 
     def versions(self) -> dict[str, str]:
         return {**super().versions(), "accuracy_level": str(self.accuracy_level)}
@@ -136,6 +151,7 @@ class OnnxRuntimeProfiler(Profiler):
                 handle,
                 assignment,
                 Path(tmp) / "model.onnx",
+                weights=self._weights(handle, assignment.group_size),
                 kv_cache=decode,
                 accuracy_level=self.accuracy_level,
             )

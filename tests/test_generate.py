@@ -1,0 +1,80 @@
+"""`presso generate`: a run's candidate assembled on a backend generates text, with tokens/s."""
+
+from __future__ import annotations
+
+import pytest
+
+from presso.cli import main
+from tests.conftest import tiny_experiment
+
+
+@pytest.fixture(scope="module")
+def run_store(tmp_path_factory, presso_cache):  # noqa: ANN001, ANN201
+    import os
+
+    import yaml
+
+    os.environ["PRESSO_CACHE"] = str(presso_cache)
+    folder = tmp_path_factory.mktemp("generate")
+    exp = tiny_experiment(space={"mean_bits": 3.5, "dropped": 1, "kind": "joint"})
+    exp["search"]["options"] = {"generations": 1, "offspring": 2, "stages": [[128, 1]]}
+    exp["store"] = str(folder / "runs.db")
+    path = folder / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    assert main(["search", str(path), "--quiet"]) == 0
+    return exp["store"]
+
+
+def _greedy_reference(store: str, prompt: str, n: int) -> str:
+    """presso's own model of the candidate (exact weights, dropped block skipped), greedy."""
+    import torch
+
+    from presso.export import Source
+    from presso.store import ResultsStore
+
+    attrs = ResultsStore(store).open("tiny").user_attrs
+    evaluator = Source(attrs, "search").evaluator()
+    handle = evaluator.handle
+    ids = handle.tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        for _ in range(n):
+            logits = handle.model(input_ids=ids, use_cache=False).logits[0, -1]
+            ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
+    return handle.tokenizer.decode(ids[0, -n:], skip_special_tokens=True)
+
+
+def test_generate_on_onnxruntime_matches_presso(run_store, capsys) -> None:  # noqa: ANN001
+    args = [
+        "generate",
+        "tiny",
+        "--store",
+        run_store,
+        "--prompt",
+        "def main",
+        "--max-new-tokens",
+        "6",
+    ]
+    assert main(args + ["--backend", "onnxruntime"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "on onnxruntime" in out
+    expected = _greedy_reference(run_store, "def main", 6)
+    assert out.splitlines()[0] == "def main" + expected
+
+
+def test_generate_on_torch_kernels(run_store, capsys) -> None:  # noqa: ANN001
+    args = [
+        "generate",
+        "tiny",
+        "--store",
+        run_store,
+        "--prompt",
+        "def main",
+        "--max-new-tokens",
+        "4",
+    ]
+    assert main(args + ["--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "on torch" in out and "decode 4 tokens at" in out
+    assert main(args + ["--backend", "nope"]) == 2
+    assert "unknown backend" in capsys.readouterr().err
+    assert main(args + ["--candidate", "baseline:nope"]) == 2
