@@ -44,10 +44,13 @@ def interleaved_medians(
     runs: dict[str, Callable[[], object]], rounds: int, number: int
 ) -> dict[str, float]:
     """Median ms per kernel over ``rounds`` rounds, each timing every kernel once (after one
-    warm-up round)."""
+    warm-up round). Before each timing the kernel runs untimed for as long as it is timed:
+    the previous kernel's thread pool (OpenMP, ORT) keeps spinning for a while after its last
+    call and would otherwise steal the 2 cores from the next one."""
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(rounds + 1):
         for name, run in runs.items():
+            time_ms(run, number)
             t = time_ms(run, number)
             if r:  # round 0 warms caches and thread pools
                 samples[name].append(t)
