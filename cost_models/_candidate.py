@@ -5,11 +5,12 @@
                 + (MLP kept)       · (mlp_overhead  + Σ MLP units at their levels) ]
 
 The per-unit terms come from a per-op cost model (the timing table, with the learned model
-where the table has no entry). The other terms are *measured* on the assembled dense model:
-``dense`` end to end, and the same model with one block / one attention / one MLP removed;
-what a removal saves beyond the dense cost of its linear layers is that part's overhead
-(attention scores, norms, activations), and what no block accounts for is the remainder
-(embeddings, final norm, LM head). Like ZipLM's timing tables, the sum is additive: it
+where the table has no entry). The other terms are *measured* on assembled models: the
+dense one end to end, and the same with several blocks / attentions / MLPs removed (a line
+through those points gives one block's cost, robust to a single noisy measurement); what a
+removal saves beyond the dense cost of its linear layers is that part's overhead (attention
+scores, norms, activations), and what no block accounts for is the remainder (embeddings,
+final norm, LM head). Like ZipLM's timing tables, the sum is additive: it
 cannot see kernels fusing across layers — validation says how much that matters.
 """
 
@@ -39,12 +40,34 @@ class UnitSlot:
 
 @dataclass(frozen=True)
 class Structure:
-    """Measured end-to-end milliseconds of the dense model and of it with one part removed."""
+    """Measured end-to-end costs: the dense model (ms), and what one block, one attention and
+    one MLP cost in it (ms each, the slope of end-to-end time against how many are removed)."""
 
     dense_ms: float
-    drop_block_ms: float
-    drop_attn_ms: float | None = None
-    drop_mlp_ms: float | None = None
+    block_ms: float
+    attn_ms: float | None = None
+    mlp_ms: float | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        dense_ms: float,
+        blocks: dict[int, float],
+        attn: tuple[int, float] | None = None,
+        mlp: tuple[int, float] | None = None,
+    ) -> Structure:
+        """From the dense time and the times with ``k`` blocks removed (``{k: ms}``), and with
+        ``k`` attentions / MLPs removed: a least-squares line through all the block points, so
+        that no single noisy measurement decides the per-block cost."""
+        ks = np.array([0, *blocks], dtype=np.float64)
+        ms = np.array([dense_ms, *blocks.values()], dtype=np.float64)
+        slope, intercept = np.polyfit(ks, ms, 1)
+        dense = float(intercept)
+
+        def per(removed: tuple[int, float] | None) -> float | None:
+            return None if removed is None else (dense - removed[1]) / removed[0]
+
+        return cls(dense, float(-slope), per(attn), per(mlp))
 
 
 class CandidateLatency:
@@ -72,19 +95,14 @@ class CandidateLatency:
         for u in self.units:
             per_block[u.block] += dense[u.name]
             per_part[(u.block, u.part)] = per_part.get((u.block, u.part), 0.0) + dense[u.name]
-        # All blocks have one shape: the measured block (the middle one) stands for every block.
+        # All blocks have one shape: the middle block's units stand for every block's.
         b = len(blocks) // 2
-        block_total = structure.dense_ms - structure.drop_block_ms
-        self.remainder = structure.dense_ms - len(blocks) * block_total
+        self.remainder = structure.dense_ms - len(blocks) * structure.block_ms
         self.attn_overhead = self.mlp_overhead = 0.0
-        rest = block_total - per_block[b]
-        if structure.drop_attn_ms is not None and structure.drop_mlp_ms is not None:
-            self.attn_overhead = (
-                structure.dense_ms - structure.drop_attn_ms - per_part.get((b, "self_attn"), 0.0)
-            )
-            self.mlp_overhead = (
-                structure.dense_ms - structure.drop_mlp_ms - per_part.get((b, "mlp"), 0.0)
-            )
+        rest = structure.block_ms - per_block[b]
+        if structure.attn_ms is not None and structure.mlp_ms is not None:
+            self.attn_overhead = structure.attn_ms - per_part.get((b, "self_attn"), 0.0)
+            self.mlp_overhead = structure.mlp_ms - per_part.get((b, "mlp"), 0.0)
             rest -= self.attn_overhead + self.mlp_overhead
         self.block_rest = rest
 
@@ -136,6 +154,7 @@ class CandidateLatency:
         s = self.structure
         return {
             "dense_ms": s.dense_ms,
+            "block_ms": s.block_ms,
             "remainder_ms": self.remainder,
             "block_rest_ms": self.block_rest,
             "attn_overhead_ms": self.attn_overhead,

@@ -57,14 +57,24 @@ def unit_ops(
 
 
 def structure_probes(handle: Any, sublayers: bool) -> dict[str, Assignment]:
-    """The assembled models whose end-to-end times give the structure: dense, and the middle
-    block (or its attention / MLP) removed."""
-    block = handle.block_names()[len(handle.blocks) // 2]
-    probes = {"dense": Assignment(), "drop-block": Assignment(dropped=(block,))}
+    """The assembled models whose end-to-end times give the structure: dense; a quarter, half
+    and three quarters of the inner blocks removed; half the attentions, half the MLPs."""
+    inner = handle.block_names()[1:-1]  # the first and last blocks are never dropped
+    probes = {"dense": Assignment()}
+    for k in sorted({max(1, len(inner) * q // 4) for q in (1, 2, 3)}):
+        probes[f"drop-blocks-{k}"] = Assignment(dropped=_spread(inner, k))
     if sublayers:
-        probes["drop-attn"] = Assignment(dropped=(f"{block}.self_attn",))
-        probes["drop-mlp"] = Assignment(dropped=(f"{block}.mlp",))
+        half = max(1, len(inner) // 2)
+        chosen = _spread(inner, half)
+        probes[f"drop-attn-{half}"] = Assignment(dropped=tuple(f"{b}.self_attn" for b in chosen))
+        probes[f"drop-mlp-{half}"] = Assignment(dropped=tuple(f"{b}.mlp" for b in chosen))
     return probes
+
+
+def _spread(names: Sequence[str], k: int) -> tuple[str, ...]:
+    """``k`` of ``names``, evenly spaced."""
+    idx = np.linspace(0, len(names) - 1, k).round().astype(int)
+    return tuple(names[i] for i in sorted(set(idx)))
 
 
 def has_sublayers(handle: Any) -> bool:
@@ -109,21 +119,63 @@ def profile_model(
             report.reused += 1
         else:
             pending.append((op_key, w, what))
-    items: Iterable = pending
-    if progress is not None and pending:
-        items = progress(pending, len(pending), f"profiling on {profiler.name}")
-    for op_key, w, what in items:
-        if isinstance(what, LinearOp):
-            m = profiler.measure(what, w)
-        else:
-            m = profiler.measure_model(handle, what, w)
-            m.op = op_key
-        db.put(fp, m)
-        report.measured += 1
-        if not m.ok:
-            report.failed.append(m)
+    ops_todo = [(k, w, what) for k, w, what in pending if isinstance(what, LinearOp)]
+    models_todo = [(k, w, what) for k, w, what in pending if not isinstance(what, LinearOp)]
+    items: Iterable = ops_todo
+    if progress is not None and ops_todo:
+        items = progress(ops_todo, len(ops_todo), f"profiling layers on {profiler.name}")
+    for _, w, op in items:
+        _store(db, fp, profiler.measure(op, w), report)
+    if models_todo:
+        if progress is not None:
+            print(f"timing {len(models_todo)} assembled models on {profiler.name}", flush=True)
+        for m in _interleaved(handle, profiler, models_todo):
+            _store(db, fp, m, report)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _store(db: ProfileDatabase, fp: str, m: Measurement, report: ProfileReport) -> None:
+    db.put(fp, m)
+    report.measured += 1
+    if not m.ok:
+        report.failed.append(m)
+
+
+def _interleaved(
+    handle: Any,
+    profiler: Profiler,
+    todo: Sequence[tuple[str, Workload, Assignment]],
+    rounds: int = 3,
+) -> list[Measurement]:
+    """Whole-model times, taken in ``rounds`` round-robin passes and combined (median of the
+    per-round medians): the structure is read from differences between these times, so drift
+    in the machine's load must hit every probe alike, not one of them."""
+    import statistics
+
+    repeats = profiler.repeats
+    profiler.repeats = max(3, repeats // rounds)
+    per: dict[int, list[Measurement]] = {i: [] for i in range(len(todo))}
+    try:
+        for _ in range(rounds):
+            for i, (_, w, assignment) in enumerate(todo):
+                if per[i] and not per[i][-1].ok:
+                    continue  # a probe that failed once will fail again
+                per[i].append(profiler.measure_model(handle, assignment, w))
+    finally:
+        profiler.repeats = repeats
+    out = []
+    for i, (key, _, _) in enumerate(todo):
+        runs = per[i]
+        m = runs[-1]
+        m.op = key
+        if all(r.ok for r in runs):
+            medians = [r.median_ms for r in runs]
+            m.median_ms = statistics.median(medians)
+            m.spread_ms = max(medians) - min(medians)
+            m.repeats = sum(r.repeats for r in runs)
+        out.append(m)
+    return out
 
 
 def latency_model(
@@ -160,16 +212,21 @@ def latency_model(
             )
         return m.median_ms
 
-    dense, drop = probe("dense"), probe("drop-block")
-    if dense is None or drop is None:
+    sub = has_sublayers(handle)
+    probes = structure_probes(handle, sub)
+    times = {name: probe(name) for name in probes}
+    if any(v is None for v in times.values()):
         raise PressoError(
             f"no measurements of {handle.name} on {profiler.name} at {workload.key} on this "
             f"machine; run `presso profile {handle.name} --backend {profiler.name}` first"
         )
-    sub = has_sublayers(handle)
-    structure = Structure(
-        dense, drop, probe("drop-attn") if sub else None, probe("drop-mlp") if sub else None
-    )
+
+    def removed(prefix: str) -> tuple[int, float] | None:
+        found = [(int(n.rsplit("-", 1)[1]), t) for n, t in times.items() if n.startswith(prefix)]
+        return found[0] if found else None
+
+    blocks = {int(n.rsplit("-", 1)[1]): t for n, t in times.items() if n.startswith("drop-blocks-")}
+    structure = Structure.fit(times["dense"], blocks, removed("drop-attn-"), removed("drop-mlp-"))
     prefix = handle.blocks_prefix + "."
     units = []
     for u in handle.units:

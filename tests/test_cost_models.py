@@ -83,8 +83,8 @@ def _latency(sublayers: bool = True) -> CandidateLatency:
     ]
     table = LookupTable().fit(_grid())
     dense_units = sum(table.predict([LinearOp(*u.shape)], W)[0] for u in units if u.block == 1)
-    # Measured: dense 10 ms; one block out saves 2 ms; its attention 0.8 ms, its MLP 1 ms.
-    s = Structure(10.0, 8.0, 9.2 if sublayers else None, 9.0 if sublayers else None)
+    # Measured: dense 10 ms; one block costs 2 ms; its attention 0.8 ms, its MLP 1 ms.
+    s = Structure(10.0, 2.0, 0.8 if sublayers else None, 1.0 if sublayers else None)
     model = CandidateLatency(table, units, ["b.0", "b.1", "b.2"], s, W, group_size=32)
     assert model.block_rest == pytest.approx(
         2.0 - dense_units - (model.attn_overhead + model.mlp_overhead)
@@ -127,3 +127,12 @@ def test_sizes_follow_the_packed_formats() -> None:
     three = LinearOp(128, 256, 3, 0, 64)
     assert memory_bytes(three, carrier_bits=4) == disk_bytes(four)
     assert memory_bytes(sparse, sparse=True) < memory_bytes(dense) / 2 + 128 * 256 * 4
+
+
+def test_structure_is_a_line_through_the_removal_probes() -> None:
+    exact = Structure.fit(30.0, {5: 20.0, 10: 10.0}, attn=(5, 28.0), mlp=(5, 27.0))
+    assert exact.dense_ms == pytest.approx(30.0) and exact.block_ms == pytest.approx(2.0)
+    assert exact.attn_ms == pytest.approx(0.4) and exact.mlp_ms == pytest.approx(0.6)
+    # One noisy probe moves the per-block cost by a third of its error, not all of it.
+    noisy = Structure.fit(30.0, {5: 20.0, 10: 10.0, 15: 3.0})
+    assert abs(noisy.block_ms - 2.0) < abs((30.0 - 3.0) / 15 - 2.0)
