@@ -265,19 +265,28 @@ def linear(
 
 
 def linear_model(
-    weight: QuantizedWeight | torch.Tensor, *, fmt: str = "matmulnbits", accuracy_level: int = 0
+    weight: QuantizedWeight | torch.Tensor | list,
+    *,
+    fmt: str = "matmulnbits",
+    accuracy_level: int = 0,
 ) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """A one-layer model ``y = x @ W^T``, ``x`` fp32 ``[rows, in_features]`` (rows dynamic)."""
+    """A one-layer model ``y = x @ W^T``, ``x`` fp32 ``[rows, in_features]`` (rows dynamic).
+    Given a list of weights, one layer per weight, all on ``x``, outputs ``y``, ``y1``, ...
+    (for timing a layer over weight copies that do not fit in cache)."""
     from onnx import TensorProto, helper
 
     _check_format(fmt)
     _onnx()
-    out_f, in_f = weight.shape
+    weights = weight if isinstance(weight, list) else [weight]
+    out_f, in_f = weights[0].shape
     g = Graph()
     g.inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", in_f]))
-    y, facts = linear(g, "x", weight, "linear", fmt=fmt, accuracy_level=accuracy_level)
-    g.nodes.append(helper.make_node("Identity", [y], ["y"]))
-    g.outputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", out_f]))
+    for i, w in enumerate(weights):
+        name = "linear" if i == 0 else f"linear{i}"
+        y, facts = linear(g, "x", w, name, fmt=fmt, accuracy_level=accuracy_level)
+        out = "y" if i == 0 else f"y{i}"
+        g.nodes.append(helper.make_node("Identity", [y], [out]))
+        g.outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["rows", out_f]))
     return g.model({"presso.format": fmt}), facts
 
 

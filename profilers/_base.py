@@ -205,9 +205,11 @@ class Profiler(ABC):
         op: str,
         workload: Workload,
         sync: Callable[[], Any] = lambda: None,
+        calls: int = 1,
         **detail: Any,
     ) -> Measurement:
-        """Warm up, then time ``run`` ``repeats`` times; median and interquartile range in ms."""
+        """Warm up, then time ``run`` ``repeats`` times; median and interquartile range in ms,
+        per call when one ``run`` makes ``calls`` calls (over distinct weight copies)."""
         for _ in range(self.warmup):
             run()
         sync()
@@ -216,8 +218,10 @@ class Profiler(ABC):
             start = time.perf_counter()
             run()
             sync()
-            times.append((time.perf_counter() - start) * 1e3)
+            times.append((time.perf_counter() - start) * 1e3 / calls)
         q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+        if calls > 1:
+            detail["copies"] = calls
         return Measurement(
             self.name,
             op,
@@ -227,6 +231,31 @@ class Profiler(ABC):
             len(times),
             detail=detail,
         )
+
+
+def weight_copies(nbytes: float, *, cap: int = 512) -> int:
+    """How many distinct copies of a layer's weights (``nbytes`` each) an op timing cycles
+    through: enough to overflow twice the last-level cache. Inside a model a layer's weights
+    come from memory — every other layer ran since its last call — so timing one weight over
+    and over (served from cache) makes memory-bound decode GEMVs look several times cheaper
+    and hides what fewer bits save."""
+    import math
+
+    return max(1, min(cap, math.ceil(2 * last_level_cache_bytes() / max(nbytes, 1.0))))
+
+
+def last_level_cache_bytes() -> int:
+    """The CPU's largest cache (Linux sysfs; 32 MiB where it cannot be read)."""
+    from pathlib import Path
+
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip().upper()
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=32 * 2**20)
 
 
 _REGISTRY: dict[str, type[Profiler]] = {}

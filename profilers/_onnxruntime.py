@@ -42,6 +42,7 @@ from presso.profilers._base import (
     Profiler,
     Workload,
     register,
+    weight_copies,
 )
 
 if TYPE_CHECKING:
@@ -115,23 +116,31 @@ class OnnxRuntimeProfiler(Profiler):
 
         _check_level(op.key, op.bits, op.sparsity)
         gen = torch.Generator().manual_seed(SEED)
-        weight = torch.randn(op.out_features, op.in_features, generator=gen) * 0.02
         x = torch.randn(workload.rows, op.in_features, generator=gen).numpy()
         detail: dict[str, Any] = {}
+        carrier = 4 if op.bits <= 4 else 8 if op.bits < DENSE_BITS else 32
+        copies = weight_copies(op.out_features * op.in_features * carrier / 8)
+        levels: list[Any] = []
+        for _ in range(copies):  # distinct weights: a layer in a model is read from memory
+            weight = torch.randn(op.out_features, op.in_features, generator=gen) * 0.02
+            if op.bits < DENSE_BITS:
+                levels.append(quantized_level(weight, op.bits, op.sparsity, op.group_size))
+            else:
+                levels.append(magnitude_prune(weight, op.sparsity).weight if op.sparsity else weight)
         if op.bits < DENSE_BITS:
-            level: Any = quantized_level(weight, op.bits, op.sparsity, op.group_size)
             detail["kernel"] = "MatMulNBits"
             detail["accuracy_level"] = self.accuracy_level
         else:
-            level = magnitude_prune(weight, op.sparsity).weight if op.sparsity else weight
             detail["kernel"] = "dense"
         if op.sparsity:
             detail.update(sparsity_exploited=False, note="no sparse kernel in onnxruntime")
-        model, facts = linear_model(level, accuracy_level=self.accuracy_level)
+        model, facts = linear_model(levels, accuracy_level=self.accuracy_level)
         detail.update({k: v for k, v in facts.items() if k != "bits"})
         session = self._session(model.SerializeToString())
         feed = {"x": x}
-        return self._timed(lambda: session.run(None, feed), op=op.key, workload=workload, **detail)
+        return self._timed(
+            lambda: session.run(None, feed), op=op.key, workload=workload, calls=copies, **detail
+        )
 
     # ------------------------------------------------------------------ models
 

@@ -39,6 +39,7 @@ from presso.profilers._base import (
     Profiler,
     Workload,
     register,
+    weight_copies,
 )
 
 if TYPE_CHECKING:
@@ -374,12 +375,19 @@ class TorchProfiler(Profiler):
         gen = torch.Generator().manual_seed(SEED)
         weight = torch.randn(op.out_features, op.in_features, generator=gen) * 0.02
         x = torch.randn(workload.rows, op.in_features, generator=gen).to(self.device, self.dtype)
+        carrier = 4 if op.bits <= 4 else 8 if op.bits < DENSE_BITS else 32
+        # Distinct weight copies, cycled: inside a model a layer is read from memory, not cache.
+        n = weight_copies(op.out_features * op.in_features * carrier / 8) if self.device == "cpu" else 1
         with self._threads(), torch.inference_mode():
             if op.bits < DENSE_BITS:
                 qw = quantized_level(weight, op.bits, op.sparsity, op.group_size)
-                layer = _classes().PackedLinear.from_quantized(
-                    qw, device=self.device, dtype=self.packed_dtype
-                )
+                layers = [
+                    _classes().PackedLinear.from_quantized(
+                        qw, device=self.device, dtype=self.packed_dtype
+                    )
+                    for _ in range(n)
+                ]
+                layer = layers[0]
                 detail: dict[str, Any] = {
                     "kernel": layer.kernel,
                     "carrier_bits": layer.carrier_bits,
@@ -388,11 +396,13 @@ class TorchProfiler(Profiler):
                 }
                 if op.sparsity:
                     detail["sparsity_exploited"] = False
-                return self._time(lambda: layer(x), op, workload, **detail)
+                return self._time(lambda: [f(x) for f in layers], op, workload, calls=n, **detail)
             if op.sparsity:
                 return self._time_sparse(op, workload, weight, x)
-            w = weight.to(self.device, self.dtype)
-            return self._time(lambda: F.linear(x, w), op, workload, kernel="dense")
+            ws = [weight.to(self.device, self.dtype).clone() for _ in range(n)]
+            return self._time(
+                lambda: [F.linear(x, w) for w in ws], op, workload, calls=n, kernel="dense"
+            )
 
     def _time_sparse(
         self, op: LinearOp, workload: Workload, weight: torch.Tensor, x: torch.Tensor
@@ -411,9 +421,17 @@ class TorchProfiler(Profiler):
         return best
 
     def _time(
-        self, run: Callable[[], Any], op: LinearOp, workload: Workload, **detail: Any
+        self,
+        run: Callable[[], Any],
+        op: LinearOp,
+        workload: Workload,
+        *,
+        calls: int = 1,
+        **detail: Any,
     ) -> Measurement:
-        return self._timed(run, op=op.key, workload=workload, sync=self._sync, **detail)
+        return self._timed(
+            run, op=op.key, workload=workload, sync=self._sync, calls=calls, **detail
+        )
 
     def _sync(self) -> None:
         if self.device == "cuda":
