@@ -10,7 +10,8 @@ CPU section (``--cpu``, the default): at SmolLM2-135M's linear shapes (N × K = 
   here with ``onnx.helper`` and checked against the same reference.
 
 Times are medians over interleaved rounds (every kernel of a shape is timed once per round, so
-a load change on this shared machine hits all of them alike). A GPU section is added later.
+a load change on this shared machine hits all of them alike). The GPU benchmark (Triton 4-bit
+vs torch fp16) is experiments/benchmarks/kernels_gpu.py.
 
     .venv/bin/python experiments/benchmarks/kernels.py [--cpu] [--trials 32] [--rounds 9]
 """
