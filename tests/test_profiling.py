@@ -147,3 +147,15 @@ def test_latency_budget_needs_hardware_and_a_known_backend(write_experiment, cap
     path = write_experiment(tiny_experiment(hardware={"backend": "fpga"}), "b.yaml")
     assert main(["search", str(path)]) == 2
     assert "unknown backend 'fpga'" in capsys.readouterr().err
+
+
+def test_op_timings_cycle_weights_past_the_cache() -> None:
+    from presso.profilers import LinearOp
+    from presso.profilers._base import last_level_cache_bytes, weight_copies
+
+    llc = last_level_cache_bytes()
+    assert llc >= 2**20
+    assert weight_copies(4 * llc) == 1 and weight_copies(llc / 4) == 8
+    assert weight_copies(1) == 512  # capped
+    m = make_profiler("torch", threads=1, repeats=3, warmup=1).measure(LinearOp(64, 64), W)
+    assert m.ok and m.detail["copies"] == weight_copies(64 * 64 * 4)
