@@ -477,6 +477,9 @@ def test_presso_dashboard_command_serves_and_stops_on_ctrl_c(store: Path) -> Non
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A child inherits an ignored SIGINT; a user's shell never ignores it, so neither may we
+        # (something earlier in a full test session can leave SIGINT ignored in this process).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""

@@ -50,6 +50,9 @@ def run(setup: Setup, name: str, options: dict, strategies: list[str]) -> dict:
     row = {"strategy": name, "evaluations": n, "search_s": time.perf_counter() - start}
     row.update({c.metric: c.value(setup.space, best) for c in setup.space.constraints})
     row.update(evaluator.heldout(best))
+    # The next setup shares this model: give it back whole (every block kept, dense weights).
+    evaluator.apply(tuple(len(d.levels) - 1 for d in setup.space.dims))
+    setup.handle.restore_dense()
     return row
 
 
@@ -83,8 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("--offspring", type=int, default=8)
-    parser.add_argument("--sparsity", type=float, nargs="+", default=[50, 60, 70])
-    parser.add_argument("--drops", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--sparsity", type=float, nargs="*", default=[50, 60, 70])
+    parser.add_argument("--drops", type=int, nargs="*", default=[4, 8])
     parser.add_argument("--mo-evaluations", type=int, default=48)
     parser.add_argument("--sparsity-operator", default="sparsegpt")
     parser.add_argument("--out", default="experiments/benchmarks/sparsity_depth.json")
@@ -93,7 +96,7 @@ def main() -> None:
     evo = {"generations": args.generations, "offspring": args.offspring, "stages": [[512, 2], [2048, 1]]}
     report: dict = {}
 
-    first = Setup(experiment({"kind": "sparsity", "mean_sparsity": args.sparsity[0]}, args))
+    first = Setup(experiment({"kind": "sparsity", "mean_sparsity": (args.sparsity or [50])[0]}, args))
     report["prepare"] = first.prepare()
     for target in args.sparsity:
         s = share(Setup(experiment({"kind": "sparsity", "mean_sparsity": target}, args)), first)
