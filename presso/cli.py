@@ -66,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8], help="bit levels")
     pr.add_argument("--sparsity", type=int, nargs="+", default=[0], help="sparsity levels, %%")
     pr.add_argument(
-        "--group-size", type=int, default=128, help="quantization group (0: per channel)"
+        "--group-size",
+        type=int,
+        help="quantization group (0: per channel; default: the largest of 128, 64, 32 that "
+        "divides every layer's input width)",
     )
     pr.add_argument("--threads", type=int, default=1, help="threads the backend may use")
     pr.add_argument("--repeats", type=int, default=25, help="timed runs per measurement")
@@ -176,12 +179,15 @@ def _profile(args: argparse.Namespace) -> int:
     from presso.run import _tqdm
 
     workloads = [Workload.parse(w) for w in args.workload]
-    group = args.group_size or None
     profiler = make_profiler(
         args.backend, device=args.device, threads=args.threads, repeats=args.repeats
     )
     handle = load_model(args.model)
     widths = sorted({u.shape[1] for u in handle.units})
+    if args.group_size is None:
+        group = next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), None)
+    else:
+        group = args.group_size or None
     if group and any(w % group for w in widths):
         raise PressoError(
             f"--group-size {group} does not divide the input widths {widths} of {handle.name}'s "
@@ -192,7 +198,8 @@ def _profile(args: argparse.Namespace) -> int:
     progress = None if args.quiet else _tqdm
     report = profile_model(handle, profiler, db, workloads, ops, progress=progress)
     print(
-        f"{handle.name} on {args.backend} ({args.threads} threads): {report.measured} measured, "
+        f"{handle.name} on {args.backend} ({args.threads} threads, group size "
+        f"{group or 'per channel'}): {report.measured} measured, "
         f"{report.reused} reused from {db.path}, {len(report.failed)} failed, {report.seconds:.0f} s"
     )
     for m in report.failed[:5]:

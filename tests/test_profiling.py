@@ -111,6 +111,8 @@ def test_profile_command(tmp_path, capsys) -> None:  # noqa: ANN001
     assert "0 failed" in out and "MAPE" in out and "within ±10%" in out and "w4" in out
     assert main(args) == 0
     assert "0 measured" in capsys.readouterr().out
+    assert main(args[:8] + ["--db", db, "--quiet"]) == 0  # the group size that fits: 64
+    assert "group size 64" in capsys.readouterr().out
     assert main(["profile", "tiny-llama", "--backend", "tpu", "--db", db]) == 2
     assert "unknown backend 'tpu'" in capsys.readouterr().err
     assert main(args[:8] + ["--group-size", "48", "--db", db]) == 2
