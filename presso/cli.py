@@ -240,7 +240,8 @@ def _profile(args: argparse.Namespace) -> int:
                 s = result.summary(column)
                 print(
                     f"  validation ({column[:-3]}, {s['n']} candidates measured end to end): "
-                    f"MAPE {s['mape']:.1%}, within ±10%: {s['within_10']:.0%}"
+                    f"MAPE {s['mape']:.1%}, within ±10%: {s['within_10']:.0%}, "
+                    f"rank correlation {s['spearman']:.2f}"
                 )
     return 0
 

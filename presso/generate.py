@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from presso.errors import PressoError
+from presso.models import cache_kwargs
 from presso.profilers import Assignment, make_profiler
 
 
@@ -95,7 +96,7 @@ def _torch_stepper(model: Any, device: str) -> Any:
     def step(new: list[int], *, first: bool) -> Any:
         ids = torch.tensor([new], device=device)
         with torch.inference_mode():
-            out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+            out = model(input_ids=ids, use_cache=True, **cache_kwargs(model, cache))
         return out.logits[0, -1].float().cpu()
 
     return step

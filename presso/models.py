@@ -289,3 +289,12 @@ def _quiet_transformers() -> None:
     # Neither concerns a presso user.
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
+def cache_kwargs(model: nn.Module, cache: Any) -> dict[str, Any]:
+    """The keyword that hands ``model`` its KV cache: ``cache`` from transformers 5.24 on
+    (``past_key_values`` is deprecated there and goes in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    takes_cache = "cache" in inspect.signature(model.forward).parameters
+    return {"cache" if takes_cache else "past_key_values": cache}

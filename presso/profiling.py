@@ -261,15 +261,32 @@ def random_assignment(
     max_dropped: int = 0,
     group_size: int | None,
 ) -> Assignment:
-    """A random candidate: each unit at a random level, up to ``max_dropped`` blocks removed."""
-    units = {
-        u.name: (int(rng.choice(list(bits))), int(rng.choice(list(sparsity)))) for u in handle.units
-    }
+    """A random candidate: each unit at a random level, up to ``max_dropped`` blocks removed.
+
+    Each candidate draws its own mix of levels (Dirichlet weights) before its units draw
+    from it: with one fixed uniform mix every candidate lands near the same mean bits and the
+    same latency, and validation could not tell a model that ranks candidates from one that
+    predicts a constant.
+    """
+    levels = [(int(b), int(s)) for b in bits for s in sparsity]
+    mix = rng.dirichlet(np.ones(len(levels)))
+    picks = rng.choice(len(levels), size=len(handle.units), p=mix)
+    units = {u.name: levels[i] for u, i in zip(handle.units, picks)}
     n = int(rng.integers(0, max_dropped + 1)) if max_dropped else 0
     blocks = handle.block_names()
     # Never the first or last block: removing them wrecks a model, nobody would deploy that.
     dropped = tuple(sorted(rng.choice(blocks[1:-1], size=n, replace=False))) if n else ()
     return Assignment(units=units, dropped=dropped, group_size=group_size)
+
+
+def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (no ties expected in timings): how well one ordering of
+    candidates follows the other, which is what a search needs from a latency model."""
+    if len(a) < 3:
+        return float("nan")
+    ra = np.argsort(np.argsort(np.asarray(a, dtype=np.float64)))
+    rb = np.argsort(np.argsort(np.asarray(b, dtype=np.float64)))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 @dataclass
@@ -283,10 +300,18 @@ class Validation:
         return np.abs(predicted - measured) / measured
 
     def summary(self, column: str = "predicted_ms") -> dict[str, float]:
+        """MAPE, the share within ±10%, and the rank correlation of predicted with measured."""
         e = self.errors(column)
         if not len(e):
-            return {"mape": float("nan"), "within_10": float("nan"), "n": 0}
-        return {"mape": float(e.mean()), "within_10": float((e <= 0.10).mean()), "n": int(len(e))}
+            return {"mape": float("nan"), "within_10": float("nan"), "spearman": float("nan"), "n": 0}
+        ok = [r for r in self.rows if r["measured_ms"] is not None]
+        rho = rank_correlation([r["measured_ms"] for r in ok], [r[column] for r in ok])
+        return {
+            "mape": float(e.mean()),
+            "within_10": float((e <= 0.10).mean()),
+            "spearman": rho,
+            "n": int(len(e)),
+        }
 
 
 def validate(
@@ -300,20 +325,30 @@ def validate(
     progress: Progress | None = None,
 ) -> Validation:
     """Measure each candidate assembled for real and compare with each model's prediction
-    (``models``: column name → CandidateLatency). Measurements are kept in the database."""
+    (``models``: column name → CandidateLatency). Candidates the database lacks are timed in
+    round-robin passes (as the structure probes are), so drift in the machine's load spreads
+    over all of them instead of making some look slow. Measurements are kept in the database."""
     fp = machine_id(profiler, db)
     key = model_key(handle)
-    rows = []
-    items: Iterable = candidates
-    if progress is not None:
-        items = progress(candidates, len(candidates), f"validating on {profiler.name}")
-    for assignment in items:
-        name = f"{key}/candidate-{digest([sorted(assignment.units.items()), assignment.dropped, assignment.group_size], 12)}"
-        m = db.get(fp, profiler.name, name, workload.key)
-        if m is None:
-            m = profiler.measure_model(handle, assignment, workload)
-            m.op = name
+    names = [
+        f"{key}/candidate-{digest([sorted(a.units.items()), a.dropped, a.group_size], 12)}"
+        for a in candidates
+    ]
+    found = {n: db.get(fp, profiler.name, n, workload.key) for n in names}
+    todo = [(n, workload, a) for n, a in zip(names, candidates) if found[n] is None]
+    if todo:
+        if progress is not None:
+            print(
+                f"timing {len(todo)} candidates end to end on {profiler.name} "
+                "(3 interleaved rounds)",
+                flush=True,
+            )
+        for m in _interleaved(handle, profiler, todo):
             db.put(fp, m)
+            found[m.op] = m
+    rows = []
+    for name, assignment in zip(names, candidates):
+        m = found[name]
         row: dict[str, Any] = {
             "candidate": name.rsplit("/", 1)[1],
             "dropped": len(assignment.dropped),

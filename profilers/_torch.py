@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from presso.errors import PressoError
+from presso.models import cache_kwargs
 from presso.profilers._base import (
     DENSE_BITS,
     Assignment,
@@ -270,11 +271,13 @@ def _classes() -> types.SimpleNamespace:
             self.layer_idx = layer_idx  # renumbered by drop_blocks like any attention layer
 
         def forward(
-            self, hidden_states: torch.Tensor, *args: Any, past_key_values: Any = None, **kw: Any
+            self, hidden_states: torch.Tensor, *args: Any, **kw: Any
         ) -> tuple[torch.Tensor, None]:
-            if past_key_values is not None:
+            # transformers 5.24 renamed the block's ``past_key_values`` keyword to ``cache``.
+            cache = kw.get("cache", kw.get("past_key_values"))
+            if cache is not None:
                 stub = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
-                past_key_values.update(stub, stub, self.layer_idx)
+                cache.update(stub, stub, self.layer_idx)
             return torch.zeros_like(hidden_states), None
 
     class SkipMLP(nn.Module):
@@ -659,7 +662,7 @@ class TorchProfiler(Profiler):
         new = ids[:, -1:]
 
         def step() -> None:
-            model(input_ids=new, past_key_values=cache, use_cache=True)
+            model(input_ids=new, use_cache=True, **cache_kwargs(model, cache))
             cache.crop(-1)
 
         return step

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from presso.errors import PressoError
+from presso.models import cache_kwargs
 from presso.profilers._base import (
     DENSE_BITS,
     Assignment,
@@ -226,7 +227,7 @@ def _decode_step(model: Any, ids: Any) -> Callable[[], Any]:
     step = ids[:, -1:].contiguous()
 
     def run() -> None:
-        model(input_ids=step, past_key_values=cache, use_cache=True)
+        model(input_ids=step, use_cache=True, **cache_kwargs(model, cache))
         cache.crop(-1)
 
     return run

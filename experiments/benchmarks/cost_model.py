@@ -140,7 +140,8 @@ def main() -> None:
             s = result.summary(column)
             summary[column] = s
             print(
-                f"{column[:-3]:>18}: MAPE {s['mape']:.1%}, within ±10%: {s['within_10']:.0%} (n={s['n']})"
+                f"{column[:-3]:>18}: MAPE {s['mape']:.1%}, within ±10%: {s['within_10']:.0%}, "
+                f"rank correlation {s['spearman']:.2f} (n={s['n']})"
             )
         results[backend] = {
             "profile_s": profile_s,
