@@ -303,7 +303,12 @@ class Validation:
         """MAPE, the share within ±10%, and the rank correlation of predicted with measured."""
         e = self.errors(column)
         if not len(e):
-            return {"mape": float("nan"), "within_10": float("nan"), "spearman": float("nan"), "n": 0}
+            return {
+                "mape": float("nan"),
+                "within_10": float("nan"),
+                "spearman": float("nan"),
+                "n": 0,
+            }
         ok = [r for r in self.rows if r["measured_ms"] is not None]
         rho = rank_correlation([r["measured_ms"] for r in ok], [r[column] for r in ok])
         return {

@@ -126,7 +126,9 @@ class OnnxRuntimeProfiler(Profiler):
             if op.bits < DENSE_BITS:
                 levels.append(quantized_level(weight, op.bits, op.sparsity, op.group_size))
             else:
-                levels.append(magnitude_prune(weight, op.sparsity).weight if op.sparsity else weight)
+                levels.append(
+                    magnitude_prune(weight, op.sparsity).weight if op.sparsity else weight
+                )
         if op.bits < DENSE_BITS:
             detail["kernel"] = "MatMulNBits"
             detail["accuracy_level"] = self.accuracy_level

@@ -150,6 +150,22 @@ def test_gptqmodel_config_resolves_every_module(store: str, tmp_path: Path) -> N
     assert _dynamic_get(config["dynamic"], first + "x", "bits", "base") == "base"
 
 
+def test_gptqmodel_loads_the_config_and_resolves_every_module(store: str, tmp_path: Path) -> None:
+    """GPTQModel's own QuantizeConfig reads the file and resolves each unit's bits and group
+    through its own ``dynamic`` matching (installed by .ci/install without its CUDA pins)."""
+    config_module = pytest.importorskip("gptqmodel.quantization.config")
+    plan = build_plan(_attrs(store, "mixed"), "search")
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    _export(store, "mixed", "gptqmodel", folder / "quantize_config.json")
+    config = config_module.QuantizeConfig.from_pretrained(str(folder))
+    assert len({u["bits"] for u in plan["units"].values()}) > 1, "a mixed-bits plan"
+    for name, unit in plan["units"].items():
+        assert config.dynamic_get(name, "bits", config.bits) == unit["bits"], name
+        assert config.dynamic_get(name, "group_size", config.group_size) == 32, name
+    assert config.dynamic_get("lm_head", "bits", config.bits) == config.bits
+
+
 def test_gptqmodel_skips_dense_modules() -> None:
     from presso.export._gptqmodel import quantize_config
 
@@ -172,6 +188,15 @@ def test_gptqmodel_skips_dense_modules() -> None:
     assert _dynamic_get(dyn, "model.layers.1.mlp.up_proj", "bits", 4) == 4
     assert _dynamic_get(dyn, "model.layers.10.mlp.up_proj", "bits", 4) == 8
     assert _dynamic_get(dyn, "model.layers.10.mlp.up_proj", "group_size", 128) == -1
+    try:
+        from gptqmodel.quantization.config import dynamic_get
+    except ImportError:
+        return
+    # GPTQModel's own resolver agrees: the dense module is skipped, the 8-bit one overridden.
+    assert dynamic_get(dyn, "model.layers.11.mlp.up_proj", "bits", 4) is False
+    assert dynamic_get(dyn, "model.layers.1.mlp.up_proj", "bits", 4) == 4
+    assert dynamic_get(dyn, "model.layers.10.mlp.up_proj", "bits", 4) == 8
+    assert dynamic_get(dyn, "model.layers.10.mlp.up_proj", "group_size", 128) == -1
 
 
 # --------------------------------------------------------------------------- llm-compressor

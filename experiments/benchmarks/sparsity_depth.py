@@ -25,13 +25,24 @@ from presso.search import LocalPool, drive, make_strategy
 
 
 def experiment(space: dict, args: argparse.Namespace) -> Experiment:
-    return Experiment.model_validate({
-        "model": "smollm2-135m",
-        "data": {"corpus": "bible", "seq_len": 256, "calibration": 32, "evaluation": 8},
-        "compress": {"operator": "gptq", "levels": [2, 3, 4, 8], "group_size": 64, "calibration": 16},
-        "sparsity": {"operator": args.sparsity_operator, "levels": [0, 30, 40, 50, 60, 70, 80, 90], "calibration": 16},
-        "space": space,
-    })
+    return Experiment.model_validate(
+        {
+            "model": "smollm2-135m",
+            "data": {"corpus": "bible", "seq_len": 256, "calibration": 32, "evaluation": 8},
+            "compress": {
+                "operator": "gptq",
+                "levels": [2, 3, 4, 8],
+                "group_size": 64,
+                "calibration": 16,
+            },
+            "sparsity": {
+                "operator": args.sparsity_operator,
+                "levels": [0, 30, 40, 50, 60, 70, 80, 90],
+                "calibration": 16,
+            },
+            "space": space,
+        }
+    )
 
 
 def share(setup: Setup, first: Setup) -> Setup:
@@ -59,13 +70,20 @@ def run(setup: Setup, name: str, options: dict, strategies: list[str]) -> dict:
 def table(title: str, rows: list[dict], budget: str) -> None:
     base = rows[1]["ppl"]
     print(f"\n{title}")
-    print(f"{'strategy':<12}{budget:>14}{'ppl':>10}{'KL':>9}{'vs ' + rows[1]['strategy']:>16}{'evals':>7}{'s':>7}")
+    print(
+        f"{'strategy':<12}{budget:>14}{'ppl':>10}{'KL':>9}{'vs ' + rows[1]['strategy']:>16}{'evals':>7}{'s':>7}"
+    )
     for r in rows:
-        print(f"{r['strategy']:<12}{r[budget]:>14.2f}{r['ppl']:>10.2f}{r['kl']:>9.4f}"
-              f"{(base - r['ppl']) / base:>+16.1%}{r['evaluations']:>7}{r['search_s']:>7.0f}", flush=True)
+        print(
+            f"{r['strategy']:<12}{r[budget]:>14.2f}{r['ppl']:>10.2f}{r['kl']:>9.4f}"
+            f"{(base - r['ppl']) / base:>+16.1%}{r['evaluations']:>7}{r['search_s']:>7.0f}",
+            flush=True,
+        )
 
 
-def pareto_hv(setup: Setup, name: str, options: dict, objectives: list[str], ref: np.ndarray | None):
+def pareto_hv(
+    setup: Setup, name: str, options: dict, objectives: list[str], ref: np.ndarray | None
+):
     evaluator = setup.evaluator()
     strategy = make_strategy(name, setup.space, seed=0, **options)
     points: list[list[float]] = []
@@ -93,17 +111,36 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/benchmarks/sparsity_depth.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    evo = {"generations": args.generations, "offspring": args.offspring, "stages": [[512, 2], [2048, 1]]}
+    evo = {
+        "generations": args.generations,
+        "offspring": args.offspring,
+        "stages": [[512, 2], [2048, 1]],
+    }
     report: dict = {}
+    out = Path(args.out)
 
-    first = Setup(experiment({"kind": "sparsity", "mean_sparsity": (args.sparsity or [50])[0]}, args))
+    def save() -> None:
+        """After every section, atomically: a long run cut short keeps what it measured."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=float))
+        tmp.replace(out)
+
+    first = Setup(
+        experiment({"kind": "sparsity", "mean_sparsity": (args.sparsity or [50])[0]}, args)
+    )
     report["prepare"] = first.prepare()
     for target in args.sparsity:
         s = share(Setup(experiment({"kind": "sparsity", "mean_sparsity": target}, args)), first)
         names = ["evopress", "uniform", "owl"]
-        rows = [run(s, "evopress", evo, names), run(s, "uniform", {}, names), run(s, "owl", {}, names)]
+        rows = [
+            run(s, "evopress", evo, names),
+            run(s, "uniform", {}, names),
+            run(s, "owl", {}, names),
+        ]
         report[f"sparsity_{target:g}"] = rows
         table(f"mean sparsity >= {target:g}%", rows, "mean_sparsity")
+        save()
 
     for k in args.drops:
         s = share(Setup(experiment({"kind": "depth", "dropped": k}, args)), first)
@@ -111,12 +148,18 @@ def main() -> None:
         rows = [run(s, "evopress", evo, names), run(s, "shortgpt", {}, names)]
         report[f"depth_{k}"] = rows
         table(f"drop {k} of 30 blocks", rows, "dropped")
+        save()
 
     s = share(Setup(experiment({"kind": "bits", "mean_bits": 4.0}, args)), first)
     s.prepare()
     objectives = ["kl", "mean_bits"]
     pop = 8
-    nsga = {"population": pop, "generations": args.mo_evaluations // pop, "objectives": objectives, "tokens": 1024}
+    nsga = {
+        "population": pop,
+        "generations": args.mo_evaluations // pop,
+        "objectives": objectives,
+        "tokens": 1024,
+    }
     rand = {"samples": args.mo_evaluations, "batch": 8, "tokens": 1024}
     p_nsga, n_nsga, t_nsga = pareto_hv(s, "nsga2", nsga, objectives, None)
     p_rand, n_rand, t_rand = pareto_hv(s, "random", rand, objectives, None)
@@ -127,13 +170,15 @@ def main() -> None:
     report["multiobjective"] = {
         "nsga2": {"evaluations": n_nsga, "hypervolume": hv_n, "search_s": t_nsga},
         "random": {"evaluations": n_rand, "hypervolume": hv_r, "search_s": t_rand},
-        "reference": ref.tolist(), "ratio": hv_n / hv_r if hv_r else None,
+        "reference": ref.tolist(),
+        "ratio": hv_n / hv_r if hv_r else None,
     }
-    print(f"\nNSGA-II vs random over (kl, mean_bits <= 4): hypervolume {hv_n:.4g} vs {hv_r:.4g} "
-          f"({hv_n / hv_r:.2f}x) at {n_nsga} vs {n_rand} evaluations")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=float))
-    print(f"wrote {args.out}")
+    print(
+        f"\nNSGA-II vs random over (kl, mean_bits <= 4): hypervolume {hv_n:.4g} vs {hv_r:.4g} "
+        f"({hv_n / hv_r:.2f}x) at {n_nsga} vs {n_rand} evaluations"
+    )
+    save()
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
