@@ -18,6 +18,7 @@ from presso.profiling import (
     model_key,
     profile_model,
     random_assignment,
+    rank_correlation,
     structure_probes,
     unit_ops,
     validate,
@@ -97,9 +98,39 @@ def test_validation_measures_candidates_for_real_once(handle, profiled) -> None:
     assert all(math.isfinite(r["lookup_ms"]) for r in result.rows)
     summary = result.summary("lookup_ms")
     assert summary["n"] == 2 and summary["mape"] >= 0 and 0 <= summary["within_10"] <= 1
+    assert math.isnan(summary["spearman"])  # two candidates rank nothing
+    # Timed in interleaved rounds: each measurement holds every round's repeats.
+    assert all(
+        m.repeats >= 3 * 3
+        for m in db.measurements(machine_id(profiler), "torch")
+        if "candidate-" in m.op
+    )
     before = len(db.measurements(machine_id(profiler), "torch"))
     validate(handle, profiler, db, {"lookup_ms": model}, W, cands)  # reused, not re-measured
     assert len(db.measurements(machine_id(profiler), "torch")) == before
+
+
+def test_validation_candidates_span_the_range_of_bits(handle) -> None:  # noqa: ANN001
+    # Each candidate draws its own level mix: mean bits spread far wider than one fixed uniform
+    # mix gives (about 7.3 ± 1.2 over 28 units), so validation sees short and long latencies.
+    rng = np.random.default_rng(0)
+    cands = [
+        random_assignment(handle, rng, bits=[2, 4, 16], max_dropped=1, group_size=32)
+        for _ in range(20)
+    ]
+    means = [np.mean([b for b, _ in a.units.values()]) for a in cands]
+    assert max(means) - min(means) > 7
+    assert all(set(a.units) == set(handle.unit_names) for a in cands)
+    again = random_assignment(
+        handle, np.random.default_rng(0), bits=[2, 4, 16], max_dropped=1, group_size=32
+    )
+    assert again == cands[0]  # seeded
+
+
+def test_rank_correlation() -> None:
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(rank_correlation([1, 2], [1, 2]))
 
 
 def test_profile_command(tmp_path, capsys) -> None:  # noqa: ANN001
@@ -109,6 +140,7 @@ def test_profile_command(tmp_path, capsys) -> None:  # noqa: ANN001
     assert main(args + ["--validate", "2"]) == 0
     out = capsys.readouterr().out
     assert "0 failed" in out and "MAPE" in out and "within ±10%" in out and "w4" in out
+    assert "rank correlation" in out
     assert main(args) == 0
     assert "0 measured" in capsys.readouterr().out
     assert main(args[:8] + ["--db", db, "--quiet"]) == 0  # the group size that fits: 64
