@@ -129,7 +129,7 @@ def profile_model(
     if models_todo:
         if progress is not None:
             print(f"timing {len(models_todo)} assembled models on {profiler.name}", flush=True)
-        for m in _interleaved(handle, profiler, models_todo):
+        for m in interleaved(handle, profiler, models_todo):
             _store(db, fp, m, report)
     report.seconds = time.perf_counter() - start
     return report
@@ -142,7 +142,7 @@ def _store(db: ProfileDatabase, fp: str, m: Measurement, report: ProfileReport) 
         report.failed.append(m)
 
 
-def _interleaved(
+def interleaved(
     handle: Any,
     profiler: Profiler,
     todo: Sequence[tuple[str, Workload, Assignment]],
@@ -348,7 +348,7 @@ def validate(
                 "(3 interleaved rounds)",
                 flush=True,
             )
-        for m in _interleaved(handle, profiler, todo):
+        for m in interleaved(handle, profiler, todo):
             db.put(fp, m)
             found[m.op] = m
     rows = []

@@ -3,13 +3,13 @@
 For each backend (default: ONNX Runtime CPU and torch eager CPU):
 1. profiling time — every distinct layer shape at every bit width, plus the model's structure;
 2. is latency monotone in bits? per layer shape, and end to end for uniform models;
-3. prediction error on held-out random candidates (per-layer bits, up to 2 blocks dropped),
-   each assembled for real and measured end to end: the timing table (lookup, with the
+3. prediction error on held-out random candidates (each with its own mix of per-layer bits, up to 3 blocks dropped),
+   each assembled for real and measured end to end (round-robin): the timing table (lookup, with the
    learned model for gaps), the learned model alone, and the learned model fitted with every
    3-bit measurement held out (how well it prices a level it never saw).
 
     .venv/bin/python experiments/benchmarks/cost_model.py [--backends onnxruntime torch]
-        [--candidates 12] [--workload b1-s128-decode] [--repeats 15] [--threads 1]
+        [--candidates 16] [--max-dropped 3] [--workload b1-s128-decode] [--repeats 15] [--threads 1]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from presso.cost_models import BoostedTrees
 from presso.models import load_model
 from presso.profilers import Assignment, ProfileDatabase, Workload, make_profiler
 from presso.profiling import (
+    interleaved,
     latency_model,
     machine_id,
     profile_model,
@@ -65,7 +66,8 @@ def per_shape(db: ProfileDatabase, profiler, handle, workload: Workload, group: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"])
-    parser.add_argument("--candidates", type=int, default=12)
+    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--max-dropped", type=int, default=3)
     parser.add_argument("--workload", default="b1-s128-decode")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
@@ -92,14 +94,19 @@ def main() -> None:
         print("\nmedian ms per layer shape and bit width:")
         print("\n".join(per_shape(db, profiler, handle, workload, group)))
 
-        uniform = {}
-        for b in [*BITS, 16]:
-            m = profiler.measure_model(
-                handle,
-                Assignment({u.name: (b, 0) for u in handle.units}, group_size=group),
+        # Uniform models timed round-robin: their ratios are the point, drift must hit all alike.
+        probes = [
+            (
+                f"uniform-w{b}",
                 workload,
+                Assignment({u.name: (b, 0) for u in handle.units}, group_size=group),
             )
-            uniform[b] = m.median_ms if m.ok else float("nan")
+            for b in [*BITS, 16]
+        ]
+        uniform = {
+            b: (m.median_ms if m.ok else float("nan"))
+            for b, m in zip([*BITS, 16], interleaved(handle, profiler, probes))
+        }
         print(
             "\nend to end, every layer at one bit width (ms): "
             + ", ".join(f"w{b} {v:.1f}" for b, v in uniform.items())
@@ -118,7 +125,9 @@ def main() -> None:
         blind._cache.clear()
         rng = np.random.default_rng(0)
         cands = [
-            random_assignment(handle, rng, bits=[*BITS, 16], max_dropped=2, group_size=group)
+            random_assignment(
+                handle, rng, bits=[*BITS, 16], max_dropped=args.max_dropped, group_size=group
+            )
             for _ in range(args.candidates)
         ]
         start = time.perf_counter()
