@@ -3,9 +3,10 @@
 For each backend (default: ONNX Runtime CPU and torch eager CPU):
 1. profiling time — every distinct layer shape at every bit width, plus the model's structure;
 2. is latency monotone in bits? per layer shape, and end to end for uniform models;
-3. prediction error on held-out random candidates (each with its own mix of per-layer bits, up to 3 blocks dropped),
-   each assembled for real and measured end to end (round-robin): the timing table (lookup, with the
-   learned model for gaps), the learned model alone, and the learned model fitted with every
+3. prediction error on held-out random candidates (each with its own mix of per-layer bits,
+   up to 3 blocks dropped), each assembled for real and measured end to end (round-robin):
+   the timing table (lookup, with the learned model for gaps), the learned model alone, and
+   the learned model fitted with every
    3-bit measurement held out (how well it prices a level it never saw).
 
     .venv/bin/python experiments/benchmarks/cost_model.py [--backends onnxruntime torch]
