@@ -6,8 +6,7 @@ For each backend (default: ONNX Runtime CPU and torch eager CPU):
 3. prediction error on held-out random candidates (each with its own mix of per-layer bits,
    up to 3 blocks dropped), each assembled for real and measured end to end (round-robin):
    the timing table (lookup, with the learned model for gaps), the learned model alone, and
-   the learned model fitted with every
-   3-bit measurement held out (how well it prices a level it never saw).
+   the learned model fitted with every 3-bit measurement held out (how well it prices a level it never saw).
 
     .venv/bin/python experiments/benchmarks/cost_model.py [--backends onnxruntime torch]
         [--candidates 16] [--max-dropped 3] [--workload b1-s128-decode] [--repeats 15] [--threads 1]
