@@ -108,7 +108,11 @@ def _parser() -> argparse.ArgumentParser:
         help="plan (default), evopress, ... (`presso export --formats` lists them)",
     )
     e.add_argument("--formats", action="store_true", help="list the export formats and exit")
-    e.add_argument("--candidate", default="search", help="'search' (default) or 'baseline:NAME'")
+    e.add_argument(
+        "--candidate",
+        default="search",
+        help="'search' (default), 'baseline:NAME', or 'pareto:I' (`presso show RUN --pareto`)",
+    )
     e.add_argument("--out", help="output file (.json/.yaml for plans); default: standard output")
     e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     e.add_argument("--store", default=DEFAULT_STORE)
@@ -119,7 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("run")
     g.add_argument("--backend", default="torch", help="torch, onnxruntime, tvm or triton")
-    g.add_argument("--candidate", default="search", help="'search' (default) or 'baseline:NAME'")
+    g.add_argument(
+        "--candidate",
+        default="search",
+        help="'search' (default), 'baseline:NAME', or 'pareto:I' (`presso show RUN --pareto`)",
+    )
     g.add_argument("--prompt", default="In the beginning God created", help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--threads", type=int, default=1)
@@ -408,10 +416,12 @@ def _print_pareto(summary: dict) -> None:
         return
     heldout = {h["index"]: h for h in pareto.get("heldout", [])}
     print(f"\nPareto front over {', '.join(objectives)}: {len(pareto['points'])} points")
-    print("".join(f"{o:>16}" for o in objectives) + f"{'held-out ppl':>14}")
+    print(f"{'candidate':<11}" + "".join(f"{o:>16}" for o in objectives) + f"{'held-out ppl':>14}")
     for i, point in enumerate(pareto["points"]):
         ppl = heldout.get(i, {}).get("ppl")
-        print("".join(f"{v:>16.5f}" for v in point) + (f"{ppl:>14.3f}" if ppl else f"{'-':>14}"))
+        cells = "".join(f"{v:>16.5f}" for v in point)
+        print(f"{f'pareto:{i}':<11}{cells}" + (f"{ppl:>14.3f}" if ppl else f"{'-':>14}"))
+    print("(export one: presso export RUN --candidate pareto:I --format ...)")
     if pareto.get("hypervolume") is not None:
         ref = ", ".join(f"{r:.4g}" for r in pareto["reference"])
         print(f"hypervolume {pareto['hypervolume']:.6g} (reference point {ref})")

@@ -92,8 +92,28 @@ def test_multiobjective_pareto(write_experiment, tmp_path: Path, capsys, strateg
     for a in points:  # no point of the front dominates another
         assert not any(b != a and b[0] <= a[0] and b[1] <= a[1] for b in points)
     assert pareto["heldout"] and "ppl" in pareto["heldout"][0]
-    assert main(["show", strategy, "--store", str(tmp_path / "runs.db"), "--pareto"]) == 0
-    assert "hypervolume" in capsys.readouterr().out
+    store = str(tmp_path / "runs.db")
+    assert main(["show", strategy, "--store", store, "--pareto"]) == 0
+    shown = capsys.readouterr().out
+    assert "hypervolume" in shown and f"pareto:{len(points) - 1}" in shown
+
+    # Any point of the front leaves presso: its plan holds exactly that point's levels.
+    for i, (kl, mean_bits) in enumerate(points):
+        out = tmp_path / f"front-{i}.json"
+        args = ["export", strategy, "--store", store, "--candidate", f"pareto:{i}"]
+        assert main([*args, "--out", str(out)]) == 0
+        plan = json.loads(out.read_text())
+        assert plan["candidate"] == f"pareto:{i}" and plan["mean_bits"] == pytest.approx(mean_bits)
+        assert [u.get("bits", 16) for u in plan["units"].values()] == pareto["levels"][i]
+        assert plan["metrics"] == {
+            k: v
+            for k, v in next((h for h in pareto["heldout"] if h["index"] == i), {}).items()
+            if k != "index"
+        }
+    capsys.readouterr()
+    bad = ["export", strategy, "--store", store, "--candidate", f"pareto:{len(points)}"]
+    assert main(bad) == 2
+    assert f"pareto:0 to pareto:{len(points) - 1}" in capsys.readouterr().err
 
 
 def test_size_budget_binds_beside_mean_bits(write_experiment, tmp_path: Path) -> None:

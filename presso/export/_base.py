@@ -43,7 +43,9 @@ class Source:
     @cached_property
     def config(self) -> tuple[int, ...]:
         """The candidate as level indices of the run's search space."""
-        levels = self.attrs["summary"]["candidates"][self.phase]["levels"]
+        from presso.export._plan import candidate_entry
+
+        levels = candidate_entry(self.attrs, self.phase)["levels"]
         return self.setup.space.from_dict(dict(zip(self.attrs["units"], levels)))
 
     def quantized(self, unit: str, bits: int):  # noqa: ANN201 - QuantizedWeight

@@ -16,8 +16,11 @@ from presso.paths import atomic_write_text
 PLAN_VERSION = 1
 
 
-def build_plan(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
-    """The plan of the winner of ``phase`` (``search`` or ``baseline:NAME``)."""
+def candidate_entry(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
+    """The candidate ``phase`` of a finished run: ``search`` (the search's winner),
+    ``baseline:NAME``, or ``pareto:I`` — point ``I`` of the run's Pareto front, numbered as
+    ``presso show RUN --pareto`` lists them. A dict with ``strategy``, ``levels`` (one value per
+    search dimension), the metrics known for it, and ``heldout`` (may be empty)."""
     from presso.errors import PressoError
 
     summary = study_attrs.get("summary")
@@ -26,11 +29,41 @@ def build_plan(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
             "this run has not finished: there is no chosen configuration to export yet"
         )
     candidates = summary["candidates"]
+    if phase.startswith("pareto:"):
+        pareto = summary.get("pareto") or {}
+        front = pareto.get("levels") or []
+        index = phase.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= len(front):
+            raise PressoError(
+                f"no candidate {phase!r} in this run: its Pareto front has {len(front)} points, "
+                f"pareto:0 to pareto:{len(front) - 1} (`presso show RUN --pareto` lists them)"
+                if front
+                else f"no candidate {phase!r}: this run stored no Pareto front"
+            )
+        i = int(index)
+        metrics = {
+            name.lstrip("-"): (-v if name.startswith("-") else v)
+            for name, v in zip(pareto["objectives"], pareto["points"][i])
+        }
+        heldout = next((h for h in pareto.get("heldout", []) if h["index"] == i), {})
+        return {
+            "strategy": candidates.get("search", {}).get("strategy", "search"),
+            "levels": front[i],
+            **metrics,
+            "heldout": {k: v for k, v in heldout.items() if k != "index"},
+        }
     if phase not in candidates:
         raise PressoError(
-            f"no candidate {phase!r} in this run; choose one of: {', '.join(candidates)}"
+            f"no candidate {phase!r} in this run; choose one of: {', '.join(candidates)}, "
+            "or pareto:I for a point of its Pareto front"
         )
-    cand = candidates[phase]
+    return candidates[phase]
+
+
+def build_plan(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
+    """The plan of candidate ``phase`` (see :func:`candidate_entry`)."""
+    cand = candidate_entry(study_attrs, phase)
+    summary = study_attrs["summary"]
     exp = study_attrs["experiment"]
     names = study_attrs["units"]
     kinds = study_attrs.get("kinds") or ["bits"] * len(names)
