@@ -12,6 +12,12 @@ removal saves beyond the dense cost of its linear layers is that part's overhead
 scores, norms, activations), and what no block accounts for is the remainder (embeddings,
 final norm, LM head). Like ZipLM's timing tables, the sum is additive: it
 cannot see kernels fusing across layers — validation says how much that matters.
+
+Isolated layer timings need not be what a layer costs inside the model (a packed kernel's
+activation conversions, the cache pressure of the layers around it). When the model was
+also measured with every unit at one low bit width (``calibration``), one factor α scales
+every unit term so that dense and that uniform model are both reproduced:
+``α = (dense − uniform) / Σ_units (op_dense − op_uniform)``.
 """
 
 from __future__ import annotations
@@ -83,12 +89,18 @@ class CandidateLatency:
         *,
         group_size: int | None,
         fallback: CostModel | None = None,
+        calibration: tuple[int, float] | None = None,
     ) -> None:
+        """calibration: ``(bits, ms)``, the measured end-to-end time with every unit at
+        ``bits`` (the in-model factor α is fitted to it; without it α = 1)."""
         self.ops, self.fallback = ops, fallback
         self.units, self.blocks = list(units), list(blocks)
         self.workload, self.group_size = workload, group_size
         self.structure = structure
         self._cache: dict[tuple, float] = {}
+        self.scale = 1.0
+        if calibration is not None:
+            self.scale = self._fit_scale(*calibration)
         dense = self.unit_ms({u.name: (DENSE_BITS, 0) for u in self.units})
         per_block = [0.0] * len(blocks)
         per_part: dict[tuple[int, str], float] = {}
@@ -105,6 +117,16 @@ class CandidateLatency:
             self.mlp_overhead = structure.mlp_ms - per_part.get((b, "mlp"), 0.0)
             rest -= self.attn_overhead + self.mlp_overhead
         self.block_rest = rest
+
+    def _fit_scale(self, bits: int, uniform_ms: float) -> float:
+        """α from the dense and the all-``bits`` model; 1 when the two are too close to tell
+        (noise would decide α) or α comes out implausible (a probe measured under load)."""
+        saved = sum(self._ms(u, DENSE_BITS, 0) - self._ms(u, bits, 0) for u in self.units)
+        measured = self.structure.dense_ms - uniform_ms
+        if saved <= 0.05 * self.structure.dense_ms or measured <= 0:
+            return 1.0
+        alpha = measured / saved
+        return alpha if 0.25 <= alpha <= 4.0 else 1.0
 
     def op(self, unit: UnitSlot, bits: int, sparsity: int) -> LinearOp:
         group = self.group_size if bits < DENSE_BITS else None
@@ -123,7 +145,7 @@ class CandidateLatency:
                     "no learned model covers it; run `presso profile` for these levels"
                 )
             self._cache[key] = float(value)
-        return self._cache[key]
+        return self.scale * self._cache[key]
 
     def unit_ms(self, levels: dict[str, tuple[int, int]]) -> dict[str, float]:
         """Predicted ms of each named unit at its ``(bits, sparsity)``."""
@@ -159,4 +181,5 @@ class CandidateLatency:
             "block_rest_ms": self.block_rest,
             "attn_overhead_ms": self.attn_overhead,
             "mlp_overhead_ms": self.mlp_overhead,
+            "in_model_scale": self.scale,
         }

@@ -56,11 +56,19 @@ def unit_ops(
     return ops
 
 
-def structure_probes(handle: Any, sublayers: bool) -> dict[str, Assignment]:
+def structure_probes(
+    handle: Any, sublayers: bool, low: tuple[int, int | None] | None = None
+) -> dict[str, Assignment]:
     """The assembled models whose end-to-end times give the structure: dense; a quarter, half
-    and three quarters of the inner blocks removed; half the attentions, half the MLPs."""
+    and three quarters of the inner blocks removed; half the attentions, half the MLPs; and,
+    with ``low = (bits, group_size)``, every unit at ``bits`` (the in-model calibration of
+    the layer timings, see :class:`presso.cost_models.CandidateLatency`)."""
     inner = handle.block_names()[1:-1]  # the first and last blocks are never dropped
     probes = {"dense": Assignment()}
+    if low is not None:
+        bits, group = low
+        units = {u.name: (bits, 0) for u in handle.units}
+        probes[uniform_probe(bits, group)] = Assignment(units=units, group_size=group)
     for k in sorted({max(1, len(inner) * q // 4) for q in (1, 2, 3)}):
         probes[f"drop-blocks-{k}"] = Assignment(dropped=_spread(inner, k))
     if sublayers:
@@ -69,6 +77,20 @@ def structure_probes(handle: Any, sublayers: bool) -> dict[str, Assignment]:
         probes[f"drop-attn-{half}"] = Assignment(dropped=tuple(f"{b}.self_attn" for b in chosen))
         probes[f"drop-mlp-{half}"] = Assignment(dropped=tuple(f"{b}.mlp" for b in chosen))
     return probes
+
+
+def uniform_probe(bits: int, group_size: int | None) -> str:
+    return f"uniform-w{bits}-" + ("ch" if group_size is None else f"g{group_size}")
+
+
+def calibration_level(ops: Sequence[LinearOp]) -> tuple[int, int | None] | None:
+    """``(bits, group_size)`` of the uniform model that calibrates ``ops``: their lowest
+    dense-sparsity bit width (None when they hold no quantized level)."""
+    quantized = [op for op in ops if op.bits < DENSE_BITS and op.sparsity == 0]
+    if not quantized:
+        return None
+    low = min(quantized, key=lambda op: op.bits)
+    return low.bits, low.group_size
 
 
 def _spread(names: Sequence[str], k: int) -> tuple[str, ...]:
@@ -111,7 +133,8 @@ def profile_model(
     for w in workloads:
         for op in ops:
             todo.append((op.key, w, op))
-        for name, assignment in structure_probes(handle, has_sublayers(handle)).items():
+        probes = structure_probes(handle, has_sublayers(handle), calibration_level(ops))
+        for name, assignment in probes.items():
             todo.append((f"{key}/{name}", w, assignment))
     pending = []
     for op_key, w, what in todo:
@@ -234,6 +257,12 @@ def latency_model(
         units.append(
             UnitSlot(u.name, u.shape, u.block, part if part in ("self_attn", "mlp") else "")
         )
+    calibration = None
+    for bits in range(2, 9):  # the lowest uniform model measured with this group size
+        m = db.get(fp, profiler.name, f"{key}/{uniform_probe(bits, group_size)}", workload.key)
+        if m is not None and m.ok:
+            calibration = (bits, m.median_ms)
+            break
     ops = make_cost_model(cost_model).fit(measurements)
     fallback = None
     if isinstance(ops, LookupTable):
@@ -249,6 +278,7 @@ def latency_model(
         workload,
         group_size=group_size,
         fallback=fallback,
+        calibration=calibration,
     )
 
 

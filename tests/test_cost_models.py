@@ -110,6 +110,27 @@ def test_candidate_latency_adds_up() -> None:
     )
 
 
+def test_in_model_calibration_reproduces_the_uniform_model() -> None:
+    base = _latency()
+    four = {u.name: (4, 0) for u in base.units}
+    uncalibrated = base.predict(Assignment(units=four))
+    saved = 10.0 - uncalibrated  # what the isolated timings say 4 bits save end to end
+    # Inside the model, 4 bits saved 1.5x what the layer timings alone predict.
+    measured = 10.0 - 1.5 * saved
+    units, table = base.units, base.ops
+    s = base.structure
+    model = CandidateLatency(
+        table, units, base.blocks, s, W, group_size=32, calibration=(4, measured)
+    )
+    assert model.scale == pytest.approx(1.5)
+    assert model.predict(Assignment()) == pytest.approx(10.0)  # dense still reproduced
+    assert model.predict(Assignment(units=four)) == pytest.approx(measured)
+    assert model.predict(Assignment(dropped=("b.1",))) == pytest.approx(8.0)
+    # A probe that contradicts the table (slower than dense) is not believed: α stays 1.
+    slow = CandidateLatency(table, units, base.blocks, s, W, group_size=32, calibration=(4, 11.0))
+    assert slow.scale == 1.0
+
+
 def test_unmeasured_level_needs_a_fallback() -> None:
     model = _latency()
     with pytest.raises(PressoError, match="presso profile"):

@@ -46,8 +46,9 @@ def profiled(handle, tmp_path_factory):  # noqa: ANN001, ANN201
 def test_profile_fills_the_database_and_resumes(handle, profiled) -> None:  # noqa: ANN001
     profiler, db, report = profiled
     shapes = {u.shape for u in handle.units}
-    # Each shape at 16, 4 and 2 bits, plus dense / drop-block / drop-attn / drop-mlp models.
-    assert report.measured == 3 * len(shapes) + 4 and not report.failed
+    # Each shape at 16, 4 and 2 bits, plus dense / drop-block / drop-attn / drop-mlp models
+    # and the all-2-bit model that calibrates layer timings to the model.
+    assert report.measured == 3 * len(shapes) + 5 and not report.failed
     again = profile_model(handle, profiler, db, [W], unit_ops(handle, [2, 4], [0], 32))
     assert again.measured == 0 and again.reused == report.measured
     fp = machine_id(profiler)
@@ -81,6 +82,11 @@ def test_latency_model_reproduces_its_measurements(handle, profiled) -> None:  #
     dense_units = model.unit_ms({u.name: (16, 0) for u in handle.units})
     expected = dense + sum(per_unit.values()) - sum(dense_units.values())
     assert model.predict(Assignment(units=four)) == pytest.approx(expected)
+    uniform = db.get(fp, "torch", f"{key}/uniform-w2-g32", W.key)
+    assert uniform is not None and uniform.ok
+    if model.scale != 1.0:  # fitted (not refused as implausible): the probe is reproduced too
+        two = Assignment(units={u.name: (2, 0) for u in handle.units}, group_size=32)
+        assert model.predict(two) == pytest.approx(uniform.median_ms)
     with pytest.raises(PressoError, match="presso profile"):
         latency_model(handle, profiler, db, Workload(2, 8), group_size=32)
 
