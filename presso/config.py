@@ -273,6 +273,21 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+#: What a Pareto front can be over: the accuracy proxies on calibration data, then what the
+#: space's budgets and reports measure (which of them a run has depends on its space).
+OBJECTIVES = (
+    "kl",
+    "ppl",
+    "cos_dist",
+    "mean_bits",
+    "mean_sparsity",
+    "dropped",
+    "params",
+    "size_mb",
+    "latency_ms",
+)
+
+
 def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> None:
     """Checks that need more than types: budget, names that must exist, strategy options."""
     from presso.models import BUILTIN_MODELS
@@ -335,6 +350,13 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             fail(
                 ("hardware", "backend"),
                 f"unknown backend {exp.hardware.backend!r}; available: {', '.join(available())}",
+            )
+    for i, name in enumerate(exp.objectives):
+        if name.lstrip("-") not in OBJECTIVES:
+            fail(
+                ("objectives", i),
+                f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)} "
+                "(a leading - maximises)",
             )
     if "latency_ms" in exp.objectives and exp.hardware is None:
         fail(("objectives",), "latency_ms needs a hardware: section (backend, workload); add one")

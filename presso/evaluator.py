@@ -184,20 +184,25 @@ class Evaluator:
         try:
             indices = self.sample(request.tokens, request.sample_seed)
             self.apply(request.config)
-            total, count = 0.0, 0
+            total, count, nll = 0.0, 0, 0.0
             for i in range(0, len(indices), self.batch_size):
                 batch = tuple(indices[i : i + self.batch_size])
                 output = self._forward_reusing(request.config, batch)
                 ref = self.reference.get("calibration", batch)
                 value, n = self._divergence(ref, output)
                 total, count = total + value, count + n
+                if self.handle.kind == "causal-lm":
+                    nll += self._nll(output, self.data.calibration[list(batch)])
             fitness = total / count
+            windows, seq_len = len(indices), self.data.calibration.shape[1]
             metrics = {
                 self._metric: fitness,
-                "tokens": float(len(indices) * self.data.calibration.shape[1]),
+                "tokens": float(windows * seq_len),
                 # What the constraints measure (e.g. mean_bits): objectives for Pareto fronts.
                 **self.space.metrics(request.config),
             }
+            if self.handle.kind == "causal-lm":  # calibration perplexity, an objective too
+                metrics["ppl"] = math.exp(nll / (windows * (seq_len - 1)))
             return Result(fitness=fitness, metrics=metrics, seconds=time.perf_counter() - start)
         except Exception as err:  # a failed evaluation is data, not a crash of the run
             return Result(
@@ -208,7 +213,6 @@ class Evaluator:
 
     def heldout(self, config: Config) -> dict[str, float]:
         """Held-out metrics on the evaluation split: ``ppl`` and ``kl`` (causal LM) or ``cos_dist``."""
-        import torch
 
         self.apply(config)
         windows = self.data.evaluation
@@ -219,12 +223,7 @@ class Evaluator:
             value, n = self._divergence(self.reference.get("evaluation", idx), output)
             total, count = total + value, count + n
             if self.handle.kind == "causal-lm":
-                logits = output[:, :-1].float()
-                nll += torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]),
-                    windows[idx][:, 1:].reshape(-1),
-                    reduction="sum",
-                ).item()
+                nll += self._nll(output, windows[idx])
         if self.handle.kind == "causal-lm":
             tokens = windows.shape[0] * (windows.shape[1] - 1)
             return {"ppl": math.exp(nll / tokens), "kl": total / count}
@@ -342,6 +341,16 @@ class Evaluator:
             return float(kl.sum()), kl.numel()
         cos = torch.nn.functional.cosine_similarity(ref, output.float(), dim=-1)
         return float((1 - cos).sum()), cos.numel()
+
+    @staticmethod
+    def _nll(output: torch.Tensor, ids: torch.Tensor) -> float:
+        """Summed next-token negative log-likelihood of ``ids`` under logits ``output``."""
+        import torch
+
+        logits = output[:, :-1].float()
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+        ).item()
 
     def _forward_reusing(self, config: Config, batch: tuple[int, ...]) -> torch.Tensor:
         """Forward ``batch`` under ``config``, starting after the deepest cached block."""

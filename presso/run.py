@@ -57,6 +57,7 @@ def run_search(
     timings = setup.prepare(progress)
     space = setup.space
     echo(f"model {exp.model}: {len(space)} units; {space.describe()}")
+    _check_objectives(exp.objectives or default_objectives(setup), setup)  # before the store
     study = store.open(run) if resume else store.create(run, exp.to_dict(), space)
     if resume:
         for rec in store.records(study):
@@ -159,6 +160,21 @@ def run_search(
     )
     store.set_summary(study, summary)
     return summary
+
+
+def _check_objectives(objectives: list[str], setup: Setup) -> None:
+    """Refuse, before anything is evaluated, an objective this run does not measure (a front
+    over it would come out empty)."""
+    space = setup.space
+    measured = [c.metric for c in (*space.constraints, *space.reports)]
+    measured = (["kl", "ppl"] if setup.handle.kind == "causal-lm" else ["cos_dist"]) + measured
+    for name in objectives:
+        if name.lstrip("-") not in measured:
+            raise PressoError(
+                f"objectives: this run does not measure {name.lstrip('-')!r} (model "
+                f"{setup.handle.name}, a {', '.join(space.kinds())} space); it measures "
+                f"{', '.join(measured)} — use those, or add the budget that measures it"
+            )
 
 
 def default_objectives(setup: Setup) -> list[str]:

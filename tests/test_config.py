@@ -96,3 +96,26 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["search", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("presso: ") and "Traceback" not in err
+
+
+def test_unknown_objective_names_its_line_and_the_choices(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, "model: tiny-llama\nspace:\n  mean_bits: 3\nobjectives: [kl, mean_bitz]\n"
+    )
+    with pytest.raises(
+        PressoError,
+        match=r"exp.yaml:4: objectives.1: unknown objective 'mean_bitz'; choose from kl, ppl",
+    ):
+        load_experiment(path)
+
+
+def test_objective_the_run_does_not_measure_stores_nothing(
+    write_experiment, tmp_path: Path, capsys
+) -> None:
+    exp = tiny_experiment(name="unmeasured", objectives=["kl", "mean_sparsity"])
+    assert main(["search", str(write_experiment(exp)), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "does not measure 'mean_sparsity'" in err and "kl, ppl, mean_bits" in err
+    assert "Traceback" not in err
+    assert main(["runs", "--store", str(tmp_path / "runs.db")]) in (0, 2)
+    assert "unmeasured" not in capsys.readouterr().out  # nothing was stored for it

@@ -65,3 +65,20 @@ def test_heldout_metrics(setup: Setup) -> None:
     ev = setup.evaluator()
     h8, h2 = ev.heldout(setup.space.uniform(8)), ev.heldout(setup.space.uniform(2))
     assert h8["ppl"] > 1 and h8["kl"] < h2["kl"]
+
+
+def test_calibration_perplexity_is_the_windows_own(setup: Setup) -> None:
+    import math
+
+    import torch
+
+    ev = setup.evaluator()
+    request = Request(setup.space.uniform(3), tokens=128, sample_seed=3)
+    metrics = ev.evaluate(request).metrics
+    ids = setup.data.calibration[ev.sample(128, 3)]
+    ev.apply(request.config)
+    logits = setup.handle.forward(ids)[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+    )
+    assert metrics["ppl"] == pytest.approx(math.exp(float(nll)), rel=1e-4)
