@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from presso import __version__
 from presso.errors import PressoError
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=1, help="threads the backend may use")
     pr.add_argument("--repeats", type=int, default=25, help="timed runs per measurement")
     pr.add_argument("--device", default="cpu", help="cpu or cuda")
+    pr.add_argument("--trials", type=int, default=16, help=TRIALS_HELP)
     pr.add_argument("--db", help="profile database (default: <cache>/profiles.sqlite)")
     pr.add_argument(
         "--validate",
@@ -132,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--threads", type=int, default=1)
     g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--trials", type=int, default=16, help=TRIALS_HELP)
     g.add_argument("--store", default=DEFAULT_STORE)
     g.set_defaults(func=_generate)
 
@@ -172,6 +175,21 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+TRIALS_HELP = (
+    "tvm backend: meta_schedule trials per kernel shape not tuned on this machine yet "
+    "(default 16; tuning records are kept in the profile database; 0: untuned)"
+)
+
+
+def tuning_options(backend: str, trials: int, db: Any = None) -> dict[str, Any]:
+    """The options only the tvm backend takes: its tuning budget and where records go."""
+    if trials < 0:
+        raise PressoError(f"--trials must be 0 or more, got {trials}")
+    if backend != "tvm":
+        return {}
+    return {"trials": trials, **({"db": db} if db is not None else {})}
+
+
 def _profile(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -187,8 +205,13 @@ def _profile(args: argparse.Namespace) -> int:
     from presso.run import _tqdm
 
     workloads = [Workload.parse(w) for w in args.workload]
+    db = ProfileDatabase(args.db)
     profiler = make_profiler(
-        args.backend, device=args.device, threads=args.threads, repeats=args.repeats
+        args.backend,
+        device=args.device,
+        threads=args.threads,
+        repeats=args.repeats,
+        **tuning_options(args.backend, args.trials, db),
     )
     handle = load_model(args.model)
     widths = sorted({u.shape[1] for u in handle.units})
@@ -201,7 +224,6 @@ def _profile(args: argparse.Namespace) -> int:
             f"--group-size {group} does not divide the input widths {widths} of {handle.name}'s "
             "layers; choose a divisor of them, or 0 for per channel"
         )
-    db = ProfileDatabase(args.db)
     ops = unit_ops(handle, args.bits, args.sparsity, group)
     progress = None if args.quiet else _tqdm
     report = profile_model(handle, profiler, db, workloads, ops, progress=progress)
@@ -360,6 +382,7 @@ def _generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         threads=args.threads,
         device=args.device,
+        options=tuning_options(args.backend, args.trials),
     )
     print(f"{args.prompt}{out['text']}")
     decode = f"{out['decode_tok_s']:.1f}" if out["decode_tok_s"] else "-"

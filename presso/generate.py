@@ -37,16 +37,17 @@ def generate(
     max_new_tokens: int = 32,
     threads: int = 1,
     device: str = "cpu",
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Greedy-generate from ``prompt`` with the candidate on ``backend``; the text, and prefill
-    and decode throughput in tokens/s."""
+    and decode throughput in tokens/s. ``options``: further profiler options (e.g. tvm trials)."""
     import torch
 
     handle = source.handle
     if handle.kind != "causal-lm":
         raise PressoError(f"{handle.name} is an encoder: it does not generate text")
     assignment = assignment_of(plan)
-    profiler = make_profiler(backend, device=device, threads=threads)
+    profiler = make_profiler(backend, device=device, threads=threads, **(options or {}))
     ids = handle.tokenizer(prompt, return_tensors="pt").input_ids
     if ids.shape[1] == 0:
         raise PressoError("the prompt is empty; give some text with --prompt")

@@ -53,9 +53,10 @@ def carrier_bits(bits: int) -> int:
 
 @register
 class TvmProfiler(Profiler):
-    """Times ops with TVM's tuned llvm kernels. ``db``: where tuning records live (None: tune
-    in every new process); ``trials``: meta_schedule trials per untuned kernel shape (0 runs
-    untuned TensorIR — correct but not a latency worth reporting)."""
+    """Times ops with TVM's tuned llvm kernels. ``db``: where tuning records live (None: this
+    machine's profile database, ``<cache>/profiles.sqlite``, so each kernel shape is tuned once
+    per machine); ``trials``: meta_schedule trials per untuned kernel shape (0 runs untuned
+    TensorIR — correct but not a latency worth reporting)."""
 
     name = "tvm"
     requires = ("tvm",)
@@ -94,6 +95,10 @@ class TvmProfiler(Profiler):
     def _kernel(self, rows: int, out_f: int, in_f: int, bits: int, group_size: int | None) -> Any:
         from presso.kernels._tvm_gemm import compile_gemm, tvm_fingerprint
 
+        if self.db is None and self.trials > 0:
+            from presso.profilers._database import ProfileDatabase
+
+            self.db = ProfileDatabase()
         fp = tvm_fingerprint() if self.db is not None else None
         return compile_gemm(
             rows, out_f, in_f, bits, group_size, trials=self.trials, db=self.db, fingerprint=fp
@@ -164,7 +169,8 @@ def _tvm_linear() -> type:
 
     class TvmLinear(nn.Module):
         """``y = x W^T + b`` with ``W`` held in the kernel's layout (packed int4, int8 codes, or
-        fp32) and the kernel compiled per row count on first use."""
+        fp32). Kernels are compiled for a fixed row count: inputs are zero-padded to the next
+        power of two, so that prompts of every length share a few tuned kernels."""
 
         def __init__(
             self,
@@ -184,11 +190,17 @@ def _tvm_linear() -> type:
             self.profiler = profiler
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            rows = x.reshape(-1, self.in_features).float().contiguous()
+            import torch
+
+            rows = x.reshape(-1, self.in_features).float()
+            m = rows.shape[0]
+            bucket = 1 << (m - 1).bit_length()
+            if bucket != m:
+                rows = torch.cat([rows, rows.new_zeros(bucket - m, self.in_features)])
             gemm = self.profiler._kernel(
-                rows.shape[0], self.out_features, self.in_features, self.carrier, self.group_size
+                bucket, self.out_features, self.in_features, self.carrier, self.group_size
             )
-            y = gemm(rows, *self.weights).view(*x.shape[:-1], self.out_features)
+            y = gemm(rows.contiguous(), *self.weights)[:m].view(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
 
         def extra_repr(self) -> str:

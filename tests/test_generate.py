@@ -78,3 +78,16 @@ def test_generate_on_torch_kernels(run_store, capsys) -> None:  # noqa: ANN001
     assert main(args + ["--backend", "nope"]) == 2
     assert "unknown backend" in capsys.readouterr().err
     assert main(args + ["--candidate", "baseline:nope"]) == 2
+
+
+def test_generate_on_tvm_kernels_matches_presso(run_store, capsys) -> None:  # noqa: ANN001
+    pytest.importorskip("tvm")
+    prompt = "def main(args"  # a prompt length that is no power of two: rows are padded
+    args = ["generate", "tiny", "--store", run_store, "--prompt", prompt, "--max-new-tokens", "4"]
+    # --trials 0: untuned kernels, correct and quick to build (a test cannot wait for tuning).
+    assert main(args + ["--backend", "tvm", "--trials", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "on tvm" in out and "decode 4 tokens at" in out
+    assert out.splitlines()[0] == prompt + _greedy_reference(run_store, prompt, 4)
+    assert main(args + ["--backend", "tvm", "--trials", "-1"]) == 2
+    assert "--trials must be 0 or more" in capsys.readouterr().err
