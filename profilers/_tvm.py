@@ -111,17 +111,19 @@ class TvmProfiler(Profiler):
 
         carrier = carrier_bits(op.bits)
         group = None if carrier == DENSE_BITS else op.group_size
-        gemm = self._kernel(workload.rows, op.out_features, op.in_features, carrier, group)
-        x = torch.randn(workload.rows, op.in_features)
+        rows = row_bucket(workload.rows)  # as an assembled model runs them (see TvmLinear)
+        gemm = self._kernel(rows, op.out_features, op.in_features, carrier, group)
+        x = torch.randn(rows, op.in_features)
         weights = random_weights(gemm.shape)
         if op.sparsity and carrier == DENSE_BITS:
             weights[0] = _pruned(weights[0], op.sparsity)
-        out = torch.empty(workload.rows, op.out_features)
+        out = torch.empty(rows, op.out_features)
         return self._timed(
             lambda: gemm(x, *weights, out=out),
             op=op.key,
             workload=workload,
             kernel=gemm.shape.kernel,
+            kernel_rows=rows,
             carrier_bits=carrier,
             tuned=gemm.record is not None,
             trials=self.trials,
@@ -153,6 +155,11 @@ class TvmProfiler(Profiler):
                 trials=self.trials,
                 dropped=list(assignment.dropped),
             )
+
+
+def row_bucket(rows: int) -> int:
+    """The row count a kernel is compiled for: ``rows`` rounded up to a power of two."""
+    return 1 << (max(rows, 1) - 1).bit_length()
 
 
 def _pruned(weight: torch.Tensor, sparsity: int) -> torch.Tensor:
@@ -194,7 +201,7 @@ def _tvm_linear() -> type:
 
             rows = x.reshape(-1, self.in_features).float()
             m = rows.shape[0]
-            bucket = 1 << (m - 1).bit_length()
+            bucket = row_bucket(m)
             if bucket != m:
                 rows = torch.cat([rows, rows.new_zeros(bucket - m, self.in_features)])
             gemm = self.profiler._kernel(

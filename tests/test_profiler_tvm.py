@@ -20,7 +20,7 @@ from presso.profilers import (  # noqa: E402
     available,
     make_profiler,
 )
-from presso.profilers._tvm import carrier_bits  # noqa: E402
+from presso.profilers._tvm import carrier_bits, row_bucket  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,9 @@ def test_measures_an_assembled_candidate(profiler, tiny, phase: str) -> None:
     m = profiler.measure_model(tiny, a, Workload(1, 8, phase))
     assert m.ok, m.error
     assert m.detail["dropped"] == [tiny.block_names()[1]]
+
+
+def test_rows_run_in_power_of_two_kernels(profiler) -> None:
+    assert [row_bucket(m) for m in (1, 2, 3, 7, 8, 129)] == [1, 2, 4, 8, 8, 256]
+    m = profiler.measure(LinearOp(64, 64, 4, 0, 32), Workload(1, 7, "prefill"))
+    assert m.ok and m.detail["kernel_rows"] == 8
