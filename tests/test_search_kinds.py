@@ -98,7 +98,7 @@ def test_multiobjective_pareto(write_experiment, tmp_path: Path, capsys, strateg
     assert "hypervolume" in shown and f"pareto:{len(points) - 1}" in shown
 
     # Any point of the front leaves presso: its plan holds exactly that point's levels.
-    for i, (kl, mean_bits) in enumerate(points):
+    for i, (_kl, mean_bits) in enumerate(points):
         out = tmp_path / f"front-{i}.json"
         args = ["export", strategy, "--store", store, "--candidate", f"pareto:{i}"]
         assert main([*args, "--out", str(out)]) == 0
