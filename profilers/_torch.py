@@ -380,7 +380,11 @@ class TorchProfiler(Profiler):
         x = torch.randn(workload.rows, op.in_features, generator=gen).to(self.device, self.dtype)
         carrier = 4 if op.bits <= 4 else 8 if op.bits < DENSE_BITS else 32
         # Distinct weight copies, cycled: inside a model a layer is read from memory, not cache.
-        n = weight_copies(op.out_features * op.in_features * carrier / 8) if self.device == "cpu" else 1
+        n = (
+            weight_copies(op.out_features * op.in_features * carrier / 8)
+            if self.device == "cpu"
+            else 1
+        )
         with self._threads(), torch.inference_mode():
             if op.bits < DENSE_BITS:
                 qw = quantized_level(weight, op.bits, op.sparsity, op.group_size)
