@@ -110,11 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         help="plan (default), evopress, ... (`presso export --formats` lists them)",
     )
     e.add_argument("--formats", action="store_true", help="list the export formats and exit")
-    e.add_argument(
-        "--candidate",
-        default="search",
-        help="'search' (default), 'baseline:NAME', or 'pareto:I' (`presso show RUN --pareto`)",
-    )
+    e.add_argument("--candidate", default="search", help=CANDIDATE_HELP)
     e.add_argument("--out", help="output file (.json/.yaml for plans); default: standard output")
     e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     e.add_argument("--store", default=DEFAULT_STORE)
@@ -125,11 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("run")
     g.add_argument("--backend", default="torch", help="torch, onnxruntime, tvm or triton")
-    g.add_argument(
-        "--candidate",
-        default="search",
-        help="'search' (default), 'baseline:NAME', or 'pareto:I' (`presso show RUN --pareto`)",
-    )
+    g.add_argument("--candidate", default="search", help=CANDIDATE_HELP)
     g.add_argument("--prompt", default="In the beginning God created", help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--threads", type=int, default=1)
@@ -175,6 +167,7 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+CANDIDATE_HELP = "'search' (default), 'baseline:NAME', or 'pareto:I' (`presso show RUN --pareto`)"
 TRIALS_HELP = (
     "tvm backend: meta_schedule trials per kernel shape not tuned on this machine yet "
     "(default 16; tuning records are kept in the profile database; 0: untuned)"

@@ -93,11 +93,12 @@ def _torch_stepper(model: Any, device: str) -> Any:
     from transformers import DynamicCache
 
     cache = DynamicCache()
+    with_cache = cache_kwargs(model, cache)  # once: not in every timed step
 
     def step(new: list[int], *, first: bool) -> Any:
         ids = torch.tensor([new], device=device)
         with torch.inference_mode():
-            out = model(input_ids=ids, use_cache=True, **cache_kwargs(model, cache))
+            out = model(input_ids=ids, use_cache=True, **with_cache)
         return out.logits[0, -1].float().cpu()
 
     return step

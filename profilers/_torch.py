@@ -663,10 +663,10 @@ class TorchProfiler(Profiler):
         # Decode: one new token per sequence against the prefilled cache; after each step the
         # cache is cropped back, so every repeat sees seq_len cached tokens.
         cache = model(input_ids=ids, use_cache=True).past_key_values
-        new = ids[:, -1:]
+        new, with_cache = ids[:, -1:], cache_kwargs(model, cache)
 
         def step() -> None:
-            model(input_ids=new, use_cache=True, **cache_kwargs(model, cache))
+            model(input_ids=new, use_cache=True, **with_cache)
             cache.crop(-1)
 
         return step

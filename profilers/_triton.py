@@ -224,10 +224,10 @@ def _decode_step(model: Any, ids: Any) -> Callable[[], Any]:
     """One new token per sequence against a KV cache of ``ids.shape[1]`` tokens; the cache is
     cropped back after every step, so every timed step sees the same cache length."""
     cache = model(input_ids=ids, use_cache=True).past_key_values
-    step = ids[:, -1:].contiguous()
+    step, with_cache = ids[:, -1:].contiguous(), cache_kwargs(model, cache)
 
     def run() -> None:
-        model(input_ids=step, use_cache=True, **cache_kwargs(model, cache))
+        model(input_ids=step, use_cache=True, **with_cache)
         cache.crop(-1)
 
     return run

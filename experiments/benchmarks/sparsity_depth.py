@@ -21,6 +21,7 @@ import torch
 from presso.config import Experiment
 from presso.experiment import Setup
 from presso.pareto import hypervolume, non_dominated
+from presso.paths import atomic_write_text
 from presso.search import LocalPool, drive, make_strategy
 
 
@@ -121,10 +122,7 @@ def main() -> None:
 
     def save() -> None:
         """After every section, atomically: a long run cut short keeps what it measured."""
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=float))
-        tmp.replace(out)
+        atomic_write_text(out, json.dumps(report, indent=2, default=float))
 
     first = Setup(
         experiment({"kind": "sparsity", "mean_sparsity": (args.sparsity or [50])[0]}, args)
