@@ -12,11 +12,14 @@ kernels share one calling convention (all tensors C-contiguous, on the CPU):
   and code ``k = 2i + 1`` in its **high** nibble (bits 4–7): ``packed = c[2i] | (c[2i+1] << 4)``.
   This is the order of ONNX Runtime's MatMulNBits; :func:`pack_int4` / :func:`unpack_int4`.
 
-The dequantization is its own TensorIR block; meta_schedule's llvm rules inline it into the
-reduction (an fp32 copy of the weight is never written). Placing a dequantized tile at a loop
-instead (no AutoInline, RandomComputeLocation) was tried at M = 256 and was not faster.
+The schedules are presso's own (see "the design space" below): a register-resident
+dequantize-and-multiply for decode rows and a BLIS-style panel GEMM for prefill, with a handful of
+knobs (tile sizes, unrolling) left as sampled decisions. meta_schedule's generic llvm rules were
+used before; with a few dozen trials they reached 7-12x less than torch at M = 256, and a hand-
+written space needs no large search to be fast. TVM's thread pool is set to every core this
+process may use (it otherwise starts half as many workers as CPUs: one, on this machine).
 
-Tuning runs meta_schedule's evolutionary search for a bounded number of ``trials`` with a
+Tuning runs meta_schedule over that space for a bounded number of ``trials`` with a
 builder and a runner that work inside this process: meta_schedule's ``LocalBuilder`` starts fresh
 worker processes for every batch, and each imports TVM (10–50 s on this machine) before
 building anything. Only the x86 tensor intrinsics are registered (importing all of them loads
@@ -51,6 +54,9 @@ BACKEND = "tvm"
 #: Kernel name by weight bits: 4 → int4, 8 → int8, 16 → dense fp32.
 KERNELS = {4: "int4", 8: "int8", 16: "dense"}
 
+#: The design space's version, part of every tuning record's key: a record holds a schedule's
+#: trace, which only replays on the TensorIR and design space it was tuned on.
+DESIGN = "d2"
 #: How many times a tuning search ran in this process (tests check that a cached shape does not).
 TUNING_RUNS = {"count": 0}
 
@@ -134,7 +140,7 @@ class GemmShape:
     @property
     def key(self) -> str:
         g = "na" if self.bits == 16 else f"g{self.group}"
-        return f"gemm-{self.kernel}-m{self.m}-n{self.n}-k{self.k}-{g}"
+        return f"gemm-{self.kernel}-m{self.m}-n{self.n}-k{self.k}-{g}-{DESIGN}"
 
     def weight_shapes(self) -> list[tuple[tuple[int, ...], str]]:
         """``(shape, dtype)`` of the weight arguments after ``x``, in call order."""
@@ -153,7 +159,52 @@ def _tvm() -> Any:
         import tvm
     except ImportError:
         raise MissingExtraError("tvm", "tvm", "the TVM GEMM kernels") from None
+    _use_all_cores()
     return tvm
+
+
+def _cores() -> int:
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return int(cores or 1)
+
+
+def _use_all_cores() -> None:
+    """Run TVM's parallel loops on every core this process may use. Left alone, TVM's thread
+    pool assumes two hyperthreads per core and starts half as many workers as there are CPUs —
+    on this 2-core machine, one: every kernel ran single-threaded. A user's own
+    ``TVM_NUM_THREADS`` is kept."""
+    import os
+
+    import tvm_ffi
+
+    wanted = int(os.environ.setdefault("TVM_NUM_THREADS", str(_cores())))
+    if tvm_ffi.get_global_func("runtime.NumThreads")() != wanted:
+        # The pool re-reads TVM_NUM_THREADS when reconfigured (mode 0: no core pinning).
+        tvm_ffi.get_global_func("runtime.config_threadpool")(0, wanted)
+
+
+def tvm_threads() -> int:
+    """How many threads TVM's parallel loops run on (after presso configured the pool)."""
+    _tvm()
+    import tvm_ffi
+
+    return int(tvm_ffi.get_global_func("runtime.NumThreads")())
+
+
+def cpu_target() -> dict[str, Any]:
+    """The llvm target of this CPU as TVM 0.27 takes it (a dict; ``mcpu`` detected)."""
+    tvm = _tvm()
+    return {
+        "kind": "llvm",
+        "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+        "num-cores": _cores(),
+    }
+
+
+def _target_key(target: dict[str, Any]) -> str:
+    return f"{target['kind']}-{target['mcpu']}-c{target['num-cores']}"
 
 
 def _register_x86_intrinsics() -> None:
@@ -173,25 +224,13 @@ def _register_x86_intrinsics() -> None:
     importlib.import_module(name + ".x86")
 
 
-def cpu_target() -> dict[str, Any]:
-    """The llvm target of this CPU as TVM 0.27 takes it (a dict; ``mcpu`` detected)."""
-    import os
-
-    tvm = _tvm()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "kind": "llvm",
-        "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-        "num-cores": int(cores or 1),
-    }
-
-
-def _target_key(target: dict[str, Any]) -> str:
-    return f"{target['kind']}-{target['mcpu']}-c{target['num-cores']}"
-
-
 def prim_func(shape: GemmShape) -> Any:
-    """The unscheduled TensorIR function ``main(x, *weights, y)`` of ``shape``."""
+    """The unscheduled TensorIR function ``main(x, *weights, y)`` of ``shape``.
+
+    int4 reduces over byte ``i`` and nibble ``h`` (``k = 2i + h``) rather than over ``k``, so
+    that a vector of consecutive ``i`` reads consecutive bytes with one shift for the whole
+    vector; ``x`` is regrouped to ``xe[m, h, i] = x[m, 2i + h]`` for the same reason (a
+    decode-sized copy the GEMM schedule inlines again)."""
     tvm = _tvm()
     from tvm import te
 
@@ -202,28 +241,170 @@ def prim_func(shape: GemmShape) -> Any:
         for (s, dtype), nm in zip(shape.weight_shapes(), ("w", "scales", "zeros"))
     ]
     if shape.bits == 16:
-        w = weights[0]
-    else:
+        (w,) = weights
+        r = te.reduce_axis((0, k), name="r")
+        y = te.compute((m, n), lambda a, j: te.sum(x[a, r] * w[j, r], axis=r), name="y")
+    elif shape.bits == 8:
         codes, scales, zeros = weights
-        if shape.bits == 4:
-            low4 = tvm.tirx.const(15, "uint8")
-
-            def code(i: Any, j: Any) -> Any:
-                shift = ((j % 2) * 4).astype("uint8")  # even k: low nibble, odd k: high
-                return (codes[i, j // 2] >> shift) & low4
-        else:
-
-            def code(i: Any, j: Any) -> Any:
-                return codes[i, j]
-
         w = te.compute(
             (n, k),
-            lambda i, j: scales[i, j // g] * (code(i, j).astype("float32") - zeros[i, j // g]),
+            lambda j, c: scales[j, c // g] * (codes[j, c].astype("float32") - zeros[j, c // g]),
             name="dequant",
         )
-    r = te.reduce_axis((0, k), name="r")
-    y = te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[j, r], axis=r), name="y")
+        r = te.reduce_axis((0, k), name="r")
+        y = te.compute((m, n), lambda a, j: te.sum(x[a, r] * w[j, r], axis=r), name="y")
+    else:
+        packed, scales, zeros = weights
+        half = g // 2  # bytes per group (g is even: K is, and g divides K or is K)
+        low4 = tvm.tirx.const(15, "uint8")
+        xe = te.compute((m, 2, k // 2), lambda a, h, i: x[a, 2 * i + h], name="xe")
+        w = te.compute(
+            (n, 2, k // 2),
+            lambda j, h, i: (
+                scales[j, i // half]
+                * (
+                    ((packed[j, i] >> (h * 4).astype("uint8")) & low4).astype("float32")
+                    - zeros[j, i // half]
+                )
+            ),
+            name="dequant",
+        )
+        rh = te.reduce_axis((0, 2), name="rh")
+        ri = te.reduce_axis((0, k // 2), name="ri")
+        y = te.compute(
+            (m, n), lambda a, j: te.sum(xe[a, rh, ri] * w[j, rh, ri], axis=[rh, ri]), name="y"
+        )
     return te.create_prim_func([x, *weights, y])
+
+
+# --------------------------------------------------------------------------- the design space
+#
+# Two schedule families, chosen by M (rows of x), each with a few knobs meta_schedule samples:
+#
+# * decode (M <= GEMV_ROWS): every weight is used by at most a few rows, so it is dequantized in
+#   registers and never stored. The reduction is split into vector lanes along K (rfactor):
+#   lanes of consecutive K (bytes, for int4) are dequantized together and multiplied into
+#   per-lane accumulators of every row; a final sum folds the lanes. Knobs: outputs per task
+#   (Nt), unrolled lane vectors (U).
+# * prefill (M > GEMV_ROWS): BLIS-style. Each parallel task owns a panel of Nt outputs,
+#   dequantizes it once into a K × Nt fp32 buffer laid out so Nt outputs are contiguous, and
+#   runs an Mt × Nt register-blocked micro-kernel over it (Nt/16 AVX-512 vectors × Mt rows of
+#   accumulators, one broadcast of x per row and K step). The dequantization is amortized over
+#   all M rows. The dense kernel copies its panel the same way. Knobs: (Mt, Nt), K unroll,
+#   vectorized or scalar panel fill.
+
+GEMV_ROWS = 8
+_PANELS = ((8, 32), (4, 64), (16, 16), (8, 16), (4, 32))  # (Mt, Nt): <= 16 accumulators
+_TASK_OUTPUTS = (4, 8, 2, 1)  # decode: outputs per inner task
+_UNROLLS = (1, 2, 4)
+
+
+def design_spaces(sch: Any, shape: GemmShape, default: bool = False) -> list[Any]:
+    """``shape``'s design space as meta_schedule takes it: one schedule per structural choice
+    (copies of ``sch``), each with its numeric knobs left as sampled decisions that a replay
+    of its trace re-draws. ``default``: only the untuned schedule — the first structural
+    choice with every decision at its first option."""
+    if shape.m <= GEMV_ROWS:
+        _schedule_decode(sch, shape, default)
+        return [sch]
+    panels = [(mt, nt) for mt, nt in _PANELS if shape.m % mt == 0 and shape.n % nt == 0]
+    panels = panels or [(_largest_divisor(shape.m, 16), _largest_divisor(shape.n, 64))]
+    spaces = []
+    for panel in panels[:1] if default else panels:
+        for vector_fill in (True,) if default else (True, False):
+            space = sch.copy()
+            _schedule_prefill(space, shape, panel, vector_fill, default)
+            spaces.append(space)
+    return spaces
+
+
+def _choose(sch: Any, options: list[int], default: bool) -> Any:
+    """A decision among ``options`` (ints), recorded in the trace so that a replay re-draws it
+    (the first option if ``default``); used directly as a split factor."""
+    if len(options) == 1:
+        return options[0]
+    return sch.sample_categorical(
+        options, [1 / len(options)] * len(options), decision=0 if default else None
+    )
+
+
+def _dividing(options: Any, length: int) -> list[int]:
+    return [o for o in options if length % o == 0] or [1]
+
+
+def _lanes(*lengths: int) -> int:
+    """The widest vector (16 fp32 lanes: one AVX-512 register) that divides every length."""
+    return next(v for v in (16, 8, 4, 2, 1) if all(n % v == 0 for n in lengths))
+
+
+def _schedule_decode(sch: Any, shape: GemmShape, default: bool) -> None:
+    y = sch.get_sblock("y")
+    if shape.bits < 16:
+        sch.compute_inline(sch.get_sblock("dequant"))
+    if shape.bits == 4:
+        a, j, _, r = sch.get_loops(y)  # (rows, outputs, nibble, bytes)
+        length, lanes = shape.k // 2, _lanes(shape.k // 2, shape.group // 2)
+    else:
+        a, j, r = sch.get_loops(y)
+        length = shape.k
+        lanes = _lanes(shape.k, shape.group) if shape.bits == 8 else _lanes(shape.k)
+    unroll = _choose(sch, _dividing(_UNROLLS, length // lanes), default)
+    outputs = _choose(sch, _dividing(_TASK_OUTPUTS, shape.n), default)
+    ro, ru, ri = sch.split(r, [None, unroll, lanes])
+    rf = sch.rfactor(ri, 2)  # y_rf[a, j, lane]: one accumulator vector per row and output
+    loops = sch.get_loops(rf)
+    jo, ji = sch.split(loops[1], [None, outputs])
+    reductions = loops[2:-1]  # (h,) K-steps, unrolled K-steps
+    lane = loops[-1]
+    sch.reorder(jo, ji, *reductions, loops[0], lane)
+    sch.parallel(jo)
+    sch.unroll(reductions[-1])
+    sch.unroll(loops[0])
+    sch.vectorize(lane)
+    sch.reverse_compute_at(y, ji)  # fold the lanes right after each output's accumulation
+    sch.cache_write(rf, 0, "local")  # the accumulators live in registers
+    sch.decompose_reduction(rf, reductions[0])
+
+
+def _schedule_prefill(
+    sch: Any, shape: GemmShape, panel_shape: tuple[int, int], vector_fill: bool, default: bool
+) -> None:
+    rows, outputs = panel_shape
+    y = sch.get_sblock("y")
+    if shape.bits == 4:
+        sch.compute_inline(sch.get_sblock("xe"))
+        panel = sch.get_sblock("dequant")
+        sch.transform_layout(panel, ("write", 0), lambda j, h, i: (j // outputs, i, h, j % outputs))
+        a, j, rh, r = sch.get_loops(y)
+        length = shape.k // 2
+    else:
+        panel = sch.get_sblock("dequant") if shape.bits == 8 else sch.cache_read(y, 1, "global")
+        sch.transform_layout(panel, ("write", 0), lambda j, c: (j // outputs, c, j % outputs))
+        a, j, r = sch.get_loops(y)
+        rh, length = None, shape.k
+    k_unroll = _choose(sch, _dividing((4, 2, 1), length), default)
+    ao, ai = sch.split(a, [None, rows])
+    jo, ji = sch.split(j, [None, outputs])
+    ro, ru = sch.split(r, [None, k_unroll])
+    inner = [ru, rh] if rh is not None else [ru]
+    sch.reorder(jo, ao, ro, *inner, ai, ji)
+    out = sch.cache_write(y, 0, "global")  # the Mt x Nt accumulators of one micro-kernel call
+    sch.reverse_compute_at(out, ao)
+    sch.compute_at(panel, jo)
+    fill = sch.get_loops(panel)[1:]  # (j', i, h) or (j', k): make the Nt outputs innermost
+    sch.reorder(*fill[1:], fill[0])
+    if vector_fill:
+        sch.vectorize(fill[0])
+    sch.parallel(jo)
+    for loop in (*inner, ai):
+        sch.unroll(loop)
+    sch.vectorize(ji)
+    sch.decompose_reduction(y, ro)
+    sch.vectorize(sch.get_loops(out)[-1])
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
 def _in_process_tools(tvm: Any) -> tuple[Any, Any]:
@@ -290,7 +471,8 @@ def _in_process_tools(tvm: Any) -> tuple[Any, Any]:
 
 def tune(shape: GemmShape, target: dict[str, Any], trials: int) -> dict[str, Any]:
     """Search ``trials`` schedules of ``shape`` with meta_schedule; the best one as a JSON-ready
-    record ``{"trace", "run_ms", "trials", "tune_s"}`` (run_ms: its tuning-time median)."""
+    record ``{"trace", "run_ms", "trials", "measured", "tune_s"}`` (run_ms: its tuning-time
+    median; measured: distinct schedules timed, at most ``trials``)."""
     tvm = _tvm()
     _register_x86_intrinsics()
     from tvm.s_tir import meta_schedule as ms
@@ -318,9 +500,14 @@ def tune(shape: GemmShape, target: dict[str, Any], trials: int) -> dict[str, Any
             builder=builder,
             runner=runner,
             database=ms.database.MemoryDatabase(),
-            cost_model="random",  # xgboost is not a dependency; few trials make it moot anyway
+            cost_model="random",  # a learned model needs more trials than a few dozen
+            # presso's design space, with no mutators: every trial is a fresh sample of the
+            # knobs (already-measured samples are skipped), not a mutation of a good one.
+            space=ms.space_generator.ScheduleFn(
+                lambda sch: design_spaces(sch, shape), sch_rules=[], postprocs=[], mutator_probs={}
+            ),
             strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=64, genetic_num_iters=2, init_min_unmeasured=16
+                population_size=64, genetic_num_iters=1, init_min_unmeasured=16
             ),
             num_tuning_cores=int(target["num-cores"]),
             seed=0,
@@ -332,11 +519,13 @@ def tune(shape: GemmShape, target: dict[str, Any], trials: int) -> dict[str, Any
             "raise trials or use trials=0 for the untuned kernel"
         )
     best = records[0]
+    measured = len(database.get_all_tuning_records())
     secs = sorted(float(t) for t in best.run_secs)
     return {
         "trace": json.loads(json.dumps(best.trace.as_json(remove_postproc=False), default=_json)),
         "run_ms": secs[len(secs) // 2] * 1e3,
         "trials": trials,
+        "measured": measured,
         "tune_s": time.perf_counter() - start,
     }
 
@@ -351,18 +540,19 @@ def _json(value: Any) -> Any:
 
 
 def _compile(shape: GemmShape, target: dict[str, Any], record: dict[str, Any] | None) -> Any:
-    """The compiled ``main`` of ``shape``, scheduled by ``record``'s trace (None: untuned)."""
+    """The compiled ``main`` of ``shape``, scheduled by ``record``'s trace (None: the design
+    space's default point, untuned)."""
     tvm = _tvm()
-    mod = tvm.IRModule({"main": prim_func(shape)})
-    if record is not None:
-        _register_x86_intrinsics()
-        from tvm.s_tir import Schedule
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(tvm.IRModule({"main": prim_func(shape)}))
+    if record is None:
+        sch = design_spaces(sch, shape, default=True)[0]
+    else:
         from tvm.s_tir.schedule import Trace
 
-        sch = Schedule(mod)
         Trace.apply_json_to_schedule(record["trace"], sch)
-        mod = sch.mod
-    return tvm.compile(mod, target=tvm.target.Target(target))["main"]
+    return tvm.compile(sch.mod, target=tvm.target.Target(target))["main"]
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -416,8 +606,8 @@ def compile_gemm(
 ) -> TvmGemm:
     """The kernel for ``y[m, n] = x[m, k] · W[n, k]^T`` at ``bits`` (4, 8, 16 = dense fp32).
 
-    trials: meta_schedule trials when no tuning record exists (0: compile the untuned
-    TensorIR, correct but slow — for tests). db/fingerprint: where tuning records are read
+    trials: meta_schedule trials when no tuning record exists (0: the design space's default
+    schedule, untuned). db/fingerprint: where tuning records are read
     from and written to (fingerprint defaults to this machine's, see :func:`tvm_fingerprint`).
     Raises PressoError for a shape no kernel can run.
     """

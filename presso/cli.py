@@ -170,7 +170,7 @@ def _search(args: argparse.Namespace) -> int:
 CANDIDATE_HELP = "'search' (default), 'baseline:NAME', or 'pareto:I' (`presso show RUN --pareto`)"
 TRIALS_HELP = (
     "tvm backend: meta_schedule trials per kernel shape not tuned on this machine yet "
-    "(default 16; tuning records are kept in the profile database; 0: untuned)"
+    "(default 16; tuning records are kept in the profile database; 0: default schedules, untuned)"
 )
 
 

@@ -55,8 +55,8 @@ def carrier_bits(bits: int) -> int:
 class TvmProfiler(Profiler):
     """Times ops with TVM's tuned llvm kernels. ``db``: where tuning records live (None: this
     machine's profile database, ``<cache>/profiles.sqlite``, so each kernel shape is tuned once
-    per machine); ``trials``: meta_schedule trials per untuned kernel shape (0 runs untuned
-    TensorIR — correct but not a latency worth reporting)."""
+    per machine); ``trials``: meta_schedule trials per untuned kernel shape (0 compiles each
+    kernel's default schedule without tuning)."""
 
     name = "tvm"
     requires = ("tvm",)

@@ -118,3 +118,50 @@ def test_tuned_kernel_at_a_smollm2_shape_equals_reference(bits: int) -> None:
     torch.testing.assert_close(
         gemm(x, *weights), _reference(gemm.shape, x, weights), rtol=1e-4, atol=1e-2
     )
+
+
+def test_kernels_run_on_every_core() -> None:
+    # TVM's own default is half the CPUs (it assumes hyperthreads): on 2 cores, one thread.
+    import os
+
+    expected = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    assert tg.tvm_threads() == expected
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+@pytest.mark.parametrize("m", [2, 32])  # a decode and a prefill schedule
+def test_every_point_of_the_design_space_equals_reference(bits: int, m: int) -> None:
+    # Tuning may pick any point: every structural choice at every combination of its decisions
+    # must be exact. N = 96 admits every panel width, K = 64 every unroll.
+    import itertools
+
+    import tvm
+    import tvm_ffi
+    from tvm.s_tir import Schedule
+    from tvm.s_tir.schedule import Trace
+
+    shape = tg.GemmShape(m, 96, 64, bits, G)
+    mod = tvm.IRModule({"main": tg.prim_func(shape)})
+    spaces = tg.design_spaces(Schedule(mod), shape)
+    assert len(spaces) == (1 if m <= tg.GEMV_ROWS else 2 * 4)  # (Mt, Nt) pairs dividing 32 x 96
+    weights, x = tg.random_weights(shape, seed=m), torch.randn(m, shape.k)
+    expected = _reference(shape, x, weights)
+    seen = set()
+    for space in spaces:
+        samples = [i for i in space.trace.insts if i.kind.name == "SampleCategorical"]
+        options = [range(len(i.attrs[0])) for i in samples]
+        for choice in itertools.product(*options):
+            sch = Schedule(mod)
+            decisions = {i: tvm.runtime.convert(c) for i, c in zip(samples, choice)}
+            Trace(space.trace.insts, decisions).apply_to_schedule(sch, remove_postproc=True)
+            seen.add(tvm_ffi.structural_hash(sch.mod))
+            func = tvm.compile(sch.mod, target=tvm.target.Target(tg.cpu_target()))["main"]
+            y = torch.empty(m, shape.n)
+            func(x, *weights, y)
+            torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-3)
+    assert len(seen) > len(spaces)  # the decisions are real knobs: other choices, other code
+
+
+def test_tuning_measures_distinct_schedules() -> None:
+    record = tg.tune(tg.GemmShape(32, 96, 64, 4, G), tg.cpu_target(), trials=8)
+    assert 1 < record["measured"] <= 8 and record["run_ms"] > 0
