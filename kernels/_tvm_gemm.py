@@ -155,6 +155,7 @@ class GemmShape:
 
 
 def _tvm() -> Any:
+    _configure_threads()
     try:
         import tvm
     except ImportError:
@@ -170,18 +171,29 @@ def _cores() -> int:
     return int(cores or 1)
 
 
+def _configure_threads() -> None:
+    """TVM's thread pool settings, before the pool exists (a user's own values are kept):
+    every core this process may use — TVM assumes two hyperthreads per core and otherwise
+    starts half as many workers as CPUs, on this 2-core machine one, so every kernel ran
+    single-threaded; and no pinning — a pinned worker that spins idle after a kernel holds its
+    core, and the torch or ONNX Runtime threads that run next share the other one (torch ran
+    2.6x slower for its first calls after a TVM kernel)."""
+    import os
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(_cores()))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
 def _use_all_cores() -> None:
-    """Run TVM's parallel loops on every core this process may use. Left alone, TVM's thread
-    pool assumes two hyperthreads per core and starts half as many workers as there are CPUs —
-    on this 2-core machine, one: every kernel ran single-threaded. A user's own
-    ``TVM_NUM_THREADS`` is kept."""
+    """Apply :func:`_configure_threads` to a pool created before presso set it (TVM imported
+    earlier by other code)."""
     import os
 
     import tvm_ffi
 
-    wanted = int(os.environ.setdefault("TVM_NUM_THREADS", str(_cores())))
+    wanted = int(os.environ["TVM_NUM_THREADS"])
     if tvm_ffi.get_global_func("runtime.NumThreads")() != wanted:
-        # The pool re-reads TVM_NUM_THREADS when reconfigured (mode 0: no core pinning).
+        # The pool re-reads TVM_NUM_THREADS when reconfigured (mode 0: the default cores).
         tvm_ffi.get_global_func("runtime.config_threadpool")(0, wanted)
 
 
@@ -641,9 +653,11 @@ def tvm_fingerprint() -> str:
 
 
 def tvm_versions() -> dict[str, str]:
+    """What a TVM timing depends on besides the CPU: TVM's versions and presso's design space
+    (a new design makes earlier timings and tuning records stale, so it is a new fingerprint)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
+    out = {"presso-tvm-design": DESIGN}
     for package in ("apache-tvm", "apache-tvm-ffi"):
         try:
             out[package] = version(package)

@@ -120,12 +120,23 @@ def test_tuned_kernel_at_a_smollm2_shape_equals_reference(bits: int) -> None:
     )
 
 
-def test_kernels_run_on_every_core() -> None:
+def test_kernels_run_on_every_core_unpinned() -> None:
     # TVM's own default is half the CPUs (it assumes hyperthreads): on 2 cores, one thread.
+    # And it pins its workers, which then hold a core while they spin idle after a kernel.
     import os
 
     expected = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
     assert tg.tvm_threads() == expected
+    gemm = tg.compile_gemm(M, N, K, 4, G, trials=0)
+    gemm(torch.randn(M, K), *tg.random_weights(gemm.shape))  # the pool's workers exist now
+    if os.environ.get("TVM_BIND_THREADS", "0") == "0" and Path("/proc/self/task").is_dir():
+        allowed = {
+            line
+            for task in Path("/proc/self/task").iterdir()
+            for line in (task / "status").read_text().splitlines()
+            if line.startswith("Cpus_allowed_list")
+        }
+        assert len(allowed) == 1, allowed
 
 
 @pytest.mark.parametrize("bits", [4, 8, 16])
