@@ -80,6 +80,9 @@ class TvmProfiler(Profiler):
         super().__init__(device=device, warmup=warmup, repeats=repeats, threads=threads)
         self.db = db
         self.trials = trials
+        # Compiled kernels by (rows, out, in, bits, group): TvmLinear asks on every forward, and
+        # the fingerprint and target behind compile_gemm's own cache cost ~0.75 ms a call.
+        self._kernels: dict[tuple[int, int, int, int, int | None], Any] = {}
 
     def versions(self) -> dict[str, str]:
         from presso.kernels._tvm_gemm import tvm_versions
@@ -93,16 +96,20 @@ class TvmProfiler(Profiler):
         return assemble(handle, assignment, profiler=self, weights=weights)
 
     def _kernel(self, rows: int, out_f: int, in_f: int, bits: int, group_size: int | None) -> Any:
-        from presso.kernels._tvm_gemm import compile_gemm, tvm_fingerprint
+        key = (rows, out_f, in_f, bits, group_size)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            from presso.kernels._tvm_gemm import compile_gemm, tvm_fingerprint
 
-        if self.db is None and self.trials > 0:
-            from presso.profilers._database import ProfileDatabase
+            if self.db is None and self.trials > 0:
+                from presso.profilers._database import ProfileDatabase
 
-            self.db = ProfileDatabase()
-        fp = tvm_fingerprint() if self.db is not None else None
-        return compile_gemm(
-            rows, out_f, in_f, bits, group_size, trials=self.trials, db=self.db, fingerprint=fp
-        )
+                self.db = ProfileDatabase()
+            fp = tvm_fingerprint() if self.db is not None else None
+            kernel = self._kernels[key] = compile_gemm(
+                *key, trials=self.trials, db=self.db, fingerprint=fp
+            )
+        return kernel
 
     def _time_op(self, op: LinearOp, workload: Workload) -> Measurement:
         import torch
