@@ -252,31 +252,27 @@ def prim_func(shape: GemmShape) -> Any:
         te.placeholder(s, dtype, name=nm)
         for (s, dtype), nm in zip(shape.weight_shapes(), ("w", "scales", "zeros"))
     ]
-    if shape.bits == 16:
-        (w,) = weights
-        r = te.reduce_axis((0, k), name="r")
-        y = te.compute((m, n), lambda a, j: te.sum(x[a, r] * w[j, r], axis=r), name="y")
-    elif shape.bits == 8:
-        codes, scales, zeros = weights
-        w = te.compute(
-            (n, k),
-            lambda j, c: scales[j, c // g] * (codes[j, c].astype("float32") - zeros[j, c // g]),
-            name="dequant",
-        )
-        r = te.reduce_axis((0, k), name="r")
-        y = te.compute((m, n), lambda a, j: te.sum(x[a, r] * w[j, r], axis=r), name="y")
-    else:
+    if shape.bits == 4:
         packed, scales, zeros = weights
-        half = g // 2  # bytes per group (g is even: K is, and g divides K or is K)
         low4 = tvm.tirx.const(15, "uint8")
+        if g % 2 == 0:  # whole bytes per group: written so a vector of bytes shares one scale
+            half = g // 2
+
+            def grid(h: Any, i: Any) -> Any:
+                return i // half
+        else:
+
+            def grid(h: Any, i: Any) -> Any:
+                return (2 * i + h) // g
+
         xe = te.compute((m, 2, k // 2), lambda a, h, i: x[a, 2 * i + h], name="xe")
         w = te.compute(
             (n, 2, k // 2),
             lambda j, h, i: (
-                scales[j, i // half]
+                scales[j, grid(h, i)]
                 * (
                     ((packed[j, i] >> (h * 4).astype("uint8")) & low4).astype("float32")
-                    - zeros[j, i // half]
+                    - zeros[j, grid(h, i)]
                 )
             ),
             name="dequant",
@@ -286,6 +282,18 @@ def prim_func(shape: GemmShape) -> Any:
         y = te.compute(
             (m, n), lambda a, j: te.sum(xe[a, rh, ri] * w[j, rh, ri], axis=[rh, ri]), name="y"
         )
+    else:
+        if shape.bits == 16:
+            (w,) = weights
+        else:
+            codes, scales, zeros = weights
+            w = te.compute(
+                (n, k),
+                lambda j, c: scales[j, c // g] * (codes[j, c].astype("float32") - zeros[j, c // g]),
+                name="dequant",
+            )
+        r = te.reduce_axis((0, k), name="r")
+        y = te.compute((m, n), lambda a, j: te.sum(x[a, r] * w[j, r], axis=r), name="y")
     return te.create_prim_func([x, *weights, y])
 
 

@@ -61,6 +61,14 @@ def test_untuned_kernel_equals_reference(bits: int, group_size: int | None) -> N
     torch.testing.assert_close(y, _reference(gemm.shape, x, weights), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("m", [2, 16])  # decode and prefill schedules
+def test_int4_kernel_with_odd_groups_equals_reference(m: int) -> None:
+    # Odd groups straddle bytes: a byte's two codes can belong to different groups.
+    gemm = tg.compile_gemm(m, 16, 12, 4, 3, trials=0)
+    weights, x = tg.random_weights(gemm.shape), torch.randn(m, 12)
+    torch.testing.assert_close(gemm(x, *weights), _reference(gemm.shape, x, weights))
+
+
 def test_kernel_runs_real_quantized_weights() -> None:
     from presso.compress._quant import QuantSpec, quantize_rtn
 
