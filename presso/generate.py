@@ -61,6 +61,9 @@ def generate(
             step = _torch_stepper(model, device)
         else:
             raise PressoError(f"the {backend} backend cannot assemble a whole model yet")
+        # Untimed first: one-time costs of the first prefill and decode step (TVM compiling or
+        # tuning a kernel for a new row count, first-call allocations) are not throughput.
+        _greedy(step, ids, min(2, max_new_tokens))
         tokens, prefill_s, decode_s = _greedy(step, ids, max_new_tokens)
     finally:
         torch.set_num_threads(old)
@@ -76,7 +79,8 @@ def generate(
 
 
 def _greedy(step: Any, ids: Any, max_new_tokens: int) -> tuple[list[int], float, float]:
-    """Prefill once, then one token per step; the tokens and the seconds of each phase."""
+    """Prefill once (``first``: the stepper starts a fresh KV cache), then one token per step;
+    the tokens and the seconds of each phase."""
     start = time.perf_counter()
     logits = step(ids.tolist()[0], first=True)
     prefill_s = time.perf_counter() - start
@@ -92,10 +96,12 @@ def _torch_stepper(model: Any, device: str) -> Any:
     import torch
     from transformers import DynamicCache
 
-    cache = DynamicCache()
-    with_cache = cache_kwargs(model, cache)  # once: not in every timed step
+    keyword = next(iter(cache_kwargs(model, None)))  # once: not in every timed step
+    with_cache: dict[str, Any] = {}
 
     def step(new: list[int], *, first: bool) -> Any:
+        if first:
+            with_cache[keyword] = DynamicCache()
         ids = torch.tensor([new], device=device)
         with torch.inference_mode():
             out = model(input_ids=ids, use_cache=True, **with_cache)
@@ -125,12 +131,13 @@ def _onnx_stepper(
         )
         session = make_session(path, threads=threads, device=device)
     pasts = [a for a in session.get_inputs() if a.name.startswith("past_")]
-    state: dict[str, Any] = {
-        a.name: np.zeros((1, a.shape[1], 0, a.shape[3]), dtype=np.float32) for a in pasts
-    }
+    empty = {a.name: np.zeros((1, a.shape[1], 0, a.shape[3]), dtype=np.float32) for a in pasts}
+    state: dict[str, Any] = {}
     outputs = ["logits"] + [a.name.replace("past_", "present_") for a in pasts]
 
     def step(new: list[int], *, first: bool) -> Any:
+        if first:
+            state.update(empty)
         feed = {"input_ids": np.array([new], dtype=np.int64), **state}
         logits, *presents = session.run(outputs, feed)
         for a, value in zip(pasts, presents):
