@@ -191,7 +191,13 @@ def _use_all_cores() -> None:
 
     import tvm_ffi
 
-    wanted = int(os.environ["TVM_NUM_THREADS"])
+    raw = os.environ["TVM_NUM_THREADS"]
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise PressoError(
+            f"TVM_NUM_THREADS={raw!r} in the environment is not a thread count: "
+            "set it to a whole number >= 1, or unset it to use every core"
+        )
+    wanted = int(raw)
     if tvm_ffi.get_global_func("runtime.NumThreads")() != wanted:
         # The pool re-reads TVM_NUM_THREADS when reconfigured (mode 0: the default cores).
         tvm_ffi.get_global_func("runtime.config_threadpool")(0, wanted)

@@ -147,6 +147,14 @@ def test_kernels_run_on_every_core_unpinned() -> None:
         assert len(allowed) == 1, allowed
 
 
+def test_a_bad_thread_count_in_the_environment_is_a_user_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TVM_NUM_THREADS", "two")
+    with pytest.raises(PressoError, match="TVM_NUM_THREADS='two'.*whole number"):
+        tg.tvm_threads()
+
+
 @pytest.mark.parametrize("bits", [4, 8, 16])
 @pytest.mark.parametrize("m", [2, 32])  # a decode and a prefill schedule
 def test_every_point_of_the_design_space_equals_reference(bits: int, m: int) -> None:
