@@ -16,8 +16,15 @@ The schedules are presso's own (see "the design space" below): a register-reside
 dequantize-and-multiply for decode rows and a BLIS-style panel GEMM for prefill, with a handful of
 knobs (tile sizes, unrolling) left as sampled decisions. meta_schedule's generic llvm rules were
 used before; with a few dozen trials they reached 7-12x less than torch at M = 256, and a hand-
-written space needs no large search to be fast. TVM's thread pool is set to every core this
-process may use (it otherwise starts half as many workers as CPUs: one, on this machine).
+written space needs no large search to be fast.
+
+Threads: TVM's pool may hold every core this process may use (TVM otherwise caps it at half
+the CPUs: one, on this machine); :func:`set_threads` sizes it per use (the tvm profiler: to
+its ``threads``, as ``--threads`` does for torch and ONNX Runtime), and idle workers sleep at
+once. Measured with ``presso generate`` (SmolLM2-135M, 2 threads, decode tokens/s): workers
+that spin 1000 yields or more before sleeping ran at 4-7 tokens/s, sleeping ones at 16-21 —
+a spinning TVM worker takes a core from torch's threads, which run every op between two
+linears.
 
 Tuning runs meta_schedule over that space for a bounded number of ``trials`` with a
 builder and a runner that work inside this process: meta_schedule's ``LocalBuilder`` starts fresh
@@ -56,7 +63,10 @@ KERNELS = {4: "int4", 8: "int8", 16: "dense"}
 
 #: The design space's version, part of every tuning record's key: a record holds a schedule's
 #: trace, which only replays on the TensorIR and design space it was tuned on.
-DESIGN = "d2"
+DESIGN = "d3"
+#: Yields an idle TVM worker spins before it sleeps (``TVM_THREAD_POOL_SPIN_COUNT``, unless the
+#: user set it). Measured end to end (``presso generate``, see the module docstring).
+SPIN_COUNT = 0
 #: How many times a tuning search ran in this process (tests check that a cached shape does not).
 TUNING_RUNS = {"count": 0}
 
@@ -160,7 +170,8 @@ def _tvm() -> Any:
         import tvm
     except ImportError:
         raise MissingExtraError("tvm", "tvm", "the TVM GEMM kernels") from None
-    _use_all_cores()
+    if _POOL["threads"] is None:
+        _size_pool(None)
     return tvm
 
 
@@ -171,25 +182,33 @@ def _cores() -> int:
     return int(cores or 1)
 
 
+#: TVM's thread pool as presso last sized it (None: not yet in this process).
+_POOL: dict[str, int | None] = {"threads": None}
+
+
 def _configure_threads() -> None:
-    """TVM's thread pool settings, before the pool exists (a user's own values are kept):
-    every core this process may use — TVM assumes two hyperthreads per core and otherwise
-    starts half as many workers as CPUs, on this 2-core machine one, so every kernel ran
-    single-threaded; and no pinning — a pinned worker that spins idle after a kernel holds its
-    core, and the torch or ONNX Runtime threads that run next share the other one (torch ran
-    2.6x slower for its first calls after a TVM kernel)."""
+    """TVM's thread pool settings, before the pool exists (a user's own values are kept).
+
+    * At most every core this process may use: TVM assumes two hyperthreads per core and
+      otherwise caps the pool at half the CPUs — on this 2-core machine one thread. The cap
+      is fixed when the pool is made; :func:`set_threads` sizes the pool within it.
+    * No pinning: a pinned worker that spins idle after a kernel holds its core, and the
+      torch or ONNX Runtime threads that run next share the other one (torch ran 2.6x slower
+      for its first calls after a TVM kernel).
+    * Idle workers spin for at most SPIN_COUNT yields (TVM's default, 300000, is tenths of a
+      second): in a model, torch's threads run the ops between two linears and an idle TVM
+      worker spinning all that time takes a core from them (decode ran at a third of the
+      speed, see :data:`SPIN_COUNT`). TVM reads it once, when its first worker starts.
+    """
     import os
 
     os.environ.setdefault("TVM_NUM_THREADS", str(_cores()))
     os.environ.setdefault("TVM_BIND_THREADS", "0")
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
 
 
-def _use_all_cores() -> None:
-    """Apply :func:`_configure_threads` to a pool created before presso set it (TVM imported
-    earlier by other code)."""
+def _env_threads() -> int:
     import os
-
-    import tvm_ffi
 
     raw = os.environ["TVM_NUM_THREADS"]
     if not raw.strip().isdigit() or int(raw) < 1:
@@ -197,14 +216,38 @@ def _use_all_cores() -> None:
             f"TVM_NUM_THREADS={raw!r} in the environment is not a thread count: "
             "set it to a whole number >= 1, or unset it to use every core"
         )
-    wanted = int(raw)
+    return int(raw)
+
+
+def _size_pool(threads: int | None) -> int:
+    import tvm_ffi
+
+    wanted = threads or _env_threads()
     if tvm_ffi.get_global_func("runtime.NumThreads")() != wanted:
-        # The pool re-reads TVM_NUM_THREADS when reconfigured (mode 0: the default cores).
+        # Mode 0: no affinity change. The pool never exceeds the cap it was made with.
         tvm_ffi.get_global_func("runtime.config_threadpool")(0, wanted)
+    _POOL["threads"] = wanted
+    return int(tvm_ffi.get_global_func("runtime.NumThreads")())
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Run TVM's parallel loops on ``threads`` threads (None: ``TVM_NUM_THREADS`` if set, else
+    every core this process may use); the count the pool has now. Cheap when unchanged, so a
+    caller may ask before every kernel call (the pool is per process, shared by all callers)."""
+    import os
+
+    if threads is None:
+        threads = _env_threads() if "TVM_NUM_THREADS" in os.environ else _cores()
+    if threads == _POOL["threads"]:
+        return threads
+    if threads < 1:
+        raise PressoError(f"TVM threads must be >= 1, got {threads}")
+    _tvm()
+    return _size_pool(threads)
 
 
 def tvm_threads() -> int:
-    """How many threads TVM's parallel loops run on (after presso configured the pool)."""
+    """How many threads TVM's parallel loops run on now."""
     _tvm()
     import tvm_ffi
 
@@ -212,12 +255,14 @@ def tvm_threads() -> int:
 
 
 def cpu_target() -> dict[str, Any]:
-    """The llvm target of this CPU as TVM 0.27 takes it (a dict; ``mcpu`` detected)."""
+    """The llvm target of this CPU as TVM 0.27 takes it (a dict; ``mcpu`` detected), with the
+    threads TVM's pool runs on now as its cores: a schedule tuned on 2 threads is another
+    record than one tuned on 1."""
     tvm = _tvm()
     return {
         "kind": "llvm",
         "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-        "num-cores": _cores(),
+        "num-cores": tvm_threads(),
     }
 
 
@@ -311,7 +356,9 @@ def prim_func(shape: GemmShape) -> Any:
 #   registers and never stored. The reduction is split into vector lanes along K (rfactor):
 #   lanes of consecutive K (bytes, for int4) are dequantized together and multiplied into
 #   per-lane accumulators of every row; a final sum folds the lanes. Knobs: outputs per task
-#   (Nt), unrolled lane vectors (U).
+#   (Nt), unrolled lane vectors (U), and parallel or on the calling thread alone: a small
+#   GEMV finishes in less time than waking a sleeping worker takes (192x576 int4: 15 us
+#   alone, 28 us on 2 threads), a large one gains from a second core.
 # * prefill (M > GEMV_ROWS): BLIS-style. Each parallel task owns a panel of Nt outputs,
 #   dequantizes it once into a K × Nt fp32 buffer laid out so Nt outputs are contiguous, and
 #   runs an Mt × Nt register-blocked micro-kernel over it (Nt/16 AVX-512 vectors × Mt rows of
@@ -331,8 +378,12 @@ def design_spaces(sch: Any, shape: GemmShape, default: bool = False) -> list[Any
     of its trace re-draws. ``default``: only the untuned schedule — the first structural
     choice with every decision at its first option."""
     if shape.m <= GEMV_ROWS:
-        _schedule_decode(sch, shape, default)
-        return [sch]
+        spaces = []
+        for parallel in (True,) if default else (True, False):
+            space = sch.copy()
+            _schedule_decode(space, shape, parallel, default)
+            spaces.append(space)
+        return spaces
     panels = [(mt, nt) for mt, nt in _PANELS if shape.m % mt == 0 and shape.n % nt == 0]
     panels = panels or [(_largest_divisor(shape.m, 16), _largest_divisor(shape.n, 64))]
     spaces = []
@@ -363,7 +414,7 @@ def _lanes(*lengths: int) -> int:
     return next(v for v in (16, 8, 4, 2, 1) if all(n % v == 0 for n in lengths))
 
 
-def _schedule_decode(sch: Any, shape: GemmShape, default: bool) -> None:
+def _schedule_decode(sch: Any, shape: GemmShape, parallel: bool, default: bool) -> None:
     y = sch.get_sblock("y")
     if shape.bits < 16:
         sch.compute_inline(sch.get_sblock("dequant"))
@@ -383,7 +434,8 @@ def _schedule_decode(sch: Any, shape: GemmShape, default: bool) -> None:
     reductions = loops[2:-1]  # (h,) K-steps, unrolled K-steps
     lane = loops[-1]
     sch.reorder(jo, ji, *reductions, loops[0], lane)
-    sch.parallel(jo)
+    if parallel:
+        sch.parallel(jo)
     sch.unroll(reductions[-1])
     sch.unroll(loops[0])
     sch.vectorize(lane)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import statistics
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -189,6 +190,20 @@ class Profiler(ABC):
             return Measurement(
                 self.name, "model", workload.key, None, error=f"{type(err).__name__}: {err}"
             )
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Run torch with ``self.threads`` intra-op threads (if set), restoring its setting
+        (every backend's model timing runs torch's ops between its own kernels)."""
+        import torch
+
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     @abstractmethod
     def _time_op(self, op: LinearOp, workload: Workload) -> Measurement: ...

@@ -26,8 +26,7 @@ import functools
 import types
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from presso.errors import PressoError
@@ -445,19 +444,6 @@ class TorchProfiler(Profiler):
             import torch
 
             torch.cuda.synchronize()
-
-    @contextmanager
-    def _threads(self) -> Iterator[None]:
-        """Run with ``self.threads`` intra-op threads (if set), restoring torch's setting."""
-        import torch
-
-        before = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
     # ------------------------------------------------------------------ models
 

@@ -4,7 +4,10 @@ A level runs in the kernel that holds its codes: 2-4 bits in the int4 kernel, 5-
 int8 kernel (``detail["carrier_bits"]`` says which), 16 bits in the dense fp32 kernel. A pruned
 layer runs the same kernel on its pruned weight: these kernels do not skip zeros
 (``detail["sparsity_exploited"]`` is False). Tuning records are kept in the profile database,
-so each kernel shape is tuned once per machine. CPU (llvm) only: CUDA is not implemented.
+so each kernel shape is tuned once per machine (and thread count). CPU (llvm) only: CUDA is
+not implemented. Kernels run on the profiler's ``threads`` (None: every core), torch's ops in
+a timed model too; ops are timed over weight copies cycled from memory, as the torch and ONNX
+Runtime backends time them.
 
 End to end, :func:`assemble` gives a copy of the model whose compressed Linear layers call the
 TVM kernels (activations and outputs passed by DLPack, no copy) while attention, norms and
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +31,7 @@ from presso.profilers._base import (
     Profiler,
     Workload,
     register,
+    weight_copies,
 )
 
 if TYPE_CHECKING:
@@ -96,6 +101,11 @@ class TvmProfiler(Profiler):
         return assemble(handle, assignment, profiler=self, weights=weights)
 
     def _kernel(self, rows: int, out_f: int, in_f: int, bits: int, group_size: int | None) -> Any:
+        from presso.kernels._tvm_gemm import set_threads
+
+        # TVM's pool is per process: size it to this profiler's threads before every kernel
+        # (a no-op when unchanged), so tuning, timing and a model's calls all run on them.
+        set_threads(self.threads)
         key = (rows, out_f, in_f, bits, group_size)
         kernel = self._kernels.get(key)
         if kernel is None:
@@ -121,21 +131,29 @@ class TvmProfiler(Profiler):
         rows = row_bucket(workload.rows)  # as an assembled model runs them (see TvmLinear)
         gemm = self._kernel(rows, op.out_features, op.in_features, carrier, group)
         x = torch.randn(rows, op.in_features)
-        weights = random_weights(gemm.shape)
-        if op.sparsity and carrier == DENSE_BITS:
-            weights[0] = _pruned(weights[0], op.sparsity)
-        out = torch.empty(rows, op.out_features)
-        return self._timed(
-            lambda: gemm(x, *weights, out=out),
-            op=op.key,
-            workload=workload,
-            kernel=gemm.shape.kernel,
-            kernel_rows=rows,
-            carrier_bits=carrier,
-            tuned=gemm.record is not None,
-            trials=self.trials,
-            sparsity_exploited=False,
+        # Distinct weight copies, cycled, as the torch and ONNX Runtime backends time them:
+        # inside a model a layer's weights come from memory, not from cache.
+        nbytes = sum(
+            math.prod(s) * (4 if t == "float32" else 1) for s, t in gemm.shape.weight_shapes()
         )
+        copies = [random_weights(gemm.shape, seed=i) for i in range(weight_copies(nbytes))]
+        if op.sparsity and carrier == DENSE_BITS:
+            for weights in copies:
+                weights[0] = _pruned(weights[0], op.sparsity)
+        out = torch.empty(rows, op.out_features)
+        with self._threads():
+            return self._timed(
+                lambda: [gemm(x, *weights, out=out) for weights in copies],
+                op=op.key,
+                workload=workload,
+                calls=len(copies),
+                kernel=gemm.shape.kernel,
+                kernel_rows=rows,
+                carrier_bits=carrier,
+                tuned=gemm.record is not None,
+                trials=self.trials,
+                sparsity_exploited=False,
+            )
 
     def _time_model(self, handle: Any, assignment: Assignment, workload: Workload) -> Measurement:
         import torch
@@ -148,7 +166,7 @@ class TvmProfiler(Profiler):
                 "use a prefill workload"
             )
         model = self.assemble(handle, assignment)
-        with torch.inference_mode():
+        with self._threads(), torch.inference_mode():
             gen = torch.Generator().manual_seed(SEED)
             shape = (workload.batch, workload.seq_len)
             ids = torch.randint(model.config.vocab_size, shape, generator=gen)

@@ -3,6 +3,7 @@ records kept in the profile database, and shapes no kernel can run."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from presso.kernels import _tvm_gemm as tg  # noqa: E402
 from presso.profilers import ProfileDatabase  # noqa: E402
 
 M, N, K, G = 4, 32, 64, 16
+#: The environment before presso configured TVM (tests collect before any test runs).
+ORIGINAL_ENV = dict(os.environ)
 
 
 def _reference(shape: tg.GemmShape, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
@@ -147,12 +150,41 @@ def test_kernels_run_on_every_core_unpinned() -> None:
         assert len(allowed) == 1, allowed
 
 
+def test_the_pool_is_sized_per_caller_and_records_are_kept_per_thread_count() -> None:
+    import os
+
+    cores = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    try:
+        assert tg.set_threads(1) == 1 and tg.tvm_threads() == 1
+        assert tg.cpu_target()["num-cores"] == 1  # a 1-thread schedule is its own record
+        gemm = tg.compile_gemm(M, N, K, 8, G, trials=0)
+        x, weights = torch.randn(M, K), tg.random_weights(gemm.shape)
+        torch.testing.assert_close(
+            gemm(x, *weights), _reference(gemm.shape, x, weights), rtol=1e-4, atol=1e-3
+        )
+    finally:
+        assert tg.set_threads(None) == cores
+    assert tg.cpu_target()["num-cores"] == cores
+    with pytest.raises(PressoError, match="threads must be >= 1"):
+        tg.set_threads(0)
+
+
+def test_idle_workers_do_not_spin_for_long() -> None:
+    # TVM's own default (300000 yields) kept a worker spinning through the torch ops between
+    # two linears of a model; a user's own setting is kept.
+    import os
+
+    tg.tvm_threads()
+    spin = ORIGINAL_ENV.get("TVM_THREAD_POOL_SPIN_COUNT", str(tg.SPIN_COUNT))
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == spin
+
+
 def test_a_bad_thread_count_in_the_environment_is_a_user_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TVM_NUM_THREADS", "two")
     with pytest.raises(PressoError, match="TVM_NUM_THREADS='two'.*whole number"):
-        tg.tvm_threads()
+        tg.set_threads()  # what a profiler without its own thread count asks
 
 
 @pytest.mark.parametrize("bits", [4, 8, 16])
@@ -170,7 +202,8 @@ def test_every_point_of_the_design_space_equals_reference(bits: int, m: int) -> 
     shape = tg.GemmShape(m, 96, 64, bits, G)
     mod = tvm.IRModule({"main": tg.prim_func(shape)})
     spaces = tg.design_spaces(Schedule(mod), shape)
-    assert len(spaces) == (1 if m <= tg.GEMV_ROWS else 2 * 4)  # (Mt, Nt) pairs dividing 32 x 96
+    # decode: parallel or not; prefill: (Mt, Nt) pairs dividing 32 x 96, vector fill or not
+    assert len(spaces) == (2 if m <= tg.GEMV_ROWS else 2 * 4)
     weights, x = tg.random_weights(shape, seed=m), torch.randn(m, shape.k)
     expected = _reference(shape, x, weights)
     seen = set()

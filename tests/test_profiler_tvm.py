@@ -124,3 +124,28 @@ def test_rows_run_in_power_of_two_kernels(profiler) -> None:
     assert [row_bucket(m) for m in (1, 2, 3, 7, 8, 129)] == [1, 2, 4, 8, 8, 256]
     m = profiler.measure(LinearOp(64, 64, 4, 0, 32), Workload(1, 7, "prefill"))
     assert m.ok and m.detail["kernel_rows"] == 8
+
+
+def test_ops_are_timed_over_weight_copies_from_memory(profiler) -> None:
+    # As the torch and ONNX Runtime backends time them: one weight reused is served from cache.
+    m = profiler.measure(LinearOp(64, 64, 4, 0, 32), Workload(1, 1, "decode"))
+    assert m.ok and m.detail["copies"] > 1
+
+
+def test_kernels_run_on_the_profilers_threads(tiny) -> None:
+    import os
+
+    from presso.kernels import _tvm_gemm as tg
+
+    cores = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    one = make_profiler("tvm", trials=0, warmup=0, repeats=1, threads=1)
+    try:
+        assert one.measure(LinearOp(32, 64, 8, 0, 16), Workload(1, 1)).ok
+        assert tg.tvm_threads() == 1
+        before = torch.get_num_threads()
+        assert one.measure_model(tiny, Assignment(group_size=16), Workload(1, 4)).ok
+        assert tg.tvm_threads() == 1 and torch.get_num_threads() == before
+    finally:
+        every = make_profiler("tvm", trials=0, warmup=0, repeats=1)
+        assert every.measure(LinearOp(32, 64, 8, 0, 16), Workload(1, 1)).ok
+    assert tg.tvm_threads() == cores
