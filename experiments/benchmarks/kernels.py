@@ -28,19 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-# Benchmark isolation: TVM's idle workers spin for a while after each kernel and, on 2 cores,
-# slow whichever kernel is timed next by up to 2x; here they sleep at once. That costs TVM a
-# thread wake-up per call (~20 us, visible at M = 1): TVM_THREAD_POOL_SPIN_COUNT=300000 in the
-# environment times TVM's default instead.
-os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 from presso.kernels import _tvm_gemm as tg
 from presso.paths import atomic_write_text
@@ -171,6 +164,11 @@ def cycling(calls: list[Callable[[], object]]) -> Callable[[], object]:
 def cpu(args: argparse.Namespace) -> list[dict]:
     """The CPU section: one row per (N, K, M), medians and ratios vs torch fp32; prints a table."""
     db = None if args.no_db else ProfileDatabase()
+    # Every kernel on torch's thread count. TVM's idle workers sleep at once (presso's default,
+    # kernels/_tvm_gemm.py): a wake-up per call (~20 us, visible at M = 1) where spinning ones
+    # slowed whichever kernel was timed next by up to 2x; TVM_THREAD_POOL_SPIN_COUNT=300000 in
+    # the environment times TVM's own default instead.
+    tg.set_threads(torch.get_num_threads())
     rows = []
     variants = [(m, False) for m in CPU_ROWS] + [(1, True)]
     for m, streamed in variants:
