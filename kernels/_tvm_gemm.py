@@ -22,9 +22,9 @@ Threads: TVM's pool may hold every core this process may use (TVM otherwise caps
 the CPUs: one, on this machine); :func:`set_threads` sizes it per use (the tvm profiler: to
 its ``threads``, as ``--threads`` does for torch and ONNX Runtime), and idle workers sleep at
 once. Measured with ``presso generate`` (SmolLM2-135M, 2 threads, decode tokens/s): workers
-that spin 1000 yields or more before sleeping ran at 4-7 tokens/s, sleeping ones at 16-21 —
-a spinning TVM worker takes a core from torch's threads, which run every op between two
-linears.
+that spin 1000 yields or more before sleeping ran at 4-8 tokens/s, sleeping ones at 16-25
+(``experiments/benchmarks/generate.py``: 20.9 against TVM's default 8.2) — a spinning TVM
+worker takes a core from torch's threads, which run every op between two linears.
 
 Tuning runs meta_schedule over that space for a bounded number of ``trials`` with a
 builder and a runner that work inside this process: meta_schedule's ``LocalBuilder`` starts fresh
@@ -170,7 +170,7 @@ def _tvm() -> Any:
         import tvm
     except ImportError:
         raise MissingExtraError("tvm", "tvm", "the TVM GEMM kernels") from None
-    if _POOL["threads"] is None:
+    if _POOL["asked"] is None:
         _size_pool(None)
     return tvm
 
@@ -182,8 +182,9 @@ def _cores() -> int:
     return int(cores or 1)
 
 
-#: TVM's thread pool as presso last sized it (None: not yet in this process).
-_POOL: dict[str, int | None] = {"threads": None}
+#: TVM's thread pool as presso last sized it: the count asked for and the count it has (the
+#: pool never exceeds the cap it was made with). None: not yet in this process.
+_POOL: dict[str, int | None] = {"asked": None, "threads": None}
 
 
 def _configure_threads() -> None:
@@ -226,8 +227,9 @@ def _size_pool(threads: int | None) -> int:
     if tvm_ffi.get_global_func("runtime.NumThreads")() != wanted:
         # Mode 0: no affinity change. The pool never exceeds the cap it was made with.
         tvm_ffi.get_global_func("runtime.config_threadpool")(0, wanted)
-    _POOL["threads"] = wanted
-    return int(tvm_ffi.get_global_func("runtime.NumThreads")())
+    now = int(tvm_ffi.get_global_func("runtime.NumThreads")())
+    _POOL["asked"], _POOL["threads"] = wanted, now
+    return now
 
 
 def set_threads(threads: int | None = None) -> int:
@@ -238,8 +240,8 @@ def set_threads(threads: int | None = None) -> int:
 
     if threads is None:
         threads = _env_threads() if "TVM_NUM_THREADS" in os.environ else _cores()
-    if threads == _POOL["threads"]:
-        return threads
+    if threads == _POOL["asked"]:
+        return int(_POOL["threads"])
     if threads < 1:
         raise PressoError(f"TVM threads must be >= 1, got {threads}")
     _tvm()

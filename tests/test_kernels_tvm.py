@@ -162,6 +162,7 @@ def test_the_pool_is_sized_per_caller_and_records_are_kept_per_thread_count() ->
         torch.testing.assert_close(
             gemm(x, *weights), _reference(gemm.shape, x, weights), rtol=1e-4, atol=1e-3
         )
+        assert tg.set_threads(cores + 3) == cores  # never more than the cap it was made with
     finally:
         assert tg.set_threads(None) == cores
     assert tg.cpu_target()["num-cores"] == cores
