@@ -171,7 +171,7 @@ def _tvm() -> Any:
     except ImportError:
         raise MissingExtraError("tvm", "tvm", "the TVM GEMM kernels") from None
     if _POOL["asked"] is None:
-        _size_pool(None)
+        _size_pool(_env_threads())
     return tvm
 
 
@@ -220,10 +220,9 @@ def _env_threads() -> int:
     return int(raw)
 
 
-def _size_pool(threads: int | None) -> int:
+def _size_pool(wanted: int) -> int:
     import tvm_ffi
 
-    wanted = threads or _env_threads()
     if tvm_ffi.get_global_func("runtime.NumThreads")() != wanted:
         # Mode 0: no affinity change. The pool never exceeds the cap it was made with.
         tvm_ffi.get_global_func("runtime.config_threadpool")(0, wanted)
@@ -236,10 +235,9 @@ def set_threads(threads: int | None = None) -> int:
     """Run TVM's parallel loops on ``threads`` threads (None: ``TVM_NUM_THREADS`` if set, else
     every core this process may use); the count the pool has now. Cheap when unchanged, so a
     caller may ask before every kernel call (the pool is per process, shared by all callers)."""
-    import os
-
     if threads is None:
-        threads = _env_threads() if "TVM_NUM_THREADS" in os.environ else _cores()
+        _configure_threads()  # TVM_NUM_THREADS: the user's, else every core
+        threads = _env_threads()
     if threads == _POOL["asked"]:
         return int(_POOL["threads"])
     if threads < 1:

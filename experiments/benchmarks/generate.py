@@ -42,6 +42,7 @@ CONFIGS = (
 
 CHILD = """
 import json, sys
+from presso.cli import tuning_options
 from presso.export import Source, build_plan
 from presso.generate import generate
 from presso.store import ResultsStore
@@ -50,7 +51,7 @@ study = ResultsStore(store, must_exist=True).open(run)
 out = generate(
     Source(study.user_attrs, "search"), build_plan(study.user_attrs, "search"), backend,
     "In the beginning God created", max_new_tokens=int(tokens), threads=int(threads),
-    options={"trials": int(trials)} if backend == "tvm" else None,
+    options=tuning_options(backend, int(trials)),
 )
 print(json.dumps(out))
 """
