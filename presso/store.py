@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,9 +79,7 @@ class ResultsStore:
             raise PressoError(f"{store}: no results store there (run `presso search` first)")
         self.url = storage_url(store)
         try:
-            self.storage = optuna.storages.RDBStorage(
-                self.url, engine_kwargs=_engine_kwargs(self.url)
-            )
+            self.storage = _open_storage(self.url)
         except Exception as err:
             raise PressoError(f"results store {store}: cannot open it: {err}") from None
 
@@ -188,6 +187,28 @@ class ResultsStore:
         # JSON round trip: only plain data is stored.
         study.set_user_attr("summary", json.loads(json.dumps(summary)))
         study.set_user_attr("status", "finished")
+
+
+def _open_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
+    """Optuna's storage at ``url``, set up if new, safe when several processes set it up at once.
+
+    Optuna creates a new store's tables and version rows with no lock, so two processes
+    opening one new store together (a search and the dashboard, or `presso show`, or two
+    sweeps) race, and the loser fails on a table or row the winner just made. That failure
+    means the store is being set up: look again shortly and find it done.
+    """
+    import optuna
+    from sqlalchemy import exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError) as err:
+            raced = isinstance(err, exc.IntegrityError) or "already exists" in str(err)
+            if not raced or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
