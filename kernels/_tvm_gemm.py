@@ -42,6 +42,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -159,6 +160,12 @@ class GemmShape:
         codes = (self.n, self.k // 2) if self.bits == 4 else (self.n, self.k)
         grid = (self.n, self.k // self.group)
         return [(codes, "uint8"), (grid, "float32"), (grid, "float32")]
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weight arguments: what one call reads besides ``x``."""
+        size = {"uint8": 1, "float32": 4}
+        return sum(math.prod(s) * size[t] for s, t in self.weight_shapes())
 
 
 # --------------------------------------------------------------------------- TVM side
@@ -741,7 +748,8 @@ def random_weights(shape: GemmShape, seed: int = 0) -> list[torch.Tensor]:
         return [torch.randn(shape.n, shape.k, generator=gen)]
     (codes_shape, _), (grid, _), _ = shape.weight_shapes()
     codes = torch.randint(0, 256, codes_shape, generator=gen, dtype=torch.uint8)
-    return [codes, torch.rand(grid, generator=gen) + 0.5, torch.randint(0, 16, grid).float()]
+    zeros = torch.randint(0, 16, grid, generator=gen).float()
+    return [codes, torch.rand(grid, generator=gen) + 0.5, zeros]
 
 
 __all__ = [

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -133,10 +132,10 @@ class TvmProfiler(Profiler):
         x = torch.randn(rows, op.in_features)
         # Distinct weight copies, cycled, as the torch and ONNX Runtime backends time them:
         # inside a model a layer's weights come from memory, not from cache.
-        nbytes = sum(
-            math.prod(s) * (4 if t == "float32" else 1) for s, t in gemm.shape.weight_shapes()
-        )
-        copies = [random_weights(gemm.shape, seed=i) for i in range(weight_copies(nbytes))]
+        copies = [
+            random_weights(gemm.shape, seed=i)
+            for i in range(weight_copies(gemm.shape.weight_bytes))
+        ]
         if op.sparsity and carrier == DENSE_BITS:
             for weights in copies:
                 weights[0] = _pruned(weights[0], op.sparsity)

@@ -93,6 +93,15 @@ def test_shapes_no_kernel_can_run_are_user_errors(
         tg.compile_gemm(M, N, k, bits, group_size, trials=0)
 
 
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_random_weights_are_seeded_and_as_large_as_the_shape_says(bits: int) -> None:
+    shape = tg.GemmShape(M, N, K, bits, G)
+    a, b, c = tg.random_weights(shape, 1), tg.random_weights(shape, 1), tg.random_weights(shape, 2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert shape.weight_bytes == sum(w.numel() * w.element_size() for w in a)
+
+
 def test_check_names_mismatched_arguments() -> None:
     gemm = tg.compile_gemm(M, N, K, 8, G, trials=0)
     weights = tg.random_weights(gemm.shape)
