@@ -200,15 +200,17 @@ def _open_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
     import optuna
     from sqlalchemy import exc
 
-    for attempt in range(attempts):
+    def storage() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+
+    for attempt in range(attempts - 1):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            return storage()
         except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError) as err:
-            raced = isinstance(err, exc.IntegrityError) or "already exists" in str(err)
-            if not raced or attempt == attempts - 1:
+            if not (isinstance(err, exc.IntegrityError) or "already exists" in str(err)):
                 raise
             time.sleep(0.05 * 2**attempt)
-    raise AssertionError("unreachable")
+    return storage()
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
