@@ -23,7 +23,7 @@ the CPUs: one, on this machine); :func:`set_threads` sizes it per use (the tvm p
 its ``threads``, as ``--threads`` does for torch and ONNX Runtime), and idle workers sleep at
 once. Measured with ``presso generate`` (SmolLM2-135M, 2 threads, decode tokens/s): workers
 that spin 1000 yields or more before sleeping ran at 4-8 tokens/s, sleeping ones at 16-25
-(``experiments/benchmarks/generate.py``: 20.9 against TVM's default 8.2) — a spinning TVM
+(``experiments/benchmarks/generate.py``: 27.7 against TVM's default 7.1, design d5) — a spinning TVM
 worker takes a core from torch's threads, which run every op between two linears.
 
 Tuning runs meta_schedule over that space for a bounded number of ``trials`` with a
