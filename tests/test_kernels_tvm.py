@@ -232,6 +232,43 @@ def test_every_point_of_the_design_space_equals_reference(bits: int, m: int) -> 
     assert len(seen) > len(spaces)  # the decisions are real knobs: other choices, other code
 
 
+@pytest.mark.parametrize("m", [1, 4, 8])
+def test_decode_tasks_keep_their_accumulators_in_registers(m: int) -> None:
+    # A decode task accumulates outputs x rows vectors side by side: at most 16 of AVX-512's 32.
+    import tvm
+    from tvm.s_tir import Schedule
+
+    shape = tg.GemmShape(m, 96, 64, 4, G)
+    space = tg.design_spaces(Schedule(tvm.IRModule({"main": tg.prim_func(shape)})), shape)[0]
+    unroll, outputs = [
+        [int(o) for o in i.attrs[0]]
+        for i in space.trace.insts
+        if i.kind.name == "SampleCategorical"
+    ]
+    assert max(outputs) * m <= 16 and 1 in outputs
+    assert max(outputs) == {1: 8, 4: 4, 8: 2}[m]
+
+
+def test_tuning_times_candidates_with_cold_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In a model each layer's weights come from memory: tuning must time schedules that way
+    # (every argument but x flushed before each timed call), not with weights left in cache.
+    import tvm
+
+    asked: list[dict] = []
+    original = tvm.runtime.Module.time_evaluator
+
+    def spy(self, *args, **kwargs):
+        asked.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tvm.runtime.Module, "time_evaluator", spy)
+    record = tg.tune(tg.GemmShape(1, 96, 64, 8, G), tg.cpu_target(), trials=4)
+    assert asked and record["run_ms"] > 0
+    assert all(
+        a["f_preproc"] == "cache_flush_cpu_non_first_arg" and a["number"] == 1 for a in asked
+    )
+
+
 def test_tuning_measures_distinct_schedules() -> None:
     record = tg.tune(tg.GemmShape(32, 96, 64, 4, G), tg.cpu_target(), trials=8)
     assert 1 < record["measured"] <= 8 and record["run_ms"] > 0
