@@ -23,8 +23,8 @@ the CPUs: one, on this machine); :func:`set_threads` sizes it per use (the tvm p
 its ``threads``, as ``--threads`` does for torch and ONNX Runtime), and idle workers sleep at
 once. Measured with ``presso generate`` (SmolLM2-135M, 2 threads, decode tokens/s): workers
 that spin 1000 yields or more before sleeping ran at 4-8 tokens/s, sleeping ones at 16-25
-(``experiments/benchmarks/generate.py``: 27.7 against TVM's default 7.1, design d5) — a spinning TVM
-worker takes a core from torch's threads, which run every op between two linears.
+(``experiments/benchmarks/generate.py``, design d5: 27.7 against TVM's default 7.1) — a
+spinning TVM worker takes a core from torch's threads, which run every op between two linears.
 
 Tuning runs meta_schedule over that space for a bounded number of ``trials`` with a
 builder and a runner that work inside this process: meta_schedule's ``LocalBuilder`` starts fresh
@@ -368,9 +368,8 @@ def prim_func(shape: GemmShape) -> Any:
 #   per-lane accumulators of every row; a final sum folds the lanes. A task accumulates its Nt
 #   outputs side by side (independent FMA chains in flight, not one chain per output after
 #   another). Knobs: outputs per task (Nt), unrolled lane vectors (U), and parallel or on the
-#   calling thread alone: a small
-#   GEMV finishes in less time than waking a sleeping worker takes (192x576 int4: 15 us
-#   alone, 28 us on 2 threads), a large one gains from a second core.
+#   calling thread alone: a small GEMV finishes in less time than waking a sleeping worker
+#   takes (192x576 int4: 15 us alone, 28 us on 2 threads), a large one gains from a second core.
 # * prefill (M > GEMV_ROWS): BLIS-style. Each parallel task owns a panel of Nt outputs,
 #   dequantizes it once into a K × Nt fp32 buffer laid out so Nt outputs are contiguous, and
 #   runs an Mt × Nt register-blocked micro-kernel over it (Nt/16 AVX-512 vectors × Mt rows of
