@@ -43,11 +43,13 @@ def generate(
     and decode throughput in tokens/s. ``options``: further profiler options (e.g. tvm trials)."""
     import torch
 
+    # The plan and the backend are checked before the model loads (seconds), so that a
+    # mistyped backend name fails at once.
+    assignment = assignment_of(plan)
+    profiler = make_profiler(backend, device=device, threads=threads, **(options or {}))
     handle = source.handle
     if handle.kind != "causal-lm":
         raise PressoError(f"{handle.name} is an encoder: it does not generate text")
-    assignment = assignment_of(plan)
-    profiler = make_profiler(backend, device=device, threads=threads, **(options or {}))
     ids = handle.tokenizer(prompt, return_tensors="pt").input_ids
     if ids.shape[1] == 0:
         raise PressoError("the prompt is empty; give some text with --prompt")

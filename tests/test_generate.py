@@ -91,3 +91,17 @@ def test_generate_on_tvm_kernels_matches_presso(run_store, capsys) -> None:  # n
     assert out.splitlines()[0] == prompt + _greedy_reference(run_store, prompt, 4)
     assert main(args + ["--backend", "tvm", "--trials", "-1"]) == 2
     assert "--trials must be 0 or more" in capsys.readouterr().err
+
+
+def test_unknown_backend_fails_before_the_model_loads() -> None:
+    from presso.errors import PressoError
+    from presso.generate import generate
+
+    class Unloadable:
+        @property
+        def handle(self):  # noqa: ANN202
+            raise AssertionError("the model was loaded before the backend name was checked")
+
+    plan = {"units": {"layers.0.mlp": {"bits": 4, "group_size": 32}}, "dropped": []}
+    with pytest.raises(PressoError, match="unknown backend 'nope'"):
+        generate(Unloadable(), plan, "nope", "hello")
