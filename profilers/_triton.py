@@ -45,7 +45,8 @@ def _cuda(device: str) -> Any:
     if not str(device).startswith("cuda"):
         raise PressoError(
             f"the triton backend runs on CUDA devices, got device={device!r}: "
-            "use device='cuda', or a CPU backend (torch, onnxruntime, tvm)"
+            "use device='cuda' (--device cuda on the command line), or a CPU backend "
+            "(torch, onnxruntime, tvm)"
         )
     if not torch.cuda.is_available():
         raise PressoError(

@@ -331,6 +331,8 @@ def test_triton_backend_is_registered_and_needs_a_gpu() -> None:
     from presso.profilers._triton import TritonProfiler
 
     assert "triton" in available()
+    with pytest.raises(PressoError, match="--device cuda"):  # names the CLI flag that fixes it
+        make_profiler("triton", device="cpu")
     if HAS_CUDA:
         pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(PressoError, match="needs a CUDA GPU"):
