@@ -681,13 +681,20 @@ def make_session(model: str | Path | bytes, *, threads: int | None = 1, device: 
     # ORT fuses DequantizeLinear+MatMul into MatMulNBits at accuracy level 4 (int8 activations)
     # unless told otherwise: keep the QDQ model's numbers those of its weights.
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
-    providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise PressoError(
-                "onnxruntime here has no CUDA execution provider: install onnxruntime-gpu, "
-                "or use device cpu"
-            )
-        providers.insert(0, "CUDAExecutionProvider")
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=providers)
+    return ort.InferenceSession(source, options, providers=execution_providers(device))
+
+
+def execution_providers(device: str) -> list[str]:
+    """ONNX Runtime's execution providers for ``device`` (cpu, or cuda: the CUDA provider
+    first), or a PressoError when this onnxruntime cannot run on it."""
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise PressoError(
+            "onnxruntime here has no CUDA execution provider: install onnxruntime-gpu, "
+            "or use device cpu (--device cpu on the command line)"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]

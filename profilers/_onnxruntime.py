@@ -81,6 +81,9 @@ class OnnxRuntimeProfiler(Profiler):
                 f"onnxruntime profiler: accuracy_level must be 0..4, got {accuracy_level}"
             )
         self.accuracy_level = accuracy_level
+        from presso.onnx_model import execution_providers
+
+        execution_providers(self.device)  # no CUDA provider: say so now, not after a build
         # RTN levels of a model's units, kept across candidates: validation assembles many
         # candidates of one model, and quantizing 200 layers costs more than building the graph.
         self._levels: dict[tuple, Any] = {}

@@ -24,6 +24,18 @@ def test_registered() -> None:
     assert "onnxruntime" in available()
 
 
+def test_cuda_without_a_cuda_provider_fails_when_made() -> None:
+    import onnxruntime as ort
+
+    from presso.errors import PressoError
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    # Checked when the profiler is made, before any model is loaded or graph built.
+    with pytest.raises(PressoError, match="no CUDA execution provider.*--device cpu"):
+        make_profiler("onnxruntime", device="cuda")
+
+
 @pytest.mark.parametrize(
     ("bits", "sparsity", "kernel", "carrier"),
     [(16, 0, "dense", None), (4, 0, "MatMulNBits", 4), (8, 0, "MatMulNBits", 8),
