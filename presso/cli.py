@@ -174,6 +174,15 @@ TRIALS_HELP = (
 )
 
 
+def _at_least(args: argparse.Namespace, **lowest: int) -> None:
+    """A PressoError naming the first option below its lowest sensible value (e.g. --threads
+    0, which torch would reject with a traceback); options left unset (None) are skipped."""
+    for name, low in lowest.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise PressoError(f"--{name.replace('_', '-')} must be {low} or more, got {value}")
+
+
 def tuning_options(backend: str, trials: int, db: Any = None) -> dict[str, Any]:
     """The options only the tvm backend takes: its tuning budget and where records go."""
     if trials < 0:
@@ -197,6 +206,7 @@ def _profile(args: argparse.Namespace) -> int:
     )
     from presso.run import _tqdm
 
+    _at_least(args, threads=1, repeats=1, trials=0, group_size=0, validate=0, max_dropped=0)
     workloads = [Workload.parse(w) for w in args.workload]
     db = ProfileDatabase(args.db)
     profiler = make_profiler(
@@ -363,8 +373,7 @@ def _generate(args: argparse.Namespace) -> int:
     from presso.generate import generate
     from presso.store import ResultsStore
 
-    if args.max_new_tokens < 1:
-        raise PressoError("--max-new-tokens must be at least 1")
+    _at_least(args, max_new_tokens=1, threads=1, trials=0)
     study = ResultsStore(args.store, must_exist=True).open(args.run)
     plan = build_plan(study.user_attrs, args.candidate)
     out = generate(

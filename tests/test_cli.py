@@ -137,3 +137,26 @@ def test_ray_runner_agrees_with_in_process(write_experiment, tmp_path: Path, ray
     assert main(["search", str(on_ray), "--quiet"]) == 0
     store = tmp_path / "runs.db"
     assert _records(store, "local") == _records(store, "ray")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "r", "--threads", "0"], "--threads must be 1 or more, got 0"),
+        (["generate", "r", "--max-new-tokens", "0"], "--max-new-tokens must be 1 or more"),
+        (["generate", "r", "--trials", "-1"], "--trials must be 0 or more, got -1"),
+        (["profile", "tiny-llama", "--backend", "torch", "--repeats", "0"], "--repeats must be 1"),
+        (["profile", "tiny-llama", "--backend", "torch", "--threads", "-2"], "--threads must be 1"),
+        (["profile", "tiny-llama", "--backend", "torch", "--group-size", "-32"], "--group-size"),
+        (["profile", "tiny-llama", "--backend", "torch", "--max-dropped", "-1"], "--max-dropped"),
+    ],
+)
+def test_counts_out_of_range_are_one_line_errors(
+    argv: list[str], message: str, tmp_path: Path, capsys
+) -> None:
+    store, db = tmp_path / "runs.db", tmp_path / "profiles.sqlite"
+    extra = ["--store", str(store)] if argv[0] == "generate" else ["--db", str(db)]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("presso: ") and message in err and "Traceback" not in err
+    assert not store.exists() and not db.exists()  # refused before anything was opened
