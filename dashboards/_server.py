@@ -164,6 +164,8 @@ class DashboardServer:
         _page.plotly_js_path()  # a missing plotly is a clear message before anything listens
         for store in stores:
             _data.check_store_exists(store)
+        if not 0 <= port <= 65535:
+            raise PressoError(f"--port {port} is no TCP port: choose 1..65535, or 0 for a free one")
         try:
             self._httpd = _Server((host, port), _Handler)
         except OSError as err:

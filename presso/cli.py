@@ -207,6 +207,10 @@ def _profile(args: argparse.Namespace) -> int:
     from presso.run import _tqdm
 
     _at_least(args, threads=1, repeats=1, trials=0, group_size=0, validate=0, max_dropped=0)
+    if bad := [b for b in args.bits if not (2 <= b <= 8 or b == 16)]:
+        raise PressoError(f"--bits: levels are 2..8 bits (or 16, dense), got {bad}")
+    if bad := [s for s in args.sparsity if not 0 <= s < 100]:
+        raise PressoError(f"--sparsity: levels are percent in 0..99, got {bad}")
     workloads = [Workload.parse(w) for w in args.workload]
     db = ProfileDatabase(args.db)
     profiler = make_profiler(

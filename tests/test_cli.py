@@ -149,6 +149,8 @@ def test_ray_runner_agrees_with_in_process(write_experiment, tmp_path: Path, ray
         (["profile", "tiny-llama", "--backend", "torch", "--threads", "-2"], "--threads must be 1"),
         (["profile", "tiny-llama", "--backend", "torch", "--group-size", "-32"], "--group-size"),
         (["profile", "tiny-llama", "--backend", "torch", "--max-dropped", "-1"], "--max-dropped"),
+        (["profile", "tiny-llama", "--backend", "torch", "--bits", "4", "1"], "got [1]"),
+        (["profile", "tiny-llama", "--backend", "torch", "--sparsity", "150"], "0..99, got [150]"),
     ],
 )
 def test_counts_out_of_range_are_one_line_errors(

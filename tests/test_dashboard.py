@@ -461,6 +461,8 @@ def test_cli_dashboard_and_report_errors(
         port = int(url.split("/")[2].rsplit(":", 1)[1])
         with pytest.raises(PressoError, match="cannot listen on 127.0.0.1"):
             DashboardServer([str(store)], port=port)
+    assert main(["dashboard", str(store), "--port", "99999"]) == 2  # was an OverflowError
+    assert "--port 99999 is no TCP port" in capsys.readouterr().err
     with monkeypatch.context() as mp:
         mp.setattr(_page.importlib.util, "find_spec", lambda name: None)
         assert (
