@@ -35,6 +35,7 @@ def run_search(
 
     from presso.search import LocalPool, RayPool, drive, make_strategy
     from presso.search._base import Request
+    from presso.search._runner import check_address
 
     store = store or ResultsStore(exp.store)
     run = exp.name or "run"
@@ -47,6 +48,8 @@ def run_search(
             return study.user_attrs["summary"]
     else:
         store.ensure_new(run)
+    if exp.runner.kind == "ray":
+        check_address(exp.runner.address)  # in seconds, before the model is prepared
 
     threads = exp.runner.threads or default_threads(
         exp.runner.workers if exp.runner.kind == "ray" else 1
@@ -58,6 +61,15 @@ def run_search(
     space = setup.space
     echo(f"model {exp.model}: {len(space)} units; {space.describe()}")
     _check_objectives(exp.objectives or default_objectives(setup), setup)  # before the store
+    # The workers before the store too: a Ray cluster that does not answer is said before a
+    # run is recorded (the user fixes runner.address and starts again, no --resume needed).
+    evaluator = setup.evaluator()
+    if exp.runner.kind == "ray":
+        pool: Any = RayPool(
+            setup.to_spec(), workers=exp.runner.workers, address=exp.runner.address, threads=threads
+        )
+    else:
+        pool = LocalPool(evaluator)
     study = store.open(run) if resume else store.create(run, exp.to_dict(), space)
     if resume:
         for rec in store.records(study):
@@ -72,13 +84,6 @@ def run_search(
         n = sum(len(v) for v in stored_by_phase.values())
         echo(f"resuming {run!r}: {n} evaluations already stored")
 
-    evaluator = setup.evaluator()
-    if exp.runner.kind == "ray":
-        pool: Any = RayPool(
-            setup.to_spec(), workers=exp.runner.workers, address=exp.runner.address, threads=threads
-        )
-    else:
-        pool = LocalPool(evaluator)
     context = setup.context([exp.search.strategy, *exp.baselines])
 
     objectives = exp.objectives or default_objectives(setup)

@@ -9,11 +9,12 @@ strategy is replayed from the stored results and only the missing evaluations ru
 from __future__ import annotations
 
 import os
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from presso.errors import MissingExtraError
+from presso.errors import MissingExtraError, PressoError
 from presso.search._base import Request, Result, Strategy
 
 
@@ -39,6 +40,36 @@ class LocalPool(Pool):
             yield i, self.evaluator.evaluate(request)
 
 
+def check_address(address: str | None) -> None:
+    """A PressoError when nothing listens at a Ray cluster's ``host:port`` (or
+    ``ray://host:port``) address; ``auto`` and None are left to Ray. Ray itself waits minutes
+    for a head node that does not answer; a TCP connect says so in seconds."""
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise PressoError(
+            f"runner.address: {address!r} is not a Ray address; give host:port (the head "
+            "node's GCS port, e.g. 10.0.0.5:6379), ray://host:port, auto, or null for a local one"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_S):
+            pass
+    except OSError as err:
+        raise PressoError(_no_cluster(address, err.strerror or str(err) or "timed out")) from None
+
+
+def _no_cluster(address: str, why: str) -> str:
+    return (
+        f"runner.address: no Ray cluster answers at {address!r} ({why}); check that the "
+        "cluster is up (`ray status` on its head node), or set runner.address to null to start "
+        "a local one"
+    )
+
+
+_CONNECT_S = 5.0  # a head node on the same network answers a TCP connect in milliseconds
+
+
 class RayPool(Pool):
     """Evaluates on ``workers`` Ray actors built from ``spec`` (see ``presso.evaluator.make_evaluator``).
 
@@ -56,7 +87,11 @@ class RayPool(Pool):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                check_address(address)
+                try:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                except ConnectionError as err:
+                    raise PressoError(_no_cluster(address, str(err))) from None
             else:
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         self._ray = ray

@@ -128,6 +128,47 @@ def test_resume_refuses_a_changed_experiment(write_experiment, tmp_path: Path, c
     assert "different 'space' section" in capsys.readouterr().err
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # a port the OS just handed out, and nothing listens on now
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_ray_cluster_is_said_at_once(write_experiment, tmp_path: Path, capsys) -> None:
+    port = _closed_port()
+    path = write_experiment(
+        tiny_experiment(runner={"kind": "ray", "workers": 2, "address": f"127.0.0.1:{port}"})
+    )
+    start = time.perf_counter()
+    assert main(["search", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"runner.address: no Ray cluster answers at '127.0.0.1:{port}'" in err
+    assert time.perf_counter() - start < 60  # Ray alone waited minutes for such an address
+    assert ResultsStore(str(tmp_path / "runs.db")).runs() == []  # fix it, start again, no --resume
+
+
+def test_ray_address_check() -> None:
+    import socket
+
+    from presso.errors import PressoError
+    from presso.search._runner import check_address
+
+    for fine in (None, "", "auto"):
+        check_address(fine)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        check_address(f"127.0.0.1:{port}")
+        check_address(f"ray://127.0.0.1:{port}")
+    with pytest.raises(PressoError, match="is not a Ray address; give host:port"):
+        check_address("my-head-node")
+    with pytest.raises(PressoError, match="no Ray cluster answers"):
+        check_address(f"127.0.0.1:{_closed_port()}")
+
+
 def test_ray_runner_agrees_with_in_process(write_experiment, tmp_path: Path, ray_session) -> None:
     local = write_experiment(tiny_experiment(name="local"), "local.yaml")
     on_ray = write_experiment(
