@@ -195,6 +195,7 @@ def tuning_options(backend: str, trials: int, db: Any = None) -> dict[str, Any]:
 def _profile(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from presso.config import bits_level, sparsity_level
     from presso.models import load_model
     from presso.profilers import ProfileDatabase, Workload, make_profiler
     from presso.profiling import (
@@ -207,9 +208,9 @@ def _profile(args: argparse.Namespace) -> int:
     from presso.run import _tqdm
 
     _at_least(args, threads=1, repeats=1, trials=0, group_size=0, validate=0, max_dropped=0)
-    if bad := [b for b in args.bits if not (2 <= b <= 8 or b == 16)]:
+    if bad := [b for b in args.bits if not bits_level(b)]:
         raise PressoError(f"--bits: levels are 2..8 bits (or 16, dense), got {bad}")
-    if bad := [s for s in args.sparsity if not 0 <= s < 100]:
+    if bad := [s for s in args.sparsity if not sparsity_level(s)]:
         raise PressoError(f"--sparsity: levels are percent in 0..99, got {bad}")
     workloads = [Workload.parse(w) for w in args.workload]
     db = ProfileDatabase(args.db)

@@ -19,6 +19,16 @@ from presso.errors import PressoError
 SCHEMA_VERSION = 1
 
 
+def bits_level(bits: int) -> bool:
+    """Whether ``bits`` is a weight level presso builds: 2..8 bits, or 16 (dense)."""
+    return 2 <= bits <= 8 or bits == 16
+
+
+def sparsity_level(percent: int) -> bool:
+    """Whether ``percent`` is a sparsity level: 0..99 percent of a layer's weights pruned."""
+    return 0 <= percent < 100
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,7 +60,7 @@ class CompressConfig(_Strict):
     def _levels(cls, v: list[int]) -> list[int]:
         if not v:
             raise ValueError("give at least one level")
-        bad = [b for b in v if not 2 <= b <= 8 and b != 16]
+        bad = [b for b in v if not bits_level(b)]
         if bad:
             raise ValueError(f"bits must be 2..8 (or 16 for dense), got {bad}")
         if len(set(v)) != len(v):
@@ -70,7 +80,7 @@ class SparsityConfig(_Strict):
     @field_validator("levels")
     @classmethod
     def _levels(cls, v: list[int]) -> list[int]:
-        bad = [s for s in v if not 0 <= s < 100]
+        bad = [s for s in v if not sparsity_level(s)]
         if not v or bad:
             raise ValueError(f"sparsity levels are percent in 0..99, got {bad or v}")
         if len(set(v)) != len(v):
