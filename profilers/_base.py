@@ -192,6 +192,14 @@ class Profiler(ABC):
             )
 
     @contextmanager
+    def keeping_builds(self) -> Iterator[None]:
+        """While open, a backend may keep the models it assembles for :meth:`measure_model`
+        and time a later call for the same assignment and workload on the kept one, without
+        assembling it again: interleaved rounds time every candidate several times. Backends
+        whose assembly is cheap keep nothing (this default)."""
+        yield
+
+    @contextmanager
     def _threads(self) -> Iterator[None]:
         """Run torch with ``self.threads`` intra-op threads (if set), restoring its setting
         (every backend's model timing runs torch's ops between its own kernels)."""

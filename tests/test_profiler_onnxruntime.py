@@ -84,3 +84,31 @@ def test_model_failure_is_data(profiler) -> None:
     handle = load_model("tiny-bert")
     m = profiler.measure_model(handle, Assignment(), PREFILL)
     assert not m.ok and "Llama" in m.error
+
+
+def test_kept_builds_are_reused_within_the_block(profiler, monkeypatch) -> None:
+    import presso.onnx_model
+
+    real, built = presso.onnx_model.build_onnx, []
+
+    def counting(handle, assignment, path, **kw):  # noqa: ANN001, ANN003
+        built.append(path)
+        return real(handle, assignment, path, **kw)
+
+    monkeypatch.setattr(presso.onnx_model, "build_onnx", counting)
+    handle = load_model("tiny-llama")
+    a = Assignment(units={n: (4, 0) for n in handle.unit_names}, group_size=32)
+    b = Assignment(units=a.units, dropped=("model.layers.1",), group_size=32)
+    with profiler.keeping_builds():
+        first = [profiler.measure_model(handle, x, w) for x in (a, b) for w in (PREFILL, DECODE)]
+        again = [profiler.measure_model(handle, x, w) for x in (a, b) for w in (PREFILL, DECODE)]
+        folder = built[0].parent
+        assert len(built) == 4 and len(set(built)) == 4  # one graph per assignment and phase
+        assert all(p.exists() for p in built)
+    assert all(m.ok for m in first + again)
+    # A reused graph reports the build time of the graph it runs.
+    assert [m.detail["build_s"] for m in again] == [m.detail["build_s"] for m in first]
+    assert not folder.exists()  # kept graphs go with the block
+    profiler.measure_model(handle, a, PREFILL)
+    profiler.measure_model(handle, a, PREFILL)
+    assert len(built) == 6  # outside the block every call builds its own
