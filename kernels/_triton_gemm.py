@@ -227,6 +227,13 @@ def _zero_output(nargs: dict[str, Any]) -> None:
 #: Decode (M = 1..16). GEMV tiles (block_m 1) are 128 columns per warp, so that each thread
 #: holds 4 adjacent columns (one 16-byte load per packed row) and the whole K tile: the
 #: reduction over K stays inside the thread. Split-K spreads a 4096-wide layer over every SM.
+#: Split-K costs a zero-fill of the output (a second kernel launch) per call, and at M = 1 a
+#: 4096 x 4096 4-bit weight (8 MB) takes only ~2.5 us of an H100's HBM time; the last three
+#: GEMV tiles hide HBM latency with deep pipelines instead (7 K tiles in flight per program:
+#: ~1.8 MB over the whole GPU for N = 4096 at 4 bits). The autotuner, which times the zero-fill
+#: with its kernel, chooses (not yet run on a GPU: an estimate). Their block_k is at most 128,
+#: as the GEMV path needs it to divide the group; none spills registers on sm_90 (ptxas via
+#: Triton's compiler, no GPU needed: 64-168 registers, 5-60 KB of shared memory, 2-8 bits).
 DECODE_CONFIGS = [
     TileConfig(1, 128, 64, 1, num_warps=1, num_stages=4),
     TileConfig(1, 128, 64, 4, num_warps=1, num_stages=3),
@@ -240,6 +247,9 @@ DECODE_CONFIGS = [
     TileConfig(1, 256, 32, 8, num_warps=2, num_stages=4),
     TileConfig(1, 512, 64, 8, num_warps=4, num_stages=3),
     TileConfig(1, 512, 32, 16, num_warps=4, num_stages=4),
+    TileConfig(1, 32, 128, 1, num_warps=1, num_stages=8),  # no split, no zero-fill
+    TileConfig(1, 64, 128, 2, num_warps=2, num_stages=8),
+    TileConfig(1, 32, 64, 1, num_warps=1, num_stages=8),  # groups of 64
     TileConfig(16, 64, 128, 1, num_warps=4, num_stages=4),
     TileConfig(16, 64, 128, 4, num_warps=4, num_stages=3),
     TileConfig(16, 128, 64, 4, num_warps=4, num_stages=4),

@@ -294,10 +294,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile as triton_compile
 from presso.kernels._triton_gemm import DECODE_CONFIGS, PREFILL_CONFIGS, TileConfig, _wq_gemm_kernel
 
-# GEMV + split-K, tensor cores at M = 16 + split-K, a prefill tile (one group per K tile),
-# and a prefill tile whose K tile spans two groups of 32 (per-row grids).
-tiles = [(DECODE_CONFIGS[1], 128), (TileConfig(16, 64, 128, 4), 128), (PREFILL_CONFIGS[2], 128),
-         (PREFILL_CONFIGS[2], 32)]
+# GEMV + split-K, a deep-pipeline GEMV, tensor cores at M = 16 + split-K, a prefill tile (one
+# group per K tile), and a prefill tile whose K tile spans two groups of 32 (per-row grids).
+tiles = [(DECODE_CONFIGS[1], 128), (TileConfig(1, 32, 128, 1, num_stages=8, num_warps=1), 128),
+         (TileConfig(16, 64, 128, 4), 128), (PREFILL_CONFIGS[2], 128), (PREFILL_CONFIGS[2], 32)]
 pointers = dict(x_ptr=None, w_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", y_ptr=None)
 for dtype in ("fp16", "bf16"):
     for bits in (2, 3, 4, 8):
