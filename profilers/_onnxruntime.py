@@ -29,6 +29,7 @@ evaluator exactly; give ``accuracy_level=0`` to time that. The level is part of
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
 
 #: Seed of the random weights and inputs ops are timed with (shared with the torch backend).
 SEED = 0
+#: keeping_builds: at most this many bytes of kept graphs, and never below this much free disk.
+KEPT_BYTES = 16 << 30
+DISK_RESERVE = 4 << 30
 
 
 def _check_level(where: str, bits: int, sparsity: int) -> None:
@@ -114,8 +118,9 @@ class OnnxRuntimeProfiler(Profiler):
     def keeping_builds(self) -> Iterator[None]:
         # Writing a candidate's graph (quantized weights, MatMulNBits packing) takes ~2 s of
         # a ~3 s decode measurement of SmolLM2-135M; a kept .onnx file loads in a fraction.
-        # The files (~100-200 MB per candidate of a 135M model) live in presso's cache folder,
-        # not /tmp, which may be memory, and go when the block ends.
+        # The files (0.1-0.5 GB per candidate of SmolLM2-135M, its fp32 embedding alone 113 MB)
+        # live in presso's cache folder, not /tmp, which may be memory, and go when the block
+        # ends; _room_to_keep caps them.
         if self._kept is not None:
             yield
             return
@@ -125,6 +130,19 @@ class OnnxRuntimeProfiler(Profiler):
                 yield
             finally:
                 self._kept, self._build_s = None, {}
+
+    def _room_to_keep(self) -> bool:
+        """Whether one more graph may be kept: the kept ones stay under KEPT_BYTES in all and
+        leave the disk DISK_RESERVE free (a 1B-parameter model's graphs take GBs each). A
+        graph that may not is timed as outside keeping_builds, and rebuilt when met again."""
+        assert self._kept is not None
+        sizes = {}
+        for f in filter(Path.is_file, self._kept.iterdir()):  # NAME.onnx and NAME.onnx.data
+            stem = f.name.split(".", 1)[0]
+            sizes[stem] = sizes.get(stem, 0) + f.stat().st_size
+        next_one = max(sizes.values(), default=0)  # the next graph: as big as the largest so far
+        free = shutil.disk_usage(self._kept).free
+        return sum(sizes.values()) + next_one <= KEPT_BYTES and free - next_one >= DISK_RESERVE
 
     def _session(self, model: Any) -> Any:
         from presso.onnx_model import make_session
@@ -185,12 +203,16 @@ class OnnxRuntimeProfiler(Profiler):
         # The graph depends on the model, the assignment and whether it has a KV cache.
         a = assignment
         name = digest([handle.identity, sorted(a.units.items()), a.dropped, a.group_size, decode])
+        keep = self._kept is not None and (name in self._build_s or self._room_to_keep())
         with contextlib.ExitStack() as stack:
-            folder = self._kept or Path(
-                stack.enter_context(tempfile.TemporaryDirectory(prefix="presso-ort-"))
-            )
+            if keep:
+                folder = self._kept
+            else:
+                folder = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(prefix="presso-ort-"))
+                )
             path = folder / f"{name}.onnx"
-            build_s = self._build_s.get(name) if self._kept else None
+            build_s = self._build_s.get(name) if keep else None
             if build_s is None:
                 start = time.perf_counter()
                 build_onnx(
@@ -202,7 +224,7 @@ class OnnxRuntimeProfiler(Profiler):
                     accuracy_level=self.accuracy_level,
                 )
                 build_s = time.perf_counter() - start
-                if self._kept:
+                if keep:
                     self._build_s[name] = build_s
             units = json.loads(
                 {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}[

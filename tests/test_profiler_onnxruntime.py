@@ -112,3 +112,30 @@ def test_kept_builds_are_reused_within_the_block(profiler, monkeypatch) -> None:
     profiler.measure_model(handle, a, PREFILL)
     profiler.measure_model(handle, a, PREFILL)
     assert len(built) == 6  # outside the block every call builds its own
+
+
+def test_kept_builds_stay_within_their_disk_budget(profiler, monkeypatch) -> None:
+    import presso.onnx_model
+    from presso.profilers import _onnxruntime
+
+    real, built = presso.onnx_model.build_onnx, []
+
+    def counting(handle, assignment, path, **kw):  # noqa: ANN001, ANN003
+        built.append(path)
+        return real(handle, assignment, path, **kw)
+
+    monkeypatch.setattr(presso.onnx_model, "build_onnx", counting)
+    handle = load_model("tiny-llama")
+    a = Assignment(units={n: (4, 0) for n in handle.unit_names}, group_size=32)
+    b = Assignment(units=a.units, dropped=("model.layers.1",), group_size=32)
+    with profiler.keeping_builds():
+        profiler.measure_model(handle, a, PREFILL)
+        size = sum(f.stat().st_size for f in built[-1].parent.iterdir())  # one graph (b's alike)
+    # Room for one graph of this size: the first is kept, the second is built every time.
+    monkeypatch.setattr(_onnxruntime, "KEPT_BYTES", size + size // 2)
+    built.clear()
+    with profiler.keeping_builds():
+        for _ in range(3):
+            assert profiler.measure_model(handle, a, PREFILL).ok
+            assert profiler.measure_model(handle, b, PREFILL).ok
+    assert len(built) == 1 + 3
