@@ -86,19 +86,29 @@ def test_model_failure_is_data(profiler) -> None:
     assert not m.ok and "Llama" in m.error
 
 
-def test_kept_builds_are_reused_within_the_block(profiler, monkeypatch) -> None:
+@pytest.fixture
+def built(monkeypatch) -> list:
+    """The paths ONNX graphs are built at, in order (the real build_onnx runs)."""
     import presso.onnx_model
 
-    real, built = presso.onnx_model.build_onnx, []
+    real, paths = presso.onnx_model.build_onnx, []
 
     def counting(handle, assignment, path, **kw):  # noqa: ANN001, ANN003
-        built.append(path)
+        paths.append(path)
         return real(handle, assignment, path, **kw)
 
     monkeypatch.setattr(presso.onnx_model, "build_onnx", counting)
-    handle = load_model("tiny-llama")
+    return paths
+
+
+def _two_candidates(handle) -> tuple[Assignment, Assignment]:  # noqa: ANN001
     a = Assignment(units={n: (4, 0) for n in handle.unit_names}, group_size=32)
-    b = Assignment(units=a.units, dropped=("model.layers.1",), group_size=32)
+    return a, Assignment(units=a.units, dropped=("model.layers.1",), group_size=32)
+
+
+def test_kept_builds_are_reused_within_the_block(profiler, built: list) -> None:
+    handle = load_model("tiny-llama")
+    a, b = _two_candidates(handle)
     with profiler.keeping_builds():
         first = [profiler.measure_model(handle, x, w) for x in (a, b) for w in (PREFILL, DECODE)]
         again = [profiler.measure_model(handle, x, w) for x in (a, b) for w in (PREFILL, DECODE)]
@@ -114,20 +124,11 @@ def test_kept_builds_are_reused_within_the_block(profiler, monkeypatch) -> None:
     assert len(built) == 6  # outside the block every call builds its own
 
 
-def test_kept_builds_stay_within_their_disk_budget(profiler, monkeypatch) -> None:
-    import presso.onnx_model
+def test_kept_builds_stay_within_their_disk_budget(profiler, built: list, monkeypatch) -> None:
     from presso.profilers import _onnxruntime
 
-    real, built = presso.onnx_model.build_onnx, []
-
-    def counting(handle, assignment, path, **kw):  # noqa: ANN001, ANN003
-        built.append(path)
-        return real(handle, assignment, path, **kw)
-
-    monkeypatch.setattr(presso.onnx_model, "build_onnx", counting)
     handle = load_model("tiny-llama")
-    a = Assignment(units={n: (4, 0) for n in handle.unit_names}, group_size=32)
-    b = Assignment(units=a.units, dropped=("model.layers.1",), group_size=32)
+    a, b = _two_candidates(handle)
     with profiler.keeping_builds():
         profiler.measure_model(handle, a, PREFILL)
         size = sum(f.stat().st_size for f in built[-1].parent.iterdir())  # one graph (b's alike)
