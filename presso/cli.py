@@ -73,7 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         "divides every layer's input width)",
     )
     pr.add_argument("--threads", type=int, default=1, help="threads the backend may use")
-    pr.add_argument("--repeats", type=int, default=25, help="timed runs per measurement")
+    pr.add_argument(
+        "--repeats",
+        type=int,
+        default=25,
+        help="timed calls per measurement (a layer timed over N weight copies: N calls a run, "
+        "at least 5 runs)",
+    )
     pr.add_argument("--device", default="cpu", help="cpu or cuda")
     pr.add_argument("--trials", type=int, default=16, help=TRIALS_HELP)
     pr.add_argument("--db", help="profile database (default: <cache>/profiles.sqlite)")

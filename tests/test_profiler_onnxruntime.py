@@ -140,3 +140,24 @@ def test_kept_builds_stay_within_their_disk_budget(profiler, built: list, monkey
             assert profiler.measure_model(handle, a, PREFILL).ok
             assert profiler.measure_model(handle, b, PREFILL).ok
     assert len(built) == 1 + 3
+
+
+@pytest.mark.parametrize("group", [16, None])
+def test_weight_copies_are_the_same_values_in_other_places(group: int | None) -> None:
+    import torch
+
+    from presso.profilers._onnxruntime import _rolled
+    from presso.profilers._torch import quantized_level
+
+    q = quantized_level(torch.randn(6, 64), 4, 0, group)
+    width = 16 if group else 1
+    seen = set()
+    for i in range(6 * (64 // width if group else 64)):
+        c = _rolled(q, i)
+        # Every code keeps its own grid: the copy is the dequantized weight, rolled.
+        shift = (i % 6, (i // 6) * width)
+        assert torch.equal(c.dequantize(), torch.roll(q.dequantize(), shift, (0, 1)))
+        seen.add(c.codes.numpy().tobytes())
+    assert len(seen) == i + 1  # all distinct (ORT would share equal weights)
+    dense = torch.randn(6, 64)
+    assert torch.equal(_rolled(dense, 7), torch.roll(dense, (1, 1), (0, 1)))

@@ -91,6 +91,21 @@ def test_threads_setting_is_restored(profiler) -> None:
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize(
+    ("calls", "runs", "warm"),
+    [(1, 25, 5), (2, 13, 3), (10, 5, 1), (228, 5, 1)],
+)
+def test_runs_over_weight_copies_count_their_calls(calls: int, runs: int, warm: int) -> None:
+    # repeats and warmup count calls: a run over many copies is repeated less, at least 5 times.
+    profiler = make_profiler("torch", warmup=5, repeats=25)
+    made = []
+    m = profiler._timed(lambda: made.append(1), op="op", workload=PREFILL, calls=calls)
+    assert m.repeats == runs and len(made) == runs + warm
+    assert m.detail.get("copies") == (calls if calls > 1 else None)
+    few = make_profiler("torch", warmup=1, repeats=3)  # never more runs than asked for
+    assert few._timed(lambda: None, op="op", workload=PREFILL, calls=calls).repeats == 3
+
+
 # ------------------------------------------------------------------ PackedLinear
 
 
