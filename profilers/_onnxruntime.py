@@ -117,8 +117,9 @@ class OnnxRuntimeProfiler(Profiler):
 
     @contextmanager
     def keeping_builds(self) -> Iterator[None]:
-        # Writing a candidate's graph (quantized weights, MatMulNBits packing) takes ~2 s of
-        # a ~3 s decode measurement of SmolLM2-135M; a kept .onnx file loads in a fraction.
+        # Writing a candidate's graph (quantized weights, MatMulNBits packing) costs more than
+        # loading a written one: SmolLM2-135M decode, 3 rounds, 13.1 s a candidate rebuilt
+        # every round, 8.8 s built once (experiments/benchmarks/interleaved.py).
         # The files (0.1-0.5 GB per candidate of SmolLM2-135M, its fp32 embedding alone 113 MB)
         # live in presso's cache folder, not /tmp, which may be memory, and go when the block
         # ends; _room_to_keep caps them.
