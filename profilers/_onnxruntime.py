@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -122,11 +123,13 @@ class OnnxRuntimeProfiler(Profiler):
         # every round, 8.8 s built once (experiments/benchmarks/interleaved.py).
         # The files (0.1-0.5 GB per candidate of SmolLM2-135M, its fp32 embedding alone 113 MB)
         # live in presso's cache folder, not /tmp, which may be memory, and go when the block
-        # ends; _room_to_keep caps them.
+        # ends (after a kill: at the next block, _sweep_kept_builds); _room_to_keep caps them.
         if self._kept is not None:
             yield
             return
-        with tempfile.TemporaryDirectory(prefix="ort-builds-", dir=cache_dir()) as tmp:
+        _sweep_kept_builds()
+        prefix = f"{_KEPT_PREFIX}{os.getpid()}-"
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=cache_dir()) as tmp:
             self._kept, self._build_s = Path(tmp), {}
             try:
                 yield
@@ -247,6 +250,25 @@ class OnnxRuntimeProfiler(Profiler):
             carried=carried,
             accuracy_level=self.accuracy_level,
         )
+
+
+_KEPT_PREFIX = "ort-builds-"
+
+
+def _sweep_kept_builds() -> None:
+    """Remove kept-graph folders left by processes that are gone (killed inside
+    keeping_builds: their folders hold GBs nobody will read). Folders are named
+    ``ort-builds-PID-…``; one whose process still runs (or is not ours to ask) is left."""
+    for folder in cache_dir().glob(f"{_KEPT_PREFIX}*"):
+        pid = folder.name.removeprefix(_KEPT_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # alive, another user's
 
 
 def _rolled(level: Any, i: int) -> Any:

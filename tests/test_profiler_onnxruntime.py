@@ -161,3 +161,23 @@ def test_weight_copies_are_the_same_values_in_other_places(group: int | None) ->
     assert len(seen) == i + 1  # all distinct (ORT would share equal weights)
     dense = torch.randn(6, 64)
     assert torch.equal(_rolled(dense, 7), torch.roll(dense, (1, 1), (0, 1)))
+
+
+def test_kept_builds_left_by_a_killed_process_are_swept(profiler) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from presso.paths import cache_dir
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = cache_dir() / f"ort-builds-{int(gone.stdout)}-abc"
+    alive = cache_dir() / f"ort-builds-{os.getppid()}-def"  # this test's parent: running
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "x.onnx").write_bytes(b"0" * 1024)
+    with profiler.keeping_builds():
+        assert profiler._kept.name.startswith(f"ort-builds-{os.getpid()}-")
+    assert not stale.exists() and alive.exists()
