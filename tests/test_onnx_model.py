@@ -64,6 +64,17 @@ def test_pack_codes_is_little_end_first() -> None:
         block_size(24)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_pack_codes_round_trips(bits: int) -> None:
+    codes = np.random.default_rng(bits).integers(0, 2**bits, size=(7, 45), dtype=np.uint8)
+    packed = pack_codes(codes, bits)
+    per_byte = 8 // bits
+    assert packed.shape == (7, -(-45 // per_byte))
+    slots = [(packed >> (s * bits)) & (2**bits - 1) for s in range(per_byte)]
+    unpacked = np.stack(slots, axis=-1).reshape(7, -1)
+    assert np.array_equal(unpacked[:, :45], codes) and not unpacked[:, 45:].any()  # 0-padded
+
+
 @pytest.mark.parametrize("fmt", ["matmulnbits", "qdq"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 @pytest.mark.parametrize(("group_size", "symmetric"), [(32, False), (48, True), (None, False)])
