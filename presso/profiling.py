@@ -366,10 +366,7 @@ def validate(
     over all of them instead of making some look slow. Measurements are kept in the database."""
     fp = machine_id(profiler, db)
     key = model_key(handle)
-    names = [
-        f"{key}/candidate-{digest([sorted(a.units.items()), a.dropped, a.group_size], 12)}"
-        for a in candidates
-    ]
+    names = [f"{key}/candidate-{a.digest(12)}" for a in candidates]
     found = {n: db.get(fp, profiler.name, n, workload.key) for n in names}
     todo = [(n, workload, a) for n, a in zip(names, candidates) if found[n] is None]
     if todo:

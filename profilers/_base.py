@@ -128,6 +128,12 @@ class Assignment:
     dropped: tuple[str, ...] = ()
     group_size: int | None = 128
 
+    def digest(self, length: int = 16) -> str:
+        """A content hash of this candidate (its levels, dropped blocks and group size)."""
+        from presso.paths import digest
+
+        return digest([sorted(self.units.items()), self.dropped, self.group_size], length)
+
 
 class Profiler(ABC):
     """A measurement backend. Subclasses set ``name``, the ``requires`` packages and the
@@ -265,6 +271,13 @@ class Profiler(ABC):
             len(times),
             detail=detail,
         )
+
+
+def op_weight_copies(op: LinearOp) -> int:
+    """:func:`weight_copies` for ``op``'s weights as the CPU backends hold them: 4-bit
+    containers up to 4 bits, bytes up to 8, fp32 dense."""
+    carrier = 4 if op.bits <= 4 else 8 if op.bits < DENSE_BITS else 32
+    return weight_copies(op.out_features * op.in_features * carrier / 8)
 
 
 def weight_copies(nbytes: float, *, cap: int = 512) -> int:

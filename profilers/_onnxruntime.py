@@ -48,8 +48,8 @@ from presso.profilers._base import (
     Measurement,
     Profiler,
     Workload,
+    op_weight_copies,
     register,
-    weight_copies,
 )
 
 if TYPE_CHECKING:
@@ -167,8 +167,7 @@ class OnnxRuntimeProfiler(Profiler):
         gen = torch.Generator().manual_seed(SEED)
         x = torch.randn(workload.rows, op.in_features, generator=gen).numpy()
         detail: dict[str, Any] = {}
-        carrier = 4 if op.bits <= 4 else 8 if op.bits < DENSE_BITS else 32
-        copies = weight_copies(op.out_features * op.in_features * carrier / 8)
+        copies = op_weight_copies(op)
         weight = torch.randn(op.out_features, op.in_features, generator=gen) * 0.02
         if op.bits < DENSE_BITS:
             level = quantized_level(weight, op.bits, op.sparsity, op.group_size)
@@ -204,8 +203,7 @@ class OnnxRuntimeProfiler(Profiler):
 
         decode = workload.phase == "decode"
         # The graph depends on the model, the assignment and whether it has a KV cache.
-        a = assignment
-        name = digest([handle.identity, sorted(a.units.items()), a.dropped, a.group_size, decode])
+        name = digest([handle.identity, assignment.digest(), decode])
         keep = self._kept is not None and (name in self._build_s or self._room_to_keep())
         with contextlib.ExitStack() as stack:
             if keep:

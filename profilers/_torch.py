@@ -38,8 +38,8 @@ from presso.profilers._base import (
     Measurement,
     Profiler,
     Workload,
+    op_weight_copies,
     register,
-    weight_copies,
 )
 
 if TYPE_CHECKING:
@@ -377,13 +377,8 @@ class TorchProfiler(Profiler):
         gen = torch.Generator().manual_seed(SEED)
         weight = torch.randn(op.out_features, op.in_features, generator=gen) * 0.02
         x = torch.randn(workload.rows, op.in_features, generator=gen).to(self.device, self.dtype)
-        carrier = 4 if op.bits <= 4 else 8 if op.bits < DENSE_BITS else 32
         # Distinct weight copies, cycled: inside a model a layer is read from memory, not cache.
-        n = (
-            weight_copies(op.out_features * op.in_features * carrier / 8)
-            if self.device == "cpu"
-            else 1
-        )
+        n = op_weight_copies(op) if self.device == "cpu" else 1
         with self._threads(), torch.inference_mode():
             if op.bits < DENSE_BITS:
                 qw = quantized_level(weight, op.bits, op.sparsity, op.group_size)

@@ -25,21 +25,15 @@ import numpy as np
 
 from presso.paths import atomic_write_text
 from presso.profilers import LinearOp, Workload, make_profiler
-from presso.profilers._base import DENSE_BITS, weight_copies
+from presso.profilers._base import op_weight_copies
 
 SHAPES = [(192, 576), (576, 576), (1536, 576), (576, 1536)]  # SmolLM2-135M (out, in)
 WARMUP, REPEATS = 5, 25
 
 
-def copies_of(op: LinearOp) -> int:
-    """The weight copies an op is timed over (as the CPU backends choose them)."""
-    carrier = 4 if op.bits <= 4 else 8 if op.bits < DENSE_BITS else 32
-    return weight_copies(op.out_features * op.in_features * carrier / 8)
-
-
 def one(backend: str, op: LinearOp, workload: Workload, per_run: bool) -> tuple[float, float]:
     """Seconds to measure ``op`` and its median ms; ``per_run``: the old count of runs."""
-    n = copies_of(op) if per_run else 1
+    n = op_weight_copies(op) if per_run else 1
     profiler = make_profiler(backend, warmup=WARMUP * n, repeats=REPEATS * n)
     start = time.perf_counter()
     m = profiler.measure(op, workload)
@@ -70,7 +64,7 @@ def main() -> None:
                         "backend": backend,
                         "workload": wl.key,
                         "op": op.key,
-                        "copies": copies_of(op),
+                        "copies": op_weight_copies(op),
                         "seconds_each_run_one": float(old[:, 0].mean()),
                         "seconds_runs_counted": float(new[:, 0].mean()),
                         "ms_each_run_one": old[:, 1].tolist(),
