@@ -113,7 +113,17 @@ def test_multiobjective_pareto(write_experiment, tmp_path: Path, capsys, strateg
     capsys.readouterr()
     bad = ["export", strategy, "--store", store, "--candidate", f"pareto:{len(points)}"]
     assert main(bad) == 2
-    assert f"pareto:0 to pareto:{len(points) - 1}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (f"pareto:0 to pareto:{len(points) - 1}" if len(points) > 1 else "one point") in err
+
+
+def test_a_one_point_front_is_named_in_the_singular() -> None:
+    from presso.errors import PressoError
+    from presso.export._plan import candidate_entry
+
+    attrs = {"summary": {"candidates": {}, "pareto": {"levels": [[4, 4]], "points": [[0.1, 4]]}}}
+    with pytest.raises(PressoError, match=r"front has one point, pareto:0$"):
+        candidate_entry(attrs, "pareto:1")
 
 
 def test_size_budget_binds_beside_mean_bits(write_experiment, tmp_path: Path) -> None:

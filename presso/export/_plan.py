@@ -35,8 +35,10 @@ def candidate_entry(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
         index = phase.split(":", 1)[1]
         if not index.isdigit() or int(index) >= len(front):
             raise PressoError(
-                f"no candidate {phase!r} in this run: its Pareto front has {len(front)} points, "
-                f"pareto:0 to pareto:{len(front) - 1} (`presso show RUN --pareto` lists them)"
+                f"no candidate {phase!r} in this run: its Pareto front has one point, pareto:0"
+                if len(front) == 1
+                else f"no candidate {phase!r} in this run: its Pareto front has {len(front)} "
+                f"points, pareto:0 to pareto:{len(front) - 1} (`presso show RUN --pareto` lists them)"
                 if front
                 else f"no candidate {phase!r}: this run stored no Pareto front"
             )
