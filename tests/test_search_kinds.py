@@ -122,7 +122,10 @@ def test_a_one_point_front_is_named_in_the_singular() -> None:
     from presso.export._plan import candidate_entry
 
     attrs = {"summary": {"candidates": {}, "pareto": {"levels": [[4, 4]], "points": [[0.1, 4]]}}}
-    with pytest.raises(PressoError, match=r"front has one point, pareto:0$"):
+    with pytest.raises(
+        PressoError,
+        match=r"front has one point, pareto:0 \(`presso show RUN --pareto` lists them\)$",
+    ):
         candidate_entry(attrs, "pareto:1")
 
 

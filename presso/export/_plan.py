@@ -34,13 +34,15 @@ def candidate_entry(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
         front = pareto.get("levels") or []
         index = phase.split(":", 1)[1]
         if not index.isdigit() or int(index) >= len(front):
+            if not front:
+                raise PressoError(f"no candidate {phase!r}: this run stored no Pareto front")
+            if len(front) == 1:
+                points = "one point, pareto:0"
+            else:
+                points = f"{len(front)} points, pareto:0 to pareto:{len(front) - 1}"
             raise PressoError(
-                f"no candidate {phase!r} in this run: its Pareto front has one point, pareto:0"
-                if len(front) == 1
-                else f"no candidate {phase!r} in this run: its Pareto front has {len(front)} "
-                f"points, pareto:0 to pareto:{len(front) - 1} (`presso show RUN --pareto` lists them)"
-                if front
-                else f"no candidate {phase!r}: this run stored no Pareto front"
+                f"no candidate {phase!r} in this run: its Pareto front has {points} "
+                "(`presso show RUN --pareto` lists them)"
             )
         i = int(index)
         metrics = {
