@@ -43,17 +43,13 @@ def _greedy_reference(store: str, prompt: str, n: int) -> str:
     return handle.tokenizer.decode(ids[0, -n:], skip_special_tokens=True)
 
 
+def _generate_args(store: str, prompt: str, n: int) -> list[str]:
+    """``presso generate`` of run "tiny" in ``store``: ``n`` new tokens after ``prompt``."""
+    return ["generate", "tiny", "--store", store, "--prompt", prompt, "--max-new-tokens", str(n)]
+
+
 def test_generate_on_onnxruntime_matches_presso(run_store, capsys) -> None:  # noqa: ANN001
-    args = [
-        "generate",
-        "tiny",
-        "--store",
-        run_store,
-        "--prompt",
-        "def main",
-        "--max-new-tokens",
-        "6",
-    ]
+    args = _generate_args(run_store, "def main", 6)
     assert main(args + ["--backend", "onnxruntime"]) == 0
     out = capsys.readouterr().out
     assert "tokens/s" in out and "on onnxruntime" in out
@@ -62,16 +58,7 @@ def test_generate_on_onnxruntime_matches_presso(run_store, capsys) -> None:  # n
 
 
 def test_generate_on_torch_kernels(run_store, capsys) -> None:  # noqa: ANN001
-    args = [
-        "generate",
-        "tiny",
-        "--store",
-        run_store,
-        "--prompt",
-        "def main",
-        "--max-new-tokens",
-        "4",
-    ]
+    args = _generate_args(run_store, "def main", 4)
     assert main(args + ["--backend", "torch"]) == 0
     out = capsys.readouterr().out
     assert "on torch" in out and "decode 4 tokens at" in out
@@ -83,7 +70,7 @@ def test_generate_on_torch_kernels(run_store, capsys) -> None:  # noqa: ANN001
 def test_generate_on_tvm_kernels_matches_presso(run_store, capsys) -> None:  # noqa: ANN001
     pytest.importorskip("tvm")
     prompt = "def main(args"  # a prompt length that is no power of two: rows are padded
-    args = ["generate", "tiny", "--store", run_store, "--prompt", prompt, "--max-new-tokens", "4"]
+    args = _generate_args(run_store, prompt, 4)
     # --trials 0: untuned kernels, correct and quick to build (a test cannot wait for tuning).
     assert main(args + ["--backend", "tvm", "--trials", "0"]) == 0
     out = capsys.readouterr().out
