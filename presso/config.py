@@ -153,6 +153,13 @@ class SearchConfig(_Strict):
     strategy: str = "evopress"
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
+    sensitivity_tokens: int = Field(
+        512,
+        ge=1,
+        le=10**7,
+        description="calibration tokens per entry of the per-unit sensitivity table "
+        "(measured once per model, data and levels when dp or evopress need it)",
+    )
 
 
 class RunnerConfig(_Strict):

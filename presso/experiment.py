@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -313,31 +313,55 @@ class Setup:
             cache_mb=e.cache_mb,
         )
 
-    def context(self, strategies: list[str]):  # noqa: ANN201 - search Context
-        """What the named strategies need to know beyond the space (computed only if needed)."""
-        from presso.search import Context
-
-        space, facts = self.space, {}
+    def context(  # noqa: ANN201 - search Context
+        self,
+        strategies: Sequence[str | tuple[str, dict[str, Any]]],
+        progress: Progress | None = None,
+        evaluator: Any = None,
+    ):
+        """What the strategies (names, or ``(name, options)``) need to know beyond the space;
+        only what one of them needs is computed (see ``Strategy.needs``). ``evaluator``: the
+        run's own, which measures the sensitivity table (evaluators that share a model must
+        not interleave: each tracks the weights it set)."""
         from presso.importance import dim_blocks
+        from presso.search import Context, strategy_class
 
+        needs: set[str] = set()
+        for item in strategies:
+            name, options = (item, {}) if isinstance(item, str) else item
+            needs |= strategy_class(name).needs(options)
+        space, facts = self.space, {}
         facts["dim_blocks"] = dim_blocks(self.handle, space)
         windows = self.data.calibration
-        if "error-greedy" in strategies and "depth" not in self.kinds:
+        if "sensitivity" in needs:
+            facts["sensitivity"] = self.sensitivity(evaluator or self.evaluator(), progress)
+        if "unit_errors" in needs and "depth" not in self.kinds:
             dbs = self.dbs()
             errors = {kind: db.unit_errors() for kind, db in dbs.items()}
             facts["unit_errors"] = tuple(
                 tuple(_level_error(errors[d.kind][d.target], v, d.kind) for v in d.levels)
                 for d in space.dims
             )
-        if "shortgpt" in strategies:
+        if "block_importance" in needs:
             from presso.importance import block_influence
 
             facts["block_importance"] = tuple(block_influence(self.handle, windows))
-        if "owl" in strategies:
+        if "outlier_ratios" in needs:
             from presso.importance import outlier_ratios
 
             facts["outlier_ratios"] = tuple(outlier_ratios(self.handle, windows))
         return Context(**facts)
+
+    def sensitivity(
+        self, evaluator: Any, progress: Progress | None = None
+    ) -> tuple[tuple[float, ...], ...]:
+        """The per-unit sensitivity table (``presso.sensitivity``), measured once and cached."""
+        from presso.sensitivity import SensitivityTable
+
+        tokens = self.experiment.search.sensitivity_tokens
+        return SensitivityTable(self.cache_root / "sensitivity", evaluator, tokens=tokens).build(
+            progress
+        )
 
 
 def _level_error(errors: dict[int, float], value: float, kind: str) -> float:

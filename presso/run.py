@@ -84,7 +84,9 @@ def run_search(
         n = sum(len(v) for v in stored_by_phase.values())
         echo(f"resuming {run!r}: {n} evaluations already stored")
 
-    context = setup.context([exp.search.strategy, *exp.baselines])
+    context = setup.context(
+        [(exp.search.strategy, exp.search.options), *exp.baselines], progress, evaluator
+    )
 
     objectives = exp.objectives or default_objectives(setup)
     phases = [

@@ -13,6 +13,7 @@ from presso.search._base import (
     strategy_class,
 )
 from presso.search._bayes import GP, TPE, Bayesian
+from presso.search._dp import DP, UniformFill, fill_uniform, knapsack, solve
 from presso.search._evopress import EvoPress, LevelSwitch
 from presso.search._heuristic import ErrorGreedy
 from presso.search._nsga2 import NSGA2
@@ -20,9 +21,16 @@ from presso.search._owl import OWL
 from presso.search._random import RandomSearch
 from presso.search._runner import LocalPool, Pool, RayPool, drive
 from presso.search._shortgpt import ShortGPT
+from presso.search._surrogate import AdditiveSurrogate
 from presso.search._uniform import Uniform
 
 __all__ = [
+    "DP",
+    "AdditiveSurrogate",
+    "UniformFill",
+    "fill_uniform",
+    "knapsack",
+    "solve",
     "GP",
     "NSGA2",
     "TPE",

@@ -64,18 +64,30 @@ class Context:
         the block's hidden states on calibration tokens (low = the block changes little).
     outlier_ratios: per block, OWL's layerwise outlier distribution: the share of the block's
         weights whose Wanda score |W_ij|·||X_j|| exceeds M times the mean score (M = 5).
+    sensitivity: per dimension, per level index, how much the fitness rises when that
+        dimension alone is at that level and every other at its top level (8 bits, dense,
+        kept), measured by the evaluator (``presso.sensitivity``); the exact solver ``dp``
+        minimises its sum, and EvoPress starts from that solution and screens with it.
     """
 
     unit_errors: tuple[tuple[float, ...], ...] | None = None
     dim_blocks: tuple[int, ...] | None = None
     block_importance: tuple[float, ...] | None = None
     outlier_ratios: tuple[float, ...] | None = None
+    sensitivity: tuple[tuple[float, ...], ...] | None = None
 
 
 class Strategy(ABC):
     """A search strategy behind ask/tell. Subclasses set ``name`` and register."""
 
     name: ClassVar[str]
+    #: The Context fields the strategy needs (the run measures only what some strategy needs).
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def needs(cls, options: dict[str, Any]) -> frozenset[str]:
+        """The Context fields a strategy built with ``options`` needs."""
+        return cls.requires
 
     def __init__(
         self, space: SearchSpace, *, seed: int = 0, context: Context | None = None

@@ -10,6 +10,17 @@ The parent competes from the first stage of every generation (the authors' quant
 script adds it only at the last stage), so its fitness never gets worse when the fitness is
 deterministic. Switches stay within a group (the paper's same-size rule), so apart from slack
 taken up by lone up moves each group keeps the share of the budget the start gave it.
+
+Two additions use what is known before evaluating, and both are options (the paper's search
+is ``start: uniform, screen: 0``):
+
+- ``start: dp`` begins from the exact minimum of the per-unit sensitivity table (strategy
+  ``dp``) instead of uniform. Elitism keeps the parent unless a child beats it on the same
+  draw, so the search ends no worse than that baseline on calibration data.
+- ``screen: N`` breeds N children per generation, ranks them with an additive surrogate fitted
+  to every evaluation so far (:class:`AdditiveSurrogate`, the sensitivity table its prior) and
+  evaluates only the ``offspring`` it ranks best: many more mutations are looked at for the
+  same number of forward passes.
 """
 
 from __future__ import annotations
@@ -18,12 +29,18 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from presso.search._base import Context, Request, Result, Strategy, check_told, fitness_of, register
+from presso.search._dp import solve
 from presso.search._random import fill_budget
+from presso.search._surrogate import AdditiveSurrogate
 from presso.spaces import Config, SearchSpace
+
+#: Values of EvoPress's ``start`` option.
+STARTS = ("auto", "dp", "uniform")
 
 # Mutation draws per wanted child before a generation settles for fewer distinct offspring.
 _BREED_RETRIES = 20
@@ -142,9 +159,14 @@ class EvoPress(Strategy):
     stages: ``(tokens, survivors)`` per selection stage; ``tokens`` become
         ``Request.tokens`` (None: the whole pool); the last stage keeps 1 survivor.
     max_mutations: most level switches per child.
-    initial: the first parent; default the costliest feasible uniform configuration with the
-        budget it leaves unused filled by random one-level raises (or, with no feasible uniform
-        configuration, a random configuration that fills the budget).
+    start: the first parent: ``dp`` (the sensitivity table's exact optimum, see module doc),
+        ``uniform`` (the costliest feasible uniform configuration with the budget it leaves
+        unused filled by random one-level raises, as the paper), or ``auto``: ``dp`` when the
+        context holds a sensitivity table and the space a single sum budget, else ``uniform``.
+    screen: children bred per generation and ranked by the surrogate, of which the best
+        ``offspring`` are evaluated; 0 (or at most ``offspring``) evaluates every child bred.
+    ridge: the surrogate's shrinkage, in pseudo-observations per unit level.
+    initial: an explicit first parent (overrides ``start``).
 
     ``history`` holds ``(generation, fitness)`` of each generation's surviving parent at the
     last stage (None where that evaluation failed), generations counted from 1.
@@ -162,6 +184,9 @@ class EvoPress(Strategy):
         offspring: int = 16,
         stages: Sequence[tuple[int | None, int]] = ((1024, 4), (4096, 1)),
         max_mutations: int = 3,
+        start: str = "auto",
+        screen: int = 0,
+        ridge: float = 4.0,
         initial: Config | None = None,
     ) -> None:
         super().__init__(space, seed=seed, context=context)
@@ -169,10 +194,16 @@ class EvoPress(Strategy):
             raise ValueError(
                 f"generations and offspring must be >= 1, got {generations} and {offspring}"
             )
-        self.generations, self.offspring = generations, offspring
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
+        if screen < 0 or ridge <= 0:
+            raise ValueError(f"screen must be >= 0 and ridge > 0, got {screen} and {ridge}")
+        self.generations, self.offspring, self.screen = generations, offspring, screen
         self.stages = _check_stages(stages)
         self._mutation = LevelSwitch(max_mutations=max_mutations)
         self._rng = np.random.default_rng(seed)
+        self.start = self._resolve_start(start)
+        self._surrogate = AdditiveSurrogate(space, self.context.sensitivity, ridge=ridge)
         self._parent = self._initial(initial)
         self.history: list[tuple[int, float | None]] = []
         self._generation = 0  # index of the generation under way
@@ -201,6 +232,10 @@ class EvoPress(Strategy):
         if not requests:
             return
         self._any_ok = self._any_ok or any(r.ok for r in results)
+        for request, result in zip(requests, results):
+            if result.ok:
+                draw = (request.tokens, request.sample_seed)
+                self._surrogate.add(request.config, draw, float(result.fitness))  # type: ignore[arg-type]
         # Rank by fitness, failures last; on a tie the parent stays (a broken evaluator must
         # not let the search wander off to unevaluated children).
         ranked = sorted(
@@ -220,7 +255,28 @@ class EvoPress(Strategy):
     def best(self) -> Config | None:
         return self._parent if self._any_ok else None
 
+    @classmethod
+    def needs(cls, options: dict[str, Any]) -> frozenset[str]:
+        """The sensitivity table, unless started from uniform without screening."""
+        plain = options.get("start") == "uniform" and not options.get("screen")
+        return frozenset() if plain or "initial" in options else frozenset({"sensitivity"})
+
+    def _resolve_start(self, start: str) -> str:
+        if start != "auto":
+            if start == "dp" and self.context.sensitivity is None:
+                raise ValueError("start: dp needs the per-unit sensitivity table")
+            return start
+        if self.context.sensitivity is None:
+            return "uniform"
+        try:
+            solve(self.space, self.context.sensitivity)
+        except ValueError:  # e.g. a joint space: no single sum budget to solve
+            return "uniform"
+        return "dp"
+
     def _initial(self, initial: Config | None) -> Config:
+        if initial is None and self.start == "dp":
+            initial = solve(self.space, self.context.sensitivity)  # type: ignore[arg-type]
         if initial is not None:
             config = tuple(int(i) for i in initial)
             self.space.validate(config)
@@ -251,17 +307,24 @@ class EvoPress(Strategy):
             self._start_generation()
 
     def _breed(self) -> list[Config]:
-        """Up to λ distinct children, all different from the parent."""
+        """Up to λ distinct children, all different from the parent: with screening, the λ
+        the surrogate ranks best among ``screen`` bred (ties: the earlier bred)."""
+        wanted = max(self.offspring, self.screen)
         children: list[Config] = []
         seen = {self._parent}
-        for _ in range(self.offspring * _BREED_RETRIES):
-            if len(children) == self.offspring:
+        for _ in range(wanted * _BREED_RETRIES):
+            if len(children) == wanted:
                 break
             child = self._mutation(self.space, self._parent, self._rng)
             if child not in seen:
                 seen.add(child)
                 children.append(child)
-        return children
+        if len(children) <= self.offspring:
+            return children
+        self._surrogate.fit()
+        predicted = self._surrogate.predict(children)
+        order = np.argsort(predicted, kind="stable")[: self.offspring]
+        return [children[i] for i in sorted(order)]
 
 
 def _check_stages(stages: Sequence[tuple[int | None, int]]) -> tuple[tuple[int | None, int], ...]:

@@ -79,6 +79,7 @@ class ErrorGreedy(OneShot):
     """One request: the greedy error-per-bit configuration, scored on the whole pool."""
 
     name = "error-greedy"
+    requires = frozenset({"unit_errors"})
 
     def __init__(
         self, space: SearchSpace, *, seed: int = 0, context: Context | None = None

@@ -125,6 +125,7 @@ class OWL(OneShot):
     """
 
     name = "owl"
+    requires = frozenset({"outlier_ratios"})
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ class ShortGPT(OneShot):
     """One request: the lowest-Block-Influence blocks dropped, scored on the whole pool."""
 
     name = "shortgpt"
+    requires = frozenset({"block_importance"})
 
     def __init__(
         self, space: SearchSpace, *, seed: int = 0, context: Context | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from presso.spaces._base import KINDS, Config, Constraint, Dimension, SearchSpace
+from presso.spaces._base import KINDS, Budget, Config, Constraint, Dimension, SearchSpace
 from presso.spaces._bits import MeanBits, bits_dims, bits_space
 from presso.spaces._depth import DROPPED, KEPT, MinDropped, depth_dims, depth_space
 from presso.spaces._latency import MaxLatency
@@ -13,6 +13,7 @@ __all__ = [
     "DROPPED",
     "KEPT",
     "KINDS",
+    "Budget",
     "Config",
     "Constraint",
     "Dimension",

@@ -77,6 +77,30 @@ def unit_dims(
     ]
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A constraint written as an integer knapsack: feasible when
+    ``sum(costs[d][config[d]]) <= limit``. Exact (no rounding) for the budgets that are sums
+    over units: the exact solver (``dp``) and the fair-uniform baseline work on it."""
+
+    costs: tuple[tuple[int, ...], ...]
+    limit: int
+
+    def reduced(self) -> Budget:
+        """The same budget with each dimension's cheapest level at cost 0 and every cost and
+        the limit divided by their common divisor (smaller tables for the solver)."""
+        import math
+
+        low = [min(row) for row in self.costs]
+        costs = [tuple(c - m for c in row) for row, m in zip(self.costs, low)]
+        limit = self.limit - sum(low)
+        g = math.gcd(*(c for row in costs for c in row))
+        if g > 1:
+            costs = [tuple(c // g for c in row) for row in costs]
+            limit = limit // g if limit >= 0 else -((-limit + g - 1) // g)
+        return Budget(tuple(costs), limit)
+
+
 class Constraint(ABC):
     """A limit on a configuration: feasible when ``value(config) <= limit`` (or ``>=`` for a
     constraint whose ``sense`` is ``">="``, such as a minimum mean sparsity).
@@ -98,6 +122,11 @@ class Constraint(ABC):
     @abstractmethod
     def describe(self) -> str:
         """A short human description, e.g. ``mean_bits <= 3.0``."""
+
+    def budget(self, space: SearchSpace) -> Budget | None:
+        """This constraint as an integer knapsack over ``space``, or None when it is not a sum
+        of per-dimension costs (latency, packed size with shared overheads...)."""
+        return None
 
     def feasible(self, space: SearchSpace, config: Config) -> bool:
         if self.sense == ">=":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
 
-from presso.spaces._base import Config, Constraint, Dimension, SearchSpace, unit_dims
+from presso.spaces._base import Budget, Config, Constraint, Dimension, SearchSpace, unit_dims
 
 
 class MeanBits(Constraint):
@@ -26,6 +27,18 @@ class MeanBits(Constraint):
 
     def feasible(self, space: SearchSpace, config: Config) -> bool:
         return self._exact(space, config) <= self._limit
+
+    def budget(self, space: SearchSpace) -> Budget | None:
+        """sum(params x bits) <= limit x params, exact when every level is a whole number."""
+        table = self._table(space)
+        if table is None:
+            return None
+        bits_params, total_params = table
+        costs = tuple(
+            tuple(int(c) for c in bits_params[d, : len(dim.levels)])
+            for d, dim in enumerate(space.dims)
+        )
+        return Budget(costs, math.floor(self._limit * total_params))
 
     def _exact(self, space: SearchSpace, config: Config) -> Fraction:
         table = self._table(space)

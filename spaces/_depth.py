@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from presso.spaces._base import Config, Constraint, Dimension, SearchSpace
+from presso.spaces._base import Budget, Config, Constraint, Dimension, SearchSpace
 
 #: Depth level values: 0 = dropped, 1 = kept (cheapest first).
 DROPPED, KEPT = 0, 1
@@ -27,6 +28,14 @@ class MinDropped(Constraint):
                 if d.kind == "depth" and d.levels[i] == DROPPED
             )
         )
+
+    def budget(self, space: SearchSpace) -> Budget | None:
+        """-(dropped dimensions) <= -limit."""
+        costs = tuple(
+            tuple(-1 if d.kind == "depth" and v == DROPPED else 0 for v in d.levels)
+            for d in space.dims
+        )
+        return Budget(costs, -math.ceil(self.limit))
 
     def describe(self) -> str:
         return f"dropped >= {self.limit:g}"

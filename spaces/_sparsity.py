@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 
-from presso.spaces._base import Config, Constraint, Dimension, SearchSpace, unit_dims
+from presso.spaces._base import Budget, Config, Constraint, Dimension, SearchSpace, unit_dims
 
 
 class MeanSparsity(Constraint):
@@ -23,6 +25,18 @@ class MeanSparsity(Constraint):
                 num += d.weight * d.levels[i]
                 den += d.weight
         return num / den if den else 0.0
+
+    def budget(self, space: SearchSpace) -> Budget | None:
+        """-sum(params x percent) <= -limit x params, exact for whole-number percents."""
+        dims = [d for d in space.dims if d.kind == "sparsity"]
+        if not all(float(v).is_integer() for d in dims for v in d.levels):
+            return None
+        costs = tuple(
+            tuple(-d.weight * int(v) if d.kind == "sparsity" else 0 for v in d.levels)
+            for d in space.dims
+        )
+        total = sum(d.weight for d in dims)
+        return Budget(costs, math.floor(-Fraction(str(self.limit)) * total))
 
     def describe(self) -> str:
         return f"mean_sparsity >= {self.limit:g}%"

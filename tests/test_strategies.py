@@ -49,7 +49,8 @@ Step = tuple[list[Request], list[Result]]
 SHAPES = [(64, 64), (64, 256), (256, 64)]
 # Small options so that the contract suite runs in well under a second per strategy.
 OPTIONS: dict[str, dict[str, Any]] = {
-    "evopress": {"generations": 4, "offspring": 6, "stages": ((64, 3), (256, 1))},
+    # screen: the surrogate ranks 24 children a generation, 6 are evaluated.
+    "evopress": {"generations": 4, "offspring": 6, "stages": ((64, 3), (256, 1)), "screen": 24},
     "random": {"samples": 10, "batch": 4},
     "nsga2": {"population": 6, "generations": 3},
     "tpe": {"trials": 10, "batch": 4, "startup": 4},
@@ -65,12 +66,14 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "error-greedy": ("bits",),
     "owl": ("sparsity",),
     "shortgpt": ("depth",),
+    "dp": KINDS,
+    "uniform-fill": KINDS,
     "nsga2": KINDS,
     "tpe": KINDS,
     "gp": KINDS,
 }
 #: Strategies that need a Context (the synthetic one below).
-NEEDS_CONTEXT = {"error-greedy", "owl", "shortgpt"}
+NEEDS_CONTEXT = {"error-greedy", "owl", "shortgpt", "dp", "evopress"}
 
 
 def make_space(
@@ -113,6 +116,13 @@ def synthetic_fitness(space: SearchSpace, seed: int = 0) -> Fitness:
 def synthetic_context(space: SearchSpace, seed: int = 0) -> Context:
     sens = sensitivities(space, seed)
     errors = [[float(s * 2.0**-b) for b in d.levels] for s, d in zip(sens, space.dims)]
+    # What the synthetic fitness rises by with one dimension alone below its top level.
+    fitness = synthetic_fitness(space, seed)
+    top = tuple(len(d.levels) - 1 for d in space.dims)
+    table = [
+        [fitness(top[:i] + (lv,) + top[i + 1 :]) - fitness(top) for lv in range(len(d.levels))]
+        for i, d in enumerate(space.dims)
+    ]
     blocks = tuple(block_of(d) for d in space.dims)
     rng = np.random.default_rng(seed)
     return Context(
@@ -120,6 +130,7 @@ def synthetic_context(space: SearchSpace, seed: int = 0) -> Context:
         dim_blocks=blocks,
         block_importance=tuple(rng.uniform(0.0, 1.0, size=max(blocks) + 1).tolist()),
         outlier_ratios=tuple(rng.uniform(0.0, 0.05, size=max(blocks) + 1).tolist()),
+        sensitivity=tuple(map(tuple, table)),
     )
 
 
