@@ -149,17 +149,24 @@ class HardwareConfig(_Strict):
     profile_db: str | None = Field(None, description="profile database (default: in the cache)")
 
 
+class SensitivityConfig(_Strict):
+    """The per-unit sensitivity table (``presso.sensitivity``) that dp and EvoPress use."""
+
+    tokens: int = Field(
+        256, ge=1, le=10**7, description="calibration tokens each entry is scored on"
+    )
+    measure: Literal["lowest", "all"] = Field(
+        "lowest",
+        description="lowest: score each unit at its lowest level and place the others by its "
+        "relative output error; all: score every level",
+    )
+
+
 class SearchConfig(_Strict):
     strategy: str = "evopress"
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
-    sensitivity_tokens: int = Field(
-        512,
-        ge=1,
-        le=10**7,
-        description="calibration tokens per entry of the per-unit sensitivity table "
-        "(measured once per model, data and levels when dp or evopress need it)",
-    )
+    sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
 
 
 class RunnerConfig(_Strict):

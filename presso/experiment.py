@@ -336,12 +336,7 @@ class Setup:
         if "sensitivity" in needs:
             facts["sensitivity"] = self.sensitivity(evaluator or self.evaluator(), progress)
         if "unit_errors" in needs and "depth" not in self.kinds:
-            dbs = self.dbs()
-            errors = {kind: db.unit_errors() for kind, db in dbs.items()}
-            facts["unit_errors"] = tuple(
-                tuple(_level_error(errors[d.kind][d.target], v, d.kind) for v in d.levels)
-                for d in space.dims
-            )
+            facts["unit_errors"] = self._unit_errors()
         if "block_importance" in needs:
             from presso.importance import block_influence
 
@@ -358,9 +353,22 @@ class Setup:
         """The per-unit sensitivity table (``presso.sensitivity``), measured once and cached."""
         from presso.sensitivity import SensitivityTable
 
-        tokens = self.experiment.search.sensitivity_tokens
-        return SensitivityTable(self.cache_root / "sensitivity", evaluator, tokens=tokens).build(
-            progress
+        config = self.experiment.search.sensitivity
+        errors = self._unit_errors(depth_ok=True) if config.measure == "lowest" else None
+        table = SensitivityTable(
+            self.cache_root / "sensitivity", evaluator, tokens=config.tokens, errors=errors
+        )
+        return table.build(progress)
+
+    def _unit_errors(self, *, depth_ok: bool = False) -> tuple[tuple[float, ...], ...]:
+        """Per dimension, per level, the unit's relative output error compressed alone (from
+        the level databases); depth dimensions (with ``depth_ok``) have none: empty rows."""
+        errors = {kind: db.unit_errors() for kind, db in self.dbs().items()}
+        return tuple(
+            ()
+            if d.kind == "depth" and depth_ok
+            else tuple(_level_error(errors[d.kind][d.target], v, d.kind) for v in d.levels)
+            for d in self.space.dims
         )
 
 

@@ -185,7 +185,7 @@ class EvoPress(Strategy):
         stages: Sequence[tuple[int | None, int]] = ((1024, 4), (4096, 1)),
         max_mutations: int = 3,
         start: str = "auto",
-        screen: int = 0,
+        screen: int = 64,
         ridge: float = 4.0,
         initial: Config | None = None,
     ) -> None:
@@ -258,7 +258,7 @@ class EvoPress(Strategy):
     @classmethod
     def needs(cls, options: dict[str, Any]) -> frozenset[str]:
         """The sensitivity table, unless started from uniform without screening."""
-        plain = options.get("start") == "uniform" and not options.get("screen")
+        plain = options.get("start") == "uniform" and options.get("screen", 64) == 0
         return frozenset() if plain or "initial" in options else frozenset({"sensitivity"})
 
     def _resolve_start(self, start: str) -> str:

@@ -1,11 +1,16 @@
-"""Benchmark: per-layer bits search on SmolLM2-135M, EvoPress against the baselines.
+"""Benchmark: per-layer bits search on SmolLM2-135M (and MiniLM), the default search against
+every baseline, in one run.
 
-For each mean-bits budget, in one run on this machine: held-out perplexity and KL of EvoPress,
-uniform, random and the error-greedy heuristic; evaluations per minute; the cost of one
-evaluation relative to a bare forward pass over the same tokens; what prefix reuse saves;
-level-database build time; peak memory. Figures are printed as a table and written as JSON.
+For each mean-bits budget: held-out perplexity and KL of presso's default (EvoPress started
+from the sensitivity table's exact optimum, with surrogate screening), the paper's EvoPress
+(started from uniform, no screening), and the baselines: uniform, uniform-fill (uniform plus
+the budget it leaves unused), random, error-greedy and dp (the exact optimum of the
+sensitivity table); evaluations (the table's counted for the strategies that use it), wall
+time, and each result's ratio to the best baseline. Also: the sensitivity table's cost, and
+how its cheap form (each unit measured at its lowest level) ranks against the full one.
+``--encoder`` adds MiniLM at 3.0 bits (cosine distance instead of perplexity).
 
-    .venv/bin/python experiments/benchmarks/bits_search.py [--budgets 2.5 3.0 3.5] [--generations 16]
+    .venv/bin/python experiments/benchmarks/bits_search.py [--budgets 2.5 3.0 3.5 4.0] [--encoder]
 """
 
 from __future__ import annotations
@@ -16,24 +21,32 @@ import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from presso.config import Experiment
 from presso.experiment import Setup
+from presso.paths import atomic_write_text
 from presso.search import LocalPool, drive, make_strategy
-from presso.search._base import Request
+from presso.sensitivity import SensitivityTable
+
+#: The main job's search (experiments/smollm2-bits.yaml); the default adds nothing to it.
+MAIN = {"generations": 16, "offspring": 8, "stages": [[512, 2], [2048, 1]]}
+PLAIN = {**MAIN, "start": "uniform", "screen": 0}
+BASELINES = ["uniform", "uniform-fill", "random", "error-greedy", "dp"]
 
 
-def experiment(mean_bits: float, args: argparse.Namespace) -> Experiment:
+def experiment(model: str, mean_bits: float) -> Experiment:
+    encoder = model == "minilm-l6"
     return Experiment.model_validate(
         {
-            "name": f"bench-{mean_bits}",
-            "model": "smollm2-135m",
+            "name": f"bench-{model}-{mean_bits}",
+            "model": model,
             "data": {
                 "corpus": "bible",
-                "seq_len": 256,
+                "seq_len": 128 if encoder else 256,
                 "calibration": 32,
-                "evaluation": args.eval_windows,
+                "evaluation": 8,
             },
             "compress": {
                 "operator": "gptq",
@@ -42,145 +55,148 @@ def experiment(mean_bits: float, args: argparse.Namespace) -> Experiment:
                 "calibration": 16,
             },
             "space": {"mean_bits": mean_bits},
-            "search": {"strategy": "evopress", "seed": 0},
         }
     )
 
 
-def bare_forward_seconds(setup: Setup, tokens: int) -> float:
-    """Seconds of plain model forwards over ``tokens`` calibration tokens (no scoring, no reuse)."""
-    windows = setup.data.calibration[: max(1, tokens // setup.data.calibration.shape[1])]
-    setup.handle.forward(windows[:1])  # warm-up
-    start = time.perf_counter()
-    for i in range(0, len(windows), 4):
-        setup.handle.forward(windows[i : i + 4])
-    return time.perf_counter() - start
-
-
-def run_strategy(setup: Setup, name: str, options: dict, context, cache_mb: int = 1024) -> dict:
+def run_strategy(setup: Setup, name: str, options: dict, context, table_evals: int) -> dict:
     evaluator = setup.evaluator()
-    evaluator._cache.max_bytes = cache_mb * 2**20
     strategy = make_strategy(name, setup.space, seed=0, context=context, **options)
     start = time.perf_counter()
     n = drive(strategy, LocalPool(evaluator))
     seconds = time.perf_counter() - start
     best = strategy.best()
-    heldout = evaluator.heldout(best)
-    blocks = evaluator.blocks_run + evaluator.blocks_reused
+    uses_table = "sensitivity" in type(strategy).needs(options)
     return {
-        "strategy": name,
+        "strategy": label(name, options),
         "evaluations": n,
+        "table_evaluations": table_evals if uses_table else 0,
         "search_s": seconds,
-        "evals_per_min": 60 * n / seconds,
-        "blocks_reused_share": evaluator.blocks_reused / blocks if blocks else 0.0,
         "mean_bits": setup.space.constraints[0].value(setup.space, best),
-        **heldout,
+        "levels": setup.space.values(best),
+        **evaluator.heldout(best),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", type=float, nargs="+", default=[2.5, 3.0, 3.5])
-    parser.add_argument("--generations", type=int, default=16)
-    parser.add_argument("--offspring", type=int, default=8)
-    parser.add_argument("--random-samples", type=int, default=8)
-    parser.add_argument("--eval-windows", type=int, default=8)
-    parser.add_argument("--out", default="experiments/benchmarks/bits_search.json")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+def label(name: str, options: dict) -> str:
+    if name != "evopress":
+        return name
+    return "evopress-plain" if options.get("start") == "uniform" else "default"
 
-    report: dict = {"budgets": {}}
-    first = Setup(experiment(args.budgets[0], args))
-    t0 = time.perf_counter()
-    _ = first.handle
-    report["model_load_s"] = time.perf_counter() - t0
-    report["prepare"] = first.prepare()
-    report["level_db_bytes"] = first.db.size_bytes()
-    context = first.context(["error-greedy"])
 
-    # Cost of one evaluation vs a bare forward pass over the same tokens (2048 tokens, no reuse).
-    ev = first.evaluator()
-    ev._cache.max_bytes = 0
-    tokens = 2048
-    bare = bare_forward_seconds(first, tokens)
-    start = time.perf_counter()
-    ev.evaluate(Request(first.space.uniform(3), tokens=tokens, sample_seed=1))
-    report["eval_vs_forward"] = (time.perf_counter() - start) / bare
-    report["bare_forward_tokens_per_s"] = tokens / bare
+def ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    out = np.empty(len(values))
+    out[order] = np.arange(len(values))
+    return out
 
-    evo = {
-        "generations": args.generations,
-        "offspring": args.offspring,
-        "stages": [[512, 2], [2048, 1]],
-    }
-    for budget in args.budgets:
-        setup = Setup(experiment(budget, args))
-        setup.handle = first.handle  # same model, data and levels: only the budget differs
-        setup.data = first.data
-        rows = [
-            run_strategy(setup, "evopress", evo, context),
-            run_strategy(setup, "uniform", {}, context),
-            run_strategy(
-                setup, "random", {"samples": args.random_samples, "tokens": 2048}, context
-            ),
-            run_strategy(setup, "error-greedy", {}, context),
-        ]
-        report["budgets"][str(budget)] = rows
-        print_budget(budget, rows)
 
-    if args.budgets:
-        # Prefix reuse on vs off, same EvoPress search (what reuse buys in wall time).
-        setup = Setup(experiment(args.budgets[0], args))
-        setup.handle, setup.data = first.handle, first.data
-        short = {**evo, "generations": max(2, args.generations // 4)}
-        off = run_strategy(setup, "evopress", short, context, cache_mb=0)
-        on = run_strategy(setup, "evopress", short, context, cache_mb=1024)
-        report["prefix_reuse"] = {
-            "search_s_without": off["search_s"],
-            "search_s_with": on["search_s"],
-            "speedup": off["search_s"] / on["search_s"],
-            "blocks_reused_share": on["blocks_reused_share"],
-            "same_result": off["ppl"] == on["ppl"],
-        }
-    report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
+
+def compare_tables(setup: Setup, evaluator) -> dict:  # noqa: ANN001
+    """The cheap table (lowest level measured) against the full one: rank agreement of every
+    entry below the top level, and the cost of each."""
+    tokens = setup.experiment.search.sensitivity.tokens
+    root = setup.cache_root / "sensitivity"
+    out = {}
+    tables = {}
+    for measure, errors in (("lowest", setup._unit_errors(depth_ok=True)), ("all", None)):
+        t = SensitivityTable(root, evaluator, tokens=tokens, errors=errors)
+        start = time.perf_counter()
+        tables[measure] = np.asarray(t.build())[:, :-1]
+        out[f"{measure}_evaluations"] = t.evaluations()
+        out[f"{measure}_s"] = time.perf_counter() - start  # 0-ish when cached
+    out["spearman_all_entries"] = spearman(tables["lowest"].ravel(), tables["all"].ravel())
+    out["spearman_per_level"] = [
+        spearman(tables["lowest"][:, lv], tables["all"][:, lv])
+        for lv in range(tables["all"].shape[1])
+    ]
+    return out
+
+
+def bench_budget(setup: Setup, evaluator, table_evals: int, encoder: bool) -> list[dict]:  # noqa: ANN001
+    context = setup.context([("evopress", {}), *BASELINES], evaluator=evaluator)
+    rows = [
+        run_strategy(setup, "evopress", MAIN, context, table_evals),
+        run_strategy(setup, "evopress", PLAIN, context, table_evals),
+        run_strategy(setup, "uniform", {}, context, table_evals),
+        run_strategy(setup, "uniform-fill", {}, context, table_evals),
+        run_strategy(setup, "random", {"samples": 8, "tokens": 2048}, context, table_evals),
+        run_strategy(setup, "error-greedy", {}, context, table_evals),
+        run_strategy(setup, "dp", {}, context, table_evals),
+    ]
+    metric = "cos_dist" if encoder else "ppl"
+    best = min(r[metric] for r in rows if r["strategy"] in BASELINES)
+    for r in rows:
+        r["vs_best_baseline"] = r[metric] / best
+    return rows
+
+
+def print_rows(title: str, rows: list[dict], metric: str) -> None:
+    print(f"\n{title}")
     print(
-        f"\nmodel load {report['model_load_s']:.1f} s; prepare {fmt(report['prepare'])}; "
-        f"level database {report['level_db_bytes'] / 2**20:.0f} MiB"
-    )
-    print(
-        f"bare forward: {report['bare_forward_tokens_per_s']:.0f} tokens/s; one evaluation costs "
-        f"{report['eval_vs_forward']:.2f}x a bare forward over the same tokens"
-    )
-    if "prefix_reuse" in report:
-        p = report["prefix_reuse"]
-        print(
-            f"prefix reuse: {p['speedup']:.2f}x faster search ({p['blocks_reused_share']:.0%} of blocks "
-            f"reused), same result: {p['same_result']}"
-        )
-    print(f"peak memory {report['peak_rss_gb']:.2f} GiB")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
-
-
-def print_budget(budget: float, rows: list[dict]) -> None:
-    uniform = next(r for r in rows if r["strategy"] == "uniform")
-    print(f"\nmean bits <= {budget}")
-    print(
-        f"{'strategy':<14}{'mean bits':>10}{'ppl':>10}{'KL':>10}{'vs uniform':>12}{'evals':>7}{'evals/min':>11}"
+        f"{'strategy':<16}{'mean bits':>10}{metric:>11}{'vs best baseline':>18}{'evals':>7}"
+        f"{'+table':>8}{'s':>7}"
     )
     for r in rows:
-        gain = (uniform["ppl"] - r["ppl"]) / uniform["ppl"]
         print(
-            f"{r['strategy']:<14}{r['mean_bits']:>10.3f}{r['ppl']:>10.3f}{r['kl']:>10.4f}"
-            f"{gain:>+12.1%}{r['evaluations']:>7}{r['evals_per_min']:>11.1f}",
+            f"{r['strategy']:<16}{r['mean_bits']:>10.3f}{r[metric]:>11.4f}"
+            f"{r['vs_best_baseline']:>18.3f}{r['evaluations']:>7}{r['table_evaluations']:>8}"
+            f"{r['search_s']:>7.0f}",
             flush=True,
         )
 
 
-def fmt(d: dict) -> str:
-    return ", ".join(f"{k} {v:.1f}" for k, v in d.items())
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", type=float, nargs="*", default=[2.5, 3.0, 3.5, 4.0])
+    parser.add_argument("--encoder", action="store_true", help="also MiniLM at 3.0 bits")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="the causal LM (tiny-llama: a smoke test)"
+    )
+    parser.add_argument("--out", default="experiments/benchmarks/bits_search.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    report: dict = {"budgets": {}, "main_options": MAIN, "plain_options": PLAIN}
+
+    def save() -> None:
+        atomic_write_text(out, json.dumps(report, indent=2, default=float))
+
+    cases = [(args.model, b) for b in args.budgets]
+    if args.encoder:
+        cases.append(("minilm-l6", 3.0))
+    first: dict[str, Setup] = {}
+    for model, budget in cases:
+        setup = Setup(experiment(model, budget))
+        if model in first:  # same model, data and levels: only the budget differs
+            setup.handle, setup.data = first[model].handle, first[model].data
+        else:
+            first[model] = setup
+            report[f"{model}_prepare"] = setup.prepare()
+        evaluator = setup.evaluator()
+        key = f"{model}_tables"
+        if key not in report:
+            report[key] = compare_tables(setup, evaluator)
+            t = report[key]
+            print(
+                f"{model}: sensitivity table, lowest level only: {t['lowest_evaluations']} "
+                f"evaluations; every level: {t['all_evaluations']}; Spearman rank correlation of "
+                f"their entries {t['spearman_all_entries']:.3f} (per level "
+                f"{', '.join(f'{x:.3f}' for x in t['spearman_per_level'])})"
+            )
+        table_evals = report[key]["lowest_evaluations"]
+        encoder = model == "minilm-l6"
+        rows = bench_budget(setup, evaluator, table_evals, encoder)
+        report["budgets"][f"{model}@{budget}"] = rows
+        print_rows(f"{model}, mean bits <= {budget}", rows, "cos_dist" if encoder else "ppl")
+        save()
+    report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    save()
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
