@@ -437,10 +437,27 @@ def _print_summary(summary: dict) -> None:
         kl = h.get("kl", h.get("cos_dist", float("nan")))
         values = "".join(f"{c.get(m, float('nan')):>14.3f}" for m in budget)
         print(f"{phase:<22} {c['strategy']:<14}{values} {ppl:>13} {kl:>12.5f}")
-    if "search" in cands and "baseline:uniform" in cands and "ppl" in cands["search"]["heldout"]:
-        s, u = cands["search"]["heldout"]["ppl"], cands["baseline:uniform"]["heldout"]["ppl"]
+    if "search" not in cands:
+        return
+    heldout = cands["search"]["heldout"]
+    metric, label = ("ppl", "perplexity") if "ppl" in heldout else ("cos_dist", "cosine distance")
+    if metric not in heldout:
+        return
+    s = heldout[metric]
+    baselines = {
+        phase.removeprefix("baseline:"): c["heldout"][metric]
+        for phase, c in cands.items()
+        if phase.startswith("baseline:") and metric in c["heldout"]
+    }
+    if "uniform" in baselines:
+        u = baselines["uniform"]
+        print(f"search vs uniform: held-out {label} {s:.3f} vs {u:.3f} ({(u - s) / u:+.1%} better)")
+    if len(baselines) > 1 or (baselines and "uniform" not in baselines):
+        name = min(baselines, key=baselines.__getitem__)
+        b = baselines[name]
         print(
-            f"search vs uniform: held-out perplexity {s:.3f} vs {u:.3f} ({(u - s) / u:+.1%} better)"
+            f"search vs the best baseline ({name}): held-out {label} {s:.3f} vs {b:.3f} "
+            f"({(b - s) / b:+.1%} better)"
         )
 
 
