@@ -72,17 +72,10 @@ def run_search(
         pool = LocalPool(evaluator)
     study = store.open(run) if resume else store.create(run, exp.to_dict(), space)
     if resume:
-        for rec in store.records(study):
-            request = Request(
-                config=space.from_dict(dict(zip(space.names, rec.levels))),
-                tokens=rec.tokens,
-                sample_seed=rec.sample_seed,
-                tag=rec.tag,
-            )
-            result = _result(rec)
-            stored_by_phase.setdefault(rec.phase, {})[(rec.step, rec.index)] = (request, result)
+        stored_by_phase, retried = _stored_results(store.records(study), space)
         n = sum(len(v) for v in stored_by_phase.values())
-        echo(f"resuming {run!r}: {n} evaluations already stored")
+        again = f"; {retried} that failed will be evaluated again" if retried else ""
+        echo(f"resuming {run!r}: {n} evaluations already stored{again}")
 
     context = setup.context([exp.search.strategy, *exp.baselines])
 
@@ -249,6 +242,33 @@ def _pareto(records: list, objectives: list[str], space: Any, evaluator: Any) ->
 def _objective(metrics: dict, name: str) -> float | None:
     value = metrics.get(name.lstrip("-"))
     return None if value is None else (-value if name.startswith("-") else value)
+
+
+def _stored_results(records: list, space: Any) -> tuple[dict[str, dict], int]:
+    """What a resumed run replays, per phase: ``{(step, index): (request, result)}``, the
+    latest record of each evaluation; and how many stored failures are left out of it.
+
+    A failure with an error (a corrupt or missing file, memory, a dead worker) may have a cause
+    that is gone now: replaying it would keep it forever, so it is evaluated again. A finite
+    measurement, even a useless one, is replayed.
+    """
+    from presso.search._base import Request
+
+    latest = {(r.phase, r.step, r.index): r for r in records}  # stored in order: later wins
+    by_phase: dict[str, dict] = {}
+    retried = 0
+    for (phase, step, index), rec in latest.items():
+        if rec.error is not None:
+            retried += 1
+            continue
+        request = Request(
+            config=space.from_dict(dict(zip(space.names, rec.levels))),
+            tokens=rec.tokens,
+            sample_seed=rec.sample_seed,
+            tag=rec.tag,
+        )
+        by_phase.setdefault(phase, {})[(step, index)] = (request, _result(rec))
+    return by_phase, retried
 
 
 def _result(rec: Any) -> Any:
