@@ -317,7 +317,7 @@ def _print_op_table(db, profiler, handle, workload, ops) -> None:  # noqa: ANN00
 def _runs(args: argparse.Namespace) -> int:
     from presso.store import ResultsStore
 
-    runs = ResultsStore(args.store, must_exist=True).runs()
+    runs = ResultsStore(args.store, read_only=True).runs()
     if not runs:
         print(f"no runs in {args.store}")
         return 0
@@ -330,10 +330,11 @@ def _runs(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from presso.store import ResultsStore
 
-    study = ResultsStore(args.store, must_exist=True).open(args.run)
+    store = ResultsStore(args.store, read_only=True)
+    study = store.open(args.run)
     attrs = study.user_attrs
     summary = attrs.get("summary")
-    records = ResultsStore(args.store).records(study)
+    records = store.records(study)
     failed = sum(r.error is not None for r in records)
     print(f"run {args.run}: {attrs.get('status')}, {len(records)} evaluations ({failed} failed)")
     if not summary:
@@ -369,7 +370,7 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise PressoError("presso export: give the RUN to export (`presso runs` lists them)")
-    study = ResultsStore(args.store, must_exist=True).open(args.run)
+    study = ResultsStore(args.store, read_only=True).open(args.run)
     out = Path(args.out) if args.out else None
     text = export(study.user_attrs, args.candidate, args.format, out, force=args.force)
     if text is not None:
@@ -385,7 +386,7 @@ def _generate(args: argparse.Namespace) -> int:
     from presso.store import ResultsStore
 
     _at_least(args, max_new_tokens=1, threads=1, trials=0)
-    study = ResultsStore(args.store, must_exist=True).open(args.run)
+    study = ResultsStore(args.store, read_only=True).open(args.run)
     plan = build_plan(study.user_attrs, args.candidate)
     out = generate(
         Source(study.user_attrs, args.candidate),

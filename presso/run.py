@@ -7,16 +7,18 @@ strategy is replayed from the store and only what is missing is evaluated.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from presso.config import Experiment
 from presso.errors import PressoError
 from presso.experiment import Setup, default_threads
-from presso.store import ResultsStore
+from presso.store import ResultsStore, sqlite_path
 
 Printer = Callable[[str], None]
 
@@ -37,15 +39,17 @@ def run_search(
     from presso.search._base import Request
     from presso.search._runner import check_address
 
-    store = store or ResultsStore(exp.store)
     run = exp.name or "run"
     stored_by_phase: dict[str, dict] = {}
     if resume:
+        store = store or ResultsStore(exp.store, must_exist=True)
         study = store.open(run)
         _check_same_experiment(study.user_attrs.get("experiment", {}), exp.to_dict(), run)
         if study.user_attrs.get("status") == "finished":
             echo(f"run {run!r} is already finished")
             return study.user_attrs["summary"]
+    elif store is None:
+        _check_new_run(exp.store, run)  # the store itself is created with the run, below
     else:
         store.ensure_new(run)
     if exp.runner.kind == "ray":
@@ -70,15 +74,7 @@ def run_search(
         )
     else:
         pool = LocalPool(evaluator)
-    study = store.open(run) if resume else store.create(run, exp.to_dict(), space)
-    if resume:
-        stored_by_phase, retried = _stored_results(store.records(study), space)
-        n = sum(len(v) for v in stored_by_phase.values())
-        again = f"; {retried} that failed will be evaluated again" if retried else ""
-        echo(f"resuming {run!r}: {n} evaluations already stored{again}")
-
     context = setup.context([exp.search.strategy, *exp.baselines])
-
     objectives = exp.objectives or default_objectives(setup)
     phases = [
         (
@@ -90,10 +86,22 @@ def run_search(
         )
     ]
     phases += [(f"baseline:{b}", b, {}) for b in exp.baselines if b != exp.search.strategy]
+
+    created = [] if resume else _missing_paths(exp.store)
+    if resume:
+        study = store.open(run)
+        stored_by_phase, retried = _stored_results(store.records(study), space)
+        n = sum(len(v) for v in stored_by_phase.values())
+        again = f"; {retried} that failed will be evaluated again" if retried else ""
+        echo(f"resuming {run!r}: {n} evaluations already stored{again}")
+    else:
+        store = store or ResultsStore(exp.store)
+        study = store.create(run, exp.to_dict(), space)
     winners: dict[str, Any] = {}
     search_start = time.perf_counter()
     evaluations = 0
     recorder = _Recorder(store, study, space)
+    failed = False
     try:
         for phase, name, options in phases:
             try:
@@ -133,9 +141,14 @@ def run_search(
                     f"{phase}: strategy {name!r} found no configuration that could be evaluated"
                 )
             winners[phase] = (name, best)
+    except Exception:
+        failed = True
+        raise
     finally:
         pool.close()
         recorder.close()  # also on Ctrl-C: what was evaluated is stored
+        if failed and not resume:
+            _forget_empty_run(store, run, created)
     search_s = time.perf_counter() - search_start
 
     summary: dict[str, Any] = {
@@ -158,6 +171,34 @@ def run_search(
     )
     store.set_summary(study, summary)
     return summary
+
+
+def _check_new_run(store: str, run: str) -> None:
+    """Refuse a taken run name, or a store file that is not presso's, by reading only: a new
+    run's store is created when the run is (a failed preparation leaves none behind)."""
+    path = sqlite_path(store)
+    if path is not None and (not path.exists() or path.stat().st_size == 0):
+        return
+    ResultsStore(store, read_only=path is not None).ensure_new(run)
+
+
+def _missing_paths(store: str) -> list[Path]:
+    """The store file and the folders above it that do not exist yet (this run creates them)."""
+    path = sqlite_path(store)
+    if path is None:
+        return []
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def _forget_empty_run(store: ResultsStore, run: str, created: list[Path]) -> None:
+    """A new run that failed before its first evaluation leaves nothing behind: no record
+    blocking its name, and no store file or folder that this run created and nothing else uses."""
+    if not store.forget_if_empty(run) or not created or store.runs():
+        return
+    store.close()
+    for path in created:  # the file first, then its folders, innermost first
+        with contextlib.suppress(OSError):
+            path.unlink() if path.is_file() else path.rmdir()
 
 
 def _check_objectives(objectives: list[str], setup: Setup) -> None:
