@@ -248,7 +248,7 @@ def unit_grid(targets: list[str]) -> dict[str, Any]:
         if col not in cols:
             cols.append(col)
         cells.append([row, col])
-    rows.sort(key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0))
+    rows.sort(key=lambda r: (not r.isdecimal(), int(r) if r.isdecimal() else 0))
     return {
         "rows": rows,
         "cols": cols,

@@ -7,6 +7,9 @@ search says how to resume and exits with 130.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,16 +25,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except PressoError as err:
         print(f"presso: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = ""
         if getattr(args, "experiment", None):
-            hint = f"; nothing is lost: continue with `presso search {args.experiment} --resume`"
+            again = f"presso search {shlex.quote(args.experiment)} --resume"
+            hint = f"; nothing is lost: continue with `{again}`"
         print(f"\npresso: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """The reader of standard output went away (``presso show RUN | head``): stop quietly, as
+    Unix tools do, with SIGPIPE's exit status. Standard output is pointed at /dev/null so that
+    Python's flush at exit does not raise the same error again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,9 +185,8 @@ def _search(args: argparse.Namespace) -> int:
     exp = exp.model_copy(update=updates)
     summary = run_search(exp, resume=args.resume, show_progress=not args.quiet)
     _print_summary(summary)
-    print(
-        f"\nstored in {exp.store} as run {exp.name!r}: `presso show {exp.name} --store {exp.store}`"
-    )
+    show = f"presso show {shlex.quote(exp.name or 'run')} --store {shlex.quote(exp.store)}"
+    print(f"\nstored in {exp.store} as run {exp.name!r}: `{show}`")
     return 0
 
 
