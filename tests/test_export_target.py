@@ -21,7 +21,7 @@ from presso.paths import atomic_dir
 
 from .conftest import tiny_experiment
 
-#: The least a finished run holds for build_plan: one 4-bit unit.
+#: The least a finished run holds for build_plan: one 4-bit unit, a one-point Pareto front.
 ATTRS: dict[str, Any] = {
     "units": ["model.layers.0.mlp.up_proj"],
     "experiment": {
@@ -32,6 +32,7 @@ ATTRS: dict[str, Any] = {
     "summary": {
         "run": "tiny",
         "candidates": {"search": {"strategy": "evopress", "levels": [4], "heldout": {}}},
+        "pareto": {"objectives": ["kl", "mean_bits"], "points": [[0.1, 4.0]], "levels": [[4]]},
     },
 }
 

@@ -20,20 +20,7 @@ from presso.search._runner import check_address
 
 from .conftest import tiny_experiment
 from .test_data import _save_to_disk_layout
-
-ATTRS = {
-    "units": ["model.layers.0.mlp.up_proj"],
-    "experiment": {
-        "model": "tiny-llama",
-        "compress": {"operator": "rtn", "group_size": 32, "symmetric": False},
-        "space": {"mean_bits": 4.0},
-    },
-    "summary": {
-        "run": "tiny",
-        "candidates": {"search": {"strategy": "evopress", "levels": [4], "heldout": {}}},
-        "pareto": {"objectives": ["kl", "mean_bits"], "points": [[0.1, 4.0]], "levels": [[4]]},
-    },
-}
+from .test_export_target import ATTRS
 
 
 @pytest.mark.parametrize("index", ["²", "١", "-1", "1.0", " 0", ""])
