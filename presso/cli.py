@@ -1,7 +1,8 @@
 """The ``presso`` command: search, runs, show, export, dashboard, report.
 
 A user mistake prints one line (``presso: ...``) and exits with code 2; an interrupted
-search says how to resume and exits with 130.
+search says how to resume and exits with 130; a search that finished with failed evaluations
+says how many and exits with 3 (its results rest on the others).
 """
 
 from __future__ import annotations
@@ -187,7 +188,26 @@ def _search(args: argparse.Namespace) -> int:
     _print_summary(summary)
     show = f"presso show {shlex.quote(exp.name or 'run')} --store {shlex.quote(exp.store)}"
     print(f"\nstored in {exp.store} as run {exp.name!r}: `{show}`")
-    return 0
+    return _report_failures(summary)
+
+
+#: Exit status of a search that finished, but with failed evaluations.
+FINISHED_WITH_FAILURES = 3
+
+
+def _report_failures(summary: dict) -> int:
+    """0, or a line on standard error and FINISHED_WITH_FAILURES when evaluations failed."""
+    failed = summary.get("failed", 0)
+    if not failed:
+        return 0
+    sys.stdout.flush()  # the line comes after the summary it qualifies
+    print(
+        f"presso: {failed} of {summary.get('evaluated', '?')} evaluations failed (first: "
+        f"{summary.get('first_failure')}); the results above rest on the others only: fix the "
+        "cause and search again under a new --name",
+        file=sys.stderr,
+    )
+    return FINISHED_WITH_FAILURES
 
 
 CANDIDATE_HELP = "'search' (default), 'baseline:NAME', or 'pareto:I' (`presso show RUN --pareto`)"

@@ -165,10 +165,10 @@ def run_search(
             "heldout": heldout,
         }
     summary["evaluations"] = evaluations
+    records = store.records(study)
+    summary.update(_failures(records))
     multi = "objectives" in phases[0][2]
-    summary["pareto"] = _pareto(
-        store.records(study), objectives, space, evaluator if multi else None
-    )
+    summary["pareto"] = _pareto(records, objectives, space, evaluator if multi else None)
     store.set_summary(study, summary)
     return summary
 
@@ -310,6 +310,18 @@ def _stored_results(records: list, space: Any) -> tuple[dict[str, dict], int]:
         )
         by_phase.setdefault(phase, {})[(step, index)] = (request, _result(rec))
     return by_phase, retried
+
+
+def _failures(records: list) -> dict[str, Any]:
+    """How many of the run's evaluations failed (the latest record of each; one evaluated again
+    on resume counts as what it gave then), out of how many, and the first failure's message:
+    a run that lost evaluations must say so, not look like a clean one."""
+    latest = list({(r.phase, r.step, r.index): r for r in records}.values())
+    failed = [r for r in latest if r.fitness is None]
+    first = next((r.error or "no finite fitness" for r in failed), None)
+    if first:
+        first = (first.strip().splitlines() or ["?"])[0][:200]
+    return {"failed": len(failed), "evaluated": len(latest), "first_failure": first}
 
 
 def _result(rec: Any) -> Any:

@@ -93,3 +93,29 @@ def test_a_non_finite_measurement_is_replayed_not_retried() -> None:
     assert stored["search"][(0, 0)][1].fitness == 0.5
     stored, retried = _stored_results([record(2, None, "RuntimeError: out of memory")], Space())
     assert retried == 1 and stored == {}
+
+
+def test_a_run_with_failed_evaluations_says_so(
+    write_experiment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    path = write_experiment(tiny_experiment(search={"options": OPTIONS}, baselines=[]))
+    evaluate, calls = Evaluator.evaluate, []
+
+    def flaky(self: Evaluator, request):  # noqa: ANN001, ANN202
+        calls.append(request)
+        if len(calls) in (2, 5):  # e.g. a Ray worker that died
+            return Result(fitness=None, error="ray worker failed: the actor died\nunexpectedly")
+        return evaluate(self, request)
+
+    monkeypatch.setattr(Evaluator, "evaluate", flaky)
+    assert main(["search", str(path), "--quiet"]) == 3
+    out, err = capsys.readouterr()
+    assert "candidate" in out  # the summary is printed, then qualified
+    n = len(calls)
+    assert err == (
+        f"presso: 2 of {n} evaluations failed (first: ray worker failed: the actor died); the "
+        "results above rest on the others only: fix the cause and search again under a new --name\n"
+    )
+    summary = ResultsStore(str(tmp_path / "runs.db")).open("tiny").user_attrs["summary"]
+    assert (summary["failed"], summary["evaluated"]) == (2, n)
+    assert main(["search", str(path), "--quiet", "--resume"]) == 3  # finished: it still says so
