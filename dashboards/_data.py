@@ -172,7 +172,7 @@ class StoreReader:
         if "readonly" in low or "read-only" in low:
             return (
                 " holds an unfinished write (was a search killed?); "
-                "`presso runs --store ...` repairs it"
+                "resuming that search (`presso search EXPERIMENT --resume`) completes it"
             )
         return f": cannot read it: {cause}"
 

@@ -179,7 +179,7 @@ def _check_new_run(store: str, run: str) -> None:
     path = sqlite_path(store)
     if path is not None and (not path.exists() or path.stat().st_size == 0):
         return
-    ResultsStore(store, read_only=path is not None).ensure_new(run)
+    ResultsStore(store, must_exist=path is not None).ensure_new(run)
 
 
 def _missing_paths(store: str) -> list[Path]:

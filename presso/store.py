@@ -63,13 +63,21 @@ def sqlite_read_only(path: Path, timeout_s: float) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True, timeout=timeout_s, check_same_thread=False)
 
 
+#: What SQLite says when a read-only connection finds a write to roll back or recover first.
+_HOT_JOURNAL = ("SQLITE_READONLY_ROLLBACK", "SQLITE_READONLY_RECOVERY")
+
 #: Tables every presso store has (Optuna's RDB schema); a file without them is someone else's.
 STORE_TABLES = ("studies", "study_user_attributes", "trials", "version_info")
 
 
-def check_store(store: str) -> None:
+def check_store(store: str, *, read_only: bool = True) -> None:
     """Refuse, by reading only, a store path that is no presso results store: missing, empty,
-    not SQLite, or SQLite without Optuna's tables. Server URLs are left to their own errors."""
+    not SQLite, or SQLite without Optuna's tables. Server URLs are left to their own errors.
+
+    A store holding an unfinished write (a hot journal: a search killed while committing) can
+    be read only after a writer rolls it back: refused when ``read_only``, else let through for
+    the writer opening it next.
+    """
     path = sqlite_path(store)
     if path is None:
         return
@@ -86,6 +94,13 @@ def check_store(store: str) -> None:
         finally:
             con.close()
     except sqlite3.Error as err:
+        if getattr(err, "sqlite_errorname", "") in _HOT_JOURNAL:
+            if not read_only:
+                return
+            raise PressoError(
+                f"{store} holds an unfinished write (was a search killed?); resume that search "
+                "(`presso search EXPERIMENT --resume`), which completes it, then read it again"
+            ) from None
         raise PressoError(f"{store}: not a presso results store ({err}); {fix}") from None
     if missing := [t for t in STORE_TABLES if t not in tables]:
         raise PressoError(
@@ -139,7 +154,7 @@ class ResultsStore:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.label = store
         if must_exist or read_only:
-            check_store(store)
+            check_store(store, read_only=read_only)
         self.url = storage_url(store, create=not read_only)
         try:
             self.storage = _open_storage(self.url, read_only=read_only)

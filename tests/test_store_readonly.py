@@ -6,6 +6,7 @@ and no run behind."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -145,3 +146,36 @@ def test_a_run_failing_before_its_first_evaluation_leaves_no_record(
     assert main(["search", str(other), "--quiet"]) == 2
     assert [r["name"] for r in ResultsStore(str(store)).runs()] == ["tiny"]  # kept; no 'other'
     capsys.readouterr()
+
+
+def _killed_mid_write(src: Path, dst: Path) -> None:
+    """Copy store ``src`` to ``dst`` as a search killed while committing leaves it: a hot journal
+    beside it, holding the pages to put back."""
+    con = sqlite3.connect(src, isolation_level=None)
+    con.execute("PRAGMA cache_size = 2")  # spill the transaction's pages into the file
+    con.execute("BEGIN")
+    con.execute("CREATE TABLE scratch (x BLOB)")
+    for _ in range(300):
+        con.execute("INSERT INTO scratch VALUES (randomblob(4000))")
+    shutil.copy(src, dst)
+    shutil.copy(f"{src}-journal", f"{dst}-journal")
+    con.execute("ROLLBACK")
+    con.close()
+
+
+def test_a_store_with_an_unfinished_write_is_read_after_resume(tmp_path: Path, capsys) -> None:
+    import optuna
+
+    src, folder = tmp_path / "src.db", tmp_path / "stores"
+    optuna.create_study(study_name="tiny", storage=ResultsStore(str(src)).url)
+    folder.mkdir()
+    store = folder / "runs.db"
+    _killed_mid_write(src, store)
+    before = _state(folder)
+    assert main(["runs", "--store", str(store)]) == 2
+    assert "holds an unfinished write (was a search killed?)" in capsys.readouterr().err
+    assert _state(folder) == before  # reading did not roll it back either
+    # What --resume opens (must_exist, for writing) takes it and rolls the write back.
+    assert [r["name"] for r in ResultsStore(str(store), must_exist=True).runs()] == ["tiny"]
+    assert sorted(_state(folder)) == ["runs.db"]
+    assert main(["runs", "--store", str(store)]) == 0
