@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 from presso.errors import PressoError
-from presso.store import Record
+from presso.store import Record, sqlite_path, sqlite_read_only
 
 #: Trial states presso writes (it adds finished trials only); anything else is still running.
 DONE_STATES = ("COMPLETE", "FAIL", "PRUNED")
@@ -33,30 +32,6 @@ class StoreUnavailable(PressoError):
 
 class EmptyStore(StoreUnavailable):
     """The store holds no tables yet: nothing is wrong, nothing has run."""
-
-
-def sqlite_path(store: str) -> Path | None:
-    """The file of an SQLite store (a path or an ``sqlite:///`` URL); None for other URLs."""
-    m = _SQLITE_URL.match(store)
-    if m:
-        store = store[m.end() :]
-    elif "://" in store:
-        return None
-    return Path(store).expanduser().resolve()
-
-
-_SQLITE_URL = re.compile(r"^sqlite(\+\w+)?:///")
-
-
-def _sqlite_read_only(path: Path, timeout_s: float) -> Any:
-    """A connection that SQLite itself keeps read-only (``mode=ro``): it cannot create the file,
-    a journal or a table. The path is percent-encoded into the URI, so that names holding
-    ``?``, ``#`` or ``%`` open the right file (a URL string would be cut there)."""
-    import sqlite3
-    from urllib.parse import quote
-
-    uri = f"file:{quote(path.as_posix())}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=timeout_s, check_same_thread=False)
 
 
 def check_store_exists(store: str) -> None:
@@ -162,7 +137,7 @@ class StoreReader:
             # NullPool: no file handle is kept between polls.
             kwargs: dict[str, Any] = {"poolclass": NullPool}
             if path is not None:
-                kwargs["creator"] = lambda: _sqlite_read_only(path, timeout)
+                kwargs["creator"] = lambda: sqlite_read_only(path, timeout)
             elif self.url.startswith("postgresql"):
                 kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
             try:
@@ -197,7 +172,7 @@ class StoreReader:
         if "readonly" in low or "read-only" in low:
             return (
                 " holds an unfinished write (was a search killed?); "
-                "`presso runs --store ...` repairs it"
+                "resuming that search (`presso search EXPERIMENT --resume`) completes it"
             )
         return f": cannot read it: {cause}"
 
@@ -273,7 +248,7 @@ def unit_grid(targets: list[str]) -> dict[str, Any]:
         if col not in cols:
             cols.append(col)
         cells.append([row, col])
-    rows.sort(key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0))
+    rows.sort(key=lambda r: (not r.isdecimal(), int(r) if r.isdecimal() else 0))
     return {
         "rows": rows,
         "cols": cols,

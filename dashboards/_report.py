@@ -15,6 +15,7 @@ from typing import Any
 from presso.dashboards import _data, _page
 from presso.errors import PressoError
 from presso.paths import atomic_write_text
+from presso.store import check_store
 
 
 def default_out(run: str) -> Path:
@@ -24,7 +25,7 @@ def default_out(run: str) -> Path:
 
 def report_data(store: str, run: str) -> dict[str, Any]:
     """What the page shows, for one run: the runs row, the run, its export files."""
-    _data.check_store_exists(store)
+    check_store(store)  # a report of a missing, empty or foreign store is one line, not a page
     reader = _data.StoreReader(store)
     attrs = reader.attrs(run)
     runs = [r for r in reader.runs() if r["name"] == run]

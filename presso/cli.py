@@ -1,12 +1,16 @@
 """The ``presso`` command: search, runs, show, export, dashboard, report.
 
 A user mistake prints one line (``presso: ...``) and exits with code 2; an interrupted
-search says how to resume and exits with 130.
+search says how to resume and exits with 130; a search that finished with failed evaluations
+says how many and exits with 3 (its results rest on the others).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,16 +26,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except PressoError as err:
         print(f"presso: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = ""
         if getattr(args, "experiment", None):
-            hint = f"; nothing is lost: continue with `presso search {args.experiment} --resume`"
+            again = f"presso search {shlex.quote(args.experiment)} --resume"
+            hint = f"; nothing is lost: continue with `{again}`"
         print(f"\npresso: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """The reader of standard output went away (``presso show RUN | head``): stop quietly, as
+    Unix tools do, with SIGPIPE's exit status. Standard output is pointed at /dev/null so that
+    Python's flush at exit does not raise the same error again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,10 +186,28 @@ def _search(args: argparse.Namespace) -> int:
     exp = exp.model_copy(update=updates)
     summary = run_search(exp, resume=args.resume, show_progress=not args.quiet)
     _print_summary(summary)
+    show = f"presso show {shlex.quote(exp.name or 'run')} --store {shlex.quote(exp.store)}"
+    print(f"\nstored in {exp.store} as run {exp.name!r}: `{show}`")
+    return _report_failures(summary)
+
+
+#: Exit status of a search that finished, but with failed evaluations.
+FINISHED_WITH_FAILURES = 3
+
+
+def _report_failures(summary: dict) -> int:
+    """0, or a line on standard error and FINISHED_WITH_FAILURES when evaluations failed."""
+    failed = summary.get("failed", 0)
+    if not failed:
+        return 0
+    sys.stdout.flush()  # the line comes after the summary it qualifies
     print(
-        f"\nstored in {exp.store} as run {exp.name!r}: `presso show {exp.name} --store {exp.store}`"
+        f"presso: {failed} of {summary.get('evaluated', '?')} evaluations failed (first: "
+        f"{summary.get('first_failure')}); the results above rest on the others only: fix the "
+        "cause and search again under a new --name",
+        file=sys.stderr,
     )
-    return 0
+    return FINISHED_WITH_FAILURES
 
 
 CANDIDATE_HELP = "'search' (default), 'baseline:NAME', or 'pareto:I' (`presso show RUN --pareto`)"
@@ -317,7 +354,7 @@ def _print_op_table(db, profiler, handle, workload, ops) -> None:  # noqa: ANN00
 def _runs(args: argparse.Namespace) -> int:
     from presso.store import ResultsStore
 
-    runs = ResultsStore(args.store, must_exist=True).runs()
+    runs = ResultsStore(args.store, read_only=True).runs()
     if not runs:
         print(f"no runs in {args.store}")
         return 0
@@ -330,10 +367,11 @@ def _runs(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from presso.store import ResultsStore
 
-    study = ResultsStore(args.store, must_exist=True).open(args.run)
+    store = ResultsStore(args.store, read_only=True)
+    study = store.open(args.run)
     attrs = study.user_attrs
     summary = attrs.get("summary")
-    records = ResultsStore(args.store).records(study)
+    records = store.records(study)
     failed = sum(r.error is not None for r in records)
     print(f"run {args.run}: {attrs.get('status')}, {len(records)} evaluations ({failed} failed)")
     if not summary:
@@ -369,7 +407,7 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise PressoError("presso export: give the RUN to export (`presso runs` lists them)")
-    study = ResultsStore(args.store, must_exist=True).open(args.run)
+    study = ResultsStore(args.store, read_only=True).open(args.run)
     out = Path(args.out) if args.out else None
     text = export(study.user_attrs, args.candidate, args.format, out, force=args.force)
     if text is not None:
@@ -385,7 +423,7 @@ def _generate(args: argparse.Namespace) -> int:
     from presso.store import ResultsStore
 
     _at_least(args, max_new_tokens=1, threads=1, trials=0)
-    study = ResultsStore(args.store, must_exist=True).open(args.run)
+    study = ResultsStore(args.store, read_only=True).open(args.run)
     plan = build_plan(study.user_attrs, args.candidate)
     out = generate(
         Source(study.user_attrs, args.candidate),

@@ -223,7 +223,7 @@ def load_experiment(path: str | Path) -> Experiment:
     text = path.read_text()
     try:
         node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -244,6 +244,31 @@ def load_experiment(path: str | Path) -> Experiment:
         exp = exp.model_copy(update={"name": path.stem})
     _check_semantics(path, lines, exp)
     return exp
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: YAML loaders let the last one
+    win silently, so a forgotten earlier line would configure the run unseen."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may repeat
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            if earlier is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (also on line {earlier}); keep one",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def _line_index(node: yaml.Node | None, prefix: tuple = ()) -> dict[tuple, int]:

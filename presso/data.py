@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -214,20 +214,50 @@ def _load_jsonl(path: Path, text_field: str) -> list[str]:
 
 def _saved_dataset_split(folder: Path) -> Path:
     """The split folder of a ``DatasetDict`` saved to disk: ``train`` if present, else the first."""
-    splits = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+    path = folder / "dataset_dict.json"
+    splits = _dataset_json(path).get("splits")
+    if not isinstance(splits, list):
+        raise PressoError(f"{path}: 'splits' is not a list of split names; save it again")
     if not splits:
-        raise PressoError(f"{folder}/dataset_dict.json lists no splits: the dataset is empty")
-    return folder / ("train" if "train" in splits else splits[0])
+        raise PressoError(f"{path} lists no splits: the dataset is empty")
+    return _inside(folder, "train" if "train" in splits else splits[0], path)
 
 
 def _arrow_files(folder: Path) -> list[Path]:
     state_path = folder / "state.json"
     if state_path.is_file():
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        files = [folder / entry["filename"] for entry in state.get("_data_files", [])]
+        entries = _dataset_json(state_path).get("_data_files") or []
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise PressoError(f"{state_path}: '_data_files' is not a list of files; save it again")
+        files = [_inside(folder, entry.get("filename"), state_path) for entry in entries]
         if files:
             return files
     return sorted(folder.glob("*.arrow"))
+
+
+def _dataset_json(path: Path) -> dict[str, Any]:
+    """A saved dataset's JSON metadata file, as a dict (a broken one is a one-line error)."""
+    try:
+        data = json.loads(_read_text_file(path))
+    except json.JSONDecodeError as err:
+        raise PressoError(f"{path}: not valid JSON ({err}); save the dataset again") from None
+    if not isinstance(data, dict):
+        raise PressoError(f"{path}: expected a JSON object; save the dataset again")
+    return data
+
+
+def _inside(folder: Path, name: object, source: Path) -> Path:
+    """``folder / name`` for a name read from the dataset's own metadata (``source``), kept inside
+    ``folder``: a crafted state.json must not make presso read files elsewhere."""
+    if not isinstance(name, str) or not name:
+        raise PressoError(f"{source}: expected a file name, got {name!r}; save the dataset again")
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()) or path == folder.resolve():
+        raise PressoError(
+            f"{source}: {name!r} is outside the dataset folder {folder}; a saved dataset "
+            "reads only its own files"
+        )
+    return path
 
 
 def _read_arrow_column(path: Path, text_field: str) -> list[str]:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from presso.paths import atomic_write_bytes, digest
+from presso.checksum import check, verify, write_sealed
+from presso.paths import digest
 from presso.search._base import Request, Result
 from presso.spaces._depth import DROPPED
 
@@ -55,8 +56,9 @@ class DenseReference:
         self._file: Any = None
 
     def build(self, *, batch_size: int = 4, progress: Any = None) -> float:
-        """Compute and store the reference unless it exists; returns seconds spent."""
-        if self.path.is_file():
+        """Compute and store the reference unless it exists intact (a corrupt one is reported
+        and rebuilt, see presso.checksum); returns seconds spent."""
+        if self.path.is_file() and check(self.path):
             return 0.0
         import torch
         from safetensors.torch import save
@@ -75,7 +77,7 @@ class DenseReference:
                 self._reference(self.handle.forward(windows[i : i + batch_size])) for i in chunks
             ]
             out[split] = torch.cat(parts).contiguous()
-        atomic_write_bytes(self.path, save(out))
+        write_sealed(self.path, save(out))
         return time.perf_counter() - start
 
     def _reference(self, output: torch.Tensor) -> torch.Tensor:
@@ -90,6 +92,7 @@ class DenseReference:
         from safetensors import safe_open
 
         if self._file is None:
+            verify(self.path)  # a corrupt reference names itself instead of scoring wrongly
             self._file = safe_open(self.path, framework="pt")
         rows = self._file.get_slice(split)
         return torch.stack([rows[i : i + 1][0] for i in indices]).float()

@@ -3,7 +3,8 @@
 Content-addressed: the folder name is a hash of model × calibration × operator, so a
 change to any input selects a new folder and nothing stale is ever read. Each level is
 its own file, written atomically, so an interrupted build resumes where it stopped.
-Files are memory-mapped when read.
+Every file carries a checksum of its content (see presso.checksum), verified once per process:
+a corrupt file is reported and rebuilt, never read. Files are memory-mapped when read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from presso.paths import atomic_write_bytes, atomic_write_text, digest
+from presso.checksum import check, verify, write_sealed
+from presso.paths import atomic_write_text, digest
 
 if TYPE_CHECKING:
     import torch
@@ -60,11 +62,12 @@ class LevelDatabase:
         return self.folder / unit / f"{level}.safetensors"
 
     def missing(self) -> list[tuple[str, int]]:
+        """The (unit, level) pairs to build: not built yet, or whose file is corrupt (reported)."""
         return [
             (u.name, lv)
             for u in self.handle.units
             for lv in self.levels
-            if not self.path(u.name, lv).is_file()
+            if not (self.path(u.name, lv).is_file() and check(self.path(u.name, lv)))
         ]
 
     def is_complete(self) -> bool:
@@ -154,7 +157,7 @@ class LevelDatabase:
             "relative_error": repr(float(error)),
         }
         tensors = {k: v.contiguous() for k, v in qw.tensors().items()}
-        atomic_write_bytes(self.path(unit, level), save(tensors, metadata=meta))
+        write_sealed(self.path(unit, level), save(tensors, metadata=meta))
 
     def _manifest(self) -> dict:
         return {
@@ -167,12 +170,10 @@ class LevelDatabase:
 
     def load(self, unit: str, level: int) -> Compressed:
         """The stored level, memory-mapped from disk."""
-        from safetensors import safe_open
-
         path = self.path(unit, level)
         if not path.is_file():
             raise FileNotFoundError(f"level {level} of {unit} is not built ({path})")
-        with safe_open(path, framework="pt") as f:
+        with _open(path) as f:
             meta = json.loads(f.metadata()["meta"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         return self.operator.restore(tensors, meta)
@@ -183,16 +184,22 @@ class LevelDatabase:
 
     def unit_errors(self) -> dict[str, dict[int, float]]:
         """Relative output error of each unit at each level, compressed alone."""
-        from safetensors import safe_open
-
         errors: dict[str, dict[int, float]] = {}
         for u in self.handle.units:
             errors[u.name] = {}
             for level in self.levels:
-                with safe_open(self.path(u.name, level), framework="pt") as f:
+                with _open(self.path(u.name, level)) as f:
                     value = float(f.metadata()["relative_error"])
                 errors[u.name][level] = value if math.isfinite(value) else float("inf")
         return errors
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*.safetensors"))
+
+
+def _open(path: Path):  # noqa: ANN202 - safetensors' safe_open handle
+    """A level file, opened once its checksum holds (CorruptFile, naming it, otherwise)."""
+    from safetensors import safe_open
+
+    verify(path)
+    return safe_open(path, framework="pt")

@@ -189,7 +189,8 @@ def _load_builtin(name: str) -> ModelHandle:
                 "converting %s once to %s (about 30 s; later loads take 1-3 s)", gguf.name, folder
             )
             handle = _load_gguf(gguf, name=name)
-            with atomic_dir(folder) as tmp:
+            # presso's own cache folder: a conversion finished meanwhile elsewhere may go.
+            with atomic_dir(folder, may_replace=lambda _: True) as tmp:
                 handle.model.save_pretrained(tmp)
                 handle.tokenizer.save_pretrained(tmp)
             return handle

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,11 @@ def digest(obj: Any, length: int = 16) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half."""
+    atomic_write_parts(path, [data])
+
+
+def atomic_write_parts(path: Path, parts: Iterable[bytes | memoryview]) -> None:
+    """:func:`atomic_write_bytes` of the concatenated ``parts`` (streamed, never joined)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -40,7 +46,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for part in parts:
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,16 +62,36 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it is renamed to ``path``."""
+def atomic_dir(path: Path, *, may_replace: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it is renamed to ``path``.
+
+    A folder already at ``path`` is replaced only when ``may_replace(path)`` says so (else
+    FileExistsError): it is first renamed aside, so that a failed rename restores it, and
+    removed only once the new folder is in place.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if path.exists() and not (may_replace and may_replace(path)):
+            raise FileExistsError(errno.EEXIST, "exists, and may not be replaced", str(path))
+        _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename folder ``tmp`` to ``path``, moving an old ``path`` aside first and deleting it last."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    os.replace(path, old)  # onto the empty folder mkdtemp made: rename(2) allows that
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -7,16 +7,18 @@ strategy is replayed from the store and only what is missing is evaluated.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from presso.config import Experiment
 from presso.errors import PressoError
 from presso.experiment import Setup, default_threads
-from presso.store import ResultsStore
+from presso.store import ResultsStore, sqlite_path
 
 Printer = Callable[[str], None]
 
@@ -37,15 +39,17 @@ def run_search(
     from presso.search._base import Request
     from presso.search._runner import check_address
 
-    store = store or ResultsStore(exp.store)
     run = exp.name or "run"
     stored_by_phase: dict[str, dict] = {}
     if resume:
+        store = store or ResultsStore(exp.store, must_exist=True)
         study = store.open(run)
         _check_same_experiment(study.user_attrs.get("experiment", {}), exp.to_dict(), run)
         if study.user_attrs.get("status") == "finished":
             echo(f"run {run!r} is already finished")
             return study.user_attrs["summary"]
+    elif store is None:
+        _check_new_run(exp.store, run)  # the store itself is created with the run, below
     else:
         store.ensure_new(run)
     if exp.runner.kind == "ray":
@@ -70,24 +74,9 @@ def run_search(
         )
     else:
         pool = LocalPool(evaluator)
-    study = store.open(run) if resume else store.create(run, exp.to_dict(), space)
-    if resume:
-        for rec in store.records(study):
-            request = Request(
-                config=space.from_dict(dict(zip(space.names, rec.levels))),
-                tokens=rec.tokens,
-                sample_seed=rec.sample_seed,
-                tag=rec.tag,
-            )
-            result = _result(rec)
-            stored_by_phase.setdefault(rec.phase, {})[(rec.step, rec.index)] = (request, result)
-        n = sum(len(v) for v in stored_by_phase.values())
-        echo(f"resuming {run!r}: {n} evaluations already stored")
-
     context = setup.context(
         [(exp.search.strategy, exp.search.options), *exp.baselines], progress, evaluator
     )
-
     objectives = exp.objectives or default_objectives(setup)
     phases = [
         (
@@ -99,10 +88,22 @@ def run_search(
         )
     ]
     phases += [(f"baseline:{b}", b, {}) for b in exp.baselines if b != exp.search.strategy]
+
+    created = [] if resume else _missing_paths(exp.store)
+    if resume:
+        study = store.open(run)
+        stored_by_phase, retried = _stored_results(store.records(study), space)
+        n = sum(len(v) for v in stored_by_phase.values())
+        again = f"; {retried} that failed will be evaluated again" if retried else ""
+        echo(f"resuming {run!r}: {n} evaluations already stored{again}")
+    else:
+        store = store or ResultsStore(exp.store)
+        study = store.create(run, exp.to_dict(), space)
     winners: dict[str, Any] = {}
     search_start = time.perf_counter()
     evaluations = 0
     recorder = _Recorder(store, study, space)
+    failed = False
     try:
         for phase, name, options in phases:
             try:
@@ -142,9 +143,14 @@ def run_search(
                     f"{phase}: strategy {name!r} found no configuration that could be evaluated"
                 )
             winners[phase] = (name, best)
+    except Exception:
+        failed = True
+        raise
     finally:
         pool.close()
         recorder.close()  # also on Ctrl-C: what was evaluated is stored
+        if failed and not resume:
+            _forget_empty_run(store, run, created)
     search_s = time.perf_counter() - search_start
 
     summary: dict[str, Any] = {
@@ -161,12 +167,40 @@ def run_search(
             "heldout": heldout,
         }
     summary["evaluations"] = evaluations
+    records = store.records(study)
+    summary.update(_failures(records))
     multi = "objectives" in phases[0][2]
-    summary["pareto"] = _pareto(
-        store.records(study), objectives, space, evaluator if multi else None
-    )
+    summary["pareto"] = _pareto(records, objectives, space, evaluator if multi else None)
     store.set_summary(study, summary)
     return summary
+
+
+def _check_new_run(store: str, run: str) -> None:
+    """Refuse a taken run name, or a store file that is not presso's, by reading only: a new
+    run's store is created when the run is (a failed preparation leaves none behind)."""
+    path = sqlite_path(store)
+    if path is not None and (not path.exists() or path.stat().st_size == 0):
+        return
+    ResultsStore(store, must_exist=path is not None).ensure_new(run)
+
+
+def _missing_paths(store: str) -> list[Path]:
+    """The store file and the folders above it that do not exist yet (this run creates them)."""
+    path = sqlite_path(store)
+    if path is None:
+        return []
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def _forget_empty_run(store: ResultsStore, run: str, created: list[Path]) -> None:
+    """A new run that failed before its first evaluation leaves nothing behind: no record
+    blocking its name, and no store file or folder that this run created and nothing else uses."""
+    if not store.forget_if_empty(run) or not created or store.runs():
+        return
+    store.close()
+    for path in created:  # the file first, then its folders, innermost first
+        with contextlib.suppress(OSError):
+            path.unlink() if path.is_file() else path.rmdir()
 
 
 def _check_objectives(objectives: list[str], setup: Setup) -> None:
@@ -251,6 +285,45 @@ def _pareto(records: list, objectives: list[str], space: Any, evaluator: Any) ->
 def _objective(metrics: dict, name: str) -> float | None:
     value = metrics.get(name.lstrip("-"))
     return None if value is None else (-value if name.startswith("-") else value)
+
+
+def _stored_results(records: list, space: Any) -> tuple[dict[str, dict], int]:
+    """What a resumed run replays, per phase: ``{(step, index): (request, result)}``, the
+    latest record of each evaluation; and how many stored failures are left out of it.
+
+    A failure with an error (a corrupt or missing file, memory, a dead worker) may have a cause
+    that is gone now: replaying it would keep it forever, so it is evaluated again. A finite
+    measurement, even a useless one, is replayed.
+    """
+    from presso.search._base import Request
+
+    latest = {(r.phase, r.step, r.index): r for r in records}  # stored in order: later wins
+    by_phase: dict[str, dict] = {}
+    retried = 0
+    for (phase, step, index), rec in latest.items():
+        if rec.error is not None:
+            retried += 1
+            continue
+        request = Request(
+            config=space.from_dict(dict(zip(space.names, rec.levels))),
+            tokens=rec.tokens,
+            sample_seed=rec.sample_seed,
+            tag=rec.tag,
+        )
+        by_phase.setdefault(phase, {})[(step, index)] = (request, _result(rec))
+    return by_phase, retried
+
+
+def _failures(records: list) -> dict[str, Any]:
+    """How many of the run's evaluations failed (the latest record of each; one evaluated again
+    on resume counts as what it gave then), out of how many, and the first failure's message:
+    a run that lost evaluations must say so, not look like a clean one."""
+    latest = list({(r.phase, r.step, r.index): r for r in records}.values())
+    failed = [r for r in latest if r.fitness is None]
+    first = next((r.error or "no finite fitness" for r in failed), None)
+    if first:
+        first = (first.strip().splitlines() or ["?"])[0][:200]
+    return {"failed": len(failed), "evaluated": len(latest), "first_failure": first}
 
 
 def _result(rec: Any) -> Any:

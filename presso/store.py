@@ -9,9 +9,13 @@ SQLAlchemy URL (PostgreSQL, MySQL) is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
+import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,13 +29,84 @@ if TYPE_CHECKING:
     from presso.spaces import SearchSpace
 
 
-def storage_url(store: str) -> str:
-    """An SQLAlchemy URL for ``store``: URLs pass through, paths become ``sqlite:///PATH``."""
+def storage_url(store: str, *, create: bool = True) -> str:
+    """An SQLAlchemy URL for ``store``: URLs pass through, paths become ``sqlite:///PATH``
+    (whose folder is made, unless ``create`` is False)."""
     if "://" in store:
         return store
     path = Path(store).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def sqlite_path(store: str) -> Path | None:
+    """The file of an SQLite store (a path or an ``sqlite:///`` URL); None for other URLs."""
+    m = _SQLITE_URL.match(store)
+    if m:
+        store = store[m.end() :]
+    elif "://" in store:
+        return None
+    return Path(store).expanduser().resolve()
+
+
+_SQLITE_URL = re.compile(r"^sqlite(\+\w+)?:///")
+
+
+def sqlite_read_only(path: Path, timeout_s: float) -> sqlite3.Connection:
+    """A connection that SQLite itself keeps read-only (``mode=ro``): it cannot create the file,
+    a journal or a table. The path is percent-encoded into the URI, so that names holding
+    ``?``, ``#`` or ``%`` open the right file (a URL string would be cut there)."""
+    from urllib.parse import quote
+
+    uri = f"file:{quote(path.as_posix())}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=timeout_s, check_same_thread=False)
+
+
+#: What SQLite says when a read-only connection finds a write to roll back or recover first.
+_HOT_JOURNAL = ("SQLITE_READONLY_ROLLBACK", "SQLITE_READONLY_RECOVERY")
+
+#: Tables every presso store has (Optuna's RDB schema); a file without them is someone else's.
+STORE_TABLES = ("studies", "study_user_attributes", "trials", "version_info")
+
+
+def check_store(store: str, *, read_only: bool = True) -> None:
+    """Refuse, by reading only, a store path that is no presso results store: missing, empty,
+    not SQLite, or SQLite without Optuna's tables. Server URLs are left to their own errors.
+
+    A store holding an unfinished write (a hot journal: a search killed while committing) can
+    be read only after a writer rolls it back: refused when ``read_only``, else let through for
+    the writer opening it next.
+    """
+    path = sqlite_path(store)
+    if path is None:
+        return
+    fix = "give --store the file `presso search` wrote"
+    if not path.is_file():
+        raise PressoError(f"{store}: no results store there (run `presso search` first)")
+    if path.stat().st_size == 0:
+        raise PressoError(f"{store}: an empty file, not a presso results store; {fix}")
+    try:
+        con = sqlite_read_only(path, timeout_s=60)
+        try:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+            tables = {row[0] for row in con.execute(sql)}
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        if getattr(err, "sqlite_errorname", "") in _HOT_JOURNAL:
+            if not read_only:
+                return
+            raise PressoError(
+                f"{store} holds an unfinished write (was a search killed?); resume that search "
+                "(`presso search EXPERIMENT --resume`), which completes it, then read it again"
+            ) from None
+        raise PressoError(f"{store}: not a presso results store ({err}); {fix}") from None
+    if missing := [t for t in STORE_TABLES if t not in tables]:
+        raise PressoError(
+            f"{store}: an SQLite file that is not a presso results store (no {missing[0]} "
+            f"table in it); {fix}"
+        )
 
 
 @dataclass
@@ -71,25 +146,44 @@ class Record:
 class ResultsStore:
     """Runs and their evaluations in one Optuna storage."""
 
-    def __init__(self, store: str, *, must_exist: bool = False) -> None:
+    def __init__(self, store: str, *, must_exist: bool = False, read_only: bool = False) -> None:
+        """must_exist: refuse a store that is missing or not presso's (see check_store).
+        read_only: that, and open it so that nothing can write to it (reading commands)."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        if must_exist and "://" not in store and not Path(store).expanduser().is_file():
-            raise PressoError(f"{store}: no results store there (run `presso search` first)")
-        self.url = storage_url(store)
+        self.label = store
+        if must_exist or read_only:
+            check_store(store, read_only=read_only)
+        self.url = storage_url(store, create=not read_only)
         try:
-            self.storage = _open_storage(self.url)
+            self.storage = _open_storage(self.url, read_only=read_only)
         except Exception as err:
-            raise PressoError(f"results store {store}: cannot open it: {err}") from None
+            raise PressoError(
+                f"results store {store}: cannot open it: {_first_line(err)}"
+            ) from None
 
     # ------------------------------------------------------------------ runs
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Database errors while reading (a corrupt, locked or foreign store) as one line."""
+        from sqlalchemy import exc
+
+        try:
+            yield
+        except exc.SQLAlchemyError as err:
+            raise PressoError(
+                f"results store {self.label}: cannot read it: {_first_line(err)}"
+            ) from None
 
     def runs(self) -> list[dict[str, Any]]:
         import optuna
 
+        with self._reading():
+            summaries = optuna.get_all_study_summaries(self.storage, include_best_trial=False)
         out = []
-        for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False):
+        for s in summaries:
             attrs = s.user_attrs
             out.append(
                 {
@@ -134,7 +228,8 @@ class ResultsStore:
         if not self.exists(run):
             known = ", ".join(r["name"] for r in self.runs()) or "none"
             raise PressoError(f"no run named {run!r} in {self.url}; runs there: {known}")
-        return optuna.load_study(study_name=run, storage=self.storage)
+        with self._reading():
+            return optuna.load_study(study_name=run, storage=self.storage)
 
     # ------------------------------------------------------------------ evaluations
 
@@ -176,11 +271,24 @@ class ResultsStore:
         study.add_trial(trial)
 
     def records(self, study: optuna.Study) -> list[Record]:
-        return [
-            Record.from_attrs(t.user_attrs, t.value)
-            for t in study.get_trials(deepcopy=False)
-            if "phase" in t.user_attrs
-        ]
+        with self._reading():
+            trials = study.get_trials(deepcopy=False)
+        return [Record.from_attrs(t.user_attrs, t.value) for t in trials if "phase" in t.user_attrs]
+
+    def forget_if_empty(self, run: str) -> bool:
+        """Delete run ``run`` if it holds no evaluation (it failed before its first); returns
+        whether it was deleted."""
+        import optuna
+
+        study = self.open(run)
+        if study.get_trials(deepcopy=False):
+            return False
+        optuna.delete_study(study_name=run, storage=self.storage)
+        return True
+
+    def close(self) -> None:
+        """Release the store's database connections."""
+        self.storage.engine.dispose()
 
     @staticmethod
     def set_summary(study: optuna.Study, summary: dict[str, Any]) -> None:
@@ -189,7 +297,13 @@ class ResultsStore:
         study.set_user_attr("status", "finished")
 
 
-def _open_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
+def _first_line(err: BaseException) -> str:
+    return (str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _open_storage(
+    url: str, attempts: int = 6, *, read_only: bool = False
+) -> optuna.storages.RDBStorage:
     """Optuna's storage at ``url``, set up if new, safe when several processes set it up at once.
 
     Optuna creates a new store's tables and version rows with no lock, so two processes
@@ -201,7 +315,9 @@ def _open_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
     from sqlalchemy import exc
 
     def storage() -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=_engine_kwargs(url, read_only), skip_table_creation=read_only
+        )
 
     for attempt in range(attempts - 1):
         try:
@@ -213,6 +329,11 @@ def _open_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
     return storage()
 
 
-def _engine_kwargs(url: str) -> dict[str, Any]:
+def _engine_kwargs(url: str, read_only: bool = False) -> dict[str, Any]:
     # Ray workers and the dashboard may read while the driver writes: wait for the lock.
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    path = sqlite_path(url)
+    if read_only and path is not None:  # SQLite refuses every write, Optuna's set-up included
+        return {"creator": lambda: sqlite_read_only(path, timeout_s=60)}
+    if read_only and url.startswith("postgresql"):
+        return {"connect_args": {"options": "-c default_transaction_read_only=on"}}
+    return {"connect_args": {"timeout": 60}} if path is not None else {}

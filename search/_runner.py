@@ -47,7 +47,7 @@ def check_address(address: str | None) -> None:
     if not address or address in ("auto", "local"):
         return
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdecimal():  # isdigit accepts '²', which int() refuses
         raise PressoError(
             f"runner.address: {address!r} is not a Ray address; give host:port (the head "
             "node's GCS port, e.g. 10.0.0.5:6379), ray://host:port, auto, or null for a local one"

@@ -91,6 +91,35 @@ def test_bad_yaml(tmp_path: Path) -> None:
         load_experiment(_write(tmp_path, "model: [unclosed\n"))
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (
+            "model: tiny-llama\nspace:\n  mean_bits: 3\n  mean_bits: 4\n",
+            "exp.yaml:4: .*'mean_bits'.*line 3",
+        ),
+        (
+            "model: tiny-llama\nspace: {mean_bits: 3, mean_bits: 4}\n",
+            "exp.yaml:2: .*'mean_bits'.*line 2",
+        ),
+        (
+            "model: tiny-llama\nspace: {mean_bits: 3}\nmodel: smollm2-135m\n",
+            "exp.yaml:3: .*'model'.*line 1",
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused(tmp_path: Path, text: str, where: str) -> None:
+    # YAML loaders let the last one win: the earlier line would be ignored unseen.
+    with pytest.raises(PressoError, match=where + ".*keep one"):
+        load_experiment(_write(tmp_path, text))
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    text = "model: tiny-llama\nbase: &b {mean_bits: 3, kind: bits}\nspace: {<<: *b, mean_bits: 4}\n"
+    with pytest.raises(PressoError, match="base: unknown key"):  # parsed: only the key is unknown
+        load_experiment(_write(tmp_path, text))
+
+
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = _write(tmp_path, "model: tiny-llama\nspace:\n  mean_bits: 3\n  oops: 1\n")
     assert main(["search", str(path)]) == 2

@@ -126,12 +126,14 @@ def test_hf_folder_loads_in_transformers_with_presso_codes(
     print(f"hf {operator} g{group_size} sym={symmetric}: max |logit diff| = {diff:.3g}")
     assert diff < ATOL
 
-    # Never silently overwritten; --force replaces the whole folder atomically.
-    (out / "stale.txt").write_text("from an older export")
+    # Never silently overwritten; --force replaces only a folder presso wrote, atomically.
+    (out / "stale.txt").write_text("a file of the user's")
     assert _export(tmp_path, "bits", "hf", out) == 2
+    assert _export(tmp_path, "bits", "hf", out, "--force") == 2
     assert (out / "stale.txt").is_file()
+    (out / "stale.txt").unlink()
+    (out / "model.safetensors").write_bytes(b"an older export")
     assert _export(tmp_path, "bits", "hf", out, "--force") == 0
-    assert not (out / "stale.txt").exists()
     assert (_loaded_logits(out, ids) - expected).abs().max().item() < ATOL
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".hf.")] == []
 

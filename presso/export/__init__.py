@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from presso.errors import PressoError
 from presso.export._base import Exporter, Source, formats, make_exporter, register
 from presso.export._plan import PLAN_VERSION, TextExporter, build_plan, render
+from presso.export._target import check_target
 
 __all__ = [
     "PLAN_VERSION",
@@ -41,10 +43,30 @@ def export(
         raise PressoError(
             f"--format {fmt} writes a {'folder' if exporter.folder else 'file'}; give --out PATH"
         )
-    if out.exists() and not force:
-        raise PressoError(f"{out} exists; choose another --out or add --force to overwrite it")
-    exporter.write(plan, out, Source(study_attrs, phase))
+    check_target(out, fmt, folder=exporter.folder, force=force)
+    try:
+        exporter.write(plan, out, Source(study_attrs, phase))
+    except OSError as err:
+        if not _under(err.filename, out):
+            raise
+        raise PressoError(
+            f"--out {out}: cannot write {err.filename} ({err.strerror}); choose another --out"
+        ) from None
     return None
+
+
+def _under(filename: object, out: Path) -> bool:
+    """Whether an OSError's file is ``out``, inside it, one of its temporary siblings
+    (``.NAME.*``) or a folder above it: a failure to write the export, not to read its inputs."""
+    if not isinstance(filename, str | os.PathLike):
+        return False
+    path, out = Path(filename).absolute(), out.absolute()
+    if path in out.parents:
+        return True
+    return any(
+        p == out or (p.parent == out.parent and p.name.startswith(f".{out.name}."))
+        for p in (path, *path.parents)
+    )
 
 
 from presso.export import (  # noqa: F401,E402  (registers the formats)

@@ -86,7 +86,8 @@ class Exporter(ABC):
     @abstractmethod
     def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
         """Write the export to ``out`` atomically (a file via presso.paths.atomic_write_*, a
-        folder via presso.paths.atomic_dir); ``out`` is known not to exist, or --force was given."""
+        folder via presso.export._target.export_dir, which adds the manifest); ``out`` is known
+        not to exist, or --force was given and it is a file or a folder presso exported."""
 
 
 _REGISTRY: dict[str, type[Exporter]] = {}

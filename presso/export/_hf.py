@@ -40,7 +40,7 @@ from presso.export._pruned import (
     standalone_model,
     unit_weight,
 )
-from presso.paths import atomic_dir
+from presso.export._target import export_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -172,7 +172,7 @@ class HFExporter(Exporter):
         model, renamed = standalone_model(source, plan, weights)
         grids = {renamed[name]: qw for name, qw in grids.items()}
         compressor = compress(model, grids) if grids else None
-        with atomic_dir(out) as tmp:
+        with export_dir(out, self.name, plan) as tmp:
             save_folder(tmp, model, source, plan)
             if compressor is not None:
                 compressor.update_config(str(tmp))  # writes quantization_config into config.json

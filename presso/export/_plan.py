@@ -33,7 +33,8 @@ def candidate_entry(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
         pareto = summary.get("pareto") or {}
         front = pareto.get("levels") or []
         index = phase.split(":", 1)[1]
-        if not index.isdigit() or int(index) >= len(front):
+        # isdecimal, not isdigit: int() refuses digits such as '²' that isdigit accepts.
+        if not index.isdecimal() or int(index) >= len(front):
             if not front:
                 raise PressoError(f"no candidate {phase!r}: this run stored no Pareto front")
             if len(front) == 1:

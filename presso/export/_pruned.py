@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from presso.errors import PressoError
 from presso.export._base import Exporter, Source, register
-from presso.paths import atomic_dir
+from presso.export._target import export_dir
 
 if TYPE_CHECKING:
     import torch
@@ -147,5 +147,5 @@ class PrunedExporter(Exporter):
             )
         weights = {name: unit_weight(source, name, entry) for name, entry in units.items()}
         model, _ = standalone_model(source, plan, weights)
-        with atomic_dir(out) as tmp:
+        with export_dir(out, self.name, plan) as tmp:
             save_folder(tmp, model, source, plan)
