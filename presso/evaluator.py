@@ -159,7 +159,9 @@ class Evaluator:
         self.batch_size = batch_size
         self._cache = _BlockCache(cache_mb * 2**20)
         self._loaded: dict[str, tuple] = {}
-        self._dropped: set[str] = set()
+        # Unknown until the first apply(), which restores every depth target first: another
+        # evaluator of the same model may have left a block skipped.
+        self._dropped: set[str] | None = None
         missing = {d.kind for d in space.dims if d.kind != "depth"} - set(dbs)
         if missing:
             raise ValueError(f"no level database for {sorted(missing)} dimensions")
@@ -253,9 +255,11 @@ class Evaluator:
             for d, i in zip(self.space.dims, config)
             if d.kind == "depth" and d.levels[i] == DROPPED
         }
+        if self._dropped is None:
+            self._dropped = {d.target for d in self.space.dims if d.kind == "depth"}
         for target in self._dropped - dropped:
             self._set_forward(self.handle.module(target), None)
-        for target in dropped - self._dropped:
+        for target in dropped:
             self._set_forward(self.handle.module(target), self._skip_for(target))
         self._dropped = dropped
 
@@ -371,7 +375,7 @@ class Evaluator:
             output = self.handle.forward(self.data.calibration[list(batch)])
         finally:
             for b in range(start):  # back to its own forward, or to being dropped
-                skip = self._skip_for(names[b]) if names[b] in self._dropped else None
+                skip = self._skip_for(names[b]) if names[b] in (self._dropped or ()) else None
                 self._set_forward(blocks[b], skip)
             for h in hooks:
                 h.remove()

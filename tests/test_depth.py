@@ -99,3 +99,19 @@ def test_bert_block_drop() -> None:
     ev = s.evaluator()
     assert ev.evaluate(Request((1, 0, 1))).fitness > 0
     assert ev.evaluate(Request((1, 1, 1))).fitness == pytest.approx(0, abs=1e-6)
+
+
+def test_a_new_evaluator_restores_blocks_another_left_dropped() -> None:
+    """The sensitivity table's evaluator may leave a block skipped; the next evaluator of the
+    same model must not inherit it."""
+    s = _setup(dropped=1)
+    ids = s.data.calibration[:2]
+    dense = s.handle.forward(ids)
+    s.evaluator().apply((0, 1, 1, 1))
+    assert not torch.allclose(s.handle.forward(ids), dense)
+    s.evaluator().apply((1, 1, 1, 1))
+    assert torch.allclose(s.handle.forward(ids), dense)
+    s.evaluator().apply((1, 1, 0, 1))  # a fresh evaluator drops what its config drops
+    other = s.evaluator()
+    other.apply((1, 1, 0, 1))
+    assert not torch.allclose(s.handle.forward(ids), dense)
