@@ -39,6 +39,8 @@ from presso.search._random import fill_budget
 from presso.search._surrogate import AdditiveSurrogate
 from presso.spaces import Config, SearchSpace
 
+#: Children the surrogate ranks per generation unless ``screen`` says otherwise.
+DEFAULT_SCREEN = 64
 #: Values of EvoPress's ``start`` option.
 STARTS = ("auto", "dp", "uniform")
 
@@ -185,7 +187,7 @@ class EvoPress(Strategy):
         stages: Sequence[tuple[int | None, int]] = ((1024, 4), (4096, 1)),
         max_mutations: int = 3,
         start: str = "auto",
-        screen: int = 64,
+        screen: int = DEFAULT_SCREEN,
         ridge: float = 4.0,
         initial: Config | None = None,
     ) -> None:
@@ -257,26 +259,30 @@ class EvoPress(Strategy):
 
     @classmethod
     def needs(cls, options: dict[str, Any]) -> frozenset[str]:
-        """The sensitivity table, unless started from uniform without screening."""
-        plain = options.get("start") == "uniform" and options.get("screen", 64) == 0
-        return frozenset() if plain or "initial" in options else frozenset({"sensitivity"})
+        """The sensitivity table, unless neither the start nor screening uses it."""
+        fixed_start = options.get("start") == "uniform" or "initial" in options
+        screens = options.get("screen", DEFAULT_SCREEN) > options.get("offspring", 16)
+        return frozenset({"sensitivity"}) if screens or not fixed_start else frozenset()
 
     def _resolve_start(self, start: str) -> str:
-        if start != "auto":
-            if start == "dp" and self.context.sensitivity is None:
-                raise ValueError("start: dp needs the per-unit sensitivity table")
-            return start
-        if self.context.sensitivity is None:
+        """``start`` with ``auto`` resolved; keeps the dp solution for ``_initial``."""
+        self._dp: Config | None = None
+        table = self.context.sensitivity
+        if start == "dp" and table is None:
+            raise ValueError("start: dp needs the per-unit sensitivity table")
+        if start == "uniform" or table is None:
             return "uniform"
         try:
-            solve(self.space, self.context.sensitivity)
-        except ValueError:  # e.g. a joint space: no single sum budget to solve
-            return "uniform"
+            self._dp = solve(self.space, table)
+        except ValueError:
+            if start == "dp":
+                raise
+            return "uniform"  # auto, e.g. a joint space: no single sum budget to solve
         return "dp"
 
     def _initial(self, initial: Config | None) -> Config:
         if initial is None and self.start == "dp":
-            initial = solve(self.space, self.context.sensitivity)  # type: ignore[arg-type]
+            initial = self._dp
         if initial is not None:
             config = tuple(int(i) for i in initial)
             self.space.validate(config)

@@ -210,6 +210,7 @@ def test_screening_evaluates_what_the_surrogate_ranks_best() -> None:
 def test_plain_evopress_needs_no_table() -> None:
     plain = {"start": "uniform", "screen": 0}
     assert EvoPress.needs(plain) == frozenset()
+    assert EvoPress.needs({"start": "uniform"}) == {"sensitivity"}, "screening uses it"
     assert EvoPress.needs({}) == {"sensitivity"}
     space = make_space()
     evo = make_strategy("evopress", space, seed=0, context=Context(), **plain)
