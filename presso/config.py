@@ -7,7 +7,6 @@ configuration can meet, a model or corpus that does not exist — is reported as
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +40,7 @@ class DataConfig(_Strict):
     seq_len: int = Field(256, ge=8, le=8192)
     calibration: int = Field(32, ge=1, description="calibration windows in the pool")
     evaluation: int = Field(8, ge=1, description="held-out windows, never in the calibration pool")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class CompressConfig(_Strict):
@@ -164,7 +163,7 @@ class SensitivityConfig(_Strict):
 
 class SearchConfig(_Strict):
     strategy: str = "evopress"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
 
@@ -243,7 +242,10 @@ def load_experiment(path: str | Path) -> Experiment:
     if exp.name is None:
         exp = exp.model_copy(update={"name": path.stem})
     _check_semantics(path, lines, exp)
-    return exp
+    options = _check_strategy(path, lines, exp.search.strategy, exp.search.options, ("search",))
+    for i, name in enumerate(exp.baselines):
+        _check_strategy(path, lines, name, {}, ("baselines", i))
+    return exp.model_copy(update={"search": exp.search.model_copy(update={"options": options})})
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -338,7 +340,7 @@ OBJECTIVES = (
 
 
 def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> None:
-    """Checks that need more than types: budget, names that must exist, strategy options."""
+    """Checks that need more than types: budget, names that must exist."""
     from presso.models import BUILTIN_MODELS
 
     def fail(loc: tuple, message: str) -> None:
@@ -409,14 +411,12 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             )
     if "latency_ms" in exp.objectives and exp.hardware is None:
         fail(("objectives",), "latency_ms needs a hardware: section (backend, workload); add one")
-    _check_strategy(path, lines, exp.search.strategy, exp.search.options, ("search",))
-    for i, name in enumerate(exp.baselines):
-        _check_strategy(path, lines, name, {}, ("baselines", i))
 
 
 def _check_strategy(
     path: Path, lines: dict[tuple, int], name: str, options: dict, loc: tuple
-) -> None:
+) -> dict[str, Any]:
+    """The strategy's options checked (and converted as its constructor takes them)."""
     from presso import search
 
     if name not in search.available():
@@ -425,16 +425,12 @@ def _check_strategy(
             f"{_where(path, lines, where)}: {'.'.join(map(str, where))}: unknown strategy {name!r}; "
             f"available: {', '.join(search.available())}"
         )
-    params = inspect.signature(search.strategy_class(name).__init__).parameters
-    allowed = [
-        p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p not in ("seed", "context")
-    ]
-    for key in options:
-        if key not in allowed:
-            raise PressoError(
-                f"{_where(path, lines, loc + ('options', key))}: search.options.{key}: unknown option "
-                f"of strategy {name!r}; allowed: {', '.join(allowed) or 'none'}"
-            )
+    try:
+        return search.strategy_class(name).check_options(options)
+    except search.OptionError as err:
+        where = loc + ("options", *err.loc)
+        field = ".".join(map(str, where))
+        raise PressoError(f"{_where(path, lines, where)}: {field}: {err.message}") from None
 
 
 def _resolve(experiment_file: Path, value: str) -> Path:

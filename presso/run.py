@@ -230,12 +230,10 @@ def _with_objectives(strategy: str, options: dict, objectives: list[str], explic
     """Give a strategy the run's objectives unless its options set their own: always for a
     multi-objective strategy (its default is None), and for a single-objective one (TPE, GP)
     only when the experiment file names objectives."""
-    import inspect
-
     from presso.search import strategy_class
 
-    param = inspect.signature(strategy_class(strategy).__init__).parameters.get("objectives")
-    if param is None or "objectives" in options or not (explicit or param.default is None):
+    option = strategy_class(strategy).option_types().get("objectives")
+    if option is None or "objectives" in options or not (explicit or option[1] is None):
         return options
     return {**options, "objectives": list(objectives)}
 

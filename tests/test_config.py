@@ -86,6 +86,35 @@ def test_unknown_strategy_and_option(tmp_path: Path) -> None:
         load_experiment(_write(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("generations: ten", "generations: Input should be a valid integer.*'ten'.*give int"),
+        ("stages: abc", "stages: .*not allowed.*give Sequence"),
+        ("stages: [[128]]", r"stages.0.1: required \(got \[128\]\)"),
+        ("stages: [[128, 2], [256, 2]]", "stages.1: the last stage must keep 1 survivor"),
+        ("offspring: 0", "offspring: must be >= 1, got 0"),
+        ("screen: -3", "screen: must be >= 0"),
+        ("start: best", "start: must be one of auto, dp, uniform, got 'best'"),
+        ("ridge: .inf", "ridge: Input should be a finite number"),
+    ],
+)
+def test_strategy_options_are_checked_with_the_file(
+    tmp_path: Path, option: str, message: str
+) -> None:
+    text = f"model: tiny-llama\nspace: {{mean_bits: 3}}\nsearch:\n  options:\n    {option}\n"
+    with pytest.raises(PressoError, match=r"exp.yaml:5: search.options." + message):
+        load_experiment(_write(tmp_path, text))
+
+
+def test_strategy_options_are_taken_as_the_constructor_takes_them(tmp_path: Path) -> None:
+    text = "model: tiny-llama\nspace: {mean_bits: 3}\nsearch:\n  options: {generations: '4'}\n"
+    assert load_experiment(_write(tmp_path, text)).search.options == {"generations": 4}
+    text = "model: tiny-llama\nspace: {mean_bits: 3}\nsearch: {seed: -1}\n"
+    with pytest.raises(PressoError, match=r"exp.yaml:3: search.seed: .*greater than or equal to 0"):
+        load_experiment(_write(tmp_path, text))
+
+
 def test_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(PressoError, match=r"exp.yaml:\d+: not valid YAML"):
         load_experiment(_write(tmp_path, "model: [unclosed\n"))

@@ -148,6 +148,19 @@ def test_a_run_failing_before_its_first_evaluation_leaves_no_record(
     capsys.readouterr()
 
 
+def test_an_option_that_fails_only_at_construction_leaves_no_record(
+    write_experiment, tmp_path: Path, capsys
+) -> None:
+    # A first parent of the wrong length passes the option types; only the space refuses it.
+    store = tmp_path / "runs" / "presso.db"
+    search = {**FEW, "options": {**FEW["options"], "initial": [0]}}
+    path = write_experiment(tiny_experiment(store=str(store), search=search, baselines=[]))
+    assert main(["search", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("presso: search: strategy 'evopress': ") and err.count("\n") == 1
+    assert not store.exists() and not store.parent.exists()
+
+
 def _killed_mid_write(src: Path, dst: Path) -> None:
     """Copy store ``src`` to ``dst`` as a search killed while committing leaves it: a hot journal
     beside it, holding the pages to put back."""
