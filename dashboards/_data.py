@@ -34,6 +34,10 @@ class EmptyStore(StoreUnavailable):
     """The store holds no tables yet: nothing is wrong, nothing has run."""
 
 
+class NoSuchRun(StoreUnavailable):
+    """The store holds no run of that name."""
+
+
 def check_store_exists(store: str) -> None:
     """Refuse a store path that names no file (a typo must not look like an empty store)."""
     path = sqlite_path(store)
@@ -76,7 +80,7 @@ class StoreReader:
         rows = self._rows("SELECT study_id FROM studies WHERE study_name = :run", run=run)
         if not rows:
             known = ", ".join(r["name"] for r in self.runs()) or "none"
-            raise StoreUnavailable(f"no run named {run!r} in {self.label}; runs there: {known}")
+            raise NoSuchRun(f"no run named {run!r} in {self.label}; runs there: {known}")
         attrs = {
             key: self._loads(value)
             for key, value in self._rows(
