@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from presso.errors import PressoError
+from presso.errors import PressoError, shown
 
 SCHEMA_VERSION = 1
 
@@ -400,13 +400,7 @@ def _describe(path: Path, lines: dict[tuple, int], error: dict) -> str:
         hint = f" ({info.description})" if info and info.description else ""
         return f"{_where(path, lines, loc[:-1])}: {field}: required{hint}; add it"
     msg = error["msg"]
-    return f"{_where(path, lines, loc)}: {field}: {msg} (got {_short(error.get('input'))})"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters: an error line stays one short line."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+    return f"{_where(path, lines, loc)}: {field}: {msg} (got {shown(error.get('input'))})"
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -455,7 +449,7 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
     if exp.model not in BUILTIN_MODELS and not _exists(_resolve(path, exp.model)):
         fail(
             ("model",),
-            f"{_short(exp.model)} is not a built-in model ({', '.join(BUILTIN_MODELS)}) "
+            f"{shown(exp.model)} is not a built-in model ({', '.join(BUILTIN_MODELS)}) "
             "and no such file or folder exists; give a built-in name or a local path",
         )
     from presso.data import BUILTIN_CORPORA
@@ -463,7 +457,7 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
     if exp.data.corpus not in BUILTIN_CORPORA and not _exists(_resolve(path, exp.data.corpus)):
         fail(
             ("data", "corpus"),
-            f"{_short(exp.data.corpus)} is not a built-in corpus "
+            f"{shown(exp.data.corpus)} is not a built-in corpus "
             f"({', '.join(BUILTIN_CORPORA)}) and no such file or folder exists",
         )
     if "sparsity" in kinds and exp.space.mean_sparsity > max(exp.sparsity.levels):
@@ -518,7 +512,7 @@ def _check_strategy(
     if name not in search.available():
         where = loc + ("strategy",) if loc == ("search",) else loc
         raise PressoError(
-            f"{_where(path, lines, where)}: {'.'.join(map(str, where))}: unknown strategy {name!r}; "
+            f"{_where(path, lines, where)}: {'.'.join(map(str, where))}: unknown strategy {shown(name)}; "
             f"available: {', '.join(search.available())}"
         )
     try:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from presso.errors import shown
 from presso.spaces import Config, SearchSpace
 
 
@@ -151,7 +152,7 @@ class Strategy(ABC):
             expected = kind.__name__ if isinstance(kind, type) else str(kind)
             expected = expected.replace("collections.abc.", "")
             raise OptionError(
-                first["loc"], f"{what} (got {first['input']!r}); give {expected}"
+                first["loc"], f"{what} (got {shown(first['input'])}); give {expected}"
             ) from None
         cls.check_values(checked)
         return {key: checked[key] for key in options}

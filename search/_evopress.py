@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from presso.errors import shown
 from presso.search._base import (
     Context,
     OptionError,
@@ -278,7 +279,7 @@ class EvoPress(Strategy):
         super().check_values(options)
         start, ridge = options["start"], options["ridge"]
         if start not in STARTS:
-            raise OptionError("start", f"must be one of {', '.join(STARTS)}, got {start!r}")
+            raise OptionError("start", f"must be one of {', '.join(STARTS)}, got {shown(start)}")
         if not ridge > 0:
             raise OptionError("ridge", f"must be > 0, got {ridge}")
         _check_stages(options["stages"])
