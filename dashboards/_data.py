@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from presso.errors import PressoError
-from presso.store import Record, sqlite_path, sqlite_read_only
+from presso.store import Record, check_attrs, sqlite_path, sqlite_read_only
 
 #: Trial states presso writes (it adds finished trials only); anything else is still running.
 DONE_STATES = ("COMPLETE", "FAIL", "PRUNED")
@@ -32,6 +32,10 @@ class StoreUnavailable(PressoError):
 
 class EmptyStore(StoreUnavailable):
     """The store holds no tables yet: nothing is wrong, nothing has run."""
+
+
+class NoSuchRun(StoreUnavailable):
+    """The store holds no run of that name."""
 
 
 def check_store_exists(store: str) -> None:
@@ -65,9 +69,9 @@ class StoreReader:
             "SELECT study_id, key, value_json FROM study_user_attributes"
             " WHERE key IN ('status', 'experiment', 'summary')"
         ):
-            attrs.setdefault(study_id, {})[key] = _loads(value)
+            attrs.setdefault(study_id, {})[key] = self._loads(value)
         return [
-            _run_row(name, n, started, updated, attrs.get(study_id, {}))
+            _run_row(name, n, started, updated, self._checked(name, attrs.get(study_id, {})))
             for study_id, name, n, started, updated in counts
         ]
 
@@ -76,14 +80,15 @@ class StoreReader:
         rows = self._rows("SELECT study_id FROM studies WHERE study_name = :run", run=run)
         if not rows:
             known = ", ".join(r["name"] for r in self.runs()) or "none"
-            raise StoreUnavailable(f"no run named {run!r} in {self.label}; runs there: {known}")
-        return {
-            key: _loads(value)
+            raise NoSuchRun(f"no run named {run!r} in {self.label}; runs there: {known}")
+        attrs = {
+            key: self._loads(value)
             for key, value in self._rows(
                 "SELECT key, value_json FROM study_user_attributes WHERE study_id = :sid",
                 sid=rows[0][0],
             )
         }
+        return self._checked(run, attrs)
 
     def records(self, run: str, since: int = 0) -> tuple[list[tuple[int, Record]], int]:
         """The run's evaluations numbered ``since`` and later, as ``(number, Record)``, and the
@@ -104,7 +109,7 @@ class StoreReader:
             run=run,
             since=since,
         ):
-            attrs.setdefault(trial_id, {})[key] = _loads(value)
+            attrs.setdefault(trial_id, {})[key] = self._loads(value)
         out, pending = [], None
         for trial_id, number, state, value, value_type in trials:
             if _state(state) not in DONE_STATES:
@@ -118,6 +123,22 @@ class StoreReader:
         return out, pending if pending is not None else last
 
     # ------------------------------------------------------------------ plumbing
+
+    def _loads(self, value: str | None) -> Any:
+        try:
+            return json.loads(value) if value is not None else None
+        except ValueError as err:
+            raise StoreUnavailable(
+                f"results store {self.label} is damaged: a stored attribute is not JSON "
+                f"({err.args[0].split(':')[0]}); restore the store from a copy"
+            ) from None
+
+    def _checked(self, run: str, attrs: dict[str, Any]) -> dict[str, Any]:
+        """``attrs`` if shaped as presso writes them, else the damage as the store's error."""
+        try:
+            return check_attrs(self.label, run, attrs)
+        except PressoError as err:
+            raise StoreUnavailable(str(err)) from None
 
     def _rows(self, sql: str, **params: Any) -> list[tuple]:
         import sqlalchemy
@@ -187,13 +208,6 @@ class StoreReader:
                 return conn.execute(sql).scalar() == 0
         except sqlalchemy.exc.SQLAlchemyError:
             return False
-
-
-def _loads(value: str | None) -> Any:
-    try:
-        return json.loads(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _state(value: Any) -> str:

@@ -8,11 +8,16 @@ Routes (all GET):
   /api/export?store=I&run=NAME&candidate=PHASE&file=plan.json|plan.yaml|evopress.txt
 
 The page polls the API every two seconds, which is how a running search updates live. A
-failure is a one-line ``{"error": ...}`` in the page, never a traceback.
+failure is a one-line ``{"error": ...}`` in the page, never a traceback, with its HTTP status:
+400 for a bad request, 404 for no such store or run, 503 for a store that cannot be read now,
+500 for a bug. A request whose Host header is not this machine's loopback name or the address
+the server listens on is refused with 403: a web page elsewhere cannot reach the dashboard
+through a DNS name it points at 127.0.0.1 (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import threading
@@ -23,6 +28,14 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from presso.dashboards import _data, _page
 from presso.errors import PressoError
+
+
+class BadRequest(PressoError):
+    """A request the API cannot answer as asked (a parameter missing or out of range): 400."""
+
+
+class NotFound(PressoError):
+    """No such store or run: 404."""
 
 
 class Dashboard:
@@ -50,12 +63,15 @@ class Dashboard:
     def export(self, store: int, run: str, candidate: str, choice: str) -> tuple[str, str]:
         """(download file name, contents) of one ``presso export`` file."""
         attrs = self._reader(store).attrs(run)
-        text = _data.export_text(attrs, candidate, choice)
+        try:
+            text = _data.export_text(attrs, candidate, choice)
+        except PressoError as err:  # a candidate or a file this run cannot give
+            raise BadRequest(str(err)) from None
         return _data.export_filename(run, candidate, choice), text
 
     def _reader(self, store: int) -> _data.StoreReader:
         if not 0 <= store < len(self.readers):
-            raise PressoError(f"no store number {store}; the dashboard serves {len(self.readers)}")
+            raise NotFound(f"no store number {store}; the dashboard serves {len(self.readers)}")
         return self.readers[store]
 
 
@@ -65,17 +81,37 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if not self._host_allowed():
+            self._send(403, "text/plain; charset=utf-8", b"forbidden: unknown Host header\n")
+            return
         route = _ROUTES.get(url.path)
         if route is None:
             self._send(404, "text/plain; charset=utf-8", b"not found\n")
             return
         try:
             route(self, query)
-        except (PressoError, ValueError, KeyError) as err:
-            self._json({"error": _one_line(err)})
+        except (BadRequest, KeyError, ValueError) as err:
+            self._json({"error": _one_line(err)}, 400)
+        except (NotFound, _data.NoSuchRun) as err:
+            self._json({"error": _one_line(err)}, 404)
+        except PressoError as err:  # a store that cannot be read now (busy, damaged, gone)
+            self._json({"error": _one_line(err)}, 503)
         except Exception as err:  # the page shows one line; the terminal gets it too
             print(f"presso dashboard: {url.path}: {type(err).__name__}: {err}", file=sys.stderr)
-            self._json({"error": f"internal error: {type(err).__name__}: {_one_line(err)}"})
+            self._json({"error": f"internal error: {type(err).__name__}: {_one_line(err)}"}, 500)
+
+    def _host_allowed(self) -> bool:
+        """Whether the Host header may reach a dashboard on the loopback address: ``localhost``
+        or a loopback IP, with any port. Any other name is a page elsewhere whose DNS name now
+        points here (DNS rebinding). A dashboard served to the network (--host) takes any."""
+        if not _loopback(str(self.server.server_address[0])):
+            return True
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host.startswith("["):  # [::1]:8050
+            host = host[1 : host.find("]")]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        return host == "localhost" or _loopback(host)
 
     # ------------------------------------------------------------------ routes
 
@@ -86,21 +122,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(self.server.app.runs())
 
     def _api_run(self, query: dict[str, str]) -> None:
-        since = int(query.get("since", "0"))
-        self._json(self.server.app.run(int(query["store"]), query["run"], since))
+        since = _count(query, "since", 0)
+        self._json(self.server.app.run(_count(query, "store"), query["run"], since))
 
     def _api_export(self, query: dict[str, str]) -> None:
         name, text = self.server.app.export(
-            int(query["store"]), query["run"], query["candidate"], query["file"]
+            _count(query, "store"), query["run"], query["candidate"], query["file"]
         )
         headers = {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"}
         self._send(200, "text/plain; charset=utf-8", text.encode(), headers)
 
     # ------------------------------------------------------------------ replies
 
-    def _json(self, obj: Any) -> None:
+    def _json(self, obj: Any, status: int = 200) -> None:
         body = json.dumps(_data.json_safe(obj), separators=(",", ":"), allow_nan=False).encode()
-        self._send(200, "application/json", body)
+        self._send(status, "application/json", body)
 
     def _send(
         self, status: int, mime: str, body: bytes, headers: dict[str, str] | None = None
@@ -208,6 +244,26 @@ def serve(stores: list[str], *, host: str = "127.0.0.1", port: int = 8050) -> in
     finally:
         server._httpd.server_close()
     return 0
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback IP address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _count(query: dict[str, str], name: str, default: int | None = None) -> int:
+    """Query parameter ``name``, a whole number 0..2**31 (a store number, an evaluation)."""
+    text = query.get(name)
+    if text is None and default is not None:
+        return default
+    if text is None:
+        raise BadRequest(f"missing parameter {name!r}")
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**31:
+        raise BadRequest(f"{name} must be a whole number 0..{2**31}, got {text[:40]!r}")
+    return int(text)
 
 
 def _one_line(err: BaseException) -> str:

@@ -7,16 +7,26 @@ configuration can meet, a model or corpus that does not exist — is reported as
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from presso.errors import PressoError
+from presso.errors import PressoError, shown
 
 SCHEMA_VERSION = 1
+
+#: Most windows of text in a calibration or held-out set (sizes beyond are mistakes).
+MAX_WINDOWS = 100_000
+#: Seeds are 0..2**63 - 1 (what torch and numpy both take).
+MAX_SEED = 2**63 - 1
+#: Most bytes of an experiment file, and most nodes and nesting in it, aliases expanded: a
+#: YAML alias bomb of a kilobyte expands to billions of nodes.
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000
+MAX_DEPTH = 64
 
 
 def bits_level(bits: int) -> bool:
@@ -30,29 +40,38 @@ def sparsity_level(percent: int) -> bool:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
     corpus: str = Field(
-        "bible", description="a built-in corpus (bible, speeches, reviews, pydoc) or a path"
+        "bible",
+        max_length=4096,
+        description="a built-in corpus (bible, speeches, reviews, pydoc) or a path",
     )
     text_field: str = "text"
     seq_len: int = Field(256, ge=8, le=8192)
-    calibration: int = Field(32, ge=1, description="calibration windows in the pool")
-    evaluation: int = Field(8, ge=1, description="held-out windows, never in the calibration pool")
-    seed: int = 0
+    calibration: int = Field(
+        32, ge=1, le=MAX_WINDOWS, description="calibration windows in the pool"
+    )
+    evaluation: int = Field(
+        8, ge=1, le=MAX_WINDOWS, description="held-out windows, never in the calibration pool"
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class CompressConfig(_Strict):
     operator: Literal["gptq", "rtn"] = "gptq"
     levels: list[int] = Field(default_factory=lambda: [2, 3, 4, 8])
-    group_size: int | None = Field(128, ge=8)
+    group_size: int | None = Field(128, ge=8, le=1 << 16)
     symmetric: bool = False
     damp: float = Field(0.01, gt=0, lt=1)
     act_order: bool = False
     calibration: int = Field(
-        16, ge=1, description="calibration windows whose activations give GPTQ its Hessians"
+        16,
+        ge=1,
+        le=MAX_WINDOWS,
+        description="calibration windows whose activations give GPTQ its Hessians",
     )
 
     @field_validator("levels")
@@ -74,7 +93,7 @@ class SparsityConfig(_Strict):
     pattern: Literal["unstructured", "2:4"] = "unstructured"
     damp: float = Field(0.01, gt=0, lt=1)
     calibration: int = Field(
-        16, ge=1, description="calibration windows for Wanda/SparseGPT statistics"
+        16, ge=1, le=MAX_WINDOWS, description="calibration windows for Wanda/SparseGPT statistics"
     )
 
     @field_validator("levels")
@@ -94,11 +113,15 @@ BUDGET_KINDS = {"mean_bits": "bits", "mean_sparsity": "sparsity", "dropped": "de
 
 class SpaceConfig(_Strict):
     kind: Literal["bits", "sparsity", "depth", "joint"] = "bits"
-    mean_bits: float | None = Field(None, gt=0, description="parameter-weighted mean bits budget")
+    mean_bits: float | None = Field(
+        None, gt=0, le=16, description="parameter-weighted mean bits budget"
+    )
     mean_sparsity: float | None = Field(
         None, ge=0, lt=100, description="minimum parameter-weighted mean sparsity, percent"
     )
-    dropped: int | None = Field(None, ge=0, description="blocks (or sublayers) to drop, at least")
+    dropped: int | None = Field(
+        None, ge=0, le=100_000, description="blocks (or sublayers) to drop, at least"
+    )
     granularity: Literal["block", "sublayer"] = "block"
     max_params: float | None = Field(
         None, gt=0, description="nonzero weights left in the compressible layers, at most"
@@ -129,9 +152,9 @@ class SpaceConfig(_Strict):
 
 
 class WorkloadConfig(_Strict):
-    batch: int = Field(1, ge=1)
+    batch: int = Field(1, ge=1, le=4096)
     seq_len: int = Field(
-        128, ge=1, description="tokens per sequence (prefill) or KV length (decode)"
+        128, ge=1, le=1 << 20, description="tokens per sequence (prefill) or KV length (decode)"
     )
     phase: Literal["prefill", "decode"] = "prefill"
 
@@ -143,9 +166,9 @@ class HardwareConfig(_Strict):
     backend: str = Field("torch", description="a profiler backend: torch, onnxruntime, tvm, triton")
     device: str = "cpu"
     workload: WorkloadConfig = Field(default_factory=WorkloadConfig)
-    threads: int = Field(1, ge=1, description="threads the backend may use when measuring")
+    threads: int = Field(1, ge=1, le=4096, description="threads the backend may use when measuring")
     cost_model: Literal["lookup", "learned"] = "lookup"
-    repeats: int = Field(25, ge=3)
+    repeats: int = Field(25, ge=3, le=10_000)
     profile_db: str | None = Field(None, description="profile database (default: in the cache)")
 
 
@@ -164,33 +187,35 @@ class SensitivityConfig(_Strict):
 
 class SearchConfig(_Strict):
     strategy: str = "evopress"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     options: dict[str, Any] = Field(default_factory=dict)
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
 
 
 class RunnerConfig(_Strict):
     kind: Literal["local", "ray"] = "local"
-    workers: int = Field(2, ge=1, description="Ray actors (ray runner)")
+    workers: int = Field(2, ge=1, le=4096, description="Ray actors (ray runner)")
     address: str | None = Field(
         None, description="an existing Ray cluster's address; null starts a local one"
     )
     threads: int | None = Field(
-        None, ge=1, description="torch threads per evaluator (default: cores / workers)"
+        None, ge=1, le=4096, description="torch threads per evaluator (default: cores / workers)"
     )
 
 
 class EvaluationConfig(_Strict):
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, le=4096)
     cache_mb: int = Field(
-        1024, ge=0, description="memory for reused block outputs; 0 disables reuse"
+        1024, ge=0, le=1 << 24, description="memory for reused block outputs; 0 disables reuse"
     )
 
 
 class Experiment(_Strict):
     version: int = SCHEMA_VERSION
-    name: str | None = None
-    model: str
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="the run's name (default: the file's)"
+    )
+    model: str = Field(max_length=4096)
     data: DataConfig = Field(default_factory=DataConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
@@ -206,7 +231,9 @@ class Experiment(_Strict):
         None, description="backend, device and workload latency is measured for"
     )
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    store: str = Field("runs/presso.db", description="an SQLite path or any SQLAlchemy URL")
+    store: str = Field(
+        "runs/presso.db", max_length=4096, description="an SQLite path or any SQLAlchemy URL"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -218,16 +245,22 @@ class Experiment(_Strict):
 def load_experiment(path: str | Path) -> Experiment:
     """Parse and validate an experiment file; raises PressoError with file, line and fix."""
     path = Path(path)
-    if not path.is_file():
-        raise PressoError(f"{path}: no such experiment file")
-    text = path.read_text()
+    text = _read_text(path)
     try:
+        _check_size(path, text)
         node = yaml.compose(text)
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise PressoError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow
+            line = text[: err.position].count("\n") + 1
+            char = err.character if isinstance(err.character, int) else ord(err.character)
+            problem = f"character {char:#x} is not allowed ({err.reason})"
+        else:
+            line = mark.line + 1 if mark else None
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        where = f"{path}:{line}" if line else str(path)
+        raise PressoError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise PressoError(f"{path}: an experiment file is a YAML mapping (key: value lines)")
     lines = _line_index(node)
@@ -243,7 +276,66 @@ def load_experiment(path: str | Path) -> Experiment:
     if exp.name is None:
         exp = exp.model_copy(update={"name": path.stem})
     _check_semantics(path, lines, exp)
-    return exp
+    options = _check_strategy(path, lines, exp.search.strategy, exp.search.options, ("search",))
+    for i, name in enumerate(exp.baselines):
+        _check_strategy(path, lines, name, {}, ("baselines", i))
+    return exp.model_copy(update={"search": exp.search.model_copy(update={"options": options})})
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8, at most MAX_FILE_BYTES."""
+    try:
+        if not path.is_file():
+            raise PressoError(f"{path}: no such experiment file")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise PressoError(
+                f"{path}: {path.stat().st_size} bytes; an experiment file is at most "
+                f"{MAX_FILE_BYTES} bytes (a few lines of YAML)"
+            )
+        data = path.read_bytes()
+    except OSError as err:
+        raise PressoError(f"{path}: cannot read the experiment file: {err.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise PressoError(
+            f"{path}:{line}: not UTF-8 text (byte {err.start}); an experiment file is YAML "
+            "saved as UTF-8"
+        ) from None
+
+
+def _check_size(path: Path, text: str) -> None:
+    """Refuse, from the parser's events and before anything is composed, a file whose nodes,
+    aliases expanded, number over MAX_NODES or nest deeper than MAX_DEPTH: composing and
+    walking an alias bomb takes gigabytes, and the composer recurses once per level."""
+    expanded: dict[str, int] = {}  # anchor -> nodes under it, aliases expanded
+    stack: list[tuple[str | None, int]] = []  # open collections: anchor, nodes seen before
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            total += expanded.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            total += 1
+            if event.anchor:
+                expanded[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            stack.append((event.anchor, total))
+            total += 1
+            if len(stack) > MAX_DEPTH:
+                raise PressoError(
+                    f"{path}:{event.start_mark.line + 1}: nested over {MAX_DEPTH} levels deep; "
+                    "an experiment file needs a few"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, before = stack.pop()
+            if anchor:
+                expanded[anchor] = total - before
+        if total > MAX_NODES:
+            raise PressoError(
+                f"{path}:{event.start_mark.line + 1}: over {MAX_NODES} values with aliases "
+                "expanded (an alias bomb?); write the experiment out without nested aliases"
+            )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -308,7 +400,7 @@ def _describe(path: Path, lines: dict[tuple, int], error: dict) -> str:
         hint = f" ({info.description})" if info and info.description else ""
         return f"{_where(path, lines, loc[:-1])}: {field}: required{hint}; add it"
     msg = error["msg"]
-    return f"{_where(path, lines, loc)}: {field}: {msg} (got {error.get('input')!r})"
+    return f"{_where(path, lines, loc)}: {field}: {msg} (got {shown(error.get('input'))})"
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -338,7 +430,7 @@ OBJECTIVES = (
 
 
 def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> None:
-    """Checks that need more than types: budget, names that must exist, strategy options."""
+    """Checks that need more than types: budget, names that must exist."""
     from presso.models import BUILTIN_MODELS
 
     def fail(loc: tuple, message: str) -> None:
@@ -354,18 +446,18 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             f"no configuration can meet mean_bits <= {exp.space.mean_bits:g}: the lowest level is "
             f"{min(exp.compress.levels)} bits; raise mean_bits or add a lower level to compress.levels",
         )
-    if exp.model not in BUILTIN_MODELS and not _resolve(path, exp.model).exists():
+    if exp.model not in BUILTIN_MODELS and not _exists(_resolve(path, exp.model)):
         fail(
             ("model",),
-            f"{exp.model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}) "
+            f"{shown(exp.model)} is not a built-in model ({', '.join(BUILTIN_MODELS)}) "
             "and no such file or folder exists; give a built-in name or a local path",
         )
     from presso.data import BUILTIN_CORPORA
 
-    if exp.data.corpus not in BUILTIN_CORPORA and not _resolve(path, exp.data.corpus).exists():
+    if exp.data.corpus not in BUILTIN_CORPORA and not _exists(_resolve(path, exp.data.corpus)):
         fail(
             ("data", "corpus"),
-            f"{exp.data.corpus!r} is not a built-in corpus "
+            f"{shown(exp.data.corpus)} is not a built-in corpus "
             f"({', '.join(BUILTIN_CORPORA)}) and no such file or folder exists",
         )
     if "sparsity" in kinds and exp.space.mean_sparsity > max(exp.sparsity.levels):
@@ -409,38 +501,42 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             )
     if "latency_ms" in exp.objectives and exp.hardware is None:
         fail(("objectives",), "latency_ms needs a hardware: section (backend, workload); add one")
-    _check_strategy(path, lines, exp.search.strategy, exp.search.options, ("search",))
-    for i, name in enumerate(exp.baselines):
-        _check_strategy(path, lines, name, {}, ("baselines", i))
 
 
 def _check_strategy(
     path: Path, lines: dict[tuple, int], name: str, options: dict, loc: tuple
-) -> None:
+) -> dict[str, Any]:
+    """The strategy's options checked (and converted as its constructor takes them)."""
     from presso import search
 
     if name not in search.available():
         where = loc + ("strategy",) if loc == ("search",) else loc
         raise PressoError(
-            f"{_where(path, lines, where)}: {'.'.join(map(str, where))}: unknown strategy {name!r}; "
+            f"{_where(path, lines, where)}: {'.'.join(map(str, where))}: unknown strategy {shown(name)}; "
             f"available: {', '.join(search.available())}"
         )
-    params = inspect.signature(search.strategy_class(name).__init__).parameters
-    allowed = [
-        p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p not in ("seed", "context")
-    ]
-    for key in options:
-        if key not in allowed:
-            raise PressoError(
-                f"{_where(path, lines, loc + ('options', key))}: search.options.{key}: unknown option "
-                f"of strategy {name!r}; allowed: {', '.join(allowed) or 'none'}"
-            )
+    try:
+        return search.strategy_class(name).check_options(options)
+    except search.OptionError as err:
+        where = loc + ("options", *err.loc)
+        field = ".".join(map(str, where))
+        raise PressoError(f"{_where(path, lines, where)}: {field}: {err.message}") from None
 
 
 def _resolve(experiment_file: Path, value: str) -> Path:
     """Paths in an experiment file are relative to the folder the file is in."""
-    p = Path(value).expanduser()
+    p = Path(value)
+    with contextlib.suppress(RuntimeError):  # ~user of no such user: taken as written
+        p = p.expanduser()
     return p if p.is_absolute() else (experiment_file.parent / p)
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; a name the system refuses (too long, a NUL byte) does not."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_paths(experiment_file: Path, exp: Experiment) -> Experiment:

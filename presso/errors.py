@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PressoError(Exception):
     """A mistake the user can fix. The CLI prints ``str(err)`` and exits with code 2.
@@ -18,3 +20,10 @@ class MissingExtraError(PressoError):
             f"{purpose} needs the '{package}' package, which is not installed: "
             f"pip install 'presso[{extra}]' -c constraints.txt"
         )
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a value quoted in an error: the line
+    stays one short line whatever the input (a 2 MB name, a list of thousands)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"

@@ -7,8 +7,10 @@ stay dense.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,25 +218,41 @@ def _load_folder(folder: Path, *, name: str) -> ModelHandle:
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    try:
+    with _loading(folder):
         config = AutoConfig.from_pretrained(folder)
-    except Exception as err:  # a user's folder: say which and why
-        raise PressoError(f"model: cannot read {folder}/config.json: {err}") from None
-    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
-    cls = AutoModelForCausalLM if causal else AutoModel
-    model = cls.from_pretrained(folder, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+        causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+        cls = AutoModelForCausalLM if causal else AutoModel
+        model = cls.from_pretrained(folder, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     return ModelHandle(model, tokenizer, kind="causal-lm" if causal else "encoder", name=name)
+
+
+@contextlib.contextmanager
+def _loading(path: Path) -> Iterator[None]:
+    """A model folder or file that transformers cannot load (no weights, random bytes, an
+    unknown architecture) is one line naming it and the first line of the reason."""
+    try:
+        yield
+    except PressoError:
+        raise
+    except Exception as err:
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        why = lines[0] if len(lines[0]) <= 200 else lines[0][:197] + "..."
+        raise PressoError(
+            f"model: cannot load {path}: {why}; point model at a Hugging Face model folder "
+            "(config.json, weights, tokenizer) or a .gguf file"
+        ) from None
 
 
 def _load_gguf(path: Path, *, name: str) -> ModelHandle:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    with _loading(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # The GGUF weights are dequantised to fp32 on load; the model is a plain dense model from
     # here on, so drop the GGUF quantizer marker that would refuse save_pretrained.
     model.hf_quantizer = None

@@ -8,7 +8,9 @@ strategy is replayed from the store and only what is missing is evaluated.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -179,9 +181,26 @@ def _check_new_run(store: str, run: str) -> None:
     """Refuse a taken run name, or a store file that is not presso's, by reading only: a new
     run's store is created when the run is (a failed preparation leaves none behind)."""
     path = sqlite_path(store)
-    if path is not None and (not path.exists() or path.stat().st_size == 0):
+    if path is not None and not path.exists():
+        _check_can_create(path)
+        return
+    if path is not None and path.stat().st_size == 0:
         return
     ResultsStore(store, must_exist=path is not None).ensure_new(run)
+
+
+def _check_can_create(path: Path) -> None:
+    """Refuse, before the model is prepared, a store file that cannot be made (a read-only
+    place, /proc, a file where a folder should be): a folder is made and removed at once in
+    the nearest existing folder above it."""
+    above = next(p for p in path.parents if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".presso-probe-", dir=above))
+    except OSError as err:
+        raise PressoError(
+            f"store: cannot create {path} ({err.strerror} in {above}); give store: (or --store) "
+            "a path in a folder you can write"
+        ) from None
 
 
 def _missing_paths(store: str) -> list[Path]:
@@ -230,12 +249,10 @@ def _with_objectives(strategy: str, options: dict, objectives: list[str], explic
     """Give a strategy the run's objectives unless its options set their own: always for a
     multi-objective strategy (its default is None), and for a single-objective one (TPE, GP)
     only when the experiment file names objectives."""
-    import inspect
-
     from presso.search import strategy_class
 
-    param = inspect.signature(strategy_class(strategy).__init__).parameters.get("objectives")
-    if param is None or "objectives" in options or not (explicit or param.default is None):
+    option = strategy_class(strategy).option_types().get("objectives")
+    if option is None or "objectives" in options or not (explicit or option[1] is None):
         return options
     return {**options, "objectives": list(objectives)}
 

@@ -10,6 +10,7 @@ SQLAlchemy URL (PostgreSQL, MySQL) is accepted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import re
@@ -155,8 +156,8 @@ class ResultsStore:
         self.label = store
         if must_exist or read_only:
             check_store(store, read_only=read_only)
-        self.url = storage_url(store, create=not read_only)
         try:
+            self.url = storage_url(store, create=not read_only)
             self.storage = _open_storage(self.url, read_only=read_only)
         except Exception as err:
             raise PressoError(
@@ -176,6 +177,11 @@ class ResultsStore:
             raise PressoError(
                 f"results store {self.label}: cannot read it: {_first_line(err)}"
             ) from None
+        except json.JSONDecodeError as err:  # Optuna keeps attributes as JSON text
+            raise PressoError(
+                f"results store {self.label} is damaged: a stored attribute is not JSON "
+                f"({err.msg}); restore the store from a copy"
+            ) from None
 
     def runs(self) -> list[dict[str, Any]]:
         import optuna
@@ -184,7 +190,7 @@ class ResultsStore:
             summaries = optuna.get_all_study_summaries(self.storage, include_best_trial=False)
         out = []
         for s in summaries:
-            attrs = s.user_attrs
+            attrs = check_attrs(self.label, s.study_name, s.user_attrs)
             out.append(
                 {
                     "name": s.study_name,
@@ -229,7 +235,9 @@ class ResultsStore:
             known = ", ".join(r["name"] for r in self.runs()) or "none"
             raise PressoError(f"no run named {run!r} in {self.url}; runs there: {known}")
         with self._reading():
-            return optuna.load_study(study_name=run, storage=self.storage)
+            study = optuna.load_study(study_name=run, storage=self.storage)
+            check_attrs(self.label, run, study.user_attrs)
+        return study
 
     # ------------------------------------------------------------------ evaluations
 
@@ -295,6 +303,76 @@ class ResultsStore:
         # JSON round trip: only plain data is stored.
         study.set_user_attr("summary", json.loads(json.dumps(summary)))
         study.set_user_attr("status", "finished")
+
+
+def check_attrs(store: str, run: str, attrs: Any) -> dict[str, Any]:
+    """``attrs``, a run's stored attributes, if they have the shape presso writes; else one
+    line naming the store, the run and the first attribute that does not (a damaged store)."""
+    from pydantic import ValidationError
+
+    try:
+        _stored_models().model_validate(attrs)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise PressoError(
+            f"results store {store}: run {run!r} is damaged: its {where or 'attributes'} is not "
+            f"what presso writes ({first['msg']}); read another run or restore the store from "
+            "a copy"
+        ) from None
+    return attrs
+
+
+@functools.cache
+def _stored_models() -> Any:
+    """The shape of a run's stored attributes (only what readers rely on; more is allowed)."""
+    from pydantic import BaseModel, ConfigDict
+
+    class Loose(BaseModel):
+        model_config = ConfigDict(extra="allow")
+
+    number = float | None
+
+    class Experiment(Loose):
+        model: str = "?"
+        data: dict[str, Any] = {}
+        compress: dict[str, Any] = {}
+        sparsity: dict[str, Any] = {}
+        space: dict[str, Any] = {}
+        search: dict[str, Any] = {}
+
+    class Heldout(Loose):
+        index: int
+
+    class Pareto(Loose):
+        objectives: list[str] = []
+        points: list[list[number]] = []
+        levels: list[list[number]] = []
+        heldout: list[Heldout] = []
+        reference: list[number] = []
+        hypervolume: number = None
+
+    class Candidate(Loose):
+        strategy: str | None = None
+        levels: list[number] = []
+        heldout: dict[str, Any] = {}
+
+    class Summary(Loose):
+        run: str = ""
+        candidates: dict[str, Candidate] = {}
+        pareto: Pareto | None = None
+        timings: dict[str, Any] = {}
+
+    class RunAttrs(Loose):
+        experiment: Experiment = Experiment()
+        status: str = "?"
+        units: list[str] = []
+        kinds: list[str] | None = None
+        targets: list[str] | None = None
+        levels: list[list[number]] | None = None
+        summary: Summary | None = None
+
+    return RunAttrs
 
 
 def _first_line(err: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from presso.search._base import (
     Context,
+    OptionError,
     Request,
     Result,
     Strategy,
@@ -39,6 +40,7 @@ __all__ = [
     "ErrorGreedy",
     "EvoPress",
     "LevelSwitch",
+    "OptionError",
     "OWL",
     "RandomSearch",
     "Request",

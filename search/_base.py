@@ -8,12 +8,15 @@ interrupted run rebuilds its state exactly, which is how ``--resume`` works.
 
 from __future__ import annotations
 
+import inspect
 import math
+import typing
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from presso.errors import shown
 from presso.spaces import Config, SearchSpace
 
 
@@ -77,17 +80,100 @@ class Context:
     sensitivity: tuple[tuple[float, ...], ...] | None = None
 
 
+class OptionError(ValueError):
+    """A strategy option the strategy cannot run with.
+
+    loc: where: the option's name, then indices into its value (``("stages", 0, 1)``).
+    message: what is wrong with it.
+    """
+
+    def __init__(self, loc: str | tuple, message: str) -> None:
+        self.loc = (loc,) if isinstance(loc, str) else tuple(loc)
+        self.message = message
+        super().__init__(f"{'.'.join(map(str, self.loc))}: {message}")
+
+
+def require(ok: bool, option: str | tuple, message: str) -> None:
+    """Raise OptionError(option, message) unless ``ok``: a strategy's value checks."""
+    if not ok:
+        raise OptionError(option, message)
+
+
 class Strategy(ABC):
     """A search strategy behind ask/tell. Subclasses set ``name`` and register."""
 
     name: ClassVar[str]
     #: The Context fields the strategy needs (the run measures only what some strategy needs).
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: The range of numeric options, ``(least, most)``, either None for no bound; an option
+    #: that may be None (null) is checked only when given a number.
+    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
 
     @classmethod
     def needs(cls, options: dict[str, Any]) -> frozenset[str]:
         """The Context fields a strategy built with ``options`` needs."""
         return cls.requires
+
+    @classmethod
+    def option_types(cls) -> dict[str, tuple[Any, Any]]:
+        """The strategy's options, its constructor's typed keyword-only parameters (``seed``
+        and ``context`` aside): name -> (type, default)."""
+        hints = typing.get_type_hints(cls.__init__)
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {
+            p.name: (hints[p.name], p.default)
+            for p in params
+            if p.kind == p.KEYWORD_ONLY and p.name not in ("seed", "context")
+        }
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` checked against the option types and then :meth:`check_values`, as the
+        constructor will take them (``"3"`` -> 3, YAML lists -> tuples where typed so); raises
+        OptionError naming the first bad one. The experiment file's validation calls it, so
+        a mistake is reported before any model is loaded."""
+        from pydantic import ConfigDict, ValidationError, create_model
+
+        types = cls.option_types()
+        for key in options:
+            require(
+                key in types,
+                key,
+                f"unknown option of strategy {cls.name!r}; allowed: {', '.join(types) or 'none'}",
+            )
+        config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
+        model = create_model(f"{cls.__name__}Options", __config__=config, **types)
+        try:
+            checked = dict(model.model_validate(dict(options)))
+        except ValidationError as err:
+            first = err.errors()[0]
+            what = "required" if first["type"] == "missing" else first["msg"]
+            kind = types[first["loc"][0]][0]
+            expected = kind.__name__ if isinstance(kind, type) else str(kind)
+            expected = expected.replace("collections.abc.", "")
+            raise OptionError(
+                first["loc"], f"{what} (got {shown(first['input'])}); give {expected}"
+            ) from None
+        cls.check_values(checked)
+        return {key: checked[key] for key in options}
+
+    @classmethod
+    def check_values(cls, options: dict[str, Any]) -> None:
+        """Refuse option values the strategy cannot run with (OptionError naming the option):
+        here those out of :attr:`bounds`; ``options`` holds every option, defaults filled in.
+        Constructors call it too."""
+        for name, (least, most) in cls.bounds.items():
+            value = options[name]
+            if value is None:
+                continue
+            if most is None:
+                require(least is None or value >= least, name, f"must be >= {least}, got {value}")
+            else:
+                require(
+                    (least is None or value >= least) and value <= most,
+                    name,
+                    f"must be in [{least}, {most}], got {value}",
+                )
 
     def __init__(
         self, space: SearchSpace, *, seed: int = 0, context: Context | None = None

@@ -69,6 +69,7 @@ class Bayesian(Strategy):
     startup: random trials before the model is used (None: the sampler's default, 10).
     """
 
+    bounds = {"trials": (1, None), "batch": (1, None), "tokens": (1, None), "startup": (0, None)}
     #: Encode level indices as floats (rounded) rather than integers.
     continuous: ClassVar[bool] = False
 
@@ -85,12 +86,7 @@ class Bayesian(Strategy):
         startup: int | None = None,
     ) -> None:
         super().__init__(space, seed=seed, context=context)
-        if trials < 1 or batch < 1:
-            raise ValueError(f"trials and batch must be >= 1, got {trials} and {batch}")
-        if tokens is not None and tokens < 1:
-            raise ValueError(f"tokens must be positive or None, got {tokens}")
-        if startup is not None and startup < 0:
-            raise ValueError(f"startup must be >= 0 or None, got {startup}")
+        self.check_values(dict(trials=trials, batch=batch, tokens=tokens, startup=startup))
         self.trials, self.batch, self.tokens = trials, batch, tokens
         self.objectives = Objectives(objectives)
         self.repair = Repair(space)

@@ -33,7 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from presso.search._base import Context, Request, Result, Strategy, check_told, fitness_of, register
+from presso.errors import shown
+from presso.search._base import (
+    Context,
+    OptionError,
+    Request,
+    Result,
+    Strategy,
+    check_told,
+    fitness_of,
+    register,
+)
 from presso.search._dp import solve
 from presso.search._random import fill_budget
 from presso.search._surrogate import AdditiveSurrogate
@@ -175,6 +185,12 @@ class EvoPress(Strategy):
     """
 
     name = "evopress"
+    bounds = {
+        "generations": (1, None),
+        "offspring": (1, None),
+        "max_mutations": (1, None),
+        "screen": (0, None),
+    }
 
     def __init__(
         self,
@@ -192,14 +208,17 @@ class EvoPress(Strategy):
         initial: Config | None = None,
     ) -> None:
         super().__init__(space, seed=seed, context=context)
-        if generations < 1 or offspring < 1:
-            raise ValueError(
-                f"generations and offspring must be >= 1, got {generations} and {offspring}"
+        self.check_values(
+            dict(
+                generations=generations,
+                offspring=offspring,
+                stages=stages,
+                max_mutations=max_mutations,
+                start=start,
+                screen=screen,
+                ridge=ridge,
             )
-        if start not in STARTS:
-            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
-        if screen < 0 or ridge <= 0:
-            raise ValueError(f"screen must be >= 0 and ridge > 0, got {screen} and {ridge}")
+        )
         self.generations, self.offspring, self.screen = generations, offspring, screen
         self.stages = _check_stages(stages)
         self._mutation = LevelSwitch(max_mutations=max_mutations)
@@ -256,6 +275,16 @@ class EvoPress(Strategy):
 
     def best(self) -> Config | None:
         return self._parent if self._any_ok else None
+
+    @classmethod
+    def check_values(cls, options: dict[str, Any]) -> None:
+        super().check_values(options)
+        start, ridge = options["start"], options["ridge"]
+        if start not in STARTS:
+            raise OptionError("start", f"must be one of {', '.join(STARTS)}, got {shown(start)}")
+        if not ridge > 0:
+            raise OptionError("ridge", f"must be > 0, got {ridge}")
+        _check_stages(options["stages"])
 
     @classmethod
     def needs(cls, options: dict[str, Any]) -> frozenset[str]:
@@ -337,10 +366,16 @@ def _check_stages(stages: Sequence[tuple[int | None, int]]) -> tuple[tuple[int |
     """Validate ``(tokens, survivors)`` stages (lists from a YAML file are accepted)."""
     checked = tuple((None if t is None else int(t), int(k)) for t, k in stages)
     if not checked:
-        raise ValueError("stages must hold at least one (tokens, survivors) stage")
-    for tokens, survivors in checked:
+        raise OptionError("stages", "give at least one [tokens, survivors] stage")
+    for i, (tokens, survivors) in enumerate(checked):
         if survivors < 1 or (tokens is not None and tokens < 1):
-            raise ValueError(f"stage ({tokens}, {survivors}): tokens and survivors must be >= 1")
+            raise OptionError(
+                ("stages", i),
+                f"[{tokens}, {survivors}]: tokens and survivors must be >= 1 (tokens may be null)",
+            )
     if checked[-1][1] != 1:
-        raise ValueError(f"the last stage must keep 1 survivor, got {checked[-1][1]}")
+        raise OptionError(
+            ("stages", len(checked) - 1),
+            f"the last stage must keep 1 survivor, got {checked[-1][1]}",
+        )
     return checked

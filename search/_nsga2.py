@@ -50,6 +50,13 @@ class NSGA2(Strategy):
     """
 
     name = "nsga2"
+    bounds = {
+        "population": (2, None),
+        "generations": (1, None),
+        "tokens": (1, None),
+        "crossover_prob": (0, 1),
+        "mutation_prob": (0, 1),
+    }
 
     def __init__(
         self,
@@ -65,12 +72,15 @@ class NSGA2(Strategy):
         mutation_prob: float | None = None,
     ) -> None:
         super().__init__(space, seed=seed, context=context)
-        if population < 2 or generations < 1:
-            raise ValueError(
-                f"population must be >= 2 and generations >= 1, got {population} and {generations}"
+        self.check_values(
+            dict(
+                population=population,
+                generations=generations,
+                tokens=tokens,
+                crossover_prob=crossover_prob,
+                mutation_prob=mutation_prob,
             )
-        if tokens is not None and tokens < 1:
-            raise ValueError(f"tokens must be positive or None, got {tokens}")
+        )
         self.population, self.generations, self.tokens = population, generations, tokens
         self.objectives = Objectives(objectives or default_objectives(space))
         self.selection = BinaryTournament()

@@ -126,6 +126,7 @@ class OWL(OneShot):
 
     name = "owl"
     requires = frozenset({"outlier_ratios"})
+    bounds = {"lam": (0, None)}  # percent
 
     def __init__(
         self,

@@ -63,6 +63,7 @@ class RandomSearch(Strategy):
     """
 
     name = "random"
+    bounds = {"samples": (1, None), "batch": (1, None), "tokens": (1, None)}
 
     def __init__(
         self,
@@ -75,10 +76,7 @@ class RandomSearch(Strategy):
         tokens: int | None = None,
     ) -> None:
         super().__init__(space, seed=seed, context=context)
-        if samples < 1 or batch < 1:
-            raise ValueError(f"samples and batch must be >= 1, got {samples} and {batch}")
-        if tokens is not None and tokens < 1:
-            raise ValueError(f"tokens must be positive or None, got {tokens}")
+        self.check_values(dict(samples=samples, batch=batch, tokens=tokens))
         self.samples, self.batch, self.tokens = samples, batch, tokens
         self._rng = np.random.default_rng(seed)
         self._seen: set[Config] = set()

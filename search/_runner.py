@@ -70,6 +70,21 @@ def _no_cluster(address: str, why: str) -> str:
 _CONNECT_S = 5.0  # a head node on the same network answers a TCP connect in milliseconds
 
 
+def _loopback_only() -> None:
+    """Make the local Ray instance presso starts listen on 127.0.0.1 only: it runs with
+    authentication off, so no other machine may reach it. Ray binds its servers to the node's
+    IP address, which is the loopback one when Ray is told the machine is no cluster
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is imported, so also set on an
+    already imported ray). A cluster the user names by address is the user's to secure."""
+    import sys
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" in sys.modules:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 class RayPool(Pool):
     """Evaluates on ``workers`` Ray actors built from ``spec`` (see ``presso.evaluator.make_evaluator``).
 
@@ -80,6 +95,8 @@ class RayPool(Pool):
     def __init__(
         self, spec: Mapping[str, Any], *, workers: int, address: str | None = None, threads: int = 1
     ) -> None:
+        if not address:
+            _loopback_only()
         try:
             import ray
         except ImportError:

@@ -3,6 +3,8 @@ resume after a kill, and Ray agreeing with the in-process runner."""
 
 from __future__ import annotations
 
+import ast
+import ipaddress
 import json
 import os
 import signal
@@ -167,6 +169,33 @@ def test_ray_address_check() -> None:
         check_address("my-head-node")
     with pytest.raises(PressoError, match="no Ray cluster answers"):
         check_address(f"127.0.0.1:{_closed_port()}")
+
+
+#: Starts presso's local Ray instance (in a fresh process: this one may hold the session's)
+#: and prints the addresses its processes listen on.
+_LISTENING = """
+import ray
+import psutil
+from presso.search import RayPool
+
+pool = RayPool({}, workers=1)
+ray.get(ray.remote(lambda: 1).remote())
+procs = psutil.Process().children(recursive=True)
+print(sorted({c.laddr.ip for p in procs for c in p.net_connections("tcp") if c.status == "LISTEN"}))
+ray.shutdown()
+"""
+
+
+def test_local_ray_instance_listens_on_loopback_only() -> None:
+    pytest.importorskip("ray")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _LISTENING], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    ips = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert ips and all(ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback for ip in ips)
 
 
 def test_ray_runner_agrees_with_in_process(write_experiment, tmp_path: Path, ray_session) -> None:

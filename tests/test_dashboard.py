@@ -20,6 +20,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -395,6 +397,74 @@ def test_report_opens_offline(
 
 
 # ---------------------------------------------------------------------- without a browser
+
+
+HOSTILE = "<a href=x>y</a>"
+
+
+def test_stored_names_are_text_in_the_plots(browser: Any, tmp_path: Path) -> None:
+    # A run and a phase named with markup: Plotly renders its text as HTML-like markup, in
+    # which an <a href> becomes a live link; the page must show the name as it is, as text.
+    path = tmp_path / "runs.db"
+    results = ResultsStore(str(path))
+    space = live_space(["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"])
+    study = results.create(HOSTILE, tiny_experiment(), space)
+    add_evaluations(results, study, space, 0, 6, phase=HOSTILE)
+    results.close()
+    name = urllib.parse.quote(HOSTILE, safe="")
+    links = "() => document.querySelectorAll('svg a').length"
+    legend = "() => [...document.querySelectorAll('.legendtext')].map(t => t.textContent)"
+    with serving(path) as url:
+        with page_at(browser, f"{url}#/run/0/{name}") as page:
+            wait_points(page, 6)
+            assert page.evaluate(links) == 0
+            assert HOSTILE in page.evaluate(legend)
+            points = "document.getElementById('pareto').data.find(t => t.meta.kind === 'points')"
+            hover = page.evaluate(f"() => {points}.hovertext[0]")
+            assert "&lt;a href=x&gt;y&lt;/a&gt;" in hover and "<a" not in hover
+        with page_at(browser, f"{url}#/compare?runs=0/{name}") as page:
+            page.wait_for_function(f"() => ({legend})().length > 0", timeout=WAIT_MS)
+            assert page.evaluate(links) == 0
+            assert HOSTILE in page.evaluate(legend)
+
+
+def _get(url: str, host: str | None = None) -> tuple[int, dict]:
+    """Status and JSON body of a GET (an error status too)."""
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        return err.code, json.loads(body) if body.startswith(b"{") else {"text": body.decode()}
+
+
+def test_api_answers_with_http_status_and_checks_the_host(store: Path, tmp_path: Path) -> None:
+    pytest.importorskip("plotly", reason="the dashboard extra: pip install 'presso[dashboard]'")
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"\x13\x37 not sqlite " * 4096)
+    with serving(store, corrupt) as url:
+        base = url.removesuffix(POLL)
+        port = base.split("/")[2].rsplit(":", 1)[1]
+        assert _get(base + "api/run?store=0&run=tiny&since=0")[0] == 200
+        for query, status, message in [
+            ("store=0&run=tiny&since=-999999", 400, "since must be a whole number"),
+            ("store=0&run=tiny&since=abc", 400, "since must be a whole number"),
+            ("store=0&run=tiny&since=99999999999", 400, "since must be a whole number"),
+            ("store=0", 400, "missing parameter 'run'"),
+            ("store=7&run=tiny", 404, "no store number 7"),
+            ("store=0&run=nope", 404, "no run named 'nope'"),
+            ("store=1&run=tiny", 503, "not a readable results store"),
+        ]:
+            code, body = _get(base + "api/run?" + query)
+            assert (code, message in body["error"]) == (status, True), (query, body)
+        code, body = _get(base + "api/export?store=0&run=tiny&candidate=nope&file=plan.json")
+        assert code == 400 and "nope" in body["error"]
+        for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+            assert _get(base + "api/runs", host)[0] == 200, host
+        for host in (f"evil.example:{port}", "evil.example", "127.0.0.1.evil.example"):
+            code, body = _get(base + "api/runs", host)
+            assert code == 403 and "Host" in body["text"], host
 
 
 def test_reader_matches_the_store_and_never_writes(store: Path, tmp_path: Path) -> None:

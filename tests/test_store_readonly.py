@@ -17,6 +17,7 @@ from presso.errors import PressoError
 from presso.store import ResultsStore
 
 from .conftest import tiny_experiment
+from .test_export_target import ATTRS
 
 FEW = {"options": {"generations": 1, "offspring": 2, "stages": [[64, 1]]}}
 
@@ -34,6 +35,47 @@ BAD_STORES = {
     "empty": (lambda p: p.write_bytes(b""), "an empty file, not a presso results store"),
     "foreign": (_foreign, "an SQLite file that is not a presso results store (no studies table"),
     "garbage": (lambda p: p.write_bytes(b"not a database\n" * 500), "not a presso results store"),
+}
+
+
+def _finished_run(path: Path) -> None:
+    """A store holding one finished run 'tiny', written by hand (no model, no search)."""
+    import optuna
+
+    store = ResultsStore(str(path))
+    study = optuna.create_study(study_name="tiny", storage=store.storage)
+    for key, value in {**ATTRS, "status": "finished"}.items():
+        study.set_user_attr(key, value)
+    store.close()
+
+
+def _attr(key: str, value_json: str):  # noqa: ANN202
+    def damage(path: Path) -> None:
+        con = sqlite3.connect(path)
+        sql = "UPDATE study_user_attributes SET value_json = ? WHERE key = ?"
+        assert con.execute(sql, (value_json, key)).rowcount == 1
+        con.commit()
+        con.close()
+
+    return damage
+
+
+def _scrambled(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(4096, len(data), 7):  # the header page kept: SQLite opens it, then fails
+        data[i] = (data[i] * 31 + 7) % 256
+    path.write_bytes(bytes(data))
+
+
+DAMAGED_RUNS = {
+    "garbage inside": (_scrambled, "not a presso results store (database disk image is malformed"),
+    "bad JSON": (_attr("summary", "{bad"), "is damaged: a stored attribute is not JSON"),
+    "summary a list": (_attr("summary", "[1, 2]"), "run 'tiny' is damaged: its summary is not"),
+    "experiment a string": (_attr("experiment", '"x"'), "its experiment is not what presso"),
+    "candidates a list": (
+        _attr("summary", '{"candidates": [1]}'),
+        "its summary.candidates is not what presso writes",
+    ),
 }
 
 
@@ -58,18 +100,21 @@ def _commands(store: str, tmp_path: Path) -> list[list[str]]:
     ]
 
 
-@pytest.mark.parametrize("kind", BAD_STORES)
+@pytest.mark.parametrize("kind", [*BAD_STORES, *DAMAGED_RUNS])
 def test_reading_commands_refuse_a_bad_store_and_leave_it_alone(
-    kind: str, tmp_path: Path, capsys
+    kind: str, write_experiment, tmp_path: Path, capsys
 ) -> None:
-    make, message = BAD_STORES[kind]
+    make, message = BAD_STORES.get(kind) or DAMAGED_RUNS[kind]
     folder = tmp_path / "stores"
     folder.mkdir()
     path = folder / "other.db"
+    if kind in DAMAGED_RUNS:
+        _finished_run(path)
     if make is not None:
         make(path)
     before = _state(folder)
-    for argv in _commands(str(path), tmp_path):
+    resume = ["search", str(write_experiment(tiny_experiment(store=str(path)))), "--resume"]
+    for argv in [*_commands(str(path), tmp_path), resume]:
         if argv[0] == "report":
             pytest.importorskip("plotly")
         assert main(argv) == 2, argv
@@ -146,6 +191,19 @@ def test_a_run_failing_before_its_first_evaluation_leaves_no_record(
     assert main(["search", str(other), "--quiet"]) == 2
     assert [r["name"] for r in ResultsStore(str(store)).runs()] == ["tiny"]  # kept; no 'other'
     capsys.readouterr()
+
+
+def test_an_option_that_fails_only_at_construction_leaves_no_record(
+    write_experiment, tmp_path: Path, capsys
+) -> None:
+    # A first parent of the wrong length passes the option types; only the space refuses it.
+    store = tmp_path / "runs" / "presso.db"
+    search = {**FEW, "options": {**FEW["options"], "initial": [0]}}
+    path = write_experiment(tiny_experiment(store=str(store), search=search, baselines=[]))
+    assert main(["search", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("presso: search: strategy 'evopress': ") and err.count("\n") == 1
+    assert not store.exists() and not store.parent.exists()
 
 
 def _killed_mid_write(src: Path, dst: Path) -> None:

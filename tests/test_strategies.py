@@ -22,6 +22,7 @@ from presso.search import (
     ErrorGreedy,
     EvoPress,
     LevelSwitch,
+    OptionError,
     RandomSearch,
     Request,
     Result,
@@ -29,6 +30,7 @@ from presso.search import (
     Uniform,
     available,
     make_strategy,
+    strategy_class,
 )
 from presso.search._evopress import derive_seed
 from presso.search._random import fill_budget
@@ -207,6 +209,17 @@ def test_every_strategy_applies_to_some_space_kind() -> None:
     for name in available():
         kinds = APPLIES.get(name, ("bits",))
         assert kinds and set(kinds) <= set(KINDS), name
+
+
+def test_options_schema_takes_the_defaults_and_names_a_bad_option(name: str) -> None:
+    cls = strategy_class(name)
+    assert cls.check_options({}) == {}  # every default passes the strategy's own checks
+    for option, (kind, _) in cls.option_types().items():
+        with pytest.raises(OptionError) as err:
+            cls.check_options({option: object()})  # no option takes an arbitrary object
+        assert err.value.loc[0] == option, kind
+    with pytest.raises(OptionError, match="unknown option"):
+        cls.check_options({"no_such_option": 1})
 
 
 def test_same_seed_gives_same_requests(name: str, kind: str) -> None:

@@ -43,6 +43,11 @@
     return node;
   }
   const label = (m) => LABELS[m] || m.replace(/_/g, " ");
+  // Plotly renders its text (names, hover text, titles, tick labels) as HTML-like markup, in
+  // which <a href> becomes a live link: every stored string put there is escaped first.
+  const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;");
+  const plotLabel = (m) => esc(label(m));
   const fmt = (v, digits = 4) => (typeof v !== "number" || !isFinite(v) ? "–"
     : Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(3)
       : Number.isInteger(v) ? String(v) : v.toPrecision(digits));
@@ -59,7 +64,9 @@
   async function getJSON(path) {
     try {
       const reply = await fetch(path, { cache: "no-store" });
-      if (!reply.ok) return { error: `the dashboard server answered ${reply.status}` };
+      // An error comes with its HTTP status and, from the API, a one-line {"error": ...}.
+      const json = (reply.headers.get("Content-Type") || "").startsWith("application/json");
+      if (!reply.ok && !json) return { error: `the dashboard server answered ${reply.status}` };
       return await reply.json();
     } catch (err) {
       return { error: "the dashboard server is not answering (was it stopped?); retrying" };
@@ -513,7 +520,7 @@
         const trace = {
           type: three ? "scatter3d" : members.length > GL_POINTS ? "scattergl" : "scatter",
           mode: "markers",
-          name: kind === "candidate" ? `final: ${phase}` : kind === "front" ? `held-out front: ${phase}` : phase,
+          name: esc(kind === "candidate" ? `final: ${phase}` : kind === "front" ? `held-out front: ${phase}` : phase),
           legendgroup: key.slice(0, key.lastIndexOf("|")),
           showlegend: !dominated || !keys.includes(key.slice(0, -1) + "1"),
           x: members.map((p) => value(p, axes[0])),
@@ -546,7 +553,7 @@
         if (three) ring.z = [value(chosen, axes[2])];
         traces.push(ring);
       }
-      const title = (m) => `${label(m)} ${o.maximise.has(m) ? "↑" : "↓"}`;
+      const title = (m) => `${plotLabel(m)} ${o.maximise.has(m) ? "↑" : "↓"}`;
       const layout = {
         uirevision: `${this.run.store}/${this.run.name}/${axes.join(",")}/${o.tokens}`,
         margin: { l: 70, r: 20, t: 10, b: 55 }, height: 470, hovermode: "closest",
@@ -585,7 +592,7 @@
       for (const phase of this.run.phases()) {
         const mine = list.filter((r) => r.phase === phase);
         if (!mine.length) continue;
-        traces.push({ type: mine.length > GL_POINTS ? "scattergl" : "scatter", mode: "markers", name: phase, legendgroup: phase,
+        traces.push({ type: mine.length > GL_POINTS ? "scattergl" : "scatter", mode: "markers", name: esc(phase), legendgroup: phase,
           x: mine.map((r) => r.n), y: mine.map((r) => r.fitness), customdata: mine.map((r) => r.n),
           hovertext: mine.map(hoverText), hoverinfo: "text", opacity: 0.55,
           marker: { color: colours[phase], size: 6, symbol: isBaseline(phase) ? "diamond" : "circle" } });
@@ -598,7 +605,7 @@
             best = Math.min(best, r.fitness);
             xs.push(r.n); ys.push(best);
           }
-          traces.push({ type: "scatter", mode: "lines", name: `${phase} best` + (sizes.length > 1 ? ` (${t} tokens)` : ""),
+          traces.push({ type: "scatter", mode: "lines", name: esc(`${phase} best`) + (sizes.length > 1 ? ` (${t} tokens)` : ""),
             legendgroup: phase, x: xs, y: ys, hoverinfo: "x+y",
             line: { color: colours[phase], shape: "hv", width: 2, dash: ["solid", "dash", "dot", "dashdot"][k % 4] } });
         }
@@ -694,15 +701,15 @@
 
   function hoverText(p) {
     const head = p.kind === "front" ? `<b>held-out front point ${p.key.slice(6)}</b>`
-      : p.final ? `<b>final: ${p.phase}</b> (${p.strategy})` : `<b>${p.tag || "evaluation"}</b> #${p.n}`;
-    const lines = [head, `phase: ${p.phase}`];
+      : p.final ? `<b>final: ${esc(p.phase)}</b> (${esc(p.strategy)})` : `<b>${esc(p.tag || "evaluation")}</b> #${p.n}`;
+    const lines = [head, `phase: ${esc(p.phase)}`];
     const bits = p.metrics.mean_bits;
     if (bits != null) lines.push(`mean bits: ${fmt(bits)}`);
     if (!p.final) {
       lines.push(`fitness: ${fmt(p.fitness, 5)}`, `tokens: ${p.tokens == null ? "–" : p.tokens}`);
     }
     for (const [k, v] of Object.entries(p.metrics)) {
-      if (k !== "mean_bits" && k !== "tokens" && k !== "kl") lines.push(`${label(k)}: ${fmt(v, 5)}`);
+      if (k !== "mean_bits" && k !== "tokens" && k !== "kl") lines.push(`${plotLabel(k)}: ${fmt(v, 5)}`);
     }
     return lines.join("<br>");
   }
@@ -744,11 +751,11 @@
       return L.length - 1;
     };
     Plotly.react(heat, [{
-      type: "heatmap", z: z.map((row) => row.map(position)), x: cols, y: rows, colorscale: scale,
+      type: "heatmap", z: z.map((row) => row.map(position)), x: cols.map(esc), y: rows.map(esc), colorscale: scale,
       zmin: 0, zmax: Math.max(1, levelsOfKind.length - 1), customdata: z,
       text: z.map((row) => row.map((v) => (v == null ? "" : fmt(v, 3)))), texttemplate: "%{text}",
       hovertemplate: "%{y}, %{x}: %{text}<extra></extra>", xgap: 2, ygap: 2,
-      colorbar: { title: { text: KIND_LABELS[kind] || kind }, thickness: 12,
+      colorbar: { title: { text: esc(KIND_LABELS[kind] || kind) }, thickness: 12,
         tickvals: levelsOfKind.map((_, k) => k), ticktext: levelsOfKind.map((v) => fmt(v, 3)) },
       meta: { kind: "heatmap", unitKind: kind },
     }], {
@@ -763,13 +770,13 @@
     const colColours = {};
     cols.forEach((c, i) => { colColours[c] = PALETTE[i % PALETTE.length]; });
     Plotly.react(bars, [{
-      type: "bar", x: names, y: values, meta: { kind: "bars", unitKind: kind },
+      type: "bar", x: names.map(esc), y: values, meta: { kind: "bars", unitKind: kind },
       marker: { color: idx.map((i) => colColours[g.cols[g.cells[i][1]]]) },
-      hovertext: idx.map((i) => `${meta.units[i]}: ${levels[i]}`), hoverinfo: "text",
+      hovertext: idx.map((i) => `${esc(meta.units[i])}: ${levels[i]}`), hoverinfo: "text",
     }], {
       height: 230, margin: { l: 50, r: 10, t: 10, b: 70 }, bargap: 0.1,
       xaxis: { type: "category", tickangle: -60, tickfont: { size: 9 } },
-      yaxis: { title: { text: KIND_LABELS[kind] || kind }, range: [0, Math.max(...levelsOfKind, ...values) * 1.05] }, font: { size: 11 },
+      yaxis: { title: { text: esc(KIND_LABELS[kind] || kind) }, range: [0, Math.max(...levelsOfKind, ...values) * 1.05] }, font: { size: 11 },
     }, { responsive: true, displaylogo: false });
   }
 
@@ -795,8 +802,8 @@
         { type: "scatter", mode: "lines", name: "predicted = measured", x: [lo, hi], y: [lo, hi], line: { dash: "dot", color: "#888" } },
         { type: "scatter", mode: "markers", name: "this configuration", x: [p.metrics[predicted]], y: [p.metrics[measured]],
           marker: { size: 14, color: "#d62728", symbol: "x" } },
-      ], { height: 320, margin: { l: 60, r: 10, t: 10, b: 50 }, xaxis: { title: { text: label(predicted) } },
-        yaxis: { title: { text: label(measured) } } }, { responsive: true, displaylogo: false }));
+      ], { height: 320, margin: { l: 60, r: 10, t: 10, b: 50 }, xaxis: { title: { text: plotLabel(predicted) } },
+        yaxis: { title: { text: plotLabel(measured) } } }, { responsive: true, displaylogo: false }));
     }
     return section;
   }
@@ -885,15 +892,15 @@
         const front = pts.filter((_, j) => mask[j]).sort((a, b) => (value(a, o.x) - value(b, o.x)) * (o.maximise.has(o.x) ? -1 : 1));
         const stores = new Set(ready.map((r) => r.store));
         const where = (state.stores || []).find((s) => s.id === run.store);
-        const name = stores.size > 1 && where ? `${run.name} (${where.label.split("/").pop()})` : run.name;
+        const name = esc(stores.size > 1 && where ? `${run.name} (${where.label.split("/").pop()})` : run.name);
         traces.push({ type: "scatter", mode: "lines+markers", name, legendgroup: name, x: front.map((p) => value(p, o.x)),
-          y: front.map((p) => value(p, o.y)), hovertext: front.map((p) => `${run.name}<br>${hoverText(p)}`), hoverinfo: "text",
+          y: front.map((p) => value(p, o.y)), hovertext: front.map((p) => `${esc(run.name)}<br>${hoverText(p)}`), hoverinfo: "text",
           line: { color: colour, shape: "hv" }, marker: { color: colour, size: 9 }, meta: { kind: "front", run: run.name } });
         if (o.dominated) {
           const rest = pts.filter((_, j) => !mask[j]);
           traces.push({ type: rest.length > GL_POINTS ? "scattergl" : "scatter", mode: "markers", name: `${name} dominated`, legendgroup: name, showlegend: false,
             x: rest.map((p) => value(p, o.x)), y: rest.map((p) => value(p, o.y)), opacity: 0.2,
-            hovertext: rest.map((p) => `${run.name}<br>${hoverText(p)}`), hoverinfo: "text",
+            hovertext: rest.map((p) => `${esc(run.name)}<br>${hoverText(p)}`), hoverinfo: "text",
             marker: { color: colour, size: 6 }, meta: { kind: "dominated", run: run.name } });
         }
         const search = run.list().filter((r) => r.phase === "search" && r.fitness != null && (o.tokens === "all" || String(r.tokens) === o.tokens));
@@ -903,7 +910,7 @@
           meta: { kind: "best", run: run.name } });
       });
       note.textContent = `${ready.length} run(s): lines join each run's non-dominated points (every objective minimised).`;
-      const title = (m) => `${label(m)} ${o.maximise.has(m) ? "↑" : "↓"}`;
+      const title = (m) => `${plotLabel(m)} ${o.maximise.has(m) ? "↑" : "↓"}`;
       Plotly.react(document.getElementById("cmp-pareto"), traces, {
         uirevision: `${o.x},${o.y},${o.tokens}`, height: 460, margin: { l: 70, r: 20, t: 10, b: 55 }, hovermode: "closest",
         xaxis: { title: { text: title(o.x) } }, yaxis: { title: { text: title(o.y) }, exponentformat: "power" },
