@@ -243,7 +243,9 @@ def test_click_opens_the_configuration(browser: Any, store: Path) -> None:
         hover = page.text_content(".hoverlayer") or ""
         for fact in (records[n].tag, f"phase: {records[n].phase}", "mean bits: 3", "fitness: "):
             assert fact in hover
-        assert f"tokens: {records[n].tokens}" in hover
+        # A whole-pool evaluation (a baseline: tokens None) shows the pool's size.
+        tokens = records[n].tokens or int(records[n].metrics["tokens"])
+        assert f"tokens: {tokens}" in hover
         page.mouse.click(target["px"], target["py"])
         page.wait_for_selector("#config-title", timeout=WAIT_MS)
         assert page.inner_text("#config-title").startswith(f"Evaluation #{n}:")
