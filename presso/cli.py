@@ -159,6 +159,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "stores", nargs="*", metavar="STORE", help=f"results stores (default: {DEFAULT_STORE})"
     )
+    d.add_argument(
+        "--store",
+        action="append",
+        default=[],
+        dest="store_options",
+        metavar="STORE",
+        help="a results store, as for every other command (repeat it for several)",
+    )
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     d.add_argument("--port", type=int, default=8050, help="port (default: 8050; 0: a free one)")
     d.set_defaults(func=_dashboard)
@@ -450,7 +458,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from presso.dashboards._server import serve
 
-    return serve(args.stores or [DEFAULT_STORE], host=args.host, port=args.port)
+    stores = [*args.stores, *args.store_options] or [DEFAULT_STORE]
+    return serve(stores, host=args.host, port=args.port)
 
 
 def _report(args: argparse.Namespace) -> int:

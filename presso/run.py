@@ -117,7 +117,9 @@ def run_search(
                 )
             except (TypeError, ValueError) as err:
                 raise PressoError(f"{phase}: strategy {name!r}: {err}") from None
-            bar = _StepBar(phase, show_progress)
+            bar = _StepBar(
+                phase, show_progress, strategy.planned, len(stored_by_phase.get(phase, {}))
+            )
 
             def record(
                 step: int,
@@ -459,9 +461,10 @@ class _Recorder:
 
 
 class _StepBar:
-    """One progress bar per phase: evaluations done, and a live best-so-far line."""
+    """One progress bar per phase: evaluations done out of the strategy's plan (so an ETA),
+    the stored ones a resumed run replays counted as done, and a live best-so-far line."""
 
-    def __init__(self, phase: str, show: bool) -> None:
+    def __init__(self, phase: str, show: bool, planned: int | None = None, stored: int = 0) -> None:
         self.phase = phase
         self.best: float | None = None
         self.failed = 0
@@ -469,7 +472,10 @@ class _StepBar:
         if show:
             from tqdm import tqdm
 
-            self._bar = tqdm(desc=phase, unit="eval", dynamic_ncols=True)
+            total = None if planned is None else max(planned, stored)
+            self._bar = tqdm(
+                desc=phase, unit="eval", total=total, initial=stored, dynamic_ncols=True
+            )
 
     def saw(self, result: Any) -> None:
         if not result.ok:

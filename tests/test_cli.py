@@ -183,6 +183,17 @@ def test_a_missing_extra_is_said_before_any_work(
     assert not (tmp_path / "runs.db").exists()
 
 
+def test_dashboard_takes_store_as_every_command_does(monkeypatch) -> None:
+    from presso.dashboards import _server
+
+    served = []
+    monkeypatch.setattr(_server, "serve", lambda stores, **kw: served.append(stores) or 0)
+    assert main(["dashboard", "--store", "a.db"]) == 0
+    assert main(["dashboard", "b.db", "--store", "a.db", "--store", "c.db"]) == 0
+    assert main(["dashboard"]) == 0
+    assert served == [["a.db"], ["b.db", "a.db", "c.db"], ["runs/presso.db"]]
+
+
 def test_ray_address_check() -> None:
     import socket
 

@@ -29,7 +29,10 @@ def test_best_trial_is_the_winner_presso_shows(
     write_experiment, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     exp = tiny_experiment(baselines=["uniform", "random"])
-    assert main(["search", str(write_experiment(exp)), "--quiet"]) == 0
+    assert main(["search", str(write_experiment(exp))]) == 0
+    # Progress bars know each phase's plan: 3 generations of (parent + 4 offspring, 2 survivors).
+    bars = capsys.readouterr().err
+    assert "search: 100%" in bars and "21/21" in bars and "baseline:random: 100%" in bars
     store = tmp_path / "runs.db"
     shown = _show(capsys, "tiny", store)
     winner = re.search(r"winner \(lowest held-out KL\): (\S+)", shown).group(1)
