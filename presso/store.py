@@ -309,8 +309,8 @@ class ResultsStore:
 
         stored = {t.user_attrs.get("candidate") for t in study.get_trials(deepcopy=False)}
         for answer in answers:
-            if answer["candidate"] in stored:
-                continue
+            if answer["candidate"] in stored or len(answer["values"]) != len(study.directions):
+                continue  # stored already, or a study made before answers had their objectives
             attrs = {k: v for k, v in answer.items() if k != "values"}
             trial = optuna.trial.create_trial(
                 params=dict(zip(space.names, answer["levels"])),
