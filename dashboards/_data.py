@@ -67,7 +67,7 @@ class StoreReader:
         attrs: dict[int, dict[str, Any]] = {}
         for study_id, key, value in self._rows(
             "SELECT study_id, key, value_json FROM study_user_attributes"
-            " WHERE key IN ('status', 'experiment', 'summary')"
+            " WHERE key IN ('status', 'experiment', 'summary', 'answers')"
         ):
             attrs.setdefault(study_id, {})[key] = self._loads(value)
         return [
@@ -230,7 +230,7 @@ def _run_row(name: str, n: int, started: Any, updated: Any, attrs: dict) -> dict
     return {
         "name": name,
         "status": attrs.get("status") or "?",
-        "evaluations": n,
+        "evaluations": n - (attrs.get("answers") or 0),  # a finished run's answers are trials too
         "started": _time(started),
         "updated": _time(updated),
         "model": exp.get("model", "?"),

@@ -159,6 +159,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "stores", nargs="*", metavar="STORE", help=f"results stores (default: {DEFAULT_STORE})"
     )
+    d.add_argument(
+        "--store",
+        action="append",
+        default=[],
+        dest="store_options",
+        metavar="STORE",
+        help="a results store, as for every other command (repeat it for several)",
+    )
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     d.add_argument("--port", type=int, default=8050, help="port (default: 8050; 0: a free one)")
     d.set_defaults(func=_dashboard)
@@ -398,7 +406,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from presso.export import export, formats, make_exporter
+    from presso.export import build_plan, export, formats, make_exporter
     from presso.store import ResultsStore
 
     if args.formats:
@@ -414,6 +422,8 @@ def _export(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     print(f"wrote {out} ({args.format}, candidate {args.candidate})")
+    if notice := make_exporter(args.format).notice(build_plan(study.user_attrs, args.candidate)):
+        print(f"note: {notice}")
     return 0
 
 
@@ -448,7 +458,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from presso.dashboards._server import serve
 
-    return serve(args.stores or [DEFAULT_STORE], host=args.host, port=args.port)
+    stores = [*args.stores, *args.store_options] or [DEFAULT_STORE]
+    return serve(stores, host=args.host, port=args.port)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -461,61 +472,16 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-BUDGET_METRICS = ("mean_bits", "mean_sparsity", "dropped", "params", "size_mb", "latency_ms")
-
-
 def _print_summary(summary: dict) -> None:
-    cands = summary["candidates"]
-    budget = [m for m in BUDGET_METRICS if any(m in c for c in cands.values())]
-    head = "".join(f"{m:>14}" for m in budget)
-    print(f"\n{'candidate':<22} {'strategy':<14}{head} {'held-out ppl':>13} {'held-out KL':>12}")
-    for phase, c in cands.items():
-        h = c["heldout"]
-        ppl = f"{h['ppl']:.3f}" if "ppl" in h else "-"
-        kl = h.get("kl", h.get("cos_dist", float("nan")))
-        values = "".join(f"{c.get(m, float('nan')):>14.3f}" for m in budget)
-        print(f"{phase:<22} {c['strategy']:<14}{values} {ppl:>13} {kl:>12.5f}")
-    if "search" not in cands:
-        return
-    heldout = cands["search"]["heldout"]
-    metric, label = ("ppl", "perplexity") if "ppl" in heldout else ("cos_dist", "cosine distance")
-    if metric not in heldout:
-        return
-    s = heldout[metric]
-    baselines = {
-        phase.removeprefix("baseline:"): c["heldout"][metric]
-        for phase, c in cands.items()
-        if phase.startswith("baseline:") and metric in c["heldout"]
-    }
-    if "uniform" in baselines:
-        u = baselines["uniform"]
-        print(f"search vs uniform: held-out {label} {s:.3f} vs {u:.3f} ({(u - s) / u:+.1%} better)")
-    if len(baselines) > 1 or (baselines and "uniform" not in baselines):
-        name = min(baselines, key=baselines.__getitem__)
-        b = baselines[name]
-        print(
-            f"search vs the best baseline ({name}): held-out {label} {s:.3f} vs {b:.3f} "
-            f"({(b - s) / b:+.1%} better)"
-        )
+    from presso.summary import summary_lines
+
+    print("\n".join(summary_lines(summary)))
 
 
 def _print_pareto(summary: dict) -> None:
-    pareto = summary.get("pareto") or {}
-    objectives = pareto.get("objectives", [])
-    if not pareto.get("points"):
-        print("\nno Pareto front: no evaluation has every objective")
-        return
-    heldout = {h["index"]: h for h in pareto.get("heldout", [])}
-    print(f"\nPareto front over {', '.join(objectives)}: {len(pareto['points'])} points")
-    print(f"{'candidate':<11}" + "".join(f"{o:>16}" for o in objectives) + f"{'held-out ppl':>14}")
-    for i, point in enumerate(pareto["points"]):
-        ppl = heldout.get(i, {}).get("ppl")
-        cells = "".join(f"{v:>16.5f}" for v in point)
-        print(f"{f'pareto:{i}':<11}{cells}" + (f"{ppl:>14.3f}" if ppl else f"{'-':>14}"))
-    print("(export one: presso export RUN --candidate pareto:I --format ...)")
-    if pareto.get("hypervolume") is not None:
-        ref = ", ".join(f"{r:.4g}" for r in pareto["reference"])
-        print(f"hypervolume {pareto['hypervolume']:.6g} (reference point {ref})")
+    from presso.summary import pareto_lines
+
+    print("\n".join(pareto_lines(summary)))
 
 
 def _bits_grid(units: list[str], levels: list[float]) -> str:

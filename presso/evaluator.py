@@ -218,6 +218,19 @@ class Evaluator:
     def heldout(self, config: Config) -> dict[str, float]:
         """Held-out metrics on the evaluation split: ``ppl`` and ``kl`` (causal LM) or ``cos_dist``."""
         self.apply(config)
+        return self._heldout()
+
+    def heldout_dense(self) -> dict[str, float]:
+        """The dense model's held-out metrics (its ``ppl`` is what candidates compare with;
+        its divergence is 0). The model is left dense: the next ``apply`` sets every unit."""
+        self.handle.restore_dense()
+        self._loaded.clear()
+        for target in self._dropped:
+            self._set_forward(self.handle.module(target), None)
+        self._dropped = set()
+        return self._heldout()
+
+    def _heldout(self) -> dict[str, float]:
         windows = self.data.evaluation
         total, nll, count = 0.0, 0.0, 0
         for i in range(0, len(windows), self.batch_size):

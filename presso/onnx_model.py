@@ -29,7 +29,9 @@ ORT's layouts (checked against ORT 1.32 on CPU; the kernel refuses others):
 * QDQ: ``DequantizeLinear`` (opset 21, ``axis=0``, ``block_size`` = the group width) of uint4
   (bits <= 4) or uint8 codes ``[K, N]``. ORT fuses it into MatMulNBits at session start, with
   accuracy level 4 unless the session sets ``session.qdq_matmulnbits_accuracy_level`` to 0,
-  which :func:`make_session` does.
+  which :func:`make_session` does (+1.6% perplexity on SmolLM2 without it). The model's
+  ``presso.session_config`` metadata holds the session config entries it needs
+  (:data:`SESSION_CONFIG`), for sessions made elsewhere.
 
 Pruned units hold the dense values of the pruned weight (ORT has no unstructured-sparse GEMM
 on CPU). Weights are stored inside the ``.onnx`` file when it stays under protobuf's 2 GB limit,
@@ -643,6 +645,7 @@ def build_onnx(
         "presso.units": json.dumps(facts, sort_keys=True),
         "presso.dropped": json.dumps(list(assignment.dropped)),
         "presso.kv_cache": json.dumps(kv_cache),
+        "presso.session_config": json.dumps(SESSION_CONFIG),
     }
     return save_model(g.model(metadata), Path(path))
 
@@ -669,6 +672,12 @@ def save_model(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+#: Session config entries an exported model needs to compute what presso scored: ORT fuses
+#: DequantizeLinear+MatMul into MatMulNBits at accuracy level 4 (int8 activations) unless told
+#: otherwise. Recorded in every model's ``presso.session_config`` metadata.
+SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
+
+
 def make_session(model: str | Path | bytes, *, threads: int | None = 1, device: str = "cpu") -> Any:
     """An ``onnxruntime.InferenceSession`` on ``device`` with ``threads`` intra-op threads
     (None: ORT's default, all physical cores) and exact fp32 math for fused QDQ weights."""
@@ -681,9 +690,8 @@ def make_session(model: str | Path | bytes, *, threads: int | None = 1, device: 
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    # ORT fuses DequantizeLinear+MatMul into MatMulNBits at accuracy level 4 (int8 activations)
-    # unless told otherwise: keep the QDQ model's numbers those of its weights.
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    for key, value in SESSION_CONFIG.items():  # the QDQ model's numbers: those of its weights
+        options.add_session_config_entry(key, value)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=execution_providers(device))
 

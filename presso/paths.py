@@ -42,9 +42,7 @@ def atomic_write_parts(path: Path, parts: Iterable[bytes | memoryview]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes the file private (0600); give it the permissions a plain open would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, plain_mode(folder=False))
         with os.fdopen(fd, "wb") as f:
             for part in parts:
                 f.write(part)
@@ -55,6 +53,14 @@ def atomic_write_parts(path: Path, parts: Iterable[bytes | memoryview]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def plain_mode(*, folder: bool) -> int:
+    """The permissions a plain ``open`` or ``mkdir`` gives under the process's umask (0644 and
+    0755 under the usual 022): what the files presso writes for the user get."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -73,6 +79,7 @@ def atomic_dir(path: Path, *, may_replace: Callable[[Path], bool] | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, plain_mode(folder=True))  # mkdtemp's folder is private (0700)
         yield tmp
         if path.exists() and not (may_replace and may_replace(path)):
             raise FileExistsError(errno.EEXIST, "exists, and may not be replaced", str(path))

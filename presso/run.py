@@ -21,6 +21,7 @@ from presso.config import Experiment
 from presso.errors import PressoError
 from presso.experiment import Setup, default_threads
 from presso.store import ResultsStore, sqlite_path
+from presso.summary import summary_note
 
 Printer = Callable[[str], None]
 
@@ -41,6 +42,7 @@ def run_search(
     from presso.search._base import Request
     from presso.search._runner import check_address
 
+    check_extras(exp)  # in a moment, before minutes of preparing the model and its levels
     run = exp.name or "run"
     stored_by_phase: dict[str, dict] = {}
     if resume:
@@ -90,6 +92,8 @@ def run_search(
         )
     ]
     phases += [(f"baseline:{b}", b, {}) for b in exp.baselines if b != exp.search.strategy]
+    multi = "objectives" in phases[0][2]
+    fitness = default_objectives(setup)[0]
 
     created = [] if resume else _missing_paths(exp.store)
     if resume:
@@ -100,7 +104,8 @@ def run_search(
         echo(f"resuming {run!r}: {n} evaluations already stored{again}")
     else:
         store = store or ResultsStore(exp.store)
-        study = store.create(run, exp.to_dict(), space)
+        answers = objectives if multi else [f"heldout_{fitness}"]
+        study = store.create(run, exp.to_dict(), space, answers)
     winners: dict[str, Any] = {}
     search_start = time.perf_counter()
     evaluations = 0
@@ -114,7 +119,9 @@ def run_search(
                 )
             except (TypeError, ValueError) as err:
                 raise PressoError(f"{phase}: strategy {name!r}: {err}") from None
-            bar = _StepBar(phase, show_progress)
+            bar = _StepBar(
+                phase, show_progress, strategy.planned, len(stored_by_phase.get(phase, {}))
+            )
 
             def record(
                 step: int,
@@ -168,13 +175,72 @@ def run_search(
             **space.metrics(config),
             "heldout": heldout,
         }
+    if not multi:  # the candidate Optuna's best_trial names too (see presso.store)
+        summary["winner"] = min(
+            summary["candidates"], key=lambda p: summary["candidates"][p]["heldout"][fitness]
+        )
+    summary["dense"] = evaluator.heldout_dense()
     summary["evaluations"] = evaluations
     records = store.records(study)
     summary.update(_failures(records))
-    multi = "objectives" in phases[0][2]
     summary["pareto"] = _pareto(records, objectives, space, evaluator if multi else None)
-    store.set_summary(study, summary)
+    store.add_answers(study, space, _answers(summary, fitness, multi))
+    store.set_summary(study, summary, summary_note(summary, len(space)))
     return summary
+
+
+def _answers(summary: dict[str, Any], fitness: str, multi: bool) -> list[dict[str, Any]]:
+    """The run's answers as the study's COMPLETE trials (see presso.store): the Pareto front
+    valued by its objectives, or each candidate valued by its held-out fitness."""
+    if not multi:
+        return [
+            {
+                "candidate": phase,
+                "levels": c["levels"],
+                "values": [c["heldout"][fitness]],
+                "strategy": c["strategy"],
+                "fidelity": "held-out windows",
+                "heldout": c["heldout"],
+            }
+            for phase, c in summary["candidates"].items()
+        ]
+    pareto = summary["pareto"]
+    heldout = {h["index"]: h for h in pareto.get("heldout", [])}
+    return [
+        {
+            "candidate": f"pareto:{i}",
+            "levels": levels,
+            # The front is kept as minimised values: a maximised objective is negated back.
+            "values": [-v if o.startswith("-") else v for v, o in zip(point, pareto["objectives"])],
+            "fidelity": "calibration, the search's largest sample",
+            **({"heldout": heldout[i]} if i in heldout else {}),
+        }
+        for i, (point, levels) in enumerate(zip(pareto["points"], pareto["levels"]))
+    ]
+
+
+def check_extras(exp: Experiment) -> None:
+    """Refuse, before any work, an experiment that needs a package not installed: the ray
+    runner, a hardware backend (onnxruntime, tvm, triton), the learned cost model, the gp
+    strategy. One line naming the extra to install (:class:`MissingExtraError`)."""
+    import importlib.util
+
+    from presso.errors import MissingExtraError
+
+    needs = []  # (package, extra, what needs it)
+    if exp.runner.kind == "ray":
+        needs.append(("ray", "ray", "runner.kind: ray"))
+    if exp.hardware is not None:
+        from presso.profilers import profiler_class
+
+        profiler_class(exp.hardware.backend).check()
+        if exp.hardware.cost_model == "learned":
+            needs.append(("sklearn", "cost", "hardware.cost_model: learned"))
+    if "gp" in (exp.search.strategy, *exp.baselines):
+        needs.append(("scipy", "bayes", "the gp strategy"))
+    for package, extra, purpose in needs:
+        if importlib.util.find_spec(package) is None:
+            raise MissingExtraError(package.replace("sklearn", "scikit-learn"), extra, purpose)
 
 
 def _check_new_run(store: str, run: str) -> None:
@@ -412,9 +478,10 @@ class _Recorder:
 
 
 class _StepBar:
-    """One progress bar per phase: evaluations done, and a live best-so-far line."""
+    """One progress bar per phase: evaluations done out of the strategy's plan (so an ETA),
+    the stored ones a resumed run replays counted as done, and a live best-so-far line."""
 
-    def __init__(self, phase: str, show: bool) -> None:
+    def __init__(self, phase: str, show: bool, planned: int | None = None, stored: int = 0) -> None:
         self.phase = phase
         self.best: float | None = None
         self.failed = 0
@@ -422,7 +489,10 @@ class _StepBar:
         if show:
             from tqdm import tqdm
 
-            self._bar = tqdm(desc=phase, unit="eval", dynamic_ncols=True)
+            total = None if planned is None else max(planned, stored)
+            self._bar = tqdm(
+                desc=phase, unit="eval", total=total, initial=stored, dynamic_ncols=True
+            )
 
     def saw(self, result: Any) -> None:
         if not result.ok:

@@ -1,10 +1,24 @@
 """The results store: every evaluated candidate of every run, in an Optuna RDB study.
 
-One run is one Optuna study (so optuna-dashboard opens the same file). Each evaluation is a
-trial: its parameters are the per-unit levels, its value the fitness, and its user
-attributes the rest (phase, step, index, tag, tokens, metrics, seconds, error). The run's
-experiment and final summary are study user attributes. An SQLite file by default; any
-SQLAlchemy URL (PostgreSQL, MySQL) is accepted.
+One run is one Optuna study (so optuna-dashboard opens the same file), which says what presso
+means, so that Optuna's own queries (``best_trial``, ``best_trials``, its Pareto plots) give
+presso's answer:
+
+- Each evaluation of the search is a trial: its parameters are the per-unit levels, its user
+  attributes the rest (phase, step, index, tag, tokens, fitness, metrics, seconds, error). Its
+  fitness was measured on a sample of calibration tokens that differs between evaluations
+  (screening on few tokens, a fresh draw per generation), so values are not comparable: the
+  trial is PRUNED, with its fitness as the intermediate value at step = tokens scored (its
+  fidelity), or FAIL when it failed.
+- The run's answers are its COMPLETE trials, added when it finishes, with values of one
+  fidelity: for a single-objective run each candidate (the search's best, each baseline) valued
+  by its held-out fitness (``heldout_kl``), so ``best_trial`` is the candidate that wins
+  held-out; for a multi-objective run each point of the Pareto front, valued by its objectives
+  (directions and metric names set from them), so ``best_trials`` is the front.
+
+The run's experiment and final summary are study user attributes; the summary is also the
+study's note in optuna-dashboard (which cuts attributes over 1024 characters). An SQLite file
+by default; any SQLAlchemy URL (PostgreSQL, MySQL) is accepted.
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ import math
 import re
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +143,9 @@ class Record:
 
     @classmethod
     def from_attrs(cls, a: dict[str, Any], value: float | None) -> Record:
-        """The record a trial's user attributes and value describe (a failed trial: no fitness)."""
+        """The record a trial's user attributes describe (a failed trial: no fitness); stores
+        written before the fitness was an attribute hold it as the trial's value."""
+        value = a.get("fitness", value)
         return cls(
             phase=a["phase"],
             step=a["step"],
@@ -194,7 +211,7 @@ class ResultsStore:
             out.append(
                 {
                     "name": s.study_name,
-                    "trials": s.n_trials,
+                    "trials": s.n_trials - attrs.get("answers", 0),  # evaluations
                     "status": attrs.get("status", "?"),
                     "started": s.datetime_start.isoformat(timespec="seconds")
                     if s.datetime_start
@@ -215,11 +232,22 @@ class ResultsStore:
                 "or start a new one with --name NEW_NAME"
             )
 
-    def create(self, run: str, experiment: dict[str, Any], space: SearchSpace) -> optuna.Study:
+    def create(
+        self, run: str, experiment: dict[str, Any], space: SearchSpace, objectives: list[str]
+    ) -> optuna.Study:
+        """A new run's study; ``objectives`` name the values of its answers (``-name``: to
+        maximise), e.g. ``["heldout_kl"]`` or ``["kl", "mean_bits"]``."""
         import optuna
 
         self.ensure_new(run)
-        study = optuna.create_study(study_name=run, storage=self.storage, direction="minimize")
+        study = optuna.create_study(
+            study_name=run,
+            storage=self.storage,
+            directions=["maximize" if o.startswith("-") else "minimize" for o in objectives],
+        )
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what we mean
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([o.lstrip("-") for o in objectives])
         study.set_user_attr("experiment", experiment)
         study.set_user_attr("units", space.names)
         study.set_user_attr("kinds", [d.kind for d in space.dims])
@@ -252,10 +280,8 @@ class ResultsStore:
         result: Result,
     ) -> None:
         import optuna
-        from optuna.distributions import CategoricalDistribution
 
         params = space.to_dict(request.config)
-        dists = {d.name: CategoricalDistribution(list(d.levels)) for d in space.dims}
         attrs = {
             "phase": phase,
             "step": step,
@@ -264,24 +290,55 @@ class ResultsStore:
             "tokens": request.tokens,
             "sample_seed": request.sample_seed,
             "levels": list(params.values()),
+            "fitness": float(result.fitness) if result.ok else None,  # type: ignore[arg-type]
             "metrics": result.metrics,
             "seconds": result.seconds,
             "error": result.error,
         }
+        # A screening score, not an answer (see the module doc): its fidelity is the step.
+        tokens = int(result.metrics.get("tokens") or request.tokens or 0)
         ok = result.ok
         trial = optuna.trial.create_trial(
             params=params,
-            distributions=dists,
-            value=float(result.fitness) if ok else None,
-            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+            distributions=_distributions(space),
+            intermediate_values={tokens: attrs["fitness"]} if ok else None,
+            state=optuna.trial.TrialState.PRUNED if ok else optuna.trial.TrialState.FAIL,
             user_attrs=attrs,
         )
         study.add_trial(trial)
 
+    def add_answers(
+        self, study: optuna.Study, space: SearchSpace, answers: list[dict[str, Any]]
+    ) -> None:
+        """The run's answers as COMPLETE trials (see the module doc), each ``{"candidate":
+        name, "levels": [...], "values": [...], **more attributes}``; a candidate already
+        stored (a finished run resumed after it wrote them) is not added twice."""
+        import optuna
+
+        stored = {t.user_attrs.get("candidate") for t in study.get_trials(deepcopy=False)}
+        for answer in answers:
+            if answer["candidate"] in stored or len(answer["values"]) != len(study.directions):
+                continue  # stored already, or a study made before answers had their objectives
+            attrs = {k: v for k, v in answer.items() if k != "values"}
+            trial = optuna.trial.create_trial(
+                params=dict(zip(space.names, answer["levels"])),
+                distributions=_distributions(space),
+                values=answer["values"],
+                user_attrs=json.loads(json.dumps(attrs)),
+            )
+            study.add_trial(trial)
+            stored.add(answer["candidate"])
+        # Not evaluations: what `presso runs` and the dashboard count leaves them out.
+        study.set_user_attr("answers", len(stored - {None}))
+
     def records(self, study: optuna.Study) -> list[Record]:
         with self._reading():
             trials = study.get_trials(deepcopy=False)
-        return [Record.from_attrs(t.user_attrs, t.value) for t in trials if "phase" in t.user_attrs]
+        return [
+            Record.from_attrs(t.user_attrs, t.values[0] if t.values else None)
+            for t in trials
+            if "phase" in t.user_attrs  # evaluations, not the run's answers
+        ]
 
     def forget_if_empty(self, run: str) -> bool:
         """Delete run ``run`` if it holds no evaluation (it failed before its first); returns
@@ -299,9 +356,16 @@ class ResultsStore:
         self.storage.engine.dispose()
 
     @staticmethod
-    def set_summary(study: optuna.Study, summary: dict[str, Any]) -> None:
+    def set_summary(study: optuna.Study, summary: dict[str, Any], note: str = "") -> None:
+        """Store the run's summary (and, when optuna-dashboard is installed, ``note``, its
+        Markdown rendering, as the study's note there); the run is finished."""
         # JSON round trip: only plain data is stored.
         study.set_user_attr("summary", json.loads(json.dumps(summary)))
+        if note:
+            with contextlib.suppress(ImportError):
+                from optuna_dashboard import save_note
+
+                save_note(study, note)
         study.set_user_attr("status", "finished")
 
 
@@ -373,6 +437,12 @@ def _stored_models() -> Any:
         summary: Summary | None = None
 
     return RunAttrs
+
+
+def _distributions(space: SearchSpace) -> dict[str, Any]:
+    from optuna.distributions import CategoricalDistribution
+
+    return {d.name: CategoricalDistribution(list(d.levels)) for d in space.dims}
 
 
 def _first_line(err: BaseException) -> str:

@@ -12,6 +12,7 @@ from presso.profilers._base import (
     Workload,
     available,
     make_profiler,
+    profiler_class,
     register,
 )
 from presso.profilers._database import ProfileDatabase
@@ -27,6 +28,7 @@ __all__ = [
     "available",
     "fingerprint",
     "make_profiler",
+    "profiler_class",
     "register",
 ]
 

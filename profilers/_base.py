@@ -317,7 +317,11 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_profiler(name: str, **options: Any) -> Profiler:
+def profiler_class(name: str) -> type[Profiler]:
     if name not in _REGISTRY:
         raise PressoError(f"unknown backend {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY[name]
+
+
+def make_profiler(name: str, **options: Any) -> Profiler:
+    return profiler_class(name)(**options)

@@ -199,6 +199,12 @@ class Strategy(ABC):
     def best(self) -> Config | None:
         """The best configuration found so far (None before any successful result)."""
 
+    @property
+    def planned(self) -> int | None:
+        """Evaluations the strategy plans in all, for progress bars and their ETA (at most
+        that many where it may stop early); None where it is not known in advance."""
+        return None
+
 
 def fitness_of(result: Result) -> float:
     """The fitness to rank ``result`` by: a failed evaluation ranks worst (``inf``)."""
@@ -243,6 +249,10 @@ class OneShot(Strategy):
 
     def best(self) -> Config | None:
         return self._request.config if self._ok else None
+
+    @property
+    def planned(self) -> int:
+        return 1
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

@@ -138,6 +138,10 @@ class Bayesian(Strategy):
     def finished(self) -> bool:
         return len(self._told) >= self.trials
 
+    @property
+    def planned(self) -> int:
+        return self.trials
+
     def best(self) -> Config | None:
         """The configuration with the lowest first objective (ties: the next objectives)."""
         front = self._front()

@@ -276,6 +276,13 @@ class EvoPress(Strategy):
     def best(self) -> Config | None:
         return self._parent if self._any_ok else None
 
+    @property
+    def planned(self) -> int:
+        """Per generation: the parent and its offspring at the first stage, then the survivors
+        of each stage at the next (fewer where breeding finds fewer distinct children)."""
+        later = sum(survivors for _, survivors in self.stages[:-1])
+        return self.generations * (self.offspring + 1 + later)
+
     @classmethod
     def check_values(cls, options: dict[str, Any]) -> None:
         super().check_values(options)

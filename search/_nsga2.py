@@ -124,6 +124,10 @@ class NSGA2(Strategy):
     def finished(self) -> bool:
         return self._exhausted or self._generation >= self.generations
 
+    @property
+    def planned(self) -> int:
+        return self.population * self.generations
+
     def best(self) -> Config | None:
         """The configuration with the lowest first objective on the front (ties: the next
         objectives)."""

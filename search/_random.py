@@ -107,6 +107,10 @@ class RandomSearch(Strategy):
     def finished(self) -> bool:
         return self._told >= self.samples
 
+    @property
+    def planned(self) -> int:
+        return self.samples
+
     def best(self) -> Config | None:
         return None if self._best is None else self._best[1]
 

@@ -151,6 +151,51 @@ def test_unreachable_ray_cluster_is_said_at_once(write_experiment, tmp_path: Pat
     assert ResultsStore(str(tmp_path / "runs.db")).runs() == []  # fix it, start again, no --resume
 
 
+@pytest.mark.parametrize(
+    ("overrides", "package", "extra"),
+    [
+        ({"runner": {"kind": "ray", "workers": 2}}, "ray", "ray"),
+        ({"hardware": {"backend": "onnxruntime"}}, "onnxruntime", "onnx"),
+        ({"hardware": {"backend": "tvm"}}, "tvm", "tvm"),
+        ({"hardware": {"backend": "torch", "cost_model": "learned"}}, "scikit-learn", "cost"),
+        ({"baselines": ["uniform", "gp"]}, "scipy", "bayes"),
+    ],
+)
+def test_a_missing_extra_is_said_before_any_work(
+    write_experiment, tmp_path: Path, capsys, monkeypatch, overrides, package, extra
+) -> None:
+    import importlib.util
+
+    from presso.experiment import Setup
+
+    find_spec = importlib.util.find_spec
+    gone = {"scikit-learn": "sklearn"}.get(package, package)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == gone else find_spec(name, *a)
+    )
+
+    def prepare(*args, **kwargs):
+        raise AssertionError("the model was prepared before the missing extra was said")
+
+    monkeypatch.setattr(Setup, "prepare", prepare)
+    assert main(["search", str(write_experiment(tiny_experiment(**overrides))), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"'{package}' package" in err
+    assert f"pip install 'presso[{extra}]'" in err
+    assert not (tmp_path / "runs.db").exists()
+
+
+def test_dashboard_takes_store_as_every_command_does(monkeypatch) -> None:
+    from presso.dashboards import _server
+
+    served = []
+    monkeypatch.setattr(_server, "serve", lambda stores, **kw: served.append(stores) or 0)
+    assert main(["dashboard", "--store", "a.db"]) == 0
+    assert main(["dashboard", "b.db", "--store", "a.db", "--store", "c.db"]) == 0
+    assert main(["dashboard"]) == 0
+    assert served == [["a.db"], ["b.db", "a.db", "c.db"], ["runs/presso.db"]]
+
+
 def test_ray_address_check() -> None:
     import socket
 

@@ -276,7 +276,9 @@ def test_running_search_updates_live(browser: Any, store: Path, tmp_path: Path) 
     with serving(copy) as url, page_at(browser, url) as page:
         page.wait_for_selector('tr[data-run="tiny"]', timeout=WAIT_MS)
         page.evaluate("window.__not_reloaded = true")
-        study = results.create("live", {**attrs["experiment"], "name": "live"}, space)
+        study = results.create(
+            "live", {**attrs["experiment"], "name": "live"}, space, ["heldout_kl"]
+        )
         add_evaluations(results, study, space, 0, 3)
         page.wait_for_selector('tr[data-run="live"] .badge.running', timeout=WAIT_MS)
 
@@ -478,9 +480,11 @@ def test_reader_matches_the_store_and_never_writes(store: Path, tmp_path: Path) 
     assert run["name"] == "tiny" and run["status"] == "finished"
     numbered, next_number = reader.records("tiny")
     assert [r for _, r in numbered] == stored(store)  # the same Records ResultsStore builds
-    assert next_number == len(numbered) == run["evaluations"]
-    tail, same = reader.records("tiny", since=next_number - 2)
-    assert [n for n, _ in tail] == [next_number - 2, next_number - 1] and same == next_number
+    # The run's answers (one per candidate) follow its evaluations: numbered, never records.
+    answers = len(reader.attrs("tiny")["summary"]["candidates"])
+    assert len(numbered) == run["evaluations"] and next_number == len(numbered) + answers
+    tail, same = reader.records("tiny", since=len(numbered) - 2)
+    assert [n for n, _ in tail] == [len(numbered) - 2, len(numbered) - 1] and same == next_number
     assert reader.attrs("tiny")["summary"]["candidates"]
     after = (hashlib.sha256(store.read_bytes()).hexdigest(), store.stat().st_mtime_ns)
     assert after == before

@@ -70,7 +70,9 @@ def _quantized(plan: dict) -> dict[str, dict]:
 # --------------------------------------------------------------------------- torchao
 
 
-def test_torchao_loads_applies_and_matches_presso(store: str, tmp_path: Path) -> None:
+def test_torchao_loads_applies_and_matches_presso(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     pytest.importorskip("torchao")
     import torch
     from torchao.core.config import config_from_dict
@@ -81,7 +83,10 @@ def test_torchao_loads_applies_and_matches_presso(store: str, tmp_path: Path) ->
     attrs = _attrs(store, "mixed")
     plan = build_plan(attrs, "search")
     assert len({u["bits"] for u in plan["units"].values()}) > 1, "the run should mix bit widths"
+    capsys.readouterr()
     path = _export(store, "mixed", "torchao", tmp_path / "fqn.json")
+    # Said where the user sees it: torchao rounds itself, presso's GPTQ weights stay behind.
+    assert "rounding to nearest" in capsys.readouterr().out
 
     config = config_from_dict(json.loads(path.read_text()))  # torchao's own deserializer
     assert isinstance(config, FqnToConfig)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
+
+if importlib.util.find_spec("compressed_tensors") is not None:
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 
 from presso.cli import main
 from presso.export import Source
@@ -86,7 +90,14 @@ def test_hf_folder_loads_in_transformers_with_presso_codes(
     compress = {"operator": operator, "group_size": group_size, "symmetric": symmetric}
     attrs = _search(write_experiment, tmp_path, "bits", compress=compress)
     out = tmp_path / "hf"
-    assert _export(tmp_path, "bits", "hf", out) == 0
+    umask = os.umask(0o022)
+    try:
+        assert _export(tmp_path, "bits", "hf", out) == 0
+    finally:
+        os.umask(umask)
+    # Normal permissions, as any file the user makes: not the private ones of temporary files.
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in out.rglob("*")}
+    assert out.stat().st_mode & 0o777 == 0o755 and set(modes.values()) == {0o644}
 
     qc = _config(out)["quantization_config"]
     assert qc["quant_method"] == "compressed-tensors"
@@ -100,24 +111,38 @@ def test_hf_folder_loads_in_transformers_with_presso_codes(
     assert (out / "tokenizer_config.json").is_file() and (out / "generation_config.json").is_file()
 
     # The file holds presso's own codes and grids, shifted to compressed-tensors' signed range.
-    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
-
     source, stored = Source(attrs, "search"), _tensors(out)
     for name, entry in plan["units"].items():
         qw, offset = source.quantized(name, entry["bits"]), 1 << (entry["bits"] - 1)
+        # Codes packed into int32 words, zero points too (asymmetric grids): bits per weight.
+        assert targets[name]["format"] == "pack-quantized"
+        packed, shape = stored[f"{name}.weight_packed"], stored[f"{name}.weight_shape"]
+        assert packed.dtype == torch.int32 and f"{name}.weight" not in stored
+        assert packed.numel() * 32 == shape.prod() * entry["bits"]
+        codes = unpack_from_int32(packed, entry["bits"], shape)
         if symmetric:
-            assert targets[name]["format"] == "pack-quantized"
-            packed = stored[f"{name}.weight_packed"]
-            assert packed.dtype == torch.int32 and f"{name}.weight_zero_point" not in stored
-            codes = unpack_from_int32(packed, entry["bits"], stored[f"{name}.weight_shape"])
-        else:
-            assert targets[name]["format"] == "naive-quantized"
-            codes = stored[f"{name}.weight"]
+            assert f"{name}.weight_zero_point" not in stored
+        else:  # packed too, padded to the shape transformers expects (see presso.export._hf)
             zero_point = stored[f"{name}.weight_zero_point"]
+            assert zero_point.dtype == torch.int32 and zero_point.shape == qw.zeros.shape
+            zero_point = unpack_from_int32(zero_point, entry["bits"], qw.zeros.shape, packed_dim=0)
             assert torch.equal(zero_point.to(torch.int16) + offset, qw.zeros.to(torch.int16))
         assert codes.dtype == torch.int8
         assert torch.equal(codes.to(torch.int16) + offset, qw.codes.to(torch.int16))
         assert torch.equal(stored[f"{name}.weight_scale"], qw.scales)
+
+    # On disk, the quantized units take what presso's size_mb says (bits per weight) plus
+    # their scales and zero points: 32-bit words per group row here, at group size 32.
+    unit_bytes = sum(
+        t.numel() * t.element_size()
+        for key, t in stored.items()
+        if key.rsplit(".", 1)[0] in plan["units"]
+    )
+    size_mb = attrs["summary"]["candidates"]["search"]["size_mb"]
+    groups = sum(stored[f"{n}.weight_scale"].numel() for n in plan["units"])
+    grids = groups * (4 if symmetric else 8)  # fp32 scale (+ padded int32 zero point)
+    print(f"hf: units {unit_bytes} B on disk, size_mb {size_mb * 1e6:.0f} B")
+    assert size_mb * 1e6 < unit_bytes <= size_mb * 1e6 + grids + 16 * len(plan["units"])
 
     ids, expected = _presso_logits(attrs)
     # The candidate is not the dense model, so agreeing with it below means something.
@@ -172,9 +197,11 @@ def test_joint_candidate_as_hf_and_pruned_folders(write_experiment, tmp_path: Pa
     for name, pruned_mask in masks.items():
         assert pruned_mask.float().mean() >= 0.5
         new = _renumbered(name, _block(gone))
-        codes = stored[f"{new}.weight"]
-        zero = stored[f"{new}.weight_zero_point"].repeat_interleave(32, dim=1)
-        assert torch.equal(codes[pruned_mask], zero[pruned_mask])
+        bits = plan["units"][name]["bits"]
+        codes = unpack_from_int32(stored[f"{new}.weight_packed"], bits, pruned_mask.shape)
+        zero = stored[f"{new}.weight_zero_point"]
+        zero = unpack_from_int32(zero, bits, zero.shape, packed_dim=0)
+        assert torch.equal(codes[pruned_mask], zero.repeat_interleave(32, dim=1)[pruned_mask])
 
     # pruned: a plain folder (no quantization_config), smaller than the dense model, with the
     # pruned entries stored as zeros.

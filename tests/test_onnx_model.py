@@ -316,3 +316,37 @@ def test_check_refuses_groups_matmulnbits_cannot_hold() -> None:
     plan["units"]["model.layers.0.mlp.up_proj"] = {**entry, "bits": 1}
     with pytest.raises(PressoError, match="2..8-bit"):
         make_exporter("onnx-qdq").check(plan)
+
+
+def test_qdq_export_carries_the_session_config_it_needs(
+    write_experiment, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """ORT's default session runs a QDQ model with int8 activations; the session config entries
+    in the model's metadata (and the export's message) give back presso's numbers."""
+    import onnxruntime as ort
+
+    attrs = _search(write_experiment, tmp_path, "qdq")
+    out = tmp_path / "qdq.onnx"
+    capsys.readouterr()
+    assert _export(tmp_path, "qdq", "onnx-qdq", out) == 0
+    assert "session.qdq_matmulnbits_accuracy_level=0" in capsys.readouterr().out
+    config = json.loads(_metadata(out)["presso.session_config"])
+
+    evaluator = Source(attrs, "search").evaluator()
+    ids = evaluator.data.calibration[:4]
+    expected = evaluator.handle.forward(ids).numpy()
+
+    def max_diff(entries: dict[str, str]) -> float:
+        options = ort.SessionOptions()
+        for key, value in entries.items():
+            options.add_session_config_entry(key, value)
+        session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+        return float(
+            np.abs(session.run(["logits"], {"input_ids": ids.numpy()})[0] - expected).max()
+        )
+
+    told, default = max_diff(config), max_diff({})
+    print(
+        f"onnx-qdq: max |logit diff| {told:.3g} with the metadata's config, {default:.3g} without"
+    )
+    assert told < ATOL < 10 * ATOL < default

@@ -260,6 +260,19 @@ def test_finishes_and_best_is_feasible(name: str, kind: str) -> None:
     assert best is not None and space.is_feasible(best)
 
 
+def test_planned_bounds_the_evaluations(name: str, kind: str) -> None:
+    """What a strategy plans (progress bars' totals) is what it asks, at most; the budget-bound
+    strategies ask exactly that many on the contract spaces."""
+    space = contract_space(kind)
+    strategy = build(name, space)
+    planned = strategy.planned
+    asked = sum(len(r) for r in requests_of(drive(strategy, synthetic_fitness(space))))
+    if planned is not None:
+        assert 0 < asked <= planned
+    if name in ("random", "tpe", "nsga2", "uniform"):
+        assert asked == planned
+
+
 def test_ask_is_idempotent_until_tell(name: str, kind: str) -> None:
     strategy = build(name, contract_space(kind))
     assert strategy.ask() == strategy.ask()

@@ -83,6 +83,11 @@ class Exporter(ABC):
             if importlib.util.find_spec(package) is None:
                 raise MissingExtraError(package, self.extra, f"--format {self.name}")
 
+    def notice(self, plan: dict[str, Any]) -> str:
+        """What a user of the written export must know (printed after it is written): how the
+        target runs it differently from what presso scored. The default: nothing."""
+        return ""
+
     @abstractmethod
     def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
         """Write the export to ``out`` atomically (a file via presso.paths.atomic_write_*, a

@@ -14,10 +14,16 @@ so ``q - zero_point == code - zero`` and the loaded weights equal presso's bit f
 symmetric presso grid has ``zero == offset``, i.e. ``zero_point == 0``: compressed-tensors'
 symmetric scheme, which stores no zero point.
 
-Formats. Symmetric grids are written ``pack-quantized`` (codes packed into int32). Asymmetric
-grids are written ``naive-quantized`` (one int8 code per weight, int8 zero points): compressed-
-tensors 0.20 packs asymmetric zero points, but transformers 5.23 builds the model expecting them
-unpacked and refuses the checkpoint (size mismatch), see vllm-project/llm-compressor#1618.
+Format. Every grid is written ``pack-quantized``: codes packed into int32 words, ``bits`` bits
+per weight on disk, so the folder's size is the candidate's ``size_mb`` plus scales and zero
+points. Asymmetric grids pack their zero points too (along the output dimension), but
+transformers 5.23 builds the compressed model on the meta device, where compressed-tensors 0.20
+gives the zero points their unpacked shape ``[out, groups]``, and refuses the packed tensor
+(size mismatch, vllm-project/llm-compressor#1618). So the packed zero points are stored padded
+with zero words to that shape: transformers takes the tensor as it is (int32), and
+compressed-tensors' unpacking reads the packed words first and cuts what follows. That costs 4
+bytes per group row (0.25 bit per weight at group size 128); the test that loads the folder
+through transformers and matches presso's logits bit for bit guards the layout.
 
 Candidates. Dropped blocks are removed physically first (:mod:`presso.surgery`); units that are
 pruned and quantized are rounded to their bits as the evaluator does (pruned entries sit on the
@@ -47,8 +53,8 @@ if TYPE_CHECKING:
 
     from presso.compress import QuantizedWeight
 
-#: compressed-tensors' storage format for each kind of presso grid (see the module docstring).
-FORMAT = {True: "pack-quantized", False: "naive-quantized"}
+#: compressed-tensors' storage format of presso's grids (see the module docstring).
+FORMAT = "pack-quantized"
 
 
 def quantized_unit(source: Source, name: str, entry: dict[str, Any]) -> QuantizedWeight:
@@ -80,13 +86,8 @@ def quantization_config(grids: dict[str, QuantizedWeight]) -> Any:
             group_size=spec.group_size,
         )
         # The format is set per group: on load compressed-tensors reads it from the scheme.
-        groups[f"group_{i}"] = QuantizationScheme(
-            targets=names, weights=args, format=FORMAT[spec.symmetric]
-        )
-    formats = {FORMAT[spec.symmetric] for spec in by_spec}
-    return QuantizationConfig(
-        config_groups=groups, format=formats.pop() if len(formats) == 1 else "mixed-precision"
-    )
+        groups[f"group_{i}"] = QuantizationScheme(targets=names, weights=args, format=FORMAT)
+    return QuantizationConfig(config_groups=groups, format=FORMAT)
 
 
 def set_grids(model: nn.Module, grids: dict[str, QuantizedWeight]) -> None:
@@ -104,19 +105,36 @@ def set_grids(model: nn.Module, grids: dict[str, QuantizedWeight]) -> None:
         module.weight_zero_point.data.copy_((qw.zeros - offset).to(torch.int8))
 
 
+def pad_zero_points(model: nn.Module, grids: dict[str, QuantizedWeight]) -> None:
+    """Store each packed zero point padded with zero words to the unpacked shape transformers
+    expects (see the module docstring)."""
+    import torch
+
+    for name, qw in grids.items():
+        module = model.get_submodule(name)
+        if qw.spec.symmetric:
+            continue
+        packed = module.weight_zero_point.data
+        padded = torch.zeros(qw.zeros.shape, dtype=torch.int32)
+        padded[: packed.shape[0]] = packed
+        module.weight_zero_point = torch.nn.Parameter(padded, requires_grad=False)
+
+
 def check_codes(model: nn.Module, grids: dict[str, QuantizedWeight]) -> None:
-    """Check that the compressed modules hold exactly presso's codes (shifted by the offset)."""
+    """Check that the compressed modules hold exactly presso's codes and zero points (shifted by
+    the offset), as compressed-tensors unpacks them."""
     import torch
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 
     for name, qw in grids.items():
         state = model.get_submodule(name).state_dict()
-        if "weight_packed" in state:
-            stored = unpack_from_int32(state["weight_packed"], qw.spec.bits, state["weight_shape"])
-        else:
-            stored = state["weight"]
-        offset = 1 << (qw.spec.bits - 1)
-        if not torch.equal(stored.to(torch.int16) + offset, qw.codes.to(torch.int16)):
+        bits, offset = qw.spec.bits, 1 << (qw.spec.bits - 1)
+        stored = unpack_from_int32(state["weight_packed"], bits, state["weight_shape"])
+        same = torch.equal(stored.to(torch.int16) + offset, qw.codes.to(torch.int16))
+        if not qw.spec.symmetric:
+            zp = unpack_from_int32(state["weight_zero_point"], bits, qw.zeros.shape, packed_dim=0)
+            same = same and torch.equal(zp.to(torch.int16) + offset, qw.zeros.to(torch.int16))
+        if not same:
             raise RuntimeError(f"{name}: compressed-tensors did not reproduce presso's codes")
 
 
@@ -133,6 +151,7 @@ def compress(model: nn.Module, grids: dict[str, QuantizedWeight]) -> Any:
     # codes, so this gives back the codes exactly (checked, not assumed).
     compressor = ModelCompressor(quantization_config=config)
     compressor.compress_model(model)
+    pad_zero_points(model, grids)
     check_codes(model, grids)
     return compressor
 

@@ -105,5 +105,16 @@ class OnnxQdqExporter(OnnxExporter):
     help = "ONNX model: blocked DequantizeLinear (uint4/uint8) + MatMul per quantized layer"
     fmt = "qdq"
 
+    def notice(self, plan: dict[str, Any]) -> str:
+        from presso.onnx_model import SESSION_CONFIG
+
+        entries = ", ".join(f"{k}={v}" for k, v in SESSION_CONFIG.items())
+        return (
+            "ONNX Runtime's default session fuses DequantizeLinear+MatMul into int8-activation "
+            f"MatMulNBits (not what presso scored): set the session config entry {entries} "
+            "(SessionOptions.add_session_config_entry; also in the model's "
+            "presso.session_config metadata). presso generate does."
+        )
+
     def _check_groups(self, quantized: dict[str, dict[str, Any]]) -> None:
         return None  # DequantizeLinear takes any block size

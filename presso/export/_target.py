@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from presso.errors import PressoError
-from presso.paths import atomic_dir
+from presso.paths import atomic_dir, plain_mode
 
 #: The manifest every folder export holds: the format, the run, the files presso wrote.
 MANIFEST = "presso-export.json"
@@ -84,6 +84,10 @@ def export_dir(out: Path, fmt: str, plan: dict) -> Iterator[Path]:
             "files": sorted(_files(tmp)),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        # The user's files, readable as any they make: writers may have made some private.
+        for path in (tmp, *tmp.rglob("*")):
+            if not path.is_symlink():
+                os.chmod(path, plain_mode(folder=path.is_dir()))
 
 
 def _replaceable(folder: Path) -> bool:

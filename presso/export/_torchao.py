@@ -38,6 +38,13 @@ class TorchAOExporter(Exporter):
         super().check(plan)
         refuse_unsupported(plan, self.name)
 
+    def notice(self, plan: dict[str, Any]) -> str:
+        return (
+            "torchao quantizes each layer itself, rounding to nearest: the config carries the "
+            "plan's bits, group sizes and symmetry, not presso's quantized weights, so a GPTQ run's "
+            "held-out figures are not reached (--format hf or onnx carries the weights)"
+        )
+
     def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
         from torchao.core.config import config_to_dict
 
