@@ -116,11 +116,14 @@ def compare_tables(setup: Setup, evaluator) -> dict:  # noqa: ANN001
     return out
 
 
-def bench_budget(setup: Setup, evaluator, table_evals: int, encoder: bool) -> list[dict]:  # noqa: ANN001
+def bench_budget(
+    setup: Setup, evaluator, table_evals: int, encoder: bool, plain: bool
+) -> list[dict]:  # noqa: ANN001
     context = setup.context([("evopress", {}), *BASELINES], evaluator=evaluator)
-    rows = [
-        run_strategy(setup, "evopress", MAIN, context, table_evals),
-        run_strategy(setup, "evopress", PLAIN, context, table_evals),
+    rows = [run_strategy(setup, "evopress", MAIN, context, table_evals)]
+    if plain:
+        rows.append(run_strategy(setup, "evopress", PLAIN, context, table_evals))
+    rows += [
         run_strategy(setup, "uniform", {}, context, table_evals),
         run_strategy(setup, "uniform-fill", {}, context, table_evals),
         run_strategy(setup, "random", {"samples": 8, "tokens": 2048}, context, table_evals),
@@ -155,9 +158,17 @@ def main() -> None:
     parser.add_argument("--encoder", action="store_true", help="also MiniLM at 3.0 bits")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--plain-at",
+        type=float,
+        nargs="*",
+        default=None,
+        help="budgets at which the paper's EvoPress runs too (default: every budget)",
+    )
+    parser.add_argument(
         "--model", default="smollm2-135m", help="the causal LM (tiny-llama: a smoke test)"
     )
     parser.add_argument("--out", default="experiments/benchmarks/bits_search.json")
+    parser.add_argument("--no-tables", action="store_true", help="skip comparing the two tables")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -179,7 +190,7 @@ def main() -> None:
             report[f"{model}_prepare"] = setup.prepare()
         evaluator = setup.evaluator()
         key = f"{model}_tables"
-        if key not in report:
+        if key not in report and not args.no_tables:
             report[key] = compare_tables(setup, evaluator)
             t = report[key]
             print(
@@ -188,9 +199,10 @@ def main() -> None:
                 f"their entries {t['spearman_all_entries']:.3f} (per level "
                 f"{', '.join(f'{x:.3f}' for x in t['spearman_per_level'])})"
             )
-        table_evals = report[key]["lowest_evaluations"]
+        table_evals = 1 + len(setup.space)  # the lowest-level table the default uses
         encoder = model == "minilm-l6"
-        rows = bench_budget(setup, evaluator, table_evals, encoder)
+        plain = args.plain_at is None or budget in args.plain_at
+        rows = bench_budget(setup, evaluator, table_evals, encoder, plain)
         report["budgets"][f"{model}@{budget}"] = rows
         print_rows(f"{model}, mean bits <= {budget}", rows, "cos_dist" if encoder else "ppl")
         save()
