@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from presso.errors import PressoError
 from presso.paths import atomic_write_text, digest
 
 if TYPE_CHECKING:
@@ -135,7 +136,10 @@ class SensitivityTable:
             Request(config, tokens=self.tokens, sample_seed=self.sample_seed, tag="sensitivity")
         )
         if not result.ok:
-            raise RuntimeError(f"sensitivity table: an evaluation failed: {result.error}")
+            raise PressoError(
+                f"sensitivity table: scoring {self.tokens} tokens failed ({result.error}); the "
+                f"entries measured so far are kept in {self.path}: fix the cause and run again"
+            )
         return float(result.fitness)  # type: ignore[arg-type]
 
     def _load(self) -> dict[str, Any]:
