@@ -80,10 +80,9 @@ def run(setup: Setup, name: str, options: dict, strategies: list) -> dict:
 
 def compare(setup: Setup, evo: dict, baselines: list[str], strategies: list) -> list[dict]:
     """The default and the paper's EvoPress, then the baselines; ratios to the best baseline."""
-    rows = [
-        run(setup, "evopress", evo, strategies),
-        run(setup, "evopress", {**evo, "start": "uniform", "screen": 0}, strategies),
-    ]
+    rows = [run(setup, "evopress", evo, strategies)]
+    if plain:
+        rows.append(run(setup, "evopress", {**evo, "start": "uniform", "screen": 0}, strategies))
     rows += [run(setup, b, {}, strategies) for b in baselines]
     best = min(r["ppl"] for r in rows if r["strategy"] in baselines)
     for r in rows:
@@ -129,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", type=int, default=16)
     parser.add_argument("--multiobjective", action="store_true")
+    parser.add_argument("--no-plain", action="store_true", help="skip the paper's EvoPress")
     parser.add_argument("--model", default="smollm2-135m", help="tiny-llama: a smoke test")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--offspring", type=int, default=8)
@@ -158,7 +158,7 @@ def main() -> None:
     for target in args.sparsity:
         s = share(Setup(experiment({"kind": "sparsity", "mean_sparsity": target}, args)), first)
         baselines = ["uniform", "owl", "dp"]
-        rows = compare(s, evo, baselines, [("evopress", evo), *baselines])
+        rows = compare(s, evo, baselines, [("evopress", evo), *baselines], not args.no_plain)
         report[f"sparsity_{target:g}"] = rows
         table(f"mean sparsity >= {target:g}%", rows, "mean_sparsity")
         save()
@@ -166,7 +166,7 @@ def main() -> None:
     for k in args.drops:
         s = share(Setup(experiment({"kind": "depth", "dropped": k}, args)), first)
         baselines = ["shortgpt", "dp"]
-        rows = compare(s, evo, baselines, [("evopress", evo), *baselines])
+        rows = compare(s, evo, baselines, [("evopress", evo), *baselines], not args.no_plain)
         report[f"depth_{k}"] = rows
         table(f"drop {k} blocks", rows, "dropped")
         save()
