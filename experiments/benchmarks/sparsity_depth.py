@@ -78,7 +78,9 @@ def run(setup: Setup, name: str, options: dict, strategies: list) -> dict:
     return row
 
 
-def compare(setup: Setup, evo: dict, baselines: list[str], strategies: list) -> list[dict]:
+def compare(
+    setup: Setup, evo: dict, baselines: list[str], strategies: list, plain: bool = True
+) -> list[dict]:
     """The default and the paper's EvoPress, then the baselines; ratios to the best baseline."""
     rows = [run(setup, "evopress", evo, strategies)]
     if plain:
