@@ -17,6 +17,7 @@ from presso.search import (
     AdditiveSurrogate,
     Context,
     EvoPress,
+    Result,
     UniformFill,
     fill_uniform,
     knapsack,
@@ -26,6 +27,7 @@ from presso.search import (
 from presso.spaces import Budget, SearchSpace, bits_space, depth_space, sparsity_space
 from tests.test_strategies import (
     drive,
+    evaluate,
     make_space,
     mean_bits,
     requests_of,
@@ -219,3 +221,40 @@ def test_plain_evopress_needs_no_table() -> None:
         EvoPress(space, start="best")
     with pytest.raises(ValueError, match="sensitivity"):
         EvoPress(space, start="dp")
+
+
+def test_confirmation_keeps_the_start_when_the_search_drifted() -> None:
+    """Selection on small draws may adopt a child that is worse on the whole pool: the last
+    step scores the final parent and the dp start on the whole pool, and keeps the better."""
+    space = make_space(per_group=6)
+    fitness = synthetic_fitness(space)
+    start = solve(space, synthetic_context(space).sensitivity)  # type: ignore[arg-type]
+
+    def run(whole_pool_prefers_start: bool) -> tuple[EvoPress, list]:
+        evo = guided(space, generations=3)
+        steps = []
+        while not evo.finished:
+            requests = evo.ask()
+            # Small draws misjudge: they rank by minus the fitness, so children get adopted.
+            results = evaluate(requests, lambda c: -fitness(c), space=space)
+            if requests[0].tag.startswith("final/"):
+                # On the whole pool the start scores best, or worst, whatever small draws said.
+                results = [
+                    Result(
+                        fitness=(-1.0 if (r.config == start) == whole_pool_prefers_start else 1.0)
+                    )
+                    for r in requests
+                ]
+            evo.tell(requests, results)
+            steps.append(requests)
+        return evo, steps
+
+    evo, steps = run(True)
+    final = steps[-1]
+    assert [r.tag for r in final] == ["final/parent", "final/start"]
+    assert all(r.tokens is None for r in final) and final[1].config == start
+    assert final[0].config != start, "the search moved away from its start"
+    assert evo.best() == start
+    evo, steps = run(False)
+    assert evo.best() == steps[-1][0].config
+    assert EvoPress(space, start="uniform", screen=0).confirm is False, "the paper's: no check"
