@@ -512,5 +512,9 @@ class _StepBar:
         self._bar.set_postfix(info)
 
     def close(self) -> None:
+        """After a phase finished: the plan was an upper bound (fewer distinct children, a
+        confirmation not needed), so the bar ends at what was done, 100%."""
         if self._bar is not None:
+            self._bar.total = self._bar.n
+            self._bar.refresh()
             self._bar.close()

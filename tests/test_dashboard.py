@@ -412,7 +412,7 @@ def test_stored_names_are_text_in_the_plots(browser: Any, tmp_path: Path) -> Non
     path = tmp_path / "runs.db"
     results = ResultsStore(str(path))
     space = live_space(["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"])
-    study = results.create(HOSTILE, tiny_experiment(), space)
+    study = results.create(HOSTILE, tiny_experiment(), space, ["heldout_kl"])
     add_evaluations(results, study, space, 0, 6, phase=HOSTILE)
     results.close()
     name = urllib.parse.quote(HOSTILE, safe="")

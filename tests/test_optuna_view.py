@@ -30,9 +30,12 @@ def test_best_trial_is_the_winner_presso_shows(
 ) -> None:
     exp = tiny_experiment(baselines=["uniform", "random"])
     assert main(["search", str(write_experiment(exp))]) == 0
-    # Progress bars know each phase's plan: 3 generations of (parent + 4 offspring, 2 survivors).
+    # Progress bars know each phase's plan: 3 generations of (parent + 4 offspring, 2 survivors),
+    # and 2 for the dp start's confirmation, which runs only if the search left its start.
     bars = capsys.readouterr().err
-    assert "search: 100%" in bars and "21/21" in bars and "baseline:random: 100%" in bars
+    assert "/23 [" in bars, "planned: 21 + 2"
+    assert "search: 100%" in bars and ("21/21" in bars or "23/23" in bars)
+    assert "baseline:random: 100%" in bars
     store = tmp_path / "runs.db"
     shown = _show(capsys, "tiny", store)
     winner = re.search(r"winner \(lowest held-out KL\): (\S+)", shown).group(1)
@@ -63,7 +66,9 @@ def test_best_trial_is_the_winner_presso_shows(
         ((step, value),) = t.intermediate_values.items()
         assert value == t.user_attrs["fitness"] and step == t.user_attrs["metrics"]["tokens"]
         steps[t.user_attrs["phase"]].add(step)
-    assert steps["search"] == {128, 256} and steps["baseline:uniform"] == {8 * 64}
+    # The search's stages, and its confirmation on the whole pool (8 windows of 64 tokens).
+    assert steps["search"] <= {128, 256, 8 * 64} and {128, 256} <= steps["search"]
+    assert steps["baseline:uniform"] == {8 * 64}
 
 
 def test_best_trials_are_the_pareto_front(
