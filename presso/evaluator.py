@@ -268,11 +268,14 @@ class Evaluator:
             for d, i in zip(self.space.dims, config)
             if d.kind == "depth" and d.levels[i] == DROPPED
         }
-        if self._dropped is None:
-            self._dropped = {d.target for d in self.space.dims if d.kind == "depth"}
+        if self._dropped is None:  # restore every depth target once, then track changes
+            for d in self.space.dims:
+                if d.kind == "depth":
+                    self._set_forward(self.handle.module(d.target), None)
+            self._dropped = set()
         for target in self._dropped - dropped:
             self._set_forward(self.handle.module(target), None)
-        for target in dropped:
+        for target in dropped - self._dropped:
             self._set_forward(self.handle.module(target), self._skip_for(target))
         self._dropped = dropped
 

@@ -351,14 +351,19 @@ class Setup:
         self, evaluator: Any, progress: Progress | None = None
     ) -> tuple[tuple[float, ...], ...]:
         """The per-unit sensitivity table (``presso.sensitivity``), measured once and cached."""
+        return self.sensitivity_table(evaluator).build(progress)
+
+    def sensitivity_table(self, evaluator: Any, measure: str | None = None):  # noqa: ANN201
+        """The experiment's SensitivityTable over ``evaluator`` (``measure``: the file's
+        ``search.sensitivity.measure`` unless given: ``lowest`` or ``all``)."""
         from presso.sensitivity import SensitivityTable
 
         config = self.experiment.search.sensitivity
-        errors = self._unit_errors(depth_ok=True) if config.measure == "lowest" else None
-        table = SensitivityTable(
+        measure = measure or config.measure
+        errors = self._unit_errors(depth_ok=True) if measure == "lowest" else None
+        return SensitivityTable(
             self.cache_root / "sensitivity", evaluator, tokens=config.tokens, errors=errors
         )
-        return table.build(progress)
 
     def _unit_errors(self, *, depth_ok: bool = False) -> tuple[tuple[float, ...], ...]:
         """Per dimension, per level, the unit's relative output error compressed alone (from

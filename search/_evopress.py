@@ -49,8 +49,6 @@ from presso.search._random import fill_budget
 from presso.search._surrogate import AdditiveSurrogate
 from presso.spaces import Config, SearchSpace
 
-#: Children the surrogate ranks per generation unless ``screen`` says otherwise.
-DEFAULT_SCREEN = 64
 #: Values of EvoPress's ``start`` option.
 STARTS = ("auto", "dp", "uniform")
 
@@ -206,7 +204,7 @@ class EvoPress(Strategy):
         stages: Sequence[tuple[int | None, int]] = ((1024, 4), (4096, 1)),
         max_mutations: int = 3,
         start: str = "auto",
-        screen: int = DEFAULT_SCREEN,
+        screen: int = 64,
         ridge: float = 4.0,
         confirm: bool = True,
         initial: Config | None = None,
@@ -313,8 +311,9 @@ class EvoPress(Strategy):
     @classmethod
     def needs(cls, options: dict[str, Any]) -> frozenset[str]:
         """The sensitivity table, unless neither the start nor screening uses it."""
-        fixed_start = options.get("start") == "uniform" or "initial" in options
-        screens = options.get("screen", DEFAULT_SCREEN) > options.get("offspring", 16)
+        given = {**_defaults(cls), **options}
+        fixed_start = given["start"] == "uniform" or given["initial"] is not None
+        screens = given["screen"] > given["offspring"]
         return frozenset({"sensitivity"}) if screens or not fixed_start else frozenset()
 
     def _resolve_start(self, start: str) -> str:
@@ -386,6 +385,14 @@ class EvoPress(Strategy):
         predicted = self._surrogate.predict(children)
         order = np.argsort(predicted, kind="stable")[: self.offspring]
         return [children[i] for i in sorted(order)]
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The keyword defaults of ``cls``'s constructor (what an option left out means)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def _check_stages(stages: Sequence[tuple[int | None, int]]) -> tuple[tuple[int | None, int], ...]:

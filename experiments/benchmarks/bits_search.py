@@ -28,7 +28,6 @@ from presso.config import Experiment
 from presso.experiment import Setup
 from presso.paths import atomic_write_text
 from presso.search import LocalPool, drive, make_strategy
-from presso.sensitivity import SensitivityTable
 
 #: The main job's search (experiments/smollm2-bits.yaml); the default adds nothing to it.
 MAIN = {"generations": 16, "offspring": 8, "stages": [[512, 2], [2048, 1]]}
@@ -98,12 +97,10 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def compare_tables(setup: Setup, evaluator) -> dict:  # noqa: ANN001
     """The cheap table (lowest level measured) against the full one: rank agreement of every
     entry below the top level, and the cost of each."""
-    tokens = setup.experiment.search.sensitivity.tokens
-    root = setup.cache_root / "sensitivity"
     out = {}
     tables = {}
-    for measure, errors in (("lowest", setup._unit_errors(depth_ok=True)), ("all", None)):
-        t = SensitivityTable(root, evaluator, tokens=tokens, errors=errors)
+    for measure in ("lowest", "all"):
+        t = setup.sensitivity_table(evaluator, measure)
         start = time.perf_counter()
         tables[measure] = np.asarray(t.build())[:, :-1]
         out[f"{measure}_evaluations"] = t.evaluations()
@@ -243,7 +240,7 @@ def main() -> None:
                 f"their entries {t['spearman_all_entries']:.3f} (per level "
                 f"{', '.join(f'{x:.3f}' for x in t['spearman_per_level'])})"
             )
-        table_evals = 1 + len(setup.space)  # the lowest-level table the default uses
+        table_evals = setup.sensitivity_table(evaluator).evaluations()
         encoder = model == "minilm-l6"
         plain = args.plain_at is None or budget in args.plain_at
         rows = bench_budget(setup, evaluator, table_evals, encoder, plain)

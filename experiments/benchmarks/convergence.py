@@ -62,15 +62,7 @@ def main() -> None:
     start = time.perf_counter()
     context = setup.context([(exp.search.strategy, options)], evaluator=evaluator)
     table_s = time.perf_counter() - start
-    table = 0
-    if context.sensitivity is not None:
-        from presso.sensitivity import SensitivityTable
-
-        s = exp.search.sensitivity
-        errors = setup._unit_errors(depth_ok=True) if s.measure == "lowest" else None
-        table = SensitivityTable(
-            setup.cache_root / "sensitivity", evaluator, tokens=s.tokens, errors=errors
-        ).evaluations()
+    table = setup.sensitivity_table(evaluator).evaluations() if context.sensitivity else 0
     strategy = make_strategy(exp.search.strategy, setup.space, seed=0, context=context, **options)
     pool = LocalPool(evaluator)
     tokens_per = exp.search.sensitivity.tokens

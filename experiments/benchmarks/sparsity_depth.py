@@ -68,7 +68,9 @@ def run(setup: Setup, name: str, options: dict, strategies: list) -> dict:
         label = "evopress-plain" if options.get("start") == "uniform" else "default"
     row = {"strategy": label, "evaluations": n, "search_s": time.perf_counter() - start}
     row["table_evaluations"] = (
-        1 + len(setup.space) if "sensitivity" in type(strategy).needs(options) else 0
+        setup.sensitivity_table(evaluator).evaluations()
+        if "sensitivity" in type(strategy).needs(options)
+        else 0
     )
     row.update({c.metric: c.value(setup.space, best) for c in setup.space.constraints})
     row.update(evaluator.heldout(best))
