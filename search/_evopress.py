@@ -176,9 +176,13 @@ class EvoPress(Strategy):
     screen: children bred per generation and ranked by the surrogate, of which the best
         ``offspring`` are evaluated; 0 (or at most ``offspring``) evaluates every child bred.
     ridge: the surrogate's shrinkage, in pseudo-observations per unit level.
-    confirm: when the search started from dp, finish by scoring the final parent and that
-        start on the whole calibration pool and keep the better: selection on small draws can
-        drift to a child that only looked better (measured at 3.5 bits: -1% held-out).
+    confirm: when the search started from dp, finish by scoring up to ``confirm`` of the
+        search's candidates and that start on the whole calibration pool, and keep the best:
+        selection on small draws can drift to a child that only looked better (measured at
+        3.5 bits: -1% held-out). The candidates are, in order, the final parent, the
+        surrogate's exact optimum under the budget (dp over the table corrected by every
+        evaluation), and the other parents the search had, ranked by the surrogate. 1 checks
+        the final parent alone; 0 (or false) skips the step.
     initial: an explicit first parent (overrides ``start``).
 
     ``history`` holds ``(generation, fitness)`` of each generation's surviving parent at the
@@ -191,6 +195,7 @@ class EvoPress(Strategy):
         "offspring": (1, None),
         "max_mutations": (1, None),
         "screen": (0, None),
+        "confirm": (0, None),
     }
 
     def __init__(
@@ -206,7 +211,7 @@ class EvoPress(Strategy):
         start: str = "auto",
         screen: int = 64,
         ridge: float = 4.0,
-        confirm: bool = True,
+        confirm: int = 3,
         initial: Config | None = None,
     ) -> None:
         super().__init__(space, seed=seed, context=context)
@@ -219,6 +224,7 @@ class EvoPress(Strategy):
                 start=start,
                 screen=screen,
                 ridge=ridge,
+                confirm=confirm,
             )
         )
         self.generations, self.offspring, self.screen = generations, offspring, screen
@@ -229,8 +235,9 @@ class EvoPress(Strategy):
         self._surrogate = AdditiveSurrogate(space, self.context.sensitivity, ridge=ridge)
         self._parent = self._initial(initial)
         self._start = self._parent
-        self.confirm = confirm and self.start == "dp"
+        self.confirm = int(confirm) if self.start == "dp" else 0
         self._final: list[Config] | None = None  # the confirmation's candidates while pending
+        self._parents: list[Config] = []  # every distinct parent, in order (for confirm)
         self.history: list[tuple[int, float | None]] = []
         self._generation = 0  # index of the generation under way
         self._last = generations  # lowered when the parent cannot be mutated any more
@@ -239,9 +246,11 @@ class EvoPress(Strategy):
 
     def ask(self) -> list[Request]:
         if self._final is not None:
+            *searched, start = self._final
+            roles = [*(f"candidate-{i}" if i else "parent" for i in range(len(searched))), "start"]
             return [
                 Request(config, tokens=None, sample_seed=self.seed, tag=f"final/{role}")
-                for config, role in zip(self._final, ("parent", "start"))
+                for config, role in zip(self._final, roles)
             ]
         if self.finished:
             return []
@@ -267,9 +276,9 @@ class EvoPress(Strategy):
             if result.ok:
                 draw = (request.tokens, request.sample_seed)
                 self._surrogate.add(request.config, draw, float(result.fitness))  # type: ignore[arg-type]
-        if self._final is not None:  # the start replaces the parent only if strictly better
-            parent, start = (fitness_of(r) for r in results)
-            self._parent = self._final[1] if start < parent else self._final[0]
+        if self._final is not None:  # the best on the pool; ties keep the earlier (the parent)
+            scores = [fitness_of(r) for r in results]
+            self._parent = self._final[scores.index(min(scores))]
             self._final = None
             return
         # Rank by fitness, failures last; on a tie the parent stays (a broken evaluator must
@@ -296,7 +305,9 @@ class EvoPress(Strategy):
         """Per generation: the parent and its offspring at the first stage, then the survivors
         of each stage at the next (fewer where breeding finds fewer distinct children)."""
         later = sum(survivors for _, survivors in self.stages[:-1])
-        return self.generations * (self.offspring + 1 + later) + 2 * self.confirm
+        return self.generations * (self.offspring + 1 + later) + (self.confirm + 1) * bool(
+            self.confirm
+        )
 
     @classmethod
     def check_values(cls, options: dict[str, Any]) -> None:
@@ -359,12 +370,35 @@ class EvoPress(Strategy):
 
     def _end_generation(self, fitness: float) -> None:
         self._parent = self._candidates[0]
+        if self._parent not in self._parents:
+            self._parents.append(self._parent)
         self._generation += 1
         self.history.append((self._generation, fitness if math.isfinite(fitness) else None))
         if not self.finished:
             self._start_generation()
-        elif self.confirm and self._parent != self._start:
-            self._final = [self._parent, self._start]
+        elif self.confirm:
+            finalists = self._finalists()
+            if finalists != [self._start]:
+                self._final = finalists
+
+    def _finalists(self) -> list[Config]:
+        """What ``confirm`` scores on the whole pool: up to ``confirm`` distinct candidates of
+        the search (see the class doc), then the start."""
+        self._surrogate.fit()
+        picks = [self._parent]
+        try:
+            optimum: Config | None = solve(self.space, self._surrogate.table())
+        except ValueError:  # the budget admits the start, so this is not expected; skip it
+            optimum = None
+        others = [c for c in self._parents if c not in (self._parent, self._start)]
+        predicted = self._surrogate.predict(others) if others else []
+        ranked = [others[i] for i in np.argsort(predicted, kind="stable")]
+        for config in [optimum, *ranked]:
+            if len(picks) >= self.confirm:
+                break
+            if config is not None and config not in picks and config != self._start:
+                picks.append(config)
+        return [c for c in picks if c != self._start] + [self._start]
 
     def _breed(self) -> list[Config]:
         """Up to λ distinct children, all different from the parent: with screening, the λ

@@ -79,5 +79,12 @@ class AdditiveSurrogate:
         weights = self._scale * self._prior + self._delta
         return np.asarray([weights[self._index(c)].sum() for c in configs])
 
+    def table(self) -> list[list[float]]:
+        """The fitted per-unit, per-level weights: a sensitivity table corrected by every
+        evaluation so far (``dp`` over it gives the surrogate's optimum under a budget)."""
+        weights = self._scale * self._prior + self._delta
+        ends = [*self._start[1:], self._features]
+        return [weights[a:b].tolist() for a, b in zip(self._start, ends)]
+
     def _index(self, config: Config) -> np.ndarray:
         return self._start + np.asarray(config, dtype=np.int64)

@@ -223,38 +223,44 @@ def test_plain_evopress_needs_no_table() -> None:
         EvoPress(space, start="dp")
 
 
-def test_confirmation_keeps_the_start_when_the_search_drifted() -> None:
+def test_confirmation_keeps_the_best_on_the_whole_pool() -> None:
     """Selection on small draws may adopt a child that is worse on the whole pool: the last
-    step scores the final parent and the dp start on the whole pool, and keeps the better."""
+    step scores the final parent, the surrogate's optimum and other parents beside the dp
+    start on the whole pool, and keeps the best of them, whichever it is."""
     space = make_space(per_group=6)
     fitness = synthetic_fitness(space)
     start = solve(space, synthetic_context(space).sensitivity)  # type: ignore[arg-type]
 
-    def run(whole_pool_prefers_start: bool) -> tuple[EvoPress, list]:
-        evo = guided(space, generations=3)
+    def run(winner: int | None, confirm: int = 3) -> tuple[EvoPress, list]:
+        evo = guided(space, generations=4, confirm=confirm)
         steps = []
         while not evo.finished:
             requests = evo.ask()
             # Small draws misjudge: they rank by minus the fitness, so children get adopted.
             results = evaluate(requests, lambda c: -fitness(c), space=space)
             if requests[0].tag.startswith("final/"):
-                # On the whole pool the start scores best, or worst, whatever small draws said.
-                results = [
-                    Result(
-                        fitness=(-1.0 if (r.config == start) == whole_pool_prefers_start else 1.0)
-                    )
-                    for r in requests
-                ]
+                # On the whole pool finalist `winner` scores best (None: the start).
+                best = len(requests) - 1 if winner is None else winner
+                results = [Result(fitness=-1.0 if i == best else 1.0) for i in range(len(requests))]
             evo.tell(requests, results)
             steps.append(requests)
         return evo, steps
 
-    evo, steps = run(True)
+    evo, steps = run(None)
     final = steps[-1]
-    assert [r.tag for r in final] == ["final/parent", "final/start"]
-    assert all(r.tokens is None for r in final) and final[1].config == start
+    tags = [r.tag for r in final]
+    assert tags[0] == "final/parent" and tags[-1] == "final/start" and 2 < len(tags) <= 4
+    assert tags[1:-1] == [f"final/candidate-{i}" for i in range(1, len(tags) - 1)]
+    assert all(r.tokens is None for r in final) and final[-1].config == start
+    configs = [r.config for r in final]
+    assert len(set(configs)) == len(configs), "finalists are distinct"
+    assert all(space.is_feasible(c) for c in configs)
     assert final[0].config != start, "the search moved away from its start"
     assert evo.best() == start
-    evo, steps = run(False)
-    assert evo.best() == steps[-1][0].config
-    assert EvoPress(space, start="uniform", screen=0).confirm is False, "the paper's: no check"
+    for winner in (0, 1):
+        evo, steps = run(winner)
+        assert evo.best() == steps[-1][winner].config
+    # confirm: 1 is the final parent alone against the start; 0 skips the step.
+    assert [r.tag for r in run(None, confirm=1)[1][-1]] == ["final/parent", "final/start"]
+    assert not run(None, confirm=0)[1][-1][0].tag.startswith("final/")
+    assert EvoPress(space, start="uniform", screen=0).confirm == 0, "the paper's: no check"

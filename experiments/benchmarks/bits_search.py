@@ -203,6 +203,11 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/benchmarks/bits_search.json")
     parser.add_argument("--no-tables", action="store_true", help="skip comparing the two tables")
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the budgets run now in --out, keep the others",
+    )
+    parser.add_argument(
         "--reconfirm",
         action="store_true",
         help="apply the default's final confirmation to the default rows in --out",
@@ -214,6 +219,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     report: dict = {"budgets": {}, "main_options": MAIN, "plain_options": PLAIN}
+    if args.merge and out.exists():  # budgets not run now keep their rows from an earlier run
+        report = {**json.loads(out.read_text()), "main_options": MAIN, "plain_options": PLAIN}
 
     def save() -> None:
         atomic_write_text(out, json.dumps(report, indent=2, default=float))
