@@ -17,6 +17,7 @@ import numpy as np
 
 from presso.errors import PressoError
 from presso.profilers._base import LinearOp, Measurement, Workload
+from presso.registry import Registry
 
 
 def parse_op(key: str) -> LinearOp:
@@ -65,9 +66,9 @@ class CostModel(ABC):
 
         data = json.loads(Path(path).read_text())
         kind = data.pop("cost_model", None)
-        if kind not in _REGISTRY:
+        if kind not in COST_MODELS:
             raise PressoError(f"{path}: not a saved presso cost model (cost_model: {kind!r})")
-        return _REGISTRY[kind].from_dict(data)
+        return COST_MODELS.get(kind).from_dict(data)
 
 
 def linear_measurements(measurements: Sequence[Measurement]) -> list[Measurement]:
@@ -75,21 +76,17 @@ def linear_measurements(measurements: Sequence[Measurement]) -> list[Measurement
     return [m for m in measurements if m.ok and m.op.startswith("linear-")]
 
 
-_REGISTRY: dict[str, type[CostModel]] = {}
+#: Cost models by name.
+COST_MODELS: Registry[type[CostModel]] = Registry("cost model", error=PressoError)
 
 
 def register(cls: type[CostModel]) -> type[CostModel]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"cost model {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return COST_MODELS.register(cls)
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return COST_MODELS.available()
 
 
 def make_cost_model(name: str) -> CostModel:
-    if name not in _REGISTRY:
-        raise PressoError(f"unknown cost model {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name]()
+    return COST_MODELS.make(name)

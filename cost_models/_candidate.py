@@ -24,13 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from presso.cost_models._base import CostModel
 from presso.errors import PressoError
-from presso.profilers._base import DENSE_BITS, Assignment, LinearOp, Workload
+from presso.profilers._base import DENSE_BITS, LinearOp, Workload, unit_levels
+
+if TYPE_CHECKING:
+    from presso.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,9 @@ class CandidateLatency:
         """Predicted ms of each named unit at its ``(bits, sparsity)``."""
         return {u.name: self._ms(u, *levels[u.name]) for u in self.units if u.name in levels}
 
-    def predict(self, assignment: Assignment) -> float:
-        """Predicted end-to-end ms of ``assignment`` (units not named are dense)."""
-        dropped = set(assignment.dropped)
+    def predict(self, plan: Plan) -> float:
+        """Predicted end-to-end ms of ``plan`` (units not named are dense)."""
+        dropped = set(plan.dropped)
         total = self.remainder
         for block in self.blocks:
             if block not in dropped:
@@ -164,12 +167,11 @@ class CandidateLatency:
                 ):
                     if f"{block}.{part}" not in dropped:
                         total += overhead
-        dense = (DENSE_BITS, 0)
         for u in self.units:
             block = self.blocks[u.block]
             if block in dropped or (u.part and f"{block}.{u.part}" in dropped):
                 continue
-            total += self._ms(u, *assignment.units.get(u.name, dense))
+            total += self._ms(u, *unit_levels(plan, u.name))
         return total
 
     def describe(self) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import re
 from typing import Any
 
 from presso.errors import PressoError
+from presso.plan import run_dimensions
+from presso.spaces import KIND_BUDGETS, KINDS
 from presso.store import Record, check_attrs, sqlite_path, sqlite_read_only
 
 #: Trial states presso writes (it adds finished trials only); anything else is still running.
@@ -295,7 +297,7 @@ def meta_json(attrs: dict[str, Any]) -> dict[str, Any]:
     targets = attrs.get("targets") or [u.split(":")[0] for u in units]
     exp = attrs.get("experiment") or {}
     summary = attrs.get("summary") or {}
-    kinds = attrs.get("kinds") or ["bits"] * len(units)
+    kinds = run_dimensions(attrs)[1] if units else []
     values: dict[str, set[float]] = {}
     for kind, levels in zip(kinds, attrs.get("levels") or []):
         values.setdefault(kind, set()).update(v for v in levels if _finite(v))
@@ -305,6 +307,10 @@ def meta_json(attrs: dict[str, Any]) -> dict[str, Any]:
         "level_values": {kind: sorted(v) for kind, v in values.items()},
         "units": units,
         "kinds": kinds,
+        # How the page names and colours each kind's levels, and which metrics are budgets.
+        "kind_labels": {k.name: k.label for k in KINDS.values()},
+        "kind_colors": {k.name: k.colorscale for k in KINDS.values()},
+        "budgets": list(KIND_BUDGETS),
         "grid": unit_grid(targets),
         "finals": finals_json(summary),
         "timings": summary.get("timings", {}),
@@ -317,7 +323,7 @@ def finals_json(summary: dict[str, Any]) -> list[dict[str, Any]]:
     and the Pareto-front points the run scored held-out (``kind: front``)."""
     out = []
     for phase, c in (summary.get("candidates") or {}).items():
-        metrics = {k: v for k, v in c.items() if k in BUDGET_METRICS}
+        metrics = {k: v for k, v in c.items() if k in KIND_BUDGETS}
         metrics.update({f"heldout_{k}": v for k, v in (c.get("heldout") or {}).items()})
         out.append(_final(f"final:{phase}", phase, "candidate", c.get("strategy"), c, metrics))
     pareto = summary.get("pareto") or {}
@@ -332,16 +338,12 @@ def finals_json(summary: dict[str, Any]) -> list[dict[str, Any]]:
         metrics = {
             name.lstrip("-"): -v if name.startswith("-") else v
             for name, v in zip(objectives, points[i])
-            if name.lstrip("-") in BUDGET_METRICS and _finite(v)
+            if name.lstrip("-") in KIND_BUDGETS and _finite(v)
         }
         metrics.update({f"heldout_{k}": v for k, v in h.items() if k != "index"})
         entry = {"levels": levels[i]}
         out.append(_final(f"front:{i}", "search", "front", None, entry, metrics))
     return out
-
-
-#: Metrics that measure a configuration's cost (its budget), as the run summary names them.
-BUDGET_METRICS = ("mean_bits", "mean_sparsity", "dropped")
 
 
 def _final(

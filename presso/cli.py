@@ -246,7 +246,6 @@ def tuning_options(backend: str, trials: int, db: Any = None) -> dict[str, Any]:
 def _profile(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from presso.config import bits_level, sparsity_level
     from presso.models import load_model
     from presso.profilers import ProfileDatabase, Workload, make_profiler
     from presso.profiling import (
@@ -257,6 +256,8 @@ def _profile(args: argparse.Namespace) -> int:
         validate,
     )
     from presso.run import _tqdm
+    from presso.spaces._bits import bits_level
+    from presso.spaces._sparsity import sparsity_level
 
     _at_least(args, threads=1, repeats=1, trials=0, group_size=0, validate=0, max_dropped=0)
     if bad := [b for b in args.bits if not bits_level(b)]:
@@ -373,6 +374,8 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from presso.plan import run_dimensions
+    from presso.spaces import KINDS
     from presso.store import ResultsStore
 
     store = ResultsStore(args.store, read_only=True)
@@ -393,13 +396,11 @@ def _show(args: argparse.Namespace) -> int:
         _print_pareto(summary)
         return 0
     best = summary["candidates"]["search"]
-    kinds = attrs.get("kinds") or ["bits"] * len(attrs["units"])
+    units, kinds, _ = run_dimensions(attrs)
     for kind in dict.fromkeys(kinds):
-        names = [n for n, k in zip(attrs["units"], kinds) if k == kind]
+        names = [n for n, k in zip(units, kinds) if k == kind]
         values = [v for v, k in zip(best["levels"], kinds) if k == kind]
-        label = {"bits": "bits", "sparsity": "sparsity (%)", "depth": "kept (1) / dropped (0)"}[
-            kind
-        ]
+        label = KINDS.get(kind).label if kind in KINDS else kind
         print(f"\nper-layer {label} of the search's best (rows: blocks):")
         print(_bits_grid([n.split(":")[0] for n in names], values))
     return 0

@@ -12,16 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from presso.errors import PressoError, shown
+from presso.schema import MAX_SEED, MAX_WINDOWS, Strict
+from presso.spaces import BUDGET_METRICS, KINDS
 
 SCHEMA_VERSION = 1
-
-#: Most windows of text in a calibration or held-out set (sizes beyond are mistakes).
-MAX_WINDOWS = 100_000
-#: Seeds are 0..2**63 - 1 (what torch and numpy both take).
-MAX_SEED = 2**63 - 1
 #: Most bytes of an experiment file, and most nodes and nesting in it, aliases expanded: a
 #: YAML alias bomb of a kilobyte expands to billions of nodes.
 MAX_FILE_BYTES = 1 << 20
@@ -29,21 +26,7 @@ MAX_NODES = 100_000
 MAX_DEPTH = 64
 
 
-def bits_level(bits: int) -> bool:
-    """Whether ``bits`` is a weight level presso builds: 2..8 bits, or 16 (dense)."""
-    return 2 <= bits <= 8 or bits == 16
-
-
-def sparsity_level(percent: int) -> bool:
-    """Whether ``percent`` is a sparsity level: 0..99 percent of a layer's weights pruned."""
-    return 0 <= percent < 100
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     corpus: str = Field(
         "bible",
         max_length=4096,
@@ -60,98 +43,58 @@ class DataConfig(_Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
-class CompressConfig(_Strict):
-    operator: Literal["gptq", "rtn"] = "gptq"
-    levels: list[int] = Field(default_factory=lambda: [2, 3, 4, 8])
-    group_size: int | None = Field(128, ge=8, le=1 << 16)
-    symmetric: bool = False
-    damp: float = Field(0.01, gt=0, lt=1)
-    act_order: bool = False
-    calibration: int = Field(
-        16,
-        ge=1,
-        le=MAX_WINDOWS,
-        description="calibration windows whose activations give GPTQ its Hessians",
-    )
-
-    @field_validator("levels")
-    @classmethod
-    def _levels(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("give at least one level")
-        bad = [b for b in v if not bits_level(b)]
-        if bad:
-            raise ValueError(f"bits must be 2..8 (or 16 for dense), got {bad}")
-        if len(set(v)) != len(v):
-            raise ValueError("levels must be distinct")
-        return sorted(v)
-
-
-class SparsityConfig(_Strict):
-    operator: Literal["sparsegpt", "wanda", "magnitude"] = "sparsegpt"
-    levels: list[int] = Field(default_factory=lambda: [0, 30, 40, 50, 60, 70, 80, 90])
-    pattern: Literal["unstructured", "2:4"] = "unstructured"
-    damp: float = Field(0.01, gt=0, lt=1)
-    calibration: int = Field(
-        16, ge=1, le=MAX_WINDOWS, description="calibration windows for Wanda/SparseGPT statistics"
-    )
-
-    @field_validator("levels")
-    @classmethod
-    def _levels(cls, v: list[int]) -> list[int]:
-        bad = [s for s in v if not sparsity_level(s)]
-        if not v or bad:
-            raise ValueError(f"sparsity levels are percent in 0..99, got {bad or v}")
-        if len(set(v)) != len(v):
-            raise ValueError("levels must be distinct")
-        return sorted(v)
-
-
-#: Which space kinds each budget switches on.
-BUDGET_KINDS = {"mean_bits": "bits", "mean_sparsity": "sparsity", "dropped": "depth"}
-
-
-class SpaceConfig(_Strict):
-    kind: Literal["bits", "sparsity", "depth", "joint"] = "bits"
-    mean_bits: float | None = Field(
-        None, gt=0, le=16, description="parameter-weighted mean bits budget"
-    )
-    mean_sparsity: float | None = Field(
-        None, ge=0, lt=100, description="minimum parameter-weighted mean sparsity, percent"
-    )
-    dropped: int | None = Field(
-        None, ge=0, le=100_000, description="blocks (or sublayers) to drop, at least"
-    )
-    granularity: Literal["block", "sublayer"] = "block"
-    max_params: float | None = Field(
-        None, gt=0, description="nonzero weights left in the compressible layers, at most"
-    )
-    max_size_mb: float | None = Field(
-        None, gt=0, description="MB of the compressible layers' packed weights, at most"
-    )
-    max_latency_ms: float | None = Field(
-        None, gt=0, description="predicted end-to-end latency on hardware.backend, ms, at most"
-    )
-    latency_ratio: float | None = Field(
-        None, gt=0, le=1, description="predicted latency at most this fraction of the dense model's"
-    )
+class _Space(Strict):
+    """The ``space:`` section; its fields are built from the kinds (see :data:`SpaceConfig`)."""
 
     def kinds(self) -> list[str]:
         """The kinds of dimension this space has: its own kind, or every budgeted one (joint)."""
         if self.kind != "joint":
             return [self.kind]
-        return [k for field, k in BUDGET_KINDS.items() if getattr(self, field) is not None]
+        return [k.name for k in KINDS.values() if getattr(self, k.budget) is not None]
 
     def missing_budget(self) -> str | None:
         """The budget field a kind needs but lacks, if any."""
-        need = {v: k for k, v in BUDGET_KINDS.items()}
         if self.kind == "joint":
-            return None if len(self.kinds()) >= 2 else "two of mean_bits, mean_sparsity, dropped"
-        field = need[self.kind]
+            budgets = ", ".join(k.budget for k in KINDS.values())
+            return None if len(self.kinds()) >= 2 else f"two of {budgets}"
+        field = KINDS.get(self.kind).budget
         return field if getattr(self, field) is None else None
 
 
-class WorkloadConfig(_Strict):
+#: The ``space:`` section: its kind (one of the kinds, or ``joint``), each kind's budget and
+#: options, then the budgets on the whole model.
+SpaceConfig = create_model(
+    "SpaceConfig",
+    __base__=_Space,
+    kind=(Literal[(*KINDS.available(), "joint")], KINDS.available()[0]),
+    **{name: spec for k in KINDS.values() for name, spec in k.space_fields.items()},
+    max_params=(
+        float | None,
+        Field(None, gt=0, description="nonzero weights left in the compressible layers, at most"),
+    ),
+    max_size_mb=(
+        float | None,
+        Field(None, gt=0, description="MB of the compressible layers' packed weights, at most"),
+    ),
+    max_latency_ms=(
+        float | None,
+        Field(
+            None, gt=0, description="predicted end-to-end latency on hardware.backend, ms, at most"
+        ),
+    ),
+    latency_ratio=(
+        float | None,
+        Field(
+            None,
+            gt=0,
+            le=1,
+            description="predicted latency at most this fraction of the dense model's",
+        ),
+    ),
+)
+
+
+class WorkloadConfig(Strict):
     batch: int = Field(1, ge=1, le=4096)
     seq_len: int = Field(
         128, ge=1, le=1 << 20, description="tokens per sequence (prefill) or KV length (decode)"
@@ -159,7 +102,7 @@ class WorkloadConfig(_Strict):
     phase: Literal["prefill", "decode"] = "prefill"
 
 
-class HardwareConfig(_Strict):
+class HardwareConfig(Strict):
     """Where latency is measured: every candidate gets a predicted ``latency_ms`` from a cost
     model fitted to this machine's measurements (profiled once, kept in the profile database)."""
 
@@ -172,7 +115,7 @@ class HardwareConfig(_Strict):
     profile_db: str | None = Field(None, description="profile database (default: in the cache)")
 
 
-class SensitivityConfig(_Strict):
+class SensitivityConfig(Strict):
     """The per-unit sensitivity table (``presso.sensitivity``) that dp and EvoPress use."""
 
     tokens: int = Field(
@@ -185,14 +128,14 @@ class SensitivityConfig(_Strict):
     )
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     strategy: str = "evopress"
     seed: int = Field(0, ge=0, le=MAX_SEED)
     options: dict[str, Any] = Field(default_factory=dict)
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
 
 
-class RunnerConfig(_Strict):
+class RunnerConfig(Strict):
     kind: Literal["local", "ray"] = "local"
     workers: int = Field(2, ge=1, le=4096, description="Ray actors (ray runner)")
     address: str | None = Field(
@@ -203,40 +146,58 @@ class RunnerConfig(_Strict):
     )
 
 
-class EvaluationConfig(_Strict):
+class EvaluationConfig(Strict):
     batch_size: int = Field(4, ge=1, le=4096)
     cache_mb: int = Field(
         1024, ge=0, le=1 << 24, description="memory for reused block outputs; 0 disables reuse"
     )
 
 
-class Experiment(_Strict):
-    version: int = SCHEMA_VERSION
-    name: str | None = Field(
-        None, min_length=1, max_length=200, description="the run's name (default: the file's)"
-    )
-    model: str = Field(max_length=4096)
-    data: DataConfig = Field(default_factory=DataConfig)
-    compress: CompressConfig = Field(default_factory=CompressConfig)
-    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
-    space: SpaceConfig
-    objectives: list[str] = Field(
-        default_factory=list,
-        description="metrics the Pareto front is over (default: kl and each budget's metric)",
-    )
-    search: SearchConfig = Field(default_factory=SearchConfig)
-    baselines: list[str] = Field(default_factory=lambda: ["uniform"])
-    runner: RunnerConfig = Field(default_factory=RunnerConfig)
-    hardware: HardwareConfig | None = Field(
-        None, description="backend, device and workload latency is measured for"
-    )
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    store: str = Field(
-        "runs/presso.db", max_length=4096, description="an SQLite path or any SQLAlchemy URL"
-    )
+class _Experiment(Strict):
+    """An experiment file; its fields are built from the kinds (see :data:`Experiment`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+#: An experiment file: the model and data, each kind's section (``compress:`` for bits,
+#: ``sparsity:``...), the space, objectives, search, baselines, runner, hardware and store.
+Experiment = create_model(
+    "Experiment",
+    __base__=_Experiment,
+    version=(int, SCHEMA_VERSION),
+    name=(
+        str | None,
+        Field(
+            None, min_length=1, max_length=200, description="the run's name (default: the file's)"
+        ),
+    ),
+    model=(str, Field(max_length=4096)),
+    data=(DataConfig, Field(default_factory=DataConfig)),
+    **{k.section: (k.config, Field(default_factory=k.config)) for k in KINDS.values() if k.section},
+    space=(SpaceConfig, ...),
+    objectives=(
+        list[str],
+        Field(
+            default_factory=list,
+            description="metrics the Pareto front is over (default: kl and each budget's metric)",
+        ),
+    ),
+    search=(SearchConfig, Field(default_factory=SearchConfig)),
+    baselines=(list[str], Field(default_factory=lambda: ["uniform"])),
+    runner=(RunnerConfig, Field(default_factory=RunnerConfig)),
+    hardware=(
+        HardwareConfig | None,
+        Field(None, description="backend, device and workload latency is measured for"),
+    ),
+    evaluation=(EvaluationConfig, Field(default_factory=EvaluationConfig)),
+    store=(
+        str,
+        Field(
+            "runs/presso.db", max_length=4096, description="an SQLite path or any SQLAlchemy URL"
+        ),
+    ),
+)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -416,17 +377,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 #: What a Pareto front can be over: the accuracy proxies on calibration data, then what the
 #: space's budgets and reports measure (which of them a run has depends on its space).
-OBJECTIVES = (
-    "kl",
-    "ppl",
-    "cos_dist",
-    "mean_bits",
-    "mean_sparsity",
-    "dropped",
-    "params",
-    "size_mb",
-    "latency_ms",
-)
+OBJECTIVES = ("kl", "ppl", "cos_dist", *BUDGET_METRICS)
 
 
 def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> None:
@@ -440,12 +391,8 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
     if missing:
         fail(("space",), f"a {exp.space.kind} space needs {missing}; add it under space:")
     kinds = exp.space.kinds()
-    if "bits" in kinds and exp.space.mean_bits < min(exp.compress.levels):
-        fail(
-            ("space", "mean_bits"),
-            f"no configuration can meet mean_bits <= {exp.space.mean_bits:g}: the lowest level is "
-            f"{min(exp.compress.levels)} bits; raise mean_bits or add a lower level to compress.levels",
-        )
+    for kind in KINDS.values():
+        kind.check(exp, fail, kind.name in kinds)
     if exp.model not in BUILTIN_MODELS and not _exists(_resolve(path, exp.model)):
         fail(
             ("model",),
@@ -459,23 +406,6 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             ("data", "corpus"),
             f"{shown(exp.data.corpus)} is not a built-in corpus "
             f"({', '.join(BUILTIN_CORPORA)}) and no such file or folder exists",
-        )
-    if "sparsity" in kinds and exp.space.mean_sparsity > max(exp.sparsity.levels):
-        fail(
-            ("space", "mean_sparsity"),
-            f"no configuration reaches mean_sparsity >= {exp.space.mean_sparsity:g}%: the highest "
-            f"level is {max(exp.sparsity.levels)}%; lower it or add a higher level to sparsity.levels",
-        )
-    if "sparsity" in kinds and exp.sparsity.pattern == "2:4" and exp.sparsity.levels != [0, 50]:
-        fail(
-            ("sparsity", "levels"),
-            "the 2:4 pattern has exactly the levels [0, 50]; set levels: [0, 50]",
-        )
-    if exp.compress.calibration > exp.data.calibration:
-        fail(
-            ("compress", "calibration"),
-            f"{exp.compress.calibration} windows asked for, but the "
-            f"calibration pool (data.calibration) has {exp.data.calibration}; lower it",
         )
     if (exp.space.max_latency_ms or exp.space.latency_ratio) and exp.hardware is None:
         field = "max_latency_ms" if exp.space.max_latency_ms else "latency_ratio"

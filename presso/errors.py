@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -27,3 +28,10 @@ def shown(value: Any, limit: int = 60) -> str:
     stays one short line whatever the input (a 2 MB name, a list of thousands)."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def layer_list(names: Iterable[str], limit: int = 6) -> str:
+    """``a, b, c (and 4 more)``: layer names for a one-line message."""
+    names = list(names)
+    listed = ", ".join(names[:limit])
+    return listed + (f" (and {len(names) - limit} more)" if len(names) > limit else "")

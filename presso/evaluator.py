@@ -25,7 +25,7 @@ import numpy as np
 from presso.checksum import check, verify, write_sealed
 from presso.paths import digest
 from presso.search._base import Request, Result
-from presso.spaces._depth import DROPPED
+from presso.spaces import KINDS
 
 if TYPE_CHECKING:
     import torch
@@ -33,10 +33,8 @@ if TYPE_CHECKING:
     from presso.data import CalibrationData
     from presso.leveldb import LevelDatabase
     from presso.models import ModelHandle
+    from presso.plan import Plan
     from presso.spaces import Config, SearchSpace
-
-#: Level values at or above this many bits mean "leave the unit dense".
-DENSE_BITS = 16
 
 
 class DenseReference:
@@ -133,9 +131,10 @@ def _nbytes(value: Any) -> int:
 class Evaluator:
     """Scores configurations of ``space`` for one model (one per process or Ray actor).
 
-    dbs: the level database of each kind of dimension that needs one (``bits``, ``sparsity``);
-        a unit with both a bits and a sparsity dimension takes its sparse level and rounds
-        the kept weights to its bits (round-to-nearest, on the fly; pruned weights stay zero).
+    dbs: the level database of each kind of dimension that sets unit weights (``bits``,
+        ``sparsity``); a unit with several takes each kind's level in the kinds' order (a
+        sparse level, then its kept weights rounded to its bits on the fly; see
+        :meth:`presso.spaces.Kind.realise`).
     batch_size: calibration windows per forward pass.
     cache_mb: memory for cached block outputs; 0 turns prefix reuse off.
     """
@@ -162,17 +161,21 @@ class Evaluator:
         # Unknown until the first apply(), which restores every depth target first: another
         # evaluator of the same model may have left a block skipped.
         self._dropped: set[str] | None = None
-        missing = {d.kind for d in space.dims if d.kind != "depth"} - set(dbs)
+        missing = {d.kind for d in space.dims if KINDS.get(d.kind).per_unit} - set(dbs)
         if missing:
             raise ValueError(f"no level database for {sorted(missing)} dimensions")
         dims_blocks = [handle.block_of(d.target) for d in space.dims]
         if dims_blocks != sorted(dims_blocks):
             raise ValueError("space dimensions must follow the model's block order")
-        # Per unit: the dimension index of each kind that sets it.
-        self._unit_dims: dict[str, dict[str, int]] = {}
-        for i, d in enumerate(space.dims):
-            if d.kind != "depth":
-                self._unit_dims.setdefault(d.target, {})[d.kind] = i
+        # Per unit: the kinds that set it, in the order their levels apply.
+        self._unit_kinds: dict[str, list[str]] = {}
+        for d in space.dims:
+            if KINDS.get(d.kind).per_unit:
+                self._unit_kinds.setdefault(d.target, []).append(d.kind)
+        for kinds in self._unit_kinds.values():
+            kinds.sort(key=lambda k: KINDS.get(k).order)
+        # The modules a plan may drop: every target of a kind that removes modules.
+        self._droppable = [d.target for d in space.dims if not KINDS.get(d.kind).per_unit]
         self._tuple_output = self._block_returns_tuple()
         # _prefix_end[b]: how many dimensions belong to blocks 0..b.
         self._prefix_end = [
@@ -253,25 +256,21 @@ class Evaluator:
         return sorted(int(i) for i in np.random.default_rng(seed).choice(pool, n, replace=False))
 
     def apply(self, config: Config) -> None:
-        """Set every unit's weight to its levels in ``config`` (only units that changed) and
+        """Set the model to ``config`` of the space (see :meth:`apply_plan`)."""
+        self.apply_plan(self.space.plan(config))
+
+    def apply_plan(self, plan: Plan) -> None:
+        """Set every unit's weight to its levels in ``plan`` (only units that changed) and
         drop the blocks or sublayers it drops."""
-        self.space.validate(config)
-        for unit, kinds in self._unit_dims.items():
-            levels = tuple(
-                sorted((k, self.space.dims[i].levels[config[i]]) for k, i in kinds.items())
-            )
+        for unit, kinds in self._unit_kinds.items():
+            levels = tuple(sorted((k, plan.level(unit, k)) for k in kinds))
             if self._loaded.get(unit) != levels:
-                self.handle.set_weight(unit, self._weight(unit, dict(levels)))
+                self.handle.set_weight(unit, self._weight(unit, kinds, plan))
                 self._loaded[unit] = levels
-        dropped = {
-            d.target
-            for d, i in zip(self.space.dims, config)
-            if d.kind == "depth" and d.levels[i] == DROPPED
-        }
-        if self._dropped is None:  # restore every depth target once, then track changes
-            for d in self.space.dims:
-                if d.kind == "depth":
-                    self._set_forward(self.handle.module(d.target), None)
+        dropped = set(plan.dropped)
+        if self._dropped is None:  # restore every droppable module once, then track changes
+            for target in self._droppable:
+                self._set_forward(self.handle.module(target), None)
             self._dropped = set()
         for target in self._dropped - dropped:
             self._set_forward(self.handle.module(target), None)
@@ -279,21 +278,15 @@ class Evaluator:
             self._set_forward(self.handle.module(target), self._skip_for(target))
         self._dropped = dropped
 
-    def _weight(self, unit: str, levels: dict[str, float]) -> torch.Tensor:
-        """The weight of ``unit`` at ``levels`` (kind -> level value)."""
-        bits, sparsity = levels.get("bits", DENSE_BITS), levels.get("sparsity", 0)
-        if sparsity == 0:
-            if bits >= DENSE_BITS:
-                return self.handle.dense_weight(unit)
-            return self.dbs["bits"].weight(unit, int(bits))
-        sparse = self.dbs["sparsity"].weight(unit, int(sparsity))
-        if bits >= DENSE_BITS:
-            return sparse
-        from presso.compress import QuantSpec, quantize_rtn
-
-        op = self.dbs["bits"].operator
-        spec = QuantSpec(bits=int(bits), group_size=op.group_size, symmetric=op.symmetric)
-        return quantize_rtn(sparse, spec).dequantize() * (sparse != 0)
+    def _weight(self, unit: str, kinds: list[str], plan: Plan) -> torch.Tensor:
+        """The weight of ``unit`` at its levels of ``kinds`` in ``plan``, each kind realising
+        its level on what the kinds before it made."""
+        weight = None
+        for name in kinds:
+            kind, level = KINDS.get(name), plan.level(unit, name)
+            if kind.compressed(level):
+                weight = kind.realise(self.dbs[name], unit, level, weight)
+        return self.handle.dense_weight(unit) if weight is None else weight
 
     def _skip_for(self, target: str) -> Any:
         """A forward that makes module ``target`` (a block, its attention or its MLP) a no-op

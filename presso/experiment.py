@@ -23,6 +23,7 @@ class Setup:
     def __init__(self, experiment: Experiment, *, cache_root: str | None = None) -> None:
         self.experiment = experiment
         self.cache_root = Path(cache_root) if cache_root else cache_dir()
+        self._level_dbs: dict[str, Any] = {}
 
     # A Ray actor rebuilds the setup from plain data.
     def to_spec(self) -> dict[str, Any]:
@@ -53,101 +54,52 @@ class Setup:
             text_field=d.text_field,
         )
 
-    @cached_property
-    def db(self):  # noqa: ANN201 - LevelDatabase
-        from presso.compress import make_operator
-        from presso.leveldb import LevelDatabase
+    def level_db(self, kind: str):  # noqa: ANN201 - LevelDatabase
+        """The level database of ``kind`` (its operator's levels of every unit), made once."""
+        if kind not in self._level_dbs:
+            from presso.compress import make_operator
+            from presso.leveldb import LevelDatabase
+            from presso.spaces import KINDS
 
-        c = self.experiment.compress
-        if c.group_size is not None:
-            bad = sorted({u.shape[1] for u in self.handle.units if u.shape[1] % c.group_size})
-            if bad:
-                raise PressoError(
-                    f"compress.group_size: {c.group_size} does not divide the input width {bad[0]} "
-                    f"of some of {self.experiment.model}'s layers; choose a divisor of "
-                    f"{', '.join(map(str, sorted({u.shape[1] for u in self.handle.units})))}, or null for per-channel"
-                )
-        options: dict[str, Any] = {"group_size": c.group_size, "symmetric": c.symmetric}
-        if c.operator == "gptq":
-            options.update(damp=c.damp, act_order=c.act_order)
-        operator = make_operator(c.operator, **options)
-        levels = [b for b in c.levels if b < 16]
-        calibration = f"{self.data.fingerprint}/{c.calibration}"
-        return LevelDatabase(
-            self.cache_root / "levels", self.handle, operator, levels, calibration=calibration
-        )
-
-    @cached_property
-    def sparse_db(self):  # noqa: ANN201 - LevelDatabase of the sparsity operator
-        from presso.compress import make_operator
-        from presso.leveldb import LevelDatabase
-
-        c = self.experiment.sparsity
-        options: dict[str, Any] = {"pattern": c.pattern}
-        if c.operator == "sparsegpt":
-            options["damp"] = c.damp
-        if c.pattern == "2:4":
-            bad = sorted({u.shape[1] for u in self.handle.units if u.shape[1] % 4})
-            if bad:
-                raise PressoError(
-                    f"sparsity.pattern: 2:4 needs input widths divisible by 4, got {bad[0]}"
-                )
-        operator = make_operator(c.operator, **options)
-        calibration = f"{self.data.fingerprint}/{c.calibration}"
-        return LevelDatabase(
-            self.cache_root / "levels", self.handle, operator, c.levels, calibration=calibration
-        )
+            k = KINDS.get(kind)
+            section = getattr(self.experiment, k.section)
+            k.check_model(self.experiment, self.handle)
+            operator = make_operator(section.operator, **k.operator_options(section))
+            calibration = f"{self.data.fingerprint}/{section.calibration}"
+            self._level_dbs[kind] = LevelDatabase(
+                self.cache_root / "levels",
+                self.handle,
+                operator,
+                k.built_levels(section),
+                calibration=calibration,
+            )
+        return self._level_dbs[kind]
 
     @cached_property
     def kinds(self) -> list[str]:
         return self.experiment.space.kinds()
 
     def dbs(self) -> dict[str, Any]:
-        """The level database of each kind in the space that needs one."""
-        out = {}
-        if "bits" in self.kinds:
-            out["bits"] = self.db
-        if "sparsity" in self.kinds:
-            out["sparsity"] = self.sparse_db
-        return out
+        """The level database of each kind in the space that sets unit weights."""
+        from presso.spaces import KINDS
+
+        return {k: self.level_db(k) for k in self.kinds if KINDS.get(k).per_unit}
 
     @cached_property
     def space(self):  # noqa: ANN201 - SearchSpace
-        from presso.spaces import (
-            MaxParams,
-            MeanBits,
-            MeanSparsity,
-            MinDropped,
-            SearchSpace,
-            bits_dims,
-            depth_dims,
-            sparsity_dims,
-        )
+        from presso.spaces import KINDS, MaxParams, SearchSpace
+        from presso.spaces._kinds import plan_settings
 
-        sp, kinds = self.experiment.space, self.kinds
+        sp, kinds = self.experiment.space, [KINDS.get(k) for k in self.kinds]
         joint = len(kinds) > 1
         dims, constraints = [], []
         for b, block in enumerate(self.handle.block_names()):
             units = [(u.name, u.shape) for u in self.handle.units if u.block == b]
-            if "bits" in kinds:
-                dims += bits_dims(
-                    units, self.experiment.compress.levels, suffix=":bits" if joint else ""
-                )
-            if "sparsity" in kinds:
-                dims += sparsity_dims(
-                    units, self.experiment.sparsity.levels, suffix=":sparsity" if joint else ""
-                )
-            if "depth" in kinds:
-                dims += depth_dims([(block, self._params(block))], sublayers=self._sublayers(block))
-        if "bits" in kinds:
-            constraints.append(MeanBits(sp.mean_bits))
-        if "sparsity" in kinds:
-            constraints.append(MeanSparsity(sp.mean_sparsity))
-        if "depth" in kinds:
-            n = len([d for d in dims if d.kind == "depth"])
-            if sp.dropped >= n:
-                raise PressoError(f"space.dropped: {sp.dropped} but the model has only {n} to drop")
-            constraints.append(MinDropped(sp.dropped))
+            for kind in kinds:
+                suffix = f":{kind.name}" if joint and kind.per_unit else ""
+                dims += kind.dims(self, block, units, suffix=suffix)
+        for kind in kinds:
+            constraints.append(kind.constraint(getattr(sp, kind.budget), dims))
         units = [(u.name, u.params) for u in self.handle.units]
         if sp.max_params is not None:
             constraints.append(MaxParams(sp.max_params, units))
@@ -155,9 +107,10 @@ class Setup:
             constraints.append(self._size(units, sp.max_size_mb))
         reports = [] if sp.max_size_mb is not None else [self._size(units, float("inf"))]
         if self.experiment.hardware is not None:
-            latency = self._latency_constraint(dims)
+            latency = self._latency_constraint()
             (constraints if latency.limit < float("inf") else reports).append(latency)
-        space = SearchSpace(dims, constraints, reports)
+        settings = plan_settings(self.experiment.to_dict())
+        space = SearchSpace(dims, constraints, reports, settings=settings)
         latency = [c for c in constraints if c.metric == "latency_ms"]
         if latency and not latency[0].feasible(space, space.lowest()):
             lowest = latency[0].value(space, space.lowest())
@@ -203,14 +156,22 @@ class Setup:
     def profile(self, progress: Progress | None = None) -> float:
         """Measure on the backend what the profile database lacks for this space; seconds."""
         from presso.profiling import profile_model, unit_ops
+        from presso.spaces._bits import BitsKind
+        from presso.spaces._sparsity import SparsityKind
 
-        bits = self.experiment.compress.levels if "bits" in self.kinds else []
-        sparsity = self.experiment.sparsity.levels if "sparsity" in self.kinds else []
+        # The backends time linear layers at (bits, sparsity) levels.
+        bits, sparsity = self._levels(BitsKind), self._levels(SparsityKind)
         ops = unit_ops(self.handle, bits, sparsity, self.experiment.compress.group_size)
         report = profile_model(
             self.handle, self.profiler, self.profile_db, [self.workload], ops, progress=progress
         )
         return report.seconds
+
+    def _levels(self, kind: Any) -> list[int]:
+        """The levels of ``kind`` in this space (none when the space lacks it)."""
+        if kind.name not in self.kinds:
+            return []
+        return list(getattr(self.experiment, kind.section).levels)
 
     @cached_property
     def latency(self):  # noqa: ANN201 - CandidateLatency
@@ -226,30 +187,13 @@ class Setup:
             cost_model=hw.cost_model,
         )
 
-    def _latency_constraint(self, dims: list):  # noqa: ANN001, ANN202 - MaxLatency
-        from presso.profilers import Assignment
+    def _latency_constraint(self):  # noqa: ANN202 - MaxLatency
         from presso.spaces import MaxLatency
 
-        sp, hw = self.experiment.space, self.experiment.hardware
-        latency, group = self.latency, self.experiment.compress.group_size
-        units = {
-            i: (d.target, d.kind) for i, d in enumerate(dims) if d.kind in ("bits", "sparsity")
-        }
-        depth = [i for i, d in enumerate(dims) if d.kind == "depth"]
+        sp, hw, latency = self.experiment.space, self.experiment.hardware, self.latency
 
         def predict(space, config) -> float:  # noqa: ANN001
-            levels: dict[str, list[int]] = {}
-            for i, (unit, kind) in units.items():
-                value = int(space.dims[i].levels[config[i]])
-                entry = levels.setdefault(unit, [16, 0])
-                entry[0 if kind == "bits" else 1] = value
-            dropped = tuple(
-                space.dims[i].target for i in depth if space.dims[i].levels[config[i]] == 0
-            )
-            assignment = Assignment(
-                units={u: (b, s) for u, (b, s) in levels.items()}, dropped=dropped, group_size=group
-            )
-            return latency.predict(assignment)
+            return latency.predict(space.plan(config))
 
         limit = float("inf")
         if sp.max_latency_ms is not None:
@@ -259,22 +203,6 @@ class Setup:
         label = f"{hw.backend} {self.workload.key}"
         return MaxLatency(limit, predict, label=label)
 
-    def _params(self, module: str) -> int:
-        return sum(p.numel() for p in self.handle.module(module).parameters())
-
-    def _sublayers(self, block: str) -> list[tuple[str, int]]:
-        """The block's attention and MLP as depth dimensions (granularity: sublayer)."""
-        if self.experiment.space.granularity == "block":
-            return []
-        names = [f"{block}.self_attn", f"{block}.mlp"]
-        modules = dict(self.handle.model.named_modules())
-        if not all(n in modules for n in names):
-            raise PressoError(
-                f"space.granularity: sublayer needs blocks with self_attn and mlp modules "
-                f"({self.experiment.model} has none); use granularity: block"
-            )
-        return [(n, self._params(n)) for n in names]
-
     @cached_property
     def reference(self):  # noqa: ANN201 - DenseReference
         from presso.evaluator import DenseReference
@@ -283,17 +211,15 @@ class Setup:
 
     def prepare(self, progress: Progress | None = None) -> dict[str, float]:
         """Build what is missing (level databases, dense reference); returns timings in seconds."""
+        from presso.spaces import KINDS
+
         start = time.perf_counter()
         _ = self.data
         timings = {"load_s": time.perf_counter() - start}
-        if "bits" in self.kinds:
-            n = self.experiment.compress.calibration
-            timings["level_db_s"] = self.db.build(self.data.calibration[:n], progress=progress)
-        if "sparsity" in self.kinds:
-            n = self.experiment.sparsity.calibration
-            timings["sparse_db_s"] = self.sparse_db.build(
-                self.data.calibration[:n], progress=progress
-            )
+        for kind, db in self.dbs().items():
+            k = KINDS.get(kind)
+            n = getattr(self.experiment, k.section).calibration
+            timings[k.timing_key] = db.build(self.data.calibration[:n], progress=progress)
         timings["reference_s"] = self.reference.build(progress=progress)
         if self.experiment.hardware is not None:
             timings["profile_s"] = self.profile(progress)
@@ -325,6 +251,7 @@ class Setup:
         not interleave: each tracks the weights it set)."""
         from presso.importance import dim_blocks
         from presso.search import Context, strategy_class
+        from presso.spaces import KINDS
 
         needs: set[str] = set()
         for item in strategies:
@@ -335,7 +262,7 @@ class Setup:
         windows = self.data.calibration
         if "sensitivity" in needs:
             facts["sensitivity"] = self.sensitivity(evaluator or self.evaluator(), progress)
-        if "unit_errors" in needs and "depth" not in self.kinds:
+        if "unit_errors" in needs and all(KINDS.get(k).per_unit for k in self.kinds):
             facts["unit_errors"] = self._unit_errors()
         if "block_importance" in needs:
             from presso.importance import block_influence
@@ -367,19 +294,24 @@ class Setup:
 
     def _unit_errors(self, *, depth_ok: bool = False) -> tuple[tuple[float, ...], ...]:
         """Per dimension, per level, the unit's relative output error compressed alone (from
-        the level databases); depth dimensions (with ``depth_ok``) have none: empty rows."""
+        the level databases); dimensions of kinds that set no weights (depth, with
+        ``depth_ok``) have none: empty rows."""
+        from presso.spaces import KINDS
+
         errors = {kind: db.unit_errors() for kind, db in self.dbs().items()}
-        return tuple(
-            ()
-            if d.kind == "depth" and depth_ok
-            else tuple(_level_error(errors[d.kind][d.target], v, d.kind) for v in d.levels)
-            for d in self.space.dims
-        )
+        rows = []
+        for d in self.space.dims:
+            kind = KINDS.get(d.kind)
+            if not kind.per_unit and depth_ok:
+                rows.append(())
+                continue
+            rows.append(tuple(_level_error(errors[d.kind][d.target], v, kind) for v in d.levels))
+        return tuple(rows)
 
 
-def _level_error(errors: dict[int, float], value: float, kind: str) -> float:
+def _level_error(errors: dict[int, float], value: float, kind: Any) -> float:
     """A unit's stored error at a level; dense levels (16 bits, 0% sparsity) have none."""
-    if (kind == "bits" and value >= 16) or (kind == "sparsity" and value == 0):
+    if not kind.compressed(value):
         return errors.get(int(value), 0.0)
     return errors[int(value)]
 

@@ -13,24 +13,13 @@ from typing import Any
 
 from presso.errors import PressoError
 from presso.models import cache_kwargs
-from presso.profilers import Assignment, make_profiler
-
-
-def assignment_of(plan: dict[str, Any]) -> Assignment:
-    """The plan's per-unit ``(bits, sparsity)``, dropped modules and group size."""
-    groups = {u["group_size"] for u in plan["units"].values() if "bits" in u}
-    if len(groups) > 1:
-        raise PressoError(f"the plan mixes group sizes {sorted(groups, key=str)}; one is supported")
-    units = {
-        name: (int(u.get("bits", 16)), int(u.get("sparsity", 0)))
-        for name, u in plan["units"].items()
-    }
-    return Assignment(units, tuple(plan["dropped"]), groups.pop() if groups else None)
+from presso.plan import Plan
+from presso.profilers import make_profiler
 
 
 def generate(
     source: Any,
-    plan: dict[str, Any],
+    plan: Plan,
     backend: str,
     prompt: str,
     *,
@@ -43,9 +32,8 @@ def generate(
     and decode throughput in tokens/s. ``options``: further profiler options (e.g. tvm trials)."""
     import torch
 
-    # The plan and the backend are checked before the model loads (seconds), so that a
-    # mistyped backend name fails at once.
-    assignment = assignment_of(plan)
+    # The backend is checked before the model loads (seconds), so that a mistyped backend
+    # name fails at once.
     profiler = make_profiler(backend, device=device, threads=threads, **(options or {}))
     handle = source.handle
     if handle.kind != "causal-lm":
@@ -57,9 +45,9 @@ def generate(
     torch.set_num_threads(threads)
     try:
         if backend == "onnxruntime":
-            step = _onnx_stepper(source, handle, assignment, threads, device)
+            step = _onnx_stepper(source, handle, plan, threads, device)
         elif hasattr(profiler, "assemble"):
-            model = profiler.assemble(handle, assignment, weights=source.quantized)
+            model = profiler.assemble(handle, plan, weights=source.quantized)
             step = _torch_stepper(model, device)
         else:
             raise PressoError(f"the {backend} backend cannot assemble a whole model yet")
@@ -112,9 +100,7 @@ def _torch_stepper(model: Any, device: str) -> Any:
     return step
 
 
-def _onnx_stepper(
-    source: Any, handle: Any, assignment: Assignment, threads: int, device: str
-) -> Any:
+def _onnx_stepper(source: Any, handle: Any, plan: Plan, threads: int, device: str) -> Any:
     import tempfile
     from pathlib import Path
 
@@ -125,7 +111,7 @@ def _onnx_stepper(
     with tempfile.TemporaryDirectory(prefix="presso-generate-") as tmp:
         path = build_onnx(
             handle,
-            assignment,
+            plan,
             Path(tmp) / "model.onnx",
             weights=source.quantized,
             sparse=lambda unit, pct: source.sparse(unit, pct).dequantize(),

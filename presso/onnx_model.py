@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from presso.errors import MissingExtraError, PressoError
+from presso.spaces import DENSE_BITS
 
 if TYPE_CHECKING:
     import onnx
@@ -57,13 +58,12 @@ if TYPE_CHECKING:
 
     from presso.compress import QuantizedWeight
     from presso.models import ModelHandle
-    from presso.profilers import Assignment
+    from presso.plan import Plan
 
 #: Weight widths ORT 1.32's CPU MatMulNBits kernel accepts.
 ORT_BITS = (2, 4, 8)
 FORMATS = ("matmulnbits", "qdq")
 OPSET = 21
-DENSE_BITS = 16
 #: protobuf refuses messages of 2 GiB; stay clear of it.
 INLINE_LIMIT = 2**31 - 2**26
 #: Additive mask value for keys a query must not see (what transformers uses in fp32).
@@ -539,25 +539,28 @@ def _emit_llama(
 
 def unit_weights(
     handle: ModelHandle,
-    assignment: Assignment,
+    plan: Plan,
     *,
     weights: WeightFn | None = None,
     sparse: SparseFn | None = None,
     symmetric: bool = False,
 ) -> dict[str, QuantizedWeight | torch.Tensor]:
-    """The weight each compressed unit of ``assignment`` is written with.
+    """The weight each compressed unit of ``plan`` is written with.
 
-    bits only: ``weights(unit, bits)`` (default: RTN of the dense weight at the assignment's
+    bits only: ``weights(unit, bits)`` (default: RTN of the dense weight at the plan's
     group size). sparsity only: ``sparse(unit, percent)``, the pruned fp32 weight (default:
     magnitude pruning). Both: the pruned weight rounded to its bits with RTN, as presso's
     evaluator does (pruned entries land on the zero code, so they stay exactly zero).
     """
+    from presso.profilers._base import unit_levels
+
     known = set(handle.unit_names)
-    gone = tuple(f"{name}." for name in assignment.dropped)
+    gone = tuple(f"{name}." for name in plan.dropped)
     out: dict[str, Any] = {}
-    for unit, (bits, sparsity) in assignment.units.items():
+    for unit in plan.units:
+        bits, sparsity = unit_levels(plan, unit)
         if unit not in known:
-            raise PressoError(f"assignment: {unit!r} is not a unit of {handle.name}")
+            raise PressoError(f"plan: {unit!r} is not a unit of {handle.name}")
         if unit.startswith(gone):
             continue  # not in the graph: no weight to load
         try:
@@ -566,7 +569,7 @@ def unit_weights(
                 unit,
                 int(bits),
                 int(sparsity),
-                assignment.group_size,
+                plan.group_size,
                 weights=weights,
                 sparse=sparse,
                 symmetric=symmetric,
@@ -606,7 +609,7 @@ def _unit_weight(
 
 def build_onnx(
     handle: ModelHandle,
-    assignment: Assignment,
+    plan: Plan,
     path: str | Path,
     *,
     weights: WeightFn | None = None,
@@ -616,7 +619,7 @@ def build_onnx(
     kv_cache: bool = False,
     accuracy_level: int = 0,
 ) -> Path:
-    """Write ``handle``'s model compressed as ``assignment`` to ``path`` (atomically) and return it.
+    """Write ``handle``'s model compressed as ``plan`` to ``path`` (atomically) and return it.
 
     Graph inputs: ``input_ids`` int64 ``[batch, seq]`` (plus the KV cache with ``kv_cache``);
     output ``logits`` fp32 ``[batch, seq, vocab]``. See :func:`unit_weights` for ``weights``,
@@ -624,26 +627,29 @@ def build_onnx(
     The model's metadata records each compressed unit's bits, carrier bits and block size
     (``presso.units``) and the dropped modules (``presso.dropped``).
     """
+    from presso.profilers._base import unit_levels
+
     _onnx()
     _check_format(fmt)
     _check_llama(handle)
-    resolved = unit_weights(handle, assignment, weights=weights, sparse=sparse, symmetric=symmetric)
+    resolved = unit_weights(handle, plan, weights=weights, sparse=sparse, symmetric=symmetric)
     g, facts = _emit_llama(
         handle,
         resolved,
-        assignment.dropped,
+        plan.dropped,
         fmt=fmt,
         kv_cache=kv_cache,
         accuracy_level=accuracy_level,
     )
-    for unit, (_, sparsity) in assignment.units.items():
+    for unit in plan.units:
+        _, sparsity = unit_levels(plan, unit)
         if unit in facts or sparsity:
             facts.setdefault(unit, {})["sparsity"] = int(sparsity)
     metadata = {
         "presso.model": handle.name,
         "presso.format": fmt,
         "presso.units": json.dumps(facts, sort_keys=True),
-        "presso.dropped": json.dumps(list(assignment.dropped)),
+        "presso.dropped": json.dumps(list(plan.dropped)),
         "presso.kv_cache": json.dumps(kv_cache),
         "presso.session_config": json.dumps(SESSION_CONFIG),
     }

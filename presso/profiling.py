@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from presso.errors import MissingExtraError, PressoError
 from presso.paths import digest
-from presso.profilers import Assignment, LinearOp, Measurement, ProfileDatabase, Profiler, Workload
-from presso.profilers._base import DENSE_BITS
+from presso.profilers import LinearOp, Measurement, ProfileDatabase, Profiler, Workload
+from presso.profilers._base import DENSE_BITS, levels_plan, unit_levels
+
+if TYPE_CHECKING:
+    from presso.plan import Plan
 
 Progress = Callable[[Iterable, int, str], Iterable]
 
@@ -58,24 +61,24 @@ def unit_ops(
 
 def structure_probes(
     handle: Any, sublayers: bool, low: tuple[int, int | None] | None = None
-) -> dict[str, Assignment]:
+) -> dict[str, Plan]:
     """The assembled models whose end-to-end times give the structure: dense; a quarter, half
     and three quarters of the inner blocks removed; half the attentions, half the MLPs; and,
     with ``low = (bits, group_size)``, every unit at ``bits`` (the in-model calibration of
     the layer timings, see :class:`presso.cost_models.CandidateLatency`)."""
     inner = handle.block_names()[1:-1]  # the first and last blocks are never dropped
-    probes = {"dense": Assignment()}
+    probes = {"dense": levels_plan()}
     if low is not None:
         bits, group = low
         units = {u.name: (bits, 0) for u in handle.units}
-        probes[uniform_probe(bits, group)] = Assignment(units=units, group_size=group)
+        probes[uniform_probe(bits, group)] = levels_plan(units, group_size=group)
     for k in sorted({max(1, len(inner) * q // 4) for q in (1, 2, 3)}):
-        probes[f"drop-blocks-{k}"] = Assignment(dropped=_spread(inner, k))
+        probes[f"drop-blocks-{k}"] = levels_plan(dropped=_spread(inner, k))
     if sublayers:
         half = max(1, len(inner) // 2)
         chosen = _spread(inner, half)
-        probes[f"drop-attn-{half}"] = Assignment(dropped=tuple(f"{b}.self_attn" for b in chosen))
-        probes[f"drop-mlp-{half}"] = Assignment(dropped=tuple(f"{b}.mlp" for b in chosen))
+        probes[f"drop-attn-{half}"] = levels_plan(dropped=tuple(f"{b}.self_attn" for b in chosen))
+        probes[f"drop-mlp-{half}"] = levels_plan(dropped=tuple(f"{b}.mlp" for b in chosen))
     return probes
 
 
@@ -134,8 +137,8 @@ def profile_model(
         for op in ops:
             todo.append((op.key, w, op))
         probes = structure_probes(handle, has_sublayers(handle), calibration_level(ops))
-        for name, assignment in probes.items():
-            todo.append((f"{key}/{name}", w, assignment))
+        for name, plan in probes.items():
+            todo.append((f"{key}/{name}", w, plan))
     pending = []
     for op_key, w, what in todo:
         if db.get(fp, profiler.name, op_key, w.key) is not None:
@@ -168,7 +171,7 @@ def _store(db: ProfileDatabase, fp: str, m: Measurement, report: ProfileReport) 
 def interleaved(
     handle: Any,
     profiler: Profiler,
-    todo: Sequence[tuple[str, Workload, Assignment]],
+    todo: Sequence[tuple[str, Workload, Plan]],
     rounds: int = 3,
 ) -> list[Measurement]:
     """Whole-model times, taken in ``rounds`` round-robin passes and combined (median of the
@@ -182,10 +185,10 @@ def interleaved(
     try:
         with profiler.keeping_builds():  # each probe is assembled once, not once per round
             for _ in range(rounds):
-                for i, (_, w, assignment) in enumerate(todo):
+                for i, (_, w, plan) in enumerate(todo):
                     if per[i] and not per[i][-1].ok:
                         continue  # a probe that failed once will fail again
-                    per[i].append(profiler.measure_model(handle, assignment, w))
+                    per[i].append(profiler.measure_model(handle, plan, w))
     finally:
         profiler.repeats = repeats
     out = []
@@ -291,7 +294,7 @@ def random_assignment(
     sparsity: Sequence[int] = (0,),
     max_dropped: int = 0,
     group_size: int | None,
-) -> Assignment:
+) -> Plan:
     """A random candidate: each unit at a random level, up to ``max_dropped`` blocks removed.
 
     Each candidate draws its own mix of levels (Dirichlet weights) before its units draw
@@ -307,7 +310,7 @@ def random_assignment(
     blocks = handle.block_names()
     # Never the first or last block: removing them wrecks a model, nobody would deploy that.
     dropped = tuple(sorted(rng.choice(blocks[1:-1], size=n, replace=False))) if n else ()
-    return Assignment(units=units, dropped=dropped, group_size=group_size)
+    return levels_plan(units, dropped, group_size)
 
 
 def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
@@ -356,7 +359,7 @@ def validate(
     db: ProfileDatabase,
     models: dict[str, Any],
     workload: Workload,
-    candidates: Sequence[Assignment],
+    candidates: Sequence[Plan],
     *,
     progress: Progress | None = None,
 ) -> Validation:
@@ -380,16 +383,16 @@ def validate(
             db.put(fp, m)
             found[m.op] = m
     rows = []
-    for name, assignment in zip(names, candidates):
+    for name, plan in zip(names, candidates):
         m = found[name]
         row: dict[str, Any] = {
             "candidate": name.rsplit("/", 1)[1],
-            "dropped": len(assignment.dropped),
-            "mean_bits": float(np.mean([b for b, _ in assignment.units.values()])),
+            "dropped": len(plan.dropped),
+            "mean_bits": float(np.mean([unit_levels(plan, u)[0] for u in plan.units])),
             "measured_ms": m.median_ms,
             "error": m.error,
         }
         for column, model in models.items():
-            row[column] = model.predict(assignment)
+            row[column] = model.predict(plan)
         rows.append(row)
     return Validation(rows)

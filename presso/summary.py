@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-BUDGET_METRICS = ("mean_bits", "mean_sparsity", "dropped", "params", "size_mb", "latency_ms")
+from presso.spaces import BUDGET_METRICS
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

@@ -5,12 +5,12 @@ triton are imported when a profiler is made); a missing one is a message naming 
 """
 
 from presso.profilers._base import (
-    Assignment,
     LinearOp,
     Measurement,
     Profiler,
     Workload,
     available,
+    levels_plan,
     make_profiler,
     profiler_class,
     register,
@@ -19,7 +19,6 @@ from presso.profilers._database import ProfileDatabase
 from presso.profilers._fingerprint import fingerprint
 
 __all__ = [
-    "Assignment",
     "LinearOp",
     "Measurement",
     "ProfileDatabase",
@@ -27,6 +26,7 @@ __all__ = [
     "Workload",
     "available",
     "fingerprint",
+    "levels_plan",
     "make_profiler",
     "profiler_class",
     "register",

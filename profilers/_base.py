@@ -18,11 +18,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from presso.errors import MissingExtraError, PressoError
+from presso.registry import Registry
+from presso.spaces._bits import DENSE_BITS, GROUP_SIZE, BitsKind
+from presso.spaces._sparsity import SparsityKind
 
-DENSE_BITS = 16
+if TYPE_CHECKING:
+    from presso.plan import Plan
+
 #: The fewest timed runs of a measurement over weight copies (see Profiler._timed).
 MIN_RUNS = 5
 PHASES = ("prefill", "decode")
@@ -80,7 +85,7 @@ class LinearOp:
     in_features: int
     bits: int = DENSE_BITS
     sparsity: int = 0
-    group_size: int | None = 128
+    group_size: int | None = GROUP_SIZE
 
     def __post_init__(self) -> None:
         # A dense layer has no groups: one key per dense op, whatever group size was passed.
@@ -120,19 +125,24 @@ class Measurement:
         return asdict(self)
 
 
-#: A candidate as a backend assembles it: per-unit ``(bits, sparsity)`` and the modules
-#: (blocks or sublayers) dropped. Units not named stay dense.
-@dataclass(frozen=True)
-class Assignment:
-    units: dict[str, tuple[int, int]] = field(default_factory=dict)
-    dropped: tuple[str, ...] = ()
-    group_size: int | None = 128
+def unit_levels(plan: Plan, unit: str) -> tuple[int, int]:
+    """``unit``'s ``(bits, sparsity)`` in ``plan``: the level a backend's kernels run it at."""
+    return plan.level(unit, BitsKind.name), plan.level(unit, SparsityKind.name)
 
-    def digest(self, length: int = 16) -> str:
-        """A content hash of this candidate (its levels, dropped blocks and group size)."""
-        from presso.paths import digest
 
-        return digest([sorted(self.units.items()), self.dropped, self.group_size], length)
+def levels_plan(
+    units: dict[str, tuple[int, int]] | None = None,
+    dropped: tuple[str, ...] = (),
+    group_size: int | None = GROUP_SIZE,
+) -> Plan:
+    """The plan of per-unit ``(bits, sparsity)`` (as :class:`LinearOp` levels are given), the
+    modules ``dropped`` and the quantization ``group_size``: a probe or a random candidate."""
+    from presso.plan import Plan
+
+    levels = {
+        u: {BitsKind.name: int(b), SparsityKind.name: int(s)} for u, (b, s) in (units or {}).items()
+    }
+    return Plan(levels, tuple(dropped), {BitsKind.name: {"group_size": group_size}})
 
 
 class Profiler(ABC):
@@ -189,10 +199,10 @@ class Profiler(ABC):
                 self.name, op.key, workload.key, None, error=f"{type(err).__name__}: {err}"
             )
 
-    def measure_model(self, handle: Any, assignment: Assignment, workload: Workload) -> Measurement:
-        """Assemble ``assignment`` on this backend for real and time one full forward."""
+    def measure_model(self, handle: Any, plan: Plan, workload: Workload) -> Measurement:
+        """Assemble ``plan`` on this backend for real and time one full forward."""
         try:
-            return self._time_model(handle, assignment, workload)
+            return self._time_model(handle, plan, workload)
         except PressoError as err:
             return Measurement(self.name, "model", workload.key, None, error=str(err))
         except Exception as err:  # noqa: BLE001
@@ -203,7 +213,7 @@ class Profiler(ABC):
     @contextmanager
     def keeping_builds(self) -> Iterator[None]:
         """While open, a backend may keep the models it assembles for :meth:`measure_model`
-        and time a later call for the same assignment and workload on the kept one, without
+        and time a later call for the same plan and workload on the kept one, without
         assembling it again: interleaved rounds time every candidate several times. Backends
         whose assembly is cheap keep nothing (this default)."""
         yield
@@ -226,9 +236,7 @@ class Profiler(ABC):
     def _time_op(self, op: LinearOp, workload: Workload) -> Measurement: ...
 
     @abstractmethod
-    def _time_model(
-        self, handle: Any, assignment: Assignment, workload: Workload
-    ) -> Measurement: ...
+    def _time_model(self, handle: Any, plan: Plan, workload: Workload) -> Measurement: ...
 
     def _timed(
         self,
@@ -303,25 +311,21 @@ def last_level_cache_bytes() -> int:
     return max(sizes, default=32 * 2**20)
 
 
-_REGISTRY: dict[str, type[Profiler]] = {}
+#: Profilers by backend name.
+PROFILERS: Registry[type[Profiler]] = Registry("backend", error=PressoError)
 
 
 def register(cls: type[Profiler]) -> type[Profiler]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"profiler {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return PROFILERS.register(cls)
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return PROFILERS.available()
 
 
 def profiler_class(name: str) -> type[Profiler]:
-    if name not in _REGISTRY:
-        raise PressoError(f"unknown backend {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name]
+    return PROFILERS.get(name)
 
 
 def make_profiler(name: str, **options: Any) -> Profiler:
-    return profiler_class(name)(**options)
+    return PROFILERS.make(name, **options)

@@ -43,7 +43,6 @@ from presso.errors import PressoError
 from presso.paths import cache_dir, digest
 from presso.profilers._base import (
     DENSE_BITS,
-    Assignment,
     LinearOp,
     Measurement,
     Profiler,
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from presso.models import ModelHandle
+    from presso.plan import Plan
 
 #: Seed of the random weights and inputs ops are timed with (shared with the torch backend).
 SEED = 0
@@ -192,9 +192,7 @@ class OnnxRuntimeProfiler(Profiler):
 
     # ------------------------------------------------------------------ models
 
-    def _time_model(
-        self, handle: ModelHandle, assignment: Assignment, workload: Workload
-    ) -> Measurement:
+    def _time_model(self, handle: ModelHandle, plan: Plan, workload: Workload) -> Measurement:
         import json
 
         import onnx
@@ -203,7 +201,7 @@ class OnnxRuntimeProfiler(Profiler):
 
         decode = workload.phase == "decode"
         # The graph depends on the model, the assignment and whether it has a KV cache.
-        name = digest([handle.identity, assignment.digest(), decode])
+        name = digest([handle.identity, plan.digest(), decode])
         keep = self._kept is not None and (name in self._build_s or self._room_to_keep())
         with contextlib.ExitStack() as stack:
             if keep:
@@ -218,9 +216,9 @@ class OnnxRuntimeProfiler(Profiler):
                 start = time.perf_counter()
                 build_onnx(
                     handle,
-                    assignment,
+                    plan,
                     path,
-                    weights=self._weights(handle, assignment.group_size),
+                    weights=self._weights(handle, plan.group_size),
                     kv_cache=decode,
                     accuracy_level=self.accuracy_level,
                 )
@@ -244,7 +242,7 @@ class OnnxRuntimeProfiler(Profiler):
             op="model",
             workload=workload,
             build_s=round(build_s, 3),
-            dropped=list(assignment.dropped),
+            dropped=list(plan.dropped),
             carried=carried,
             accuracy_level=self.accuracy_level,
         )

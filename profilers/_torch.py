@@ -33,13 +33,13 @@ from presso.errors import PressoError
 from presso.models import cache_kwargs
 from presso.profilers._base import (
     DENSE_BITS,
-    Assignment,
     LinearOp,
     Measurement,
     Profiler,
     Workload,
     op_weight_copies,
     register,
+    unit_levels,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from presso.compress import QuantizedWeight
     from presso.models import ModelHandle
+    from presso.plan import Plan
 
 #: Columns per scale that torch's int4pack kernels accept, widest first.
 INT4_GROUPS = (256, 128, 64, 32)
@@ -445,7 +446,7 @@ class TorchProfiler(Profiler):
     def assemble(
         self,
         handle: ModelHandle,
-        assignment: Assignment,
+        plan: Plan,
         *,
         weights: WeightSource | None = None,
         sparse_kernel: str = "csr",
@@ -454,25 +455,25 @@ class TorchProfiler(Profiler):
         """A copy of ``handle.model`` on this device with ``assignment`` applied for real.
 
         Units at 2..8 bits become :class:`PackedLinear` (weights from ``weights(name, bits)``,
-        or RTN at ``assignment.group_size`` of the dense weight, pruned first if the unit is
+        or RTN at ``plan.group_size`` of the dense weight, pruned first if the unit is
         sparse); sparse dense-bit units become :class:`SparseLinear` (``sparse_kernel="csr"``),
         a pruned ``nn.Linear`` (``"dense"``), or whichever this profiler measures faster at
         ``workload`` (``"fastest"``). Dropped blocks are removed; dropped ``self_attn`` / ``mlp``
         sublayers are replaced by no-ops. ``handle.model`` is not modified.
         """
-        return self._assemble(handle, assignment, weights, sparse_kernel, workload)[0]
+        return self._assemble(handle, plan, weights, sparse_kernel, workload)[0]
 
     def _assemble(
         self,
         handle: ModelHandle,
-        assignment: Assignment,
+        plan: Plan,
         weights: WeightSource | None,
         sparse_kernel: str,
         workload: Workload | None,
     ) -> tuple[nn.Module, Counter[str]]:
         from presso.surgery import drop_blocks
 
-        blocks, sublayers = self._check_assignment(handle, assignment, sparse_kernel, workload)
+        blocks, sublayers = self._check_assignment(handle, plan, sparse_kernel, workload)
         model = copy.deepcopy(handle.model)
         modules = dict(model.named_modules())
         for name in handle.unit_names:  # units not assigned run dense, whatever the handle holds
@@ -485,14 +486,14 @@ class TorchProfiler(Profiler):
                 tuple(s + "." for s in sublayers)
             ):
                 continue  # removed with what it is in
-            bits, sparsity = assignment.units.get(name, (DENSE_BITS, 0))
+            bits, sparsity = unit_levels(plan, name)
             new, kernel = self._unit(
                 handle,
                 modules[name],
                 name,
                 bits,
                 sparsity,
-                assignment,
+                plan,
                 weights,
                 sparse_kernel,
                 workload,
@@ -517,7 +518,7 @@ class TorchProfiler(Profiler):
         name: str,
         bits: int,
         sparsity: int,
-        assignment: Assignment,
+        plan: Plan,
         weights: WeightSource | None,
         sparse_kernel: str,
         workload: Workload | None,
@@ -533,7 +534,7 @@ class TorchProfiler(Profiler):
                     qw = weights(name, bits)
                 else:
                     dense = handle.dense_weight(name)
-                    qw = quantized_level(dense, bits, sparsity, assignment.group_size)
+                    qw = quantized_level(dense, bits, sparsity, plan.group_size)
                 layer = classes.PackedLinear.from_quantized(
                     qw, bias, device=self.device, dtype=self.packed_dtype
                 )
@@ -562,7 +563,7 @@ class TorchProfiler(Profiler):
 
     @staticmethod
     def _check_assignment(
-        handle: ModelHandle, assignment: Assignment, sparse_kernel: str, workload: Workload | None
+        handle: ModelHandle, plan: Plan, sparse_kernel: str, workload: Workload | None
     ) -> tuple[list[int], list[str]]:
         """Validate names and levels; the dropped block indices and dropped sublayer names."""
         if sparse_kernel not in SPARSE_KERNELS:
@@ -572,27 +573,26 @@ class TorchProfiler(Profiler):
         if sparse_kernel == "fastest" and workload is None:
             raise PressoError("sparse_kernel='fastest' needs the workload to time the kernels at")
         units = set(handle.unit_names)
-        for name, (bits, sparsity) in assignment.units.items():
+        for name in plan.units:
+            bits, sparsity = unit_levels(plan, name)
             if name not in units:
-                raise PressoError(f"assignment: {name!r} is not a unit of model {handle.name}")
+                raise PressoError(f"plan: {name!r} is not a unit of model {handle.name}")
             _check_level(f"unit {name}", bits, sparsity)
         block_names = handle.block_names()
         blocks, sublayers = [], []
-        for name in assignment.dropped:
+        for name in plan.dropped:
             if name in block_names:
                 blocks.append(handle.block_of(name))
             elif name.endswith(("self_attn", "mlp")) and _has_module(handle, name):
                 sublayers.append(name)
             else:
                 raise PressoError(
-                    f"assignment: cannot drop {name!r}: name a block ({block_names[0]}) or a "
+                    f"plan: cannot drop {name!r}: name a block ({block_names[0]}) or a "
                     f"block's self_attn / mlp sublayer"
                 )
         return blocks, [n for n in sublayers if handle.block_of(n) not in blocks]
 
-    def _time_model(
-        self, handle: ModelHandle, assignment: Assignment, workload: Workload
-    ) -> Measurement:
+    def _time_model(self, handle: ModelHandle, plan: Plan, workload: Workload) -> Measurement:
         import torch
 
         if handle.kind != "causal-lm" and workload.phase == "decode":
@@ -602,8 +602,8 @@ class TorchProfiler(Profiler):
             )
         with self._threads():
             with torch.no_grad():  # not inference_mode: the assembled model outlives this call
-                model, kernels = self._assemble(handle, assignment, None, "fastest", workload)
-            return self._time_forward(model, handle.kind, workload, kernels, assignment)
+                model, kernels = self._assemble(handle, plan, None, "fastest", workload)
+            return self._time_forward(model, handle.kind, workload, kernels, plan)
 
     def _time_forward(
         self,
@@ -611,7 +611,7 @@ class TorchProfiler(Profiler):
         kind: str,
         workload: Workload,
         kernels: Counter[str],
-        assignment: Assignment,
+        plan: Plan,
     ) -> Measurement:
         import torch
 
@@ -626,7 +626,7 @@ class TorchProfiler(Profiler):
                 workload=workload,
                 sync=self._sync,
                 kernels=dict(sorted(kernels.items())),
-                dropped=list(assignment.dropped),
+                dropped=list(plan.dropped),
                 dtype=str(self.dtype).removeprefix("torch."),
                 packed_activations=str(self.packed_dtype).removeprefix("torch."),
             )

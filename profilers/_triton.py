@@ -18,19 +18,22 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from presso.errors import PressoError
 from presso.models import cache_kwargs
 from presso.profilers._base import (
     DENSE_BITS,
-    Assignment,
     LinearOp,
     Measurement,
     Profiler,
     Workload,
     register,
+    unit_levels,
 )
+
+if TYPE_CHECKING:
+    from presso.plan import Plan
 
 #: Kernel calls per CUDA-graph replay, at least: amortises the replay's launch and sync.
 _CALLS_PER_REPLAY = 32
@@ -177,9 +180,9 @@ class TritonProfiler(Profiler):
 
     # ------------------------------------------------------------------ whole model
 
-    def _time_model(self, handle: Any, assignment: Assignment, workload: Workload) -> Measurement:
+    def _time_model(self, handle: Any, plan: Plan, workload: Workload) -> Measurement:
         torch = _cuda(self.device)
-        model, detail = _assemble(handle, assignment, self.device)
+        model, detail = _assemble(handle, plan, self.device)
         vocab = getattr(model.config, "vocab_size", 1000)
         shape = (workload.batch, workload.seq_len)
         ids = torch.randint(0, vocab, shape, device=self.device)
@@ -234,7 +237,7 @@ def _decode_step(model: Any, ids: Any) -> Callable[[], Any]:
     return run
 
 
-def _assemble(handle: Any, assignment: Assignment, device: str) -> tuple[Any, dict[str, Any]]:
+def _assemble(handle: Any, plan: Plan, device: str) -> tuple[Any, dict[str, Any]]:
     """An fp16 copy of ``handle``'s model on ``device`` with each assigned unit packed and run
     by the Triton kernel, and the dropped blocks or sublayers removed or skipped."""
     import torch
@@ -243,21 +246,22 @@ def _assemble(handle: Any, assignment: Assignment, device: str) -> tuple[Any, di
     from presso.kernels._packing import pack
     from presso.kernels._triton_gemm import WQLinear
 
-    unknown = sorted(set(assignment.units) - set(handle.unit_names))
+    unknown = sorted(set(plan.units) - set(handle.unit_names))
     if unknown:
-        raise PressoError(f"assignment names units the model lacks: {unknown[:3]}")
+        raise PressoError(f"the plan names units the model lacks: {unknown[:3]}")
     model = copy.deepcopy(handle.model)
     for name in handle.unit_names:  # the dense weights, whatever the handle holds now
         model.get_submodule(name).weight.data = handle.dense_weight(name).clone()
     model = model.to(device=device, dtype=torch.float16).eval()
     packed_units, sparse_units = 0, 0
-    for name, (bits, sparsity) in assignment.units.items():
+    for name in plan.units:
+        bits, sparsity = unit_levels(plan, name)
         sparse_units += sparsity > 0
         if bits >= DENSE_BITS:
             continue
         linear = model.get_submodule(name)
         k = linear.in_features
-        group = assignment.group_size
+        group = plan.group_size
         if group is not None and k % group:
             raise PressoError(
                 f"{name}: group_size {group} does not divide in_features {k}; "
@@ -268,11 +272,11 @@ def _assemble(handle: Any, assignment: Assignment, device: str) -> tuple[Any, di
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, WQLinear(pack(qw), bias))
         packed_units += 1
-    _drop(model, handle, assignment.dropped)
+    _drop(model, handle, plan.dropped)
     detail: dict[str, Any] = {
         "kernel": "presso triton wq_matmul (packed units), cuBLAS fp16 (the rest)",
         "packed_units": packed_units,
-        "dropped": len(assignment.dropped),
+        "dropped": len(plan.dropped),
     }
     if sparse_units:
         detail["sparsity"] = f"not exploited: {sparse_units} sparse units run at full shape"

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from presso.errors import PressoError
 from presso.profilers._base import (
     DENSE_BITS,
-    Assignment,
     LinearOp,
     Measurement,
     Profiler,
     Workload,
     register,
+    unit_levels,
     weight_copies,
 )
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from presso.compress._quant import QuantizedWeight
+    from presso.plan import Plan
     from presso.profilers._database import ProfileDatabase
 
 #: Where real levels come from: ``(unit name, bits) -> QuantizedWeight`` (e.g. GPTQ levels).
@@ -94,10 +95,10 @@ class TvmProfiler(Profiler):
         return tvm_versions()
 
     def assemble(
-        self, handle: Any, assignment: Assignment, *, weights: WeightSource | None = None
+        self, handle: Any, plan: Plan, *, weights: WeightSource | None = None
     ) -> nn.Module:
         """:func:`assemble` with this profiler's tuning budget and database."""
-        return assemble(handle, assignment, profiler=self, weights=weights)
+        return assemble(handle, plan, profiler=self, weights=weights)
 
     def _kernel(self, rows: int, out_f: int, in_f: int, bits: int, group_size: int | None) -> Any:
         from presso.kernels._tvm_gemm import set_threads
@@ -154,7 +155,7 @@ class TvmProfiler(Profiler):
                 sparsity_exploited=False,
             )
 
-    def _time_model(self, handle: Any, assignment: Assignment, workload: Workload) -> Measurement:
+    def _time_model(self, handle: Any, plan: Plan, workload: Workload) -> Measurement:
         import torch
 
         from presso.profilers._torch import SEED, TorchProfiler
@@ -164,7 +165,7 @@ class TvmProfiler(Profiler):
                 f"model {handle.name} is an {handle.kind}: it has no decode phase; "
                 "use a prefill workload"
             )
-        model = self.assemble(handle, assignment)
+        model = self.assemble(handle, plan)
         with self._threads(), torch.inference_mode():
             gen = torch.Generator().manual_seed(SEED)
             shape = (workload.batch, workload.seq_len)
@@ -177,7 +178,7 @@ class TvmProfiler(Profiler):
                 workload=workload,
                 linear_kernels="tvm",
                 trials=self.trials,
-                dropped=list(assignment.dropped),
+                dropped=list(plan.dropped),
             )
 
 
@@ -249,7 +250,7 @@ def _unit_module(
     linear: Any,
     name: str,
     level: tuple[int, int],
-    assignment: Assignment,
+    plan: Plan,
     profiler: TvmProfiler,
     weights: WeightSource | None,
 ) -> nn.Module:
@@ -268,7 +269,7 @@ def _unit_module(
             if weights is not None:
                 q = weights(name, bits)
             else:
-                q = quantize_rtn(weight, QuantSpec(bits, assignment.group_size))
+                q = quantize_rtn(weight, QuantSpec(bits, plan.group_size))
         except ValueError as err:
             raise PressoError(f"unit {name}: {err}") from None
         codes = pack_int4(q.codes) if carrier == 4 else q.codes.contiguous()
@@ -279,7 +280,7 @@ def _unit_module(
 
 def assemble(
     handle: Any,
-    assignment: Assignment,
+    plan: Plan,
     *,
     profiler: TvmProfiler | None = None,
     weights: WeightSource | None = None,
@@ -289,7 +290,7 @@ def assemble(
     dropped ``self_attn`` / ``mlp`` sublayers made no-ops (as the torch backend does).
 
     weights: ``(name, bits) -> QuantizedWeight`` (e.g. GPTQ levels); without it units are
-    quantized here with RTN at ``assignment.group_size`` (right for latency, not for accuracy).
+    quantized here with RTN at ``plan.group_size`` (right for latency, not for accuracy).
     Kernels compile — and tune, per ``profiler`` — on first use of each shape.
     ``handle.model`` is not modified.
     """
@@ -297,16 +298,14 @@ def assemble(
     from presso.surgery import drop_blocks
 
     profiler = profiler or TvmProfiler()
-    blocks, sublayers = TorchProfiler._check_assignment(handle, assignment, "dense", None)
+    blocks, sublayers = TorchProfiler._check_assignment(handle, plan, "dense", None)
     model = copy.deepcopy(handle.model)
     skipped = tuple(s + "." for s in sublayers)
     for name in handle.unit_names:
         if handle.block_of(name) in blocks or name.startswith(skipped):
             continue  # removed with what it is in
-        level = assignment.units.get(name, (DENSE_BITS, 0))
-        new = _unit_module(
-            handle, model.get_submodule(name), name, level, assignment, profiler, weights
-        )
+        level = unit_levels(plan, name)
+        new = _unit_module(handle, model.get_submodule(name), name, level, plan, profiler, weights)
         _replace(model, name, new)
     classes = _classes()
     for name in sublayers:

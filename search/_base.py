@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from presso.errors import shown
+from presso.registry import Registry
 from presso.spaces import Config, SearchSpace
 
 
@@ -105,6 +106,8 @@ class Strategy(ABC):
     name: ClassVar[str]
     #: The Context fields the strategy needs (the run measures only what some strategy needs).
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: The knob kinds it decides (a space without them is refused); None: any kind.
+    kinds: ClassVar[tuple[str, ...] | None] = None
     #: The range of numeric options, ``(least, most)``, either None for no bound; an option
     #: that may be None (null) is checked only when given a number.
     bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
@@ -255,28 +258,21 @@ class OneShot(Strategy):
         return 1
 
 
-_REGISTRY: dict[str, type[Strategy]] = {}
+#: Strategies by name.
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator adding a strategy to the registry under ``cls.name``."""
-    if cls.name in _REGISTRY:
-        raise ValueError(f"strategy {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return STRATEGIES.register(cls)
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return STRATEGIES.available()
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy {name!r}; available: {', '.join(available())}"
-        ) from None
+    return STRATEGIES.get(name)
 
 
 def make_strategy(

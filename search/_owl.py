@@ -24,6 +24,7 @@ import numpy as np
 
 from presso.search._base import Context, OneShot, register
 from presso.spaces import Config, MeanSparsity, SearchSpace
+from presso.spaces._sparsity import SparsityKind
 
 
 def owl_sparsities(
@@ -44,7 +45,7 @@ def owl_config(space: SearchSpace, context: Context, *, lam: float, spend_budget
     ratios, blocks, target = _check(space, context, lam)
     members: dict[int, list[int]] = {}
     for d, dim in enumerate(space.dims):
-        if dim.kind == "sparsity":
+        if dim.kind == OWL.kinds[0]:
             members.setdefault(blocks[d], []).append(d)
     order = sorted(members, key=lambda b: (ratios[b], b))  # fewest outliers first
     weights = [sum(space.dims[d].weight for d in members[b]) for b in order]
@@ -97,7 +98,7 @@ def _check(
 ) -> tuple[tuple[float, ...], tuple[int, ...], float]:
     if lam < 0:
         raise ValueError(f"lam must be >= 0 (percent), got {lam}")
-    if not any(d.kind == "sparsity" for d in space.dims):
+    if not any(d.kind == OWL.kinds[0] for d in space.dims):
         raise ValueError(f"owl needs a space with sparsity dimensions: {space.describe()}")
     limits = [c.limit for c in space.constraints if isinstance(c, MeanSparsity)]
     if not limits:
@@ -110,7 +111,7 @@ def _check(
         )
     if len(blocks) != len(space):
         raise ValueError(f"dim_blocks has {len(blocks)} entries, the space has {len(space)}")
-    used = {b for b, d in zip(blocks, space.dims) if d.kind == "sparsity"}
+    used = {b for b, d in zip(blocks, space.dims) if d.kind == OWL.kinds[0]}
     if not all(0 <= b < len(ratios) for b in used):
         raise ValueError(f"dim_blocks names blocks outside the {len(ratios)} outlier ratios")
     return ratios, blocks, max(limits)
@@ -126,6 +127,7 @@ class OWL(OneShot):
 
     name = "owl"
     requires = frozenset({"outlier_ratios"})
+    kinds = (SparsityKind.name,)
     bounds = {"lam": (0, None)}  # percent
 
     def __init__(

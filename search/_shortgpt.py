@@ -15,12 +15,13 @@ import math
 
 from presso.search._base import Context, OneShot, register
 from presso.spaces import DROPPED, KEPT, Config, MinDropped, SearchSpace
+from presso.spaces._depth import DepthKind
 
 
 def shortgpt_config(space: SearchSpace, context: Context) -> Config:
     """The ShortGPT configuration of ``space``: the ``k`` lowest-BI depth dimensions dropped,
     the others kept, other kinds at their ``best_uniform()`` values (lowest levels if none)."""
-    depth = [d for d, dim in enumerate(space.dims) if dim.kind == "depth"]
+    depth = [d for d, dim in enumerate(space.dims) if dim.kind == ShortGPT.kinds[0]]
     if not depth:
         raise ValueError(f"shortgpt needs a space with depth dimensions: {space.describe()}")
     limits = [c.limit for c in space.constraints if isinstance(c, MinDropped)]
@@ -55,6 +56,7 @@ class ShortGPT(OneShot):
 
     name = "shortgpt"
     requires = frozenset({"block_importance"})
+    kinds = (DepthKind.name,)
 
     def __init__(
         self, space: SearchSpace, *, seed: int = 0, context: Context | None = None

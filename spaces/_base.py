@@ -9,14 +9,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from presso.spaces._kinds import KINDS
+
+if TYPE_CHECKING:
+    from presso.plan import Plan
+
 Config = tuple[int, ...]
-
-
-#: Kinds of dimension: what a level value means and how the evaluator realises it.
-KINDS = ("bits", "sparsity", "depth")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Dimension:
     weight: parameters the choice governs, used by parameter-weighted constraints.
     group: dimensions of one group have the same shape, so a level switch between two of them
         moves the same number of parameters up and down.
-    kind: ``bits``, ``sparsity`` or ``depth``.
+    kind: a registered kind's name (``presso.spaces.KINDS``: bits, sparsity, depth).
     target: the module the choice applies to (a Linear for bits/sparsity; a block, or its
         ``self_attn`` / ``mlp`` for depth); defaults to ``name``.
     """
@@ -50,7 +52,9 @@ class Dimension:
         if self.weight <= 0:
             raise ValueError(f"{self.name}: weight must be positive, got {self.weight}")
         if self.kind not in KINDS:
-            raise ValueError(f"{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+            raise ValueError(
+                f"{self.name}: kind must be one of {tuple(KINDS.available())}, got {self.kind!r}"
+            )
         if not self.target:
             object.__setattr__(self, "target", self.name)
 
@@ -142,6 +146,8 @@ class SearchSpace:
         dims: Sequence[Dimension],
         constraints: Sequence[Constraint] = (),
         reports: Sequence[Constraint] = (),
+        *,
+        settings: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         if not dims:
             raise ValueError("a search space needs at least one dimension")
@@ -153,6 +159,9 @@ class SearchSpace:
         #: Quantities stored with every evaluation without limiting anything (latency, size).
         self.reports: tuple[Constraint, ...] = tuple(reports)
         self.weights = np.array([d.weight for d in dims], dtype=np.int64)
+        #: Per kind, the plan-entry fields of a compressed unit besides its level (how the
+        #: levels were built: ``{"bits": {"method": "gptq", "group_size": 128, ...}}``).
+        self.settings: dict[str, dict[str, Any]] = dict(settings or {})
 
     def __len__(self) -> int:
         return len(self.dims)
@@ -230,7 +239,7 @@ class SearchSpace:
         the model): keep blocks in order while the budget allows, i.e. drop the last ones."""
         out = list(config)
         for d, dim in enumerate(self.dims):
-            if dim.kind != "depth":
+            if KINDS.get(dim.kind).per_unit:
                 continue
             while out[d] < len(dim.levels) - 1:
                 out[d] += 1
@@ -241,6 +250,18 @@ class SearchSpace:
 
     def lowest(self) -> Config:
         return tuple(0 for _ in self.dims)
+
+    def plan(self, config: Config) -> Plan:
+        """The plan of ``config``: each unit's level of each kind, and the modules dropped."""
+        from presso.plan import Plan
+
+        self.validate(config)
+        return Plan.from_levels(
+            [d.target for d in self.dims],
+            [d.kind for d in self.dims],
+            self.values(config),
+            settings=self.settings,
+        )
 
     def to_dict(self, config: Config) -> dict[str, float]:
         return dict(zip(self.names, self.values(config)))

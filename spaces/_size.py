@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from presso.spaces._base import Config, Constraint, SearchSpace
-
-DENSE_BITS = 16
+from presso.spaces._bits import DENSE_BITS, BitsKind
+from presso.spaces._depth import DROPPED, DepthKind
+from presso.spaces._sparsity import SparsityKind
 
 
 class _UnitBudget(Constraint):
@@ -31,11 +32,11 @@ class _UnitBudget(Constraint):
                 bits = sparsity = None
                 depth = []
                 for i, d in enumerate(space.dims):
-                    if d.target == name and d.kind == "bits":
+                    if d.target == name and d.kind == BitsKind.name:
                         bits = i
-                    elif d.target == name and d.kind == "sparsity":
+                    elif d.target == name and d.kind == SparsityKind.name:
                         sparsity = i
-                    elif d.kind == "depth" and name.startswith(d.target + "."):
+                    elif d.kind == DepthKind.name and name.startswith(d.target + "."):
                         depth.append(i)
                 plan.append((params, bits, sparsity, depth))
             self._plans[key] = plan
@@ -43,7 +44,7 @@ class _UnitBudget(Constraint):
 
     @staticmethod
     def _kept(space: SearchSpace, config: Config, depth: list[int]) -> bool:
-        return all(space.dims[i].levels[config[i]] != 0 for i in depth)
+        return all(space.dims[i].levels[config[i]] != DROPPED for i in depth)
 
 
 class MaxParams(_UnitBudget):

@@ -106,31 +106,31 @@ def _setup(tmp_path: Path) -> Setup:
 
 def test_corrupt_level_is_reported_rebuilt_and_never_read(tmp_path: Path, caplog) -> None:
     s = _setup(tmp_path)
-    s.db.build(None)
+    s.level_db("bits").build(None)
     unit = s.handle.units[3].name
-    path = s.db.path(unit, 3)
+    path = s.level_db("bits").path(unit, 3)
     good = path.read_bytes()
     _flip(path)
     checksum._verified.clear()
     with pytest.raises(CorruptFile, match=f"{path}: content does not match"):
-        s.db.load(unit, 3)  # an evaluation reading it fails, naming the file
+        s.level_db("bits").load(unit, 3)  # an evaluation reading it fails, naming the file
     with caplog.at_level(logging.WARNING, logger="presso"):
-        assert s.db.missing() == [(unit, 3)]
+        assert s.level_db("bits").missing() == [(unit, 3)]
     assert f"{path}: content does not match its checksum" in caplog.text
     assert "rebuilding it" in caplog.text
-    s.db.build(None)
+    s.level_db("bits").build(None)
     assert _same(path.read_bytes(), good)  # rebuilt exactly
-    assert s.db.is_complete()
+    assert s.level_db("bits").is_complete()
 
 
 def test_level_database_from_before_checksums_is_kept(tmp_path: Path) -> None:
     s = _setup(tmp_path)
-    s.db.build(None)
-    path = s.db.path(s.handle.units[0].name, 2)
+    s.level_db("bits").build(None)
+    path = s.level_db("bits").path(s.handle.units[0].name, 2)
     unsealed = save(load(path.read_bytes()))  # the same tensors, no checksum (an old cache)
     path.write_bytes(unsealed)
     checksum._verified.clear()
-    assert s.db.build(None) == 0.0  # nothing rebuilt
+    assert s.level_db("bits").build(None) == 0.0  # nothing rebuilt
     checksum._verified.clear()
     assert verify(path) is True
 

@@ -346,7 +346,7 @@ def test_operator_keys_cover_the_options():
 
 
 def test_registry_refuses_duplicates_and_names_the_available_operators(monkeypatch):
-    monkeypatch.setattr(_base, "_REGISTRY", dict(_base._REGISTRY))
+    monkeypatch.setattr(_base.OPERATORS, "_items", dict(_base.OPERATORS._items))
 
     class Another(Operator):
         name = "rtn"

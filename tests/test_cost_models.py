@@ -19,7 +19,7 @@ from presso.cost_models import (
     parse_op,
 )
 from presso.errors import PressoError
-from presso.profilers import Assignment, LinearOp, Measurement, Workload
+from presso.profilers import LinearOp, Measurement, Workload, levels_plan
 
 W = Workload(batch=1, seq_len=16, phase="prefill")
 
@@ -94,18 +94,18 @@ def _latency(sublayers: bool = True) -> CandidateLatency:
 
 def test_candidate_latency_adds_up() -> None:
     model = _latency()
-    assert model.predict(Assignment()) == pytest.approx(10.0)  # dense is what was measured
-    assert model.predict(Assignment(dropped=("b.1",))) == pytest.approx(8.0)
-    assert model.predict(Assignment(dropped=("b.2.self_attn",))) == pytest.approx(9.2)
-    assert model.predict(Assignment(dropped=("b.0.mlp",))) == pytest.approx(9.0)
-    four = model.predict(Assignment(units={"b.0.mlp.up": (4, 0)}))
+    assert model.predict(levels_plan()) == pytest.approx(10.0)  # dense is what was measured
+    assert model.predict(levels_plan(dropped=("b.1",))) == pytest.approx(8.0)
+    assert model.predict(levels_plan(dropped=("b.2.self_attn",))) == pytest.approx(9.2)
+    assert model.predict(levels_plan(dropped=("b.0.mlp",))) == pytest.approx(9.0)
+    four = model.predict(levels_plan(units={"b.0.mlp.up": (4, 0)}))
     saved = (
         model.unit_ms({"b.0.mlp.up": (16, 0)})["b.0.mlp.up"]
         - model.unit_ms({"b.0.mlp.up": (4, 0)})["b.0.mlp.up"]
     )
     assert four == pytest.approx(10.0 - saved)
     # A dropped block's units cost nothing, whatever their level.
-    assert model.predict(Assignment(units={"b.1.mlp.up": (2, 0)}, dropped=("b.1",))) == (
+    assert model.predict(levels_plan(units={"b.1.mlp.up": (2, 0)}, dropped=("b.1",))) == (
         pytest.approx(8.0)
     )
 
@@ -113,7 +113,7 @@ def test_candidate_latency_adds_up() -> None:
 def test_in_model_calibration_reproduces_the_uniform_model() -> None:
     base = _latency()
     four = {u.name: (4, 0) for u in base.units}
-    uncalibrated = base.predict(Assignment(units=four))
+    uncalibrated = base.predict(levels_plan(units=four))
     saved = 10.0 - uncalibrated  # what the isolated timings say 4 bits save end to end
     # Inside the model, 4 bits saved 1.5x what the layer timings alone predict.
     measured = 10.0 - 1.5 * saved
@@ -123,9 +123,9 @@ def test_in_model_calibration_reproduces_the_uniform_model() -> None:
         table, units, base.blocks, s, W, group_size=32, calibration=(4, measured)
     )
     assert model.scale == pytest.approx(1.5)
-    assert model.predict(Assignment()) == pytest.approx(10.0)  # dense still reproduced
-    assert model.predict(Assignment(units=four)) == pytest.approx(measured)
-    assert model.predict(Assignment(dropped=("b.1",))) == pytest.approx(8.0)
+    assert model.predict(levels_plan()) == pytest.approx(10.0)  # dense still reproduced
+    assert model.predict(levels_plan(units=four)) == pytest.approx(measured)
+    assert model.predict(levels_plan(dropped=("b.1",))) == pytest.approx(8.0)
     # A probe that contradicts the table (slower than dense) is not believed: α stays 1.
     slow = CandidateLatency(table, units, base.blocks, s, W, group_size=32, calibration=(4, 11.0))
     assert slow.scale == 1.0
@@ -134,9 +134,9 @@ def test_in_model_calibration_reproduces_the_uniform_model() -> None:
 def test_unmeasured_level_needs_a_fallback() -> None:
     model = _latency()
     with pytest.raises(PressoError, match="presso profile"):
-        model.predict(Assignment(units={"b.0.mlp.up": (3, 0)}))
+        model.predict(levels_plan(units={"b.0.mlp.up": (3, 0)}))
     model.fallback = BoostedTrees().fit(_grid())
-    assert 0 < model.predict(Assignment(units={"b.0.mlp.up": (3, 0)})) < 10.0 + 1.0
+    assert 0 < model.predict(levels_plan(units={"b.0.mlp.up": (3, 0)})) < 10.0 + 1.0
 
 
 def test_sizes_follow_the_packed_formats() -> None:

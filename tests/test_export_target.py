@@ -15,7 +15,7 @@ import pytest
 from presso.cli import main
 from presso.errors import PressoError
 from presso.export import Exporter, Source, export
-from presso.export._base import _REGISTRY
+from presso.export._base import FORMATS
 from presso.export._target import MANIFEST, export_dir
 from presso.paths import atomic_dir
 
@@ -55,7 +55,7 @@ class _FolderExporter(Exporter):
 
 @pytest.fixture
 def folder_format(monkeypatch: pytest.MonkeyPatch) -> type[_FolderExporter]:
-    monkeypatch.setitem(_REGISTRY, _FolderExporter.name, _FolderExporter)
+    monkeypatch.setitem(FORMATS._items, _FolderExporter.name, _FolderExporter)
     return _FolderExporter
 
 
@@ -194,7 +194,7 @@ def test_unwritable_targets_are_one_line(
     with pytest.raises(PressoError, match="cannot write in .* \\(permission denied\\)"):
         export(ATTRS, "search", "plan", tmp_path / "plan.json")
     monkeypatch.undo()
-    monkeypatch.setitem(_REGISTRY, _FolderExporter.name, _FolderExporter)
+    monkeypatch.setitem(FORMATS._items, _FolderExporter.name, _FolderExporter)
     monkeypatch.setattr(Path, "mkdir", refuse)  # e.g. a read-only file system
     with pytest.raises(PressoError, match=r"--out .*deep/out: cannot write .*Permission denied"):
         export(ATTRS, "search", "test-folder", tmp_path / "deep" / "out")

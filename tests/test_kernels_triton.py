@@ -397,13 +397,15 @@ def test_profiler_measures_on_gpu() -> None:
 @gpu
 def test_profiler_times_a_model_on_gpu() -> None:
     from presso.models import load_model
-    from presso.profilers import Assignment, Workload, make_profiler
+    from presso.profilers import Workload, levels_plan, make_profiler
 
     handle = load_model("tiny-llama")
     units = {name: (4, 0) for name in handle.unit_names}
     profiler = make_profiler("triton", warmup=1, repeats=3)
     for phase in ("prefill", "decode"):
-        m = profiler.measure_model(handle, Assignment(units, group_size=32), Workload(1, 16, phase))
+        m = profiler.measure_model(
+            handle, levels_plan(units, group_size=32), Workload(1, 16, phase)
+        )
         assert m.ok, m.error
 
 
@@ -411,14 +413,14 @@ def test_model_assembly_packs_units_and_drops_blocks() -> None:
     # The part of measure_model that needs no GPU: which modules become packed layers.
     from presso.kernels._triton_gemm import WQLinear
     from presso.models import load_model
-    from presso.profilers import Assignment
+    from presso.profilers import levels_plan
     from presso.profilers._triton import _assemble
 
     handle = load_model("tiny-llama")
     names = handle.unit_names
     units = {names[0]: (4, 0), names[1]: (3, 50), names[2]: (16, 0)}
     dropped = (handle.block_names()[3], f"{handle.block_names()[1]}.mlp")
-    model, detail = _assemble(handle, Assignment(units, dropped, group_size=32), "cpu")
+    model, detail = _assemble(handle, levels_plan(units, dropped, group_size=32), "cpu")
     assert isinstance(model.get_submodule(names[0]), WQLinear)
     assert model.get_submodule(names[1]).packed.bits == 3
     assert not isinstance(model.get_submodule(names[2]), WQLinear)
@@ -426,4 +428,4 @@ def test_model_assembly_packs_units_and_drops_blocks() -> None:
     assert detail["packed_units"] == 2 and "not exploited" in detail["sparsity"]
     assert isinstance(handle.model.get_submodule(names[0]), torch.nn.Linear)  # handle untouched
     with pytest.raises(PressoError, match="does not divide"):
-        _assemble(handle, Assignment(units, group_size=48), "cpu")
+        _assemble(handle, levels_plan(units, group_size=48), "cpu")

@@ -19,24 +19,28 @@ def _setup(**compress: object) -> Setup:
 
 def test_build_once_then_nothing_to_do() -> None:
     s = _setup(group_size=16)
-    s.db.build(s.data.calibration[:4])
-    assert s.db.is_complete()
-    assert s.db.build(s.data.calibration[:4]) == 0.0
-    files = list(s.db.folder.rglob("*.safetensors"))
+    s.level_db("bits").build(s.data.calibration[:4])
+    assert s.level_db("bits").is_complete()
+    assert s.level_db("bits").build(s.data.calibration[:4]) == 0.0
+    files = list(s.level_db("bits").folder.rglob("*.safetensors"))
     assert len(files) == len(s.handle.units) * 4
 
 
 def test_content_addressing() -> None:
     a, b = _setup(group_size=16), _setup(group_size=32)
-    assert a.db.key != b.db.key  # operator options change the address
+    assert a.level_db("bits").key != b.level_db("bits").key  # operator options change the address
     rtn1 = _setup()
     rtn2 = Setup(Experiment.model_validate(tiny_experiment(data={"seed": 1})))
-    assert rtn1.db.key == rtn2.db.key  # RTN needs no data: calibration does not matter
+    assert (
+        rtn1.level_db("bits").key == rtn2.level_db("bits").key
+    )  # RTN needs no data: calibration does not matter
     g1 = _setup(operator="gptq")
     g2 = Setup(
         Experiment.model_validate(tiny_experiment(data={"seed": 1}, compress={"operator": "gptq"}))
     )
-    assert g1.db.key != g2.db.key  # GPTQ's levels depend on its calibration data
+    assert (
+        g1.level_db("bits").key != g2.level_db("bits").key
+    )  # GPTQ's levels depend on its calibration data
 
 
 def test_interrupted_build_resumes_without_redoing_work() -> None:
@@ -51,37 +55,39 @@ def test_interrupted_build_resumes_without_redoing_work() -> None:
             yield item
 
     with pytest.raises(KeyboardInterrupt):
-        s.db.build(None, progress=interrupting)
-    written = {p: p.stat().st_mtime_ns for p in s.db.folder.rglob("*.safetensors")}
+        s.level_db("bits").build(None, progress=interrupting)
+    written = {p: p.stat().st_mtime_ns for p in s.level_db("bits").folder.rglob("*.safetensors")}
     assert len(written) == 12
-    assert not list(s.db.folder.rglob("*.tmp"))  # atomic writes leave no partial files
-    assert len(s.db.missing()) == len(s.handle.units) * 4 - 12
-    s.db.build(None)
-    assert s.db.is_complete()
+    assert not list(
+        s.level_db("bits").folder.rglob("*.tmp")
+    )  # atomic writes leave no partial files
+    assert len(s.level_db("bits").missing()) == len(s.handle.units) * 4 - 12
+    s.level_db("bits").build(None)
+    assert s.level_db("bits").is_complete()
     for path, mtime in written.items():
         assert path.stat().st_mtime_ns == mtime
 
 
 def test_levels_reconstruct_and_errors_fall_with_bits() -> None:
     s = _setup(group_size=16)
-    s.db.build(None)
+    s.level_db("bits").build(None)
     unit = s.handle.units[5].name
     dense = s.handle.dense_weight(unit)
-    w8 = s.db.weight(unit, 8)
+    w8 = s.level_db("bits").weight(unit, 8)
     assert w8.shape == dense.shape and w8.dtype == torch.float32
     assert (w8 - dense).abs().max() < 0.02 * dense.abs().max()
-    errors = s.db.unit_errors()[unit]
+    errors = s.level_db("bits").unit_errors()[unit]
     assert errors[2] > errors[3] > errors[4] > errors[8]
 
 
 def test_gptq_database_uses_calibration() -> None:
     s = _setup(operator="gptq", group_size=32)
-    seconds = s.db.build(s.data.calibration[:4])
-    assert seconds > 0 and s.db.is_complete()
+    seconds = s.level_db("bits").build(s.data.calibration[:4])
+    assert seconds > 0 and s.level_db("bits").is_complete()
     rtn = _setup(group_size=32)
-    rtn.db.build(None)
+    rtn.level_db("bits").build(None)
     # GPTQ's output error is not worse than RTN's on most units (its purpose).
-    g, r = s.db.unit_errors(), rtn.db.unit_errors()
+    g, r = s.level_db("bits").unit_errors(), rtn.level_db("bits").unit_errors()
     better = sum(g[u][3] <= r[u][3] * 1.0001 for u in g)
     assert better >= 0.8 * len(g)
-    assert os.path.isfile(s.db.folder / "manifest.json")
+    assert os.path.isfile(s.level_db("bits").folder / "manifest.json")

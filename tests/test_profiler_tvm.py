@@ -13,11 +13,11 @@ pytest.importorskip("tvm")
 from presso.errors import PressoError  # noqa: E402
 from presso.models import load_model  # noqa: E402
 from presso.profilers import (  # noqa: E402
-    Assignment,
     LinearOp,
     ProfileDatabase,
     Workload,
     available,
+    levels_plan,
     make_profiler,
 )
 from presso.profilers._tvm import carrier_bits, row_bucket  # noqa: E402
@@ -83,7 +83,7 @@ def test_profiler_tunes_once_per_database(tmp_path: Path) -> None:
 
 
 def test_assembled_dense_model_matches_torch(profiler, tiny) -> None:
-    model = profiler.assemble(tiny, Assignment(group_size=16))
+    model = profiler.assemble(tiny, levels_plan(group_size=16))
     ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = model(input_ids=ids, use_cache=False).logits
@@ -94,7 +94,7 @@ def test_assembled_quantized_model_matches_fake_quantized_torch(profiler, tiny) 
     from presso.compress._quant import QuantSpec, quantize_rtn
 
     levels = {tiny.unit_names[0]: (4, 0), tiny.unit_names[1]: (8, 0), tiny.unit_names[5]: (3, 0)}
-    model = profiler.assemble(tiny, Assignment(units=levels, group_size=16))
+    model = profiler.assemble(tiny, levels_plan(units=levels, group_size=16))
     ids = torch.randint(0, 1000, (2, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got = model(input_ids=ids, use_cache=False).logits
@@ -110,7 +110,7 @@ def test_assembled_quantized_model_matches_fake_quantized_torch(profiler, tiny) 
 
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_measures_an_assembled_candidate(profiler, tiny, phase: str) -> None:
-    a = Assignment(
+    a = levels_plan(
         units={tiny.unit_names[0]: (4, 0), tiny.unit_names[2]: (16, 50)},
         dropped=(tiny.block_names()[1],),
         group_size=16,
@@ -143,7 +143,7 @@ def test_kernels_run_on_the_profilers_threads(tiny) -> None:
         assert one.measure(LinearOp(32, 64, 8, 0, 16), Workload(1, 1)).ok
         assert tg.tvm_threads() == 1
         before = torch.get_num_threads()
-        assert one.measure_model(tiny, Assignment(group_size=16), Workload(1, 4)).ok
+        assert one.measure_model(tiny, levels_plan(group_size=16), Workload(1, 4)).ok
         assert tg.tvm_threads() == 1 and torch.get_num_threads() == before
     finally:
         every = make_profiler("tvm", trials=0, warmup=0, repeats=1)

@@ -11,7 +11,7 @@ import pytest
 from presso.cli import main
 from presso.errors import PressoError
 from presso.models import load_model
-from presso.profilers import Assignment, ProfileDatabase, Workload, make_profiler
+from presso.profilers import ProfileDatabase, Workload, levels_plan, make_profiler
 from presso.profiling import (
     latency_model,
     machine_id,
@@ -81,11 +81,11 @@ def test_latency_model_reproduces_its_measurements(handle, profiled) -> None:  #
     per_unit = model.unit_ms(four)
     dense_units = model.unit_ms({u.name: (16, 0) for u in handle.units})
     expected = dense + sum(per_unit.values()) - sum(dense_units.values())
-    assert model.predict(Assignment(units=four)) == pytest.approx(expected)
+    assert model.predict(levels_plan(units=four)) == pytest.approx(expected)
     uniform = db.get(fp, "torch", f"{key}/uniform-w2-g32", W.key)
     assert uniform is not None and uniform.ok
     if model.scale != 1.0:  # fitted (not refused as implausible): the probe is reproduced too
-        two = Assignment(units={u.name: (2, 0) for u in handle.units}, group_size=32)
+        two = levels_plan(units={u.name: (2, 0) for u in handle.units}, group_size=32)
         assert model.predict(two) == pytest.approx(uniform.median_ms)
     with pytest.raises(PressoError, match="presso profile"):
         latency_model(handle, profiler, db, Workload(2, 8), group_size=32)
@@ -124,7 +124,7 @@ def test_validation_candidates_span_the_range_of_bits(handle) -> None:  # noqa: 
         random_assignment(handle, rng, bits=[2, 4, 16], max_dropped=1, group_size=32)
         for _ in range(20)
     ]
-    means = [np.mean([b for b, _ in a.units.values()]) for a in cands]
+    means = [np.mean([a.level(u, "bits") for u in a.units]) for a in cands]
     assert max(means) - min(means) > 7
     assert all(set(a.units) == set(handle.unit_names) for a in cands)
     again = random_assignment(

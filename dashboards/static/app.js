@@ -21,8 +21,10 @@
     heldout_ppl: "held-out perplexity", heldout_kl: "held-out KL", cos_dist: "cosine distance",
     heldout_cos_dist: "held-out cosine distance",
   };
-  const KIND_LABELS = { bits: "bits", sparsity: "sparsity (%)", depth: "kept (1) / dropped (0)" };
-  const BUDGETS = ["mean_bits", "mean_sparsity", "dropped"];
+  // Kind names, labels, colours and budget metrics come with each run (meta), from presso's kinds.
+  const kindLabel = (meta, kind) => (meta.kind_labels || {})[kind] || kind;
+  const kindColors = (meta, kind) => (meta.kind_colors || {})[kind] || "Viridis";
+  const budgetsOf = (runs) => [...new Set(runs.flatMap((r) => (r.meta && r.meta.budgets) || []))];
   // Metrics that are not objectives: the calibration size is a filter, not a goal.
   const NOT_OBJECTIVES = new Set(["tokens"]);
 
@@ -184,7 +186,8 @@
         for (const [k, v] of Object.entries(p.metrics)) if (finite(v) && !NOT_OBJECTIVES.has(k)) found.add(k);
       }
     }
-    const order = (m) => (m === "fitness" ? 1 : BUDGETS.includes(m) ? 0 : m.startsWith("heldout_") ? 3 : 2);
+    const budgets = budgetsOf(runs);
+    const order = (m) => (m === "fitness" ? 1 : budgets.includes(m) ? 0 : m.startsWith("heldout_") ? 3 : 2);
     return [...found].sort((a, b) => order(a) - order(b) || a.localeCompare(b));
   }
 
@@ -445,7 +448,7 @@
     renderControls() {
       const objs = objectives([this.run]);
       const o = state.opts;
-      if (!objs.includes(o.x)) o.x = BUDGETS.find((m) => objs.includes(m)) || objs[0] || null;
+      if (!objs.includes(o.x)) o.x = budgetsOf([this.run]).find((m) => objs.includes(m)) || objs[0] || null;
       if (!objs.includes(o.y) || o.y === o.x) o.y = ["kl", "fitness", "cos_dist"].find((m) => objs.includes(m) && m !== o.x) || objs.find((m) => m !== o.x) || null;
       if (o.z && !objs.includes(o.z)) o.z = "";
       const sizes = this.run.tokenSizes();
@@ -663,7 +666,7 @@
       for (const kind of kinds) {
         const heat = h("div", { class: "plot heat", id: `heatmap-${kind}`, "data-kind": kind });
         const bars = h("div", { class: "plot bars", id: `bars-${kind}`, "data-kind": kind });
-        plots.append(h("h3", {}, `per-layer ${KIND_LABELS[kind] || kind}`), heat, bars);
+        plots.append(h("h3", {}, `per-layer ${kindLabel(meta, kind)}`), heat, bars);
         drawUnits(meta, p.levels, kind, heat, bars);
       }
     }
@@ -739,7 +742,7 @@
     }));
     const rows = g.rows.map((r) => (r === "-" ? "other" : `block ${r}`));
     const values = idx.map((i) => levels[i]);
-    const scale = kind === "sparsity" ? "Reds" : kind === "depth" ? [[0, "#d62728"], [1, "#2ca02c"]] : "Viridis";
+    const scale = kindColors(meta, kind);
     // Colour by the position among the kind's levels (2, 3, 4, 8 bits evenly apart), over
     // all of them, so that a colour means the same level in every configuration.
     const levelsOfKind = (meta.level_values || {})[kind] || [...new Set(values)].sort((a, b) => a - b);
@@ -755,7 +758,7 @@
       zmin: 0, zmax: Math.max(1, levelsOfKind.length - 1), customdata: z,
       text: z.map((row) => row.map((v) => (v == null ? "" : fmt(v, 3)))), texttemplate: "%{text}",
       hovertemplate: "%{y}, %{x}: %{text}<extra></extra>", xgap: 2, ygap: 2,
-      colorbar: { title: { text: esc(KIND_LABELS[kind] || kind) }, thickness: 12,
+      colorbar: { title: { text: esc(kindLabel(meta, kind)) }, thickness: 12,
         tickvals: levelsOfKind.map((_, k) => k), ticktext: levelsOfKind.map((v) => fmt(v, 3)) },
       meta: { kind: "heatmap", unitKind: kind },
     }], {
@@ -776,7 +779,7 @@
     }], {
       height: 230, margin: { l: 50, r: 10, t: 10, b: 70 }, bargap: 0.1,
       xaxis: { type: "category", tickangle: -60, tickfont: { size: 9 } },
-      yaxis: { title: { text: esc(KIND_LABELS[kind] || kind) }, range: [0, Math.max(...levelsOfKind, ...values) * 1.05] }, font: { size: 11 },
+      yaxis: { title: { text: esc(kindLabel(meta, kind)) }, range: [0, Math.max(...levelsOfKind, ...values) * 1.05] }, font: { size: 11 },
     }, { responsive: true, displaylogo: false });
   }
 
@@ -866,7 +869,7 @@
       }
       const o = state.opts;
       const objs = objectives(ready);
-      if (!objs.includes(o.x)) o.x = BUDGETS.find((m) => objs.includes(m)) || objs[0];
+      if (!objs.includes(o.x)) o.x = budgetsOf(ready).find((m) => objs.includes(m)) || objs[0];
       if (!objs.includes(o.y) || o.y === o.x) o.y = ["kl", "fitness"].find((m) => objs.includes(m) && m !== o.x) || objs.find((m) => m !== o.x);
       const sizes = [...new Set(ready.flatMap((r) => r.tokenSizes()))].sort((a, b) => a - b);
       if (o.tokens !== "all" && !sizes.includes(Number(o.tokens))) o.tokens = "all";

@@ -23,7 +23,7 @@ import numpy as np
 
 from presso.cost_models import BoostedTrees
 from presso.models import load_model
-from presso.profilers import Assignment, ProfileDatabase, Workload, make_profiler
+from presso.profilers import ProfileDatabase, Workload, levels_plan, make_profiler
 from presso.profiling import (
     interleaved,
     latency_model,
@@ -99,7 +99,7 @@ def main() -> None:
             (
                 f"uniform-w{b}",
                 workload,
-                Assignment({u.name: (b, 0) for u in handle.units}, group_size=group),
+                levels_plan({u.name: (b, 0) for u in handle.units}, group_size=group),
             )
             for b in [*BITS, 16]
         ]

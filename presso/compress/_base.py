@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import torch
 
 from presso.compress._quant import QuantizedWeight, QuantSpec
+from presso.registry import Registry
 
 
 class Compressed(Protocol):
@@ -47,7 +48,8 @@ class Operator(ABC):
 
     name: ClassVar[str]
     needs_hessian: ClassVar[bool]
-    # The unit of `level`, one of KINDS. "bits" by default: operators were quantizers first.
+    # The unit of `level`: a knob kind's name (presso.spaces.KINDS). "bits" by default:
+    # operators were quantizers first.
     kind: ClassVar[str] = "bits"
     # Bumped when an implementation change alters outputs, so cached levels are rebuilt.
     version: ClassVar[int] = 2
@@ -105,46 +107,32 @@ class Quantizer(Operator):
         return QuantizedWeight.from_tensors(tensors, QuantSpec(**meta))
 
 
-KINDS = ("bits", "sparsity")
-_REGISTRY: dict[str, type[Operator]] = {}
+def _available_by_kind() -> str:
+    """``"gptq, rtn (bits); magnitude, ... (sparsity)"``: the names, grouped by level kind."""
+    groups: dict[str, list[str]] = {}
+    for name in OPERATORS.available():
+        groups.setdefault(OPERATORS.get(name).kind, []).append(name)
+    return "; ".join(f"{', '.join(names)} ({kind})" for kind, names in groups.items())
+
+
+#: Compression operators by the name experiment files give them (``compress.operator``).
+OPERATORS: Registry[type[Operator]] = Registry("compression operator", choices=_available_by_kind)
 _O = TypeVar("_O", bound=type[Operator])
 
 
 def register(cls: _O) -> _O:
     """Class decorator: make ``cls`` available to :func:`make_operator` under ``cls.name``."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{cls.__qualname__} needs a non-empty class attribute `name`")
-    if cls.kind not in KINDS:
-        raise ValueError(f"{cls.__qualname__}.kind must be one of {KINDS}, got {cls.kind!r}")
-    if name in _REGISTRY:
-        raise ValueError(
-            f"an operator named {name!r} is already registered ({_REGISTRY[name].__qualname__})"
-        )
-    _REGISTRY[name] = cls
-    return cls
+    return OPERATORS.register(cls)
 
 
 def available_operators() -> list[str]:
     """Registered operator names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _available_by_kind() -> str:
-    """``"gptq, rtn (bits); magnitude, ... (sparsity)"``: the names, grouped by level kind."""
-    groups = (
-        (kind, [n for n in available_operators() if _REGISTRY[n].kind == kind]) for kind in KINDS
-    )
-    return "; ".join(f"{', '.join(names)} ({kind})" for kind, names in groups if names)
+    return OPERATORS.available()
 
 
 def make_operator(name: str, **options: Any) -> Operator:
     """The operator registered as ``name``, built with keyword ``options``."""
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(
-            f"unknown compression operator {name!r}; available: {_available_by_kind()}"
-        )
+    cls = OPERATORS.get(name)
     try:
         inspect.signature(cls).bind(**options)
     except TypeError as err:

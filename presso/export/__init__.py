@@ -12,12 +12,14 @@ from typing import Any
 
 from presso.errors import PressoError
 from presso.export._base import Exporter, Source, formats, make_exporter, register
-from presso.export._plan import PLAN_VERSION, TextExporter, build_plan, render
+from presso.export._plan import TextExporter, build_plan, render
 from presso.export._target import check_target
+from presso.plan import PLAN_VERSION, Plan
 
 __all__ = [
     "PLAN_VERSION",
     "Exporter",
+    "Plan",
     "Source",
     "TextExporter",
     "build_plan",

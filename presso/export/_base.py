@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from presso.errors import MissingExtraError, PressoError
+from presso.plan import Plan
+from presso.registry import Registry
+from presso.spaces._bits import BitsKind
+from presso.spaces._sparsity import SparsityKind
 
 
 class Source:
@@ -50,11 +54,11 @@ class Source:
 
     def quantized(self, unit: str, bits: int):  # noqa: ANN201 - QuantizedWeight
         """The stored quantized weight of ``unit`` at ``bits`` (codes, scales, zeros)."""
-        return self.setup.db.load(unit, bits)
+        return self.setup.level_db(BitsKind.name).load(unit, bits)
 
     def sparse(self, unit: str, sparsity: int):  # noqa: ANN201 - SparseWeight
         """The stored pruned weight of ``unit`` at ``sparsity`` percent."""
-        return self.setup.sparse_db.load(unit, sparsity)
+        return self.setup.level_db(SparsityKind.name).load(unit, sparsity)
 
     def evaluator(self):  # noqa: ANN201 - an Evaluator with this candidate applied
         """presso's own evaluation of the candidate: the model with exactly the weights (and
@@ -73,43 +77,48 @@ class Exporter(ABC):
     #: Packages the writer itself needs (not the target's runtime), and the extra installing them.
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""
+    #: The knob kinds the format can hold (None: every kind); a plan using another is refused.
+    kinds: ClassVar[tuple[str, ...] | None] = None
 
-    def check(self, plan: dict[str, Any]) -> None:
+    def check(self, plan: Plan) -> None:
         """Refuse, before anything is written, a plan the target cannot represent (say which
-        layers and why). The default accepts every plan."""
+        layers and why). The default refuses only kinds the format does not hold."""
         import importlib.util
+
+        from presso.spaces import KINDS
 
         for package in self.requires:
             if importlib.util.find_spec(package) is None:
                 raise MissingExtraError(package, self.extra, f"--format {self.name}")
+        for kind in KINDS.values():
+            if self.kinds is not None and kind.name not in self.kinds:
+                refusal = kind.refusal(plan, self.name)
+                if refusal:
+                    raise PressoError(refusal)
 
-    def notice(self, plan: dict[str, Any]) -> str:
+    def notice(self, plan: Plan) -> str:
         """What a user of the written export must know (printed after it is written): how the
         target runs it differently from what presso scored. The default: nothing."""
         return ""
 
     @abstractmethod
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         """Write the export to ``out`` atomically (a file via presso.paths.atomic_write_*, a
         folder via presso.export._target.export_dir, which adds the manifest); ``out`` is known
         not to exist, or --force was given and it is a file or a folder presso exported."""
 
 
-_REGISTRY: dict[str, type[Exporter]] = {}
+#: Export formats by name, in registration order (the order ``presso export --help`` lists).
+FORMATS: Registry[type[Exporter]] = Registry("export format", error=PressoError, ordered=True)
 
 
 def register(cls: type[Exporter]) -> type[Exporter]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"export format {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return FORMATS.register(cls)
 
 
 def formats() -> list[str]:
-    return list(_REGISTRY)
+    return FORMATS.available()
 
 
 def make_exporter(name: str) -> Exporter:
-    if name not in _REGISTRY:
-        raise PressoError(f"unknown export format {name!r}; available: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]()
+    return FORMATS.make(name)

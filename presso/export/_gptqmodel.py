@@ -11,8 +11,8 @@ and only the modules that differ get a ``+:`` key.
 Sparsity and dropped blocks cannot be expressed in a GPTQModel config, and GPTQModel has no
 7-bit kernels: such plans are refused, naming the layers.
 
-The helpers :func:`layer_list` and :func:`refuse_unsupported` are shared by the other
-configuration formats (``_llmcompressor``, ``_torchao``, ``_llamacpp``).
+The helper :func:`quant_key` is shared by the other configuration formats
+(``_llmcompressor``).
 """
 
 from __future__ import annotations
@@ -20,44 +20,16 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from presso.errors import PressoError
+from presso.errors import PressoError, layer_list
 from presso.export._base import Exporter, Source, register
 from presso.paths import atomic_write_text
+from presso.plan import Plan
 
 #: Bit widths of GPTQ checkpoints that GPTQModel (all versions) and vLLM load.
 GPTQMODEL_BITS = (2, 3, 4, 5, 6, 8)
-
-
-def layer_list(names: Iterable[str], limit: int = 6) -> str:
-    """``a, b, c (and 4 more)``: layer names for a one-line message."""
-    names = list(names)
-    shown = ", ".join(names[:limit])
-    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
-
-
-def refuse_unsupported(
-    plan: dict[str, Any], fmt: str, *, sparsity: bool = True, dropped: bool = True
-) -> None:
-    """Raise PressoError when the plan prunes weights (``sparsity``) or drops blocks/sublayers
-    (``dropped``) and the format ``fmt`` cannot express that; the message names the layers."""
-    if sparsity:
-        pruned = [f"{n} {u['sparsity']}%" for n, u in plan["units"].items() if u.get("sparsity")]
-        if pruned:
-            raise PressoError(
-                f"--format {fmt} cannot express sparsity, and this candidate prunes "
-                f"{len(pruned)} layers: {layer_list(pruned)}; export its weights with "
-                "--format hf (or the plan with --format plan), or choose another candidate"
-            )
-    if dropped and plan["dropped"]:
-        raise PressoError(
-            f"--format {fmt} cannot drop layers, and this candidate drops "
-            f"{layer_list(plan['dropped'])}; export the smaller model with --format pruned "
-            "first, or choose another candidate"
-        )
 
 
 def quant_key(unit: dict[str, Any]) -> tuple[int, int | None, bool]:
@@ -74,27 +46,27 @@ def exact(name: str) -> str:
 class GPTQModelExporter(Exporter):
     name = "gptqmodel"
     help = "GPTQModel's quantize_config.json with per-module `dynamic` overrides"
+    kinds = ("bits",)
 
-    def check(self, plan: dict[str, Any]) -> None:
+    def check(self, plan: Plan) -> None:
         super().check(plan)
-        refuse_unsupported(plan, self.name)
         bad = [
-            n for n, u in plan["units"].items() if "bits" in u and u["bits"] not in GPTQMODEL_BITS
+            n for n, u in plan.entries().items() if "bits" in u and u["bits"] not in GPTQMODEL_BITS
         ]
         if bad:
             raise PressoError(
                 f"--format {self.name}: GPTQ checkpoints hold {list(GPTQMODEL_BITS)} bits (7 needs "
                 f"GPTQModel 7.7's gptq_p format, which vLLM does not load), not "
-                f"{sorted({plan['units'][n]['bits'] for n in bad})}: {layer_list(bad)}; "
+                f"{sorted({plan.entries()[n]['bits'] for n in bad})}: {layer_list(bad)}; "
                 "search without that level (compress.levels)"
             )
-        if not any("bits" in u for u in plan["units"].values()):
+        if not any("bits" in u for u in plan.entries().values()):
             raise PressoError(
                 f"--format {self.name}: this candidate quantizes no layer; there is nothing to "
                 "configure (export it with --format plan)"
             )
 
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         compress = source.attrs["experiment"].get("compress", {})
         config = quantize_config(
             plan, act_order=bool(compress.get("act_order")), damp=compress.get("damp", 0.01)
@@ -102,16 +74,16 @@ class GPTQModelExporter(Exporter):
         atomic_write_text(out, json.dumps(config, indent=2) + "\n")
 
 
-def quantize_config(plan: dict[str, Any], *, act_order: bool, damp: float) -> dict[str, Any]:
+def quantize_config(plan: Plan, *, act_order: bool, damp: float) -> dict[str, Any]:
     """The ``quantize_config.json`` dict for ``plan``; ``act_order`` and ``damp`` (fraction of
     the mean Hessian diagonal) are the GPTQ options the run's levels were built with."""
     from presso import __version__
 
-    quantized = {n: quant_key(u) for n, u in plan["units"].items() if "bits" in u}
+    quantized = {n: quant_key(u) for n, u in plan.entries().items() if "bits" in u}
     # Ties go to the first level in model order, so the same plan always gives the same file.
     base = Counter(quantized.values()).most_common(1)[0][0]
     dynamic: dict[str, dict[str, Any]] = {}
-    for name in plan["units"]:
+    for name in plan.entries():
         if name not in quantized:
             dynamic[f"-:{exact(name)}"] = {}
             continue
@@ -144,9 +116,9 @@ def quantize_config(plan: dict[str, Any], *, act_order: bool, damp: float) -> di
         "meta": {
             "quantizer": [f"presso:{__version__}"],
             "presso": {
-                "run": plan["run"],
-                "candidate": plan["candidate"],
-                "method": next(u["method"] for u in plan["units"].values() if "bits" in u),
+                "run": plan.about["run"],
+                "candidate": plan.about["candidate"],
+                "method": next(u["method"] for u in plan.entries().values() if "bits" in u),
             },
         },
     }

@@ -47,6 +47,7 @@ from presso.export._pruned import (
     unit_weight,
 )
 from presso.export._target import export_dir
+from presso.plan import Plan
 
 if TYPE_CHECKING:
     from torch import nn
@@ -167,17 +168,17 @@ class HFExporter(Exporter):
     requires = ("compressed_tensors",)
     extra = "export"
 
-    def check(self, plan: dict[str, Any]) -> None:
+    def check(self, plan: Plan) -> None:
         super().check(plan)
         refuse_sublayer_drops(plan, self.name)
-        wide = [n for n, e in plan["units"].items() if "bits" in e and not 1 <= e["bits"] <= 8]
+        wide = [n for n, e in plan.entries().items() if "bits" in e and not 1 <= e["bits"] <= 8]
         if wide:
             raise PressoError(
                 f"--format hf: compressed-tensors packs 1..8-bit integers; {', '.join(wide)} "
                 "have other bit widths"
             )
 
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         units = kept_units(plan, source)
         grids = {
             name: quantized_unit(source, name, entry)

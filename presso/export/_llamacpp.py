@@ -28,12 +28,11 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from presso.errors import PressoError
+from presso.errors import PressoError, layer_list
 from presso.export._base import Exporter, Source, register
-from presso.export._gptqmodel import layer_list, refuse_unsupported
 from presso.paths import atomic_write_text
+from presso.plan import Plan
 
 #: presso (Hugging Face Llama) module suffix -> GGUF tensor name inside ``blk.N``.
 GGUF_NAMES = {
@@ -100,48 +99,48 @@ def block_size(type_name: str) -> int:
     return GGML_QUANT_SIZES[GGMLQuantizationType[type_name.upper()]][0]
 
 
-def pruned_blocks(plan: dict[str, Any]) -> list[int]:
+def pruned_blocks(plan: Plan) -> list[int]:
     """Indices of the whole blocks the plan drops (sublayer drops are refused by check)."""
-    return sorted(int(_BLOCK.fullmatch(t).group(1)) for t in plan["dropped"])  # type: ignore[union-attr]
+    return sorted(int(_BLOCK.fullmatch(t).group(1)) for t in plan.dropped)  # type: ignore[union-attr]
 
 
 @register
 class LlamaCppExporter(Exporter):
     name = "llamacpp"
     help = "llama.cpp `llama-quantize --tensor-type` command (shell script)"
+    kinds = ("bits", "depth")
 
-    def check(self, plan: dict[str, Any]) -> None:
+    def check(self, plan: Plan) -> None:
         super().check(plan)
-        refuse_unsupported(plan, self.name, dropped=False)
-        sublayers = [t for t in plan["dropped"] if _BLOCK.fullmatch(t) is None]
+        sublayers = [t for t in plan.dropped if _BLOCK.fullmatch(t) is None]
         if sublayers:
             raise PressoError(
                 f"--format {self.name}: llama.cpp can drop whole blocks (--prune-layers) but not "
                 f"attention or MLP sublayers: {layer_list(sublayers)}; choose another candidate"
             )
-        for name in plan["units"]:
+        for name in plan.entries():
             gguf_tensor(name)
-        no_type = [n for n, u in plan["units"].items() if u.get("bits") == 7]
+        no_type = [n for n, u in plan.entries().items() if u.get("bits") == 7]
         if no_type:
             raise PressoError(
                 f"--format {self.name}: llama.cpp has no 7-bit type, for {layer_list(no_type)}; "
                 "search without that level (compress.levels)"
             )
 
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         from presso.models import load_model
 
-        handle = load_model(plan["model"])
+        handle = load_model(plan.about["model"])
         in_features = {u.name: u.shape[1] for u in handle.units}
         atomic_write_text(out, render_script(plan, tensor_types(plan, in_features)))
 
 
-def tensor_types(plan: dict[str, Any], in_features: dict[str, int]) -> dict[str, str]:
+def tensor_types(plan: Plan, in_features: dict[str, int]) -> dict[str, str]:
     """GGUF tensor name -> ggml type for every kept block Linear of ``plan``; ``in_features``
     gives each unit's row length. Raises PressoError naming layers no type fits."""
     pruned = pruned_blocks(plan)
     types, misfits = {}, []
-    for name, unit in plan["units"].items():
+    for name, unit in plan.entries().items():
         block = int(_UNIT.fullmatch(name).group(1))  # type: ignore[union-attr]
         if block in pruned:
             continue
@@ -163,15 +162,15 @@ def tensor_types(plan: dict[str, Any], in_features: dict[str, int]) -> dict[str,
     return types
 
 
-def render_script(plan: dict[str, Any], types: dict[str, str]) -> str:
+def render_script(plan: Plan, types: dict[str, str]) -> str:
     """The shell script: header comments and one ``llama-quantize`` command."""
     counts = Counter(t for t in types.values() if t != DENSE_TYPE)
     base = FILE_TYPES[counts.most_common(1)[0][0]]
     pruned = pruned_blocks(plan)
     lines = [
         "#!/bin/sh",
-        f"# llama-quantize command written by presso: run {plan['run']!r}, candidate "
-        f"{plan['candidate']!r}, model {plan['model']}",
+        f"# llama-quantize command written by presso: run {plan.about['run']!r}, candidate "
+        f"{plan.about['candidate']!r}, model {plan.about['model']}",
         "# usage: sh THIS_FILE MODEL-F16.gguf OUT.gguf  (input: an F16/F32 GGUF of the dense "
         "model, from convert_hf_to_gguf.py --outtype f16)",
         "# tensor types: "

@@ -21,10 +21,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from presso.errors import PressoError
+from presso.errors import PressoError, layer_list
 from presso.export._base import Exporter, Source, register
-from presso.export._gptqmodel import layer_list, quant_key, refuse_unsupported
+from presso.export._gptqmodel import quant_key
 from presso.paths import atomic_write_text
+from presso.plan import Plan
 
 #: presso's pruning operators -> llm-compressor's one-shot pruning modifiers.
 PRUNING_MODIFIERS = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier"}
@@ -34,12 +35,12 @@ PRUNING_MODIFIERS = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningMod
 class LLMCompressorExporter(Exporter):
     name = "llmcompressor"
     help = "an llm-compressor recipe (YAML: per-layer config_groups, optional pruning stage)"
+    kinds = ("bits", "sparsity")
 
-    def check(self, plan: dict[str, Any]) -> None:
+    def check(self, plan: Plan) -> None:
         super().check(plan)
-        refuse_unsupported(plan, self.name, sparsity=False)
-        pruned = [n for n, u in plan["units"].items() if u.get("sparsity")]
-        methods = {plan["units"][n]["sparsity_method"] for n in pruned}
+        pruned = [n for n, u in plan.entries().items() if u.get("sparsity")]
+        methods = {plan.entries()[n]["sparsity_method"] for n in pruned}
         unknown = methods - set(PRUNING_MODIFIERS)
         if unknown:
             raise PressoError(
@@ -49,7 +50,7 @@ class LLMCompressorExporter(Exporter):
                 f"sparsity.operator {' or '.join(PRUNING_MODIFIERS)}"
             )
 
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         compress = source.attrs["experiment"].get("compress", {})
         recipe = build_recipe(
             plan, act_order=bool(compress.get("act_order")), damp=compress.get("damp", 0.01)
@@ -57,7 +58,7 @@ class LLMCompressorExporter(Exporter):
         atomic_write_text(out, render_recipe(plan, recipe))
 
 
-def build_recipe(plan: dict[str, Any], *, act_order: bool, damp: float) -> dict[str, Any]:
+def build_recipe(plan: Plan, *, act_order: bool, damp: float) -> dict[str, Any]:
     """The recipe dict for ``plan`` (stages -> modifier groups -> modifiers -> arguments);
     ``act_order`` and ``damp`` are the run's GPTQ options."""
     recipe: dict[str, Any] = {}
@@ -70,19 +71,19 @@ def build_recipe(plan: dict[str, Any], *, act_order: bool, damp: float) -> dict[
     return recipe
 
 
-def render_recipe(plan: dict[str, Any], recipe: dict[str, Any]) -> str:
+def render_recipe(plan: Plan, recipe: dict[str, Any]) -> str:
     import yaml
 
     header = (
-        f"# llm-compressor recipe written by presso: run {plan['run']!r}, "
-        f"candidate {plan['candidate']!r}, model {plan['model']}\n"
+        f"# llm-compressor recipe written by presso: run {plan.about['run']!r}, "
+        f"candidate {plan.about['candidate']!r}, model {plan.about['model']}\n"
         "# apply with llmcompressor.oneshot(model=..., dataset=..., recipe=THIS_FILE)\n"
     )
     return header + yaml.safe_dump(recipe, sort_keys=False, width=100)
 
 
-def _sparsity_modifier(plan: dict[str, Any]) -> dict[str, Any]:
-    pruned = {n: u for n, u in plan["units"].items() if u.get("sparsity")}
+def _sparsity_modifier(plan: Plan) -> dict[str, Any]:
+    pruned = {n: u for n, u in plan.entries().items() if u.get("sparsity")}
     if not pruned:
         return {}
     first = next(iter(pruned.values()))
@@ -95,10 +96,10 @@ def _sparsity_modifier(plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _quant_modifier(plan: dict[str, Any], *, act_order: bool, damp: float) -> dict[str, Any]:
+def _quant_modifier(plan: Plan, *, act_order: bool, damp: float) -> dict[str, Any]:
     groups: dict[tuple, list[str]] = defaultdict(list)
     dense = []
-    for name, unit in plan["units"].items():
+    for name, unit in plan.entries().items():
         if "bits" in unit:
             groups[quant_key(unit)].append(name)
         else:
@@ -109,7 +110,7 @@ def _quant_modifier(plan: dict[str, Any], *, act_order: bool, damp: float) -> di
         f"group_{i}": {"targets": names, "weights": _weights(*key)}
         for i, (key, names) in enumerate(groups.items())
     }
-    gptq = next(u["method"] for u in plan["units"].values() if "bits" in u) == "gptq"
+    gptq = next(u["method"] for u in plan.entries().values() if "bits" in u) == "gptq"
     args: dict[str, Any] = {}
     if gptq:
         # presso's act_order fixes group grids before reordering: llm-compressor's "static".

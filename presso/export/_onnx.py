@@ -20,25 +20,14 @@ from typing import Any, ClassVar
 
 from presso.errors import PressoError
 from presso.export._base import Exporter, Source, register
+from presso.plan import Plan
 
-DENSE_BITS = 16
 
-
-def assignment_of(plan: dict[str, Any]) -> Any:
-    """The plan as a profilers :class:`~presso.profilers.Assignment` (bits, sparsity per unit)."""
-    from presso.profilers import Assignment
-
-    units, groups = {}, set()
-    for name, entry in plan["units"].items():
-        bits, sparsity = int(entry.get("bits", DENSE_BITS)), int(entry.get("sparsity", 0))
-        if bits < DENSE_BITS or sparsity:
-            units[name] = (bits, sparsity)
-        if bits < DENSE_BITS:
-            groups.add(entry.get("group_size"))
+def check_group_sizes(plan: Plan) -> None:
+    """ONNX graphs hold one group size per model."""
+    groups = {e.get("group_size") for e in plan.entries().values() if "bits" in e}
     if len(groups) > 1:
         raise PressoError(f"ONNX export: one group size per model, this plan has {sorted(groups)}")
-    group_size = groups.pop() if groups else None
-    return Assignment(units=units, dropped=tuple(plan["dropped"]), group_size=group_size)
 
 
 @register
@@ -51,12 +40,10 @@ class OnnxExporter(Exporter):
     extra = "onnx"
     fmt: ClassVar[str] = "matmulnbits"
 
-    def check(self, plan: dict[str, Any]) -> None:
+    def check(self, plan: Plan) -> None:
         super().check(plan)
-        assignment_of(plan)
-        quantized = {
-            n: e for n, e in plan["units"].items() if int(e.get("bits", DENSE_BITS)) < DENSE_BITS
-        }
+        check_group_sizes(plan)
+        quantized = {n: e for n, e in plan.entries().items() if "bits" in e}
         wide = [n for n, e in quantized.items() if not 2 <= int(e["bits"]) <= 8]
         if wide:
             raise PressoError(
@@ -84,13 +71,15 @@ class OnnxExporter(Exporter):
                 f">= 16, which MatMulNBits needs, in {', '.join(bad)}; use --format onnx-qdq"
             )
 
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         from presso.onnx_model import build_onnx
 
-        symmetric = {bool(e.get("symmetric", False)) for e in plan["units"].values() if "bits" in e}
+        symmetric = {
+            bool(e.get("symmetric", False)) for e in plan.entries().values() if "bits" in e
+        }
         build_onnx(
             source.handle,
-            assignment_of(plan),
+            plan,
             out,
             weights=source.quantized,
             sparse=lambda unit, percent: source.sparse(unit, percent).weight,
@@ -105,7 +94,7 @@ class OnnxQdqExporter(OnnxExporter):
     help = "ONNX model: blocked DequantizeLinear (uint4/uint8) + MatMul per quantized layer"
     fmt = "qdq"
 
-    def notice(self, plan: dict[str, Any]) -> str:
+    def notice(self, plan: Plan) -> str:
         from presso.onnx_model import SESSION_CONFIG
 
         entries = ", ".join(f"{k}={v}" for k, v in SESSION_CONFIG.items())

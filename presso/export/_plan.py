@@ -12,8 +12,7 @@ from typing import Any
 
 from presso.export._base import Exporter, Source, register
 from presso.paths import atomic_write_text
-
-PLAN_VERSION = 1
+from presso.plan import Plan, run_dimensions
 
 
 def candidate_entry(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
@@ -65,53 +64,28 @@ def candidate_entry(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
     return candidates[phase]
 
 
-def build_plan(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
+def build_plan(study_attrs: dict[str, Any], phase: str) -> Plan:
     """The plan of candidate ``phase`` (see :func:`candidate_entry`)."""
+    from presso.spaces._kinds import KINDS, budgets, plan_settings
+
     cand = candidate_entry(study_attrs, phase)
-    summary = study_attrs["summary"]
     exp = study_attrs["experiment"]
-    names = study_attrs["units"]
-    kinds = study_attrs.get("kinds") or ["bits"] * len(names)
-    targets = study_attrs.get("targets") or names
-    units: dict[str, dict[str, Any]] = {}
-    dropped = []
-    for target, kind, value in zip(targets, kinds, cand["levels"]):
-        if kind == "depth":
-            if value == 0:
-                dropped.append(target)
-            continue
-        entry = units.setdefault(target, {"method": "dense"})
-        if kind == "bits" and value < 16:
-            comp = exp["compress"]
-            entry.update(
-                method=comp["operator"],
-                bits=int(value),
-                group_size=comp["group_size"],
-                symmetric=comp["symmetric"],
-            )
-        elif kind == "sparsity" and value > 0:
-            sp = exp["sparsity"]
-            entry.update(sparsity=int(value), sparsity_method=sp["operator"], pattern=sp["pattern"])
-    budget = {
-        k: v
-        for k, v in exp["space"].items()
-        if k in ("mean_bits", "mean_sparsity", "dropped") and v is not None
-    }
-    return {
-        "presso_plan": PLAN_VERSION,
-        "run": summary["run"],
+    _, kinds, targets = run_dimensions(study_attrs)
+    about = {
+        "run": study_attrs["summary"]["run"],
         "candidate": phase,
         "strategy": cand["strategy"],
         "model": exp["model"],
-        "budget": budget,
-        **{k: cand[k] for k in ("mean_bits", "mean_sparsity", "dropped") if k in cand},
+        "budget": budgets(exp["space"]),
+        **{k.budget: cand[k.budget] for k in KINDS.values() if k.budget in cand},
         "metrics": cand["heldout"],
-        "units": units,
-        "dropped": dropped,
     }
+    return Plan.from_levels(
+        targets, kinds, cand["levels"], settings=plan_settings(exp), about=about
+    )
 
 
-def render(plan: dict[str, Any], fmt: str, suffix: str = "") -> str:
+def render(plan: Plan, fmt: str, suffix: str = "") -> str:
     """The file contents for ``fmt``: a plan as JSON (YAML when ``suffix`` is .yaml/.yml), or
     EvoPress's ``layer: level`` lines."""
     if fmt == "evopress":
@@ -119,35 +93,34 @@ def render(plan: dict[str, Any], fmt: str, suffix: str = "") -> str:
     if suffix in (".yaml", ".yml"):
         import yaml
 
-        return yaml.safe_dump(plan, sort_keys=False)
-    return json.dumps(plan, indent=2) + "\n"
+        return yaml.safe_dump(plan.to_dict(), sort_keys=False)
+    return json.dumps(plan.to_dict(), indent=2) + "\n"
 
 
-def _evopress_text(plan: dict[str, Any]) -> str:
+def _evopress_text(plan: Plan) -> str:
     """EvoPress's ``layer: level`` lines: bits per layer, sparsity per layer, or 0/1 (dropped/kept)
     per block — one kind per file, as EvoPress writes them."""
     from presso.errors import PressoError
+    from presso.spaces._kinds import unit_kinds
 
-    units = plan["units"]
-    has_bits = any("bits" in u for u in units.values())
-    has_sparsity = any("sparsity" in u for u in units.values())
-    if sum([has_bits, has_sparsity, bool(plan["dropped"])]) > 1:
+    kinds = plan.kinds()
+    if len(kinds) > 1:
         raise PressoError(
             "the evopress format holds one kind of level; this candidate mixes several: use --format plan"
         )
-    if plan["dropped"]:
-        return "".join(f"{name}: 0\n" for name in plan["dropped"])
-    key, dense = ("sparsity", 0) if has_sparsity else ("bits", 16)
-    return "".join(f"{name}: {u.get(key, dense)}\n" for name, u in units.items())
+    if plan.dropped:
+        return "".join(f"{name}: 0\n" for name in plan.dropped)
+    kind = kinds[0] if kinds else unit_kinds()[0].name
+    return "".join(f"{name}: {plan.level(name, kind)}\n" for name in plan.units)
 
 
 class TextExporter(Exporter):
     """A format that is one text file (printed to standard output when no --out is given)."""
 
-    def render(self, plan: dict[str, Any], suffix: str = "") -> str:
+    def render(self, plan: Plan, suffix: str = "") -> str:
         return render(plan, self.name, suffix)
 
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         atomic_write_text(out, self.render(plan, out.suffix.lower()))
 
 

@@ -3,7 +3,7 @@
 The folder is what ``save_pretrained`` writes (config, safetensors, generation config) plus the
 tokenizer and the plan, and loads with ``AutoModelForCausalLM.from_pretrained`` without presso:
 
-* blocks in ``plan["dropped"]`` are removed physically (:func:`presso.surgery.drop_blocks`):
+* blocks in ``plan.dropped`` are removed physically (:func:`presso.surgery.drop_blocks`):
   the config's ``num_hidden_layers`` shrinks and the kept blocks are renumbered;
 * pruned weights are stored as dense tensors whose pruned entries are zero;
 * quantized units are stored *dequantized* (the float weights presso evaluated): this format is
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from presso.errors import PressoError
 from presso.export._base import Exporter, Source, register
 from presso.export._target import export_dir
+from presso.plan import Plan
 
 if TYPE_CHECKING:
     import torch
@@ -37,10 +38,10 @@ if TYPE_CHECKING:
 PLAN_FILE = "presso_plan.json"
 
 
-def refuse_sublayer_drops(plan: dict[str, Any], fmt: str) -> None:
+def refuse_sublayer_drops(plan: Plan, fmt: str) -> None:
     """Refuse a plan that drops an attention or MLP sublayer without its block."""
     # A block is named `<blocks prefix>.<index>`; a sublayer ends in a module name.
-    sublayers = [name for name in plan["dropped"] if not name.rsplit(".", 1)[-1].isdigit()]
+    sublayers = [name for name in plan.dropped if not name.rsplit(".", 1)[-1].isdigit()]
     if sublayers:
         raise PressoError(
             f"--format {fmt}: this candidate drops sublayers ({', '.join(sublayers)}), which a "
@@ -49,13 +50,13 @@ def refuse_sublayer_drops(plan: dict[str, Any], fmt: str) -> None:
         )
 
 
-def kept_units(plan: dict[str, Any], source: Source) -> dict[str, dict[str, Any]]:
+def kept_units(plan: Plan, source: Source) -> dict[str, dict[str, Any]]:
     """The plan's compressed units (bits and/or sparsity) outside the dropped blocks."""
     handle = source.handle
-    dropped = {handle.block_of(name) for name in plan["dropped"]}
+    dropped = {handle.block_of(name) for name in plan.dropped}
     return {
         name: entry
-        for name, entry in plan["units"].items()
+        for name, entry in plan.entries().items()
         if ("bits" in entry or "sparsity" in entry) and handle.block_of(name) not in dropped
     }
 
@@ -91,7 +92,7 @@ def unit_weight(source: Source, name: str, entry: dict[str, Any]) -> torch.Tenso
 
 
 def standalone_model(
-    source: Source, plan: dict[str, Any], weights: dict[str, torch.Tensor]
+    source: Source, plan: Plan, weights: dict[str, torch.Tensor]
 ) -> tuple[nn.Module, dict[str, str]]:
     """A copy of the model with ``weights`` (unit name -> tensor) set and the plan's blocks
     removed, and the new name of every kept unit (later blocks are renumbered)."""
@@ -103,7 +104,7 @@ def standalone_model(
     for name, weight in weights.items():
         linear = model.get_submodule(name)
         linear.weight.data = weight.to(linear.weight.dtype).contiguous()
-    dropped = sorted(handle.block_of(name) for name in plan["dropped"])
+    dropped = sorted(handle.block_of(name) for name in plan.dropped)
     drop_blocks(model, handle.blocks_prefix, dropped)
     prefix = handle.blocks_prefix + "."
     renamed = {}
@@ -116,7 +117,7 @@ def standalone_model(
     return model, renamed
 
 
-def save_folder(folder: Path, model: nn.Module, source: Source, plan: dict[str, Any]) -> None:
+def save_folder(folder: Path, model: nn.Module, source: Source, plan: Plan) -> None:
     """Write the model (safetensors), its generation config, the tokenizer and the plan."""
     model.save_pretrained(folder)
     source.handle.tokenizer.save_pretrained(folder)
@@ -132,11 +133,11 @@ class PrunedExporter(Exporter):
         "(quantized units stored dequantized: use hf for those)"
     )
 
-    def check(self, plan: dict[str, Any]) -> None:
+    def check(self, plan: Plan) -> None:
         super().check(plan)
         refuse_sublayer_drops(plan, self.name)
 
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         units = kept_units(plan, source)
         quantized = [name for name, entry in units.items() if "bits" in entry]
         if quantized:

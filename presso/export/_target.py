@@ -16,6 +16,7 @@ from pathlib import Path
 
 from presso.errors import PressoError
 from presso.paths import atomic_dir, plain_mode
+from presso.plan import Plan
 
 #: The manifest every folder export holds: the format, the run, the files presso wrote.
 MANIFEST = "presso-export.json"
@@ -70,7 +71,7 @@ def check_replaceable(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def export_dir(out: Path, fmt: str, plan: dict) -> Iterator[Path]:
+def export_dir(out: Path, fmt: str, plan: Plan) -> Iterator[Path]:
     """A temporary folder beside ``out`` to write a folder export into; on success the manifest
     is added and the folder renamed to ``out`` (an old export there is replaced only if it still
     passes :func:`check_replaceable`)."""
@@ -79,8 +80,8 @@ def export_dir(out: Path, fmt: str, plan: dict) -> Iterator[Path]:
         manifest = {
             "presso_export": 1,
             "format": fmt,
-            "run": plan.get("run"),
-            "candidate": plan.get("candidate"),
+            "run": plan.about.get("run"),
+            "candidate": plan.about.get("candidate"),
             "files": sorted(_files(tmp)),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

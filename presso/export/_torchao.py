@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from presso.export._base import Exporter, Source, register
-from presso.export._gptqmodel import refuse_unsupported
 from presso.paths import atomic_write_text
+from presso.plan import Plan
 
 
 @register
@@ -33,33 +33,30 @@ class TorchAOExporter(Exporter):
     help = "torchao FqnToConfig (JSON via torchao's config_to_dict; IntxWeightOnlyConfig per layer)"
     requires = ("torchao",)
     extra = "export"
+    kinds = ("bits",)
 
-    def check(self, plan: dict[str, Any]) -> None:
-        super().check(plan)
-        refuse_unsupported(plan, self.name)
-
-    def notice(self, plan: dict[str, Any]) -> str:
+    def notice(self, plan: Plan) -> str:
         return (
             "torchao quantizes each layer itself, rounding to nearest: the config carries the "
             "plan's bits, group sizes and symmetry, not presso's quantized weights, so a GPTQ run's "
             "held-out figures are not reached (--format hf or onnx carries the weights)"
         )
 
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         from torchao.core.config import config_to_dict
 
         data = config_to_dict(fqn_to_config(plan))
         atomic_write_text(out, json.dumps(data, indent=2) + "\n")
 
 
-def fqn_to_config(plan: dict[str, Any]):  # noqa: ANN201 - torchao.quantization.FqnToConfig
+def fqn_to_config(plan: Plan):  # noqa: ANN201 - torchao.quantization.FqnToConfig
     """The ``FqnToConfig`` of ``plan``: exact module names to per-layer configs (None: dense)."""
     from torchao.quantization import FqnToConfig
 
     return FqnToConfig(
         fqn_to_config=OrderedDict(
             (name, layer_config(unit) if "bits" in unit else None)
-            for name, unit in plan["units"].items()
+            for name, unit in plan.entries().items()
         )
     )
 
