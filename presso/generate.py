@@ -32,8 +32,9 @@ def generate(
     and decode throughput in tokens/s. ``options``: further profiler options (e.g. tvm trials)."""
     import torch
 
-    # The backend is checked before the model loads (seconds), so that a mistyped backend
-    # name fails at once.
+    # The plan and the backend are checked before the model loads (seconds), so that a
+    # mistyped backend name fails at once.
+    _ = plan.group_size  # refuses a plan whose units mix group sizes
     profiler = make_profiler(backend, device=device, threads=threads, **(options or {}))
     handle = source.handle
     if handle.kind != "causal-lm":

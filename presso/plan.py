@@ -46,6 +46,8 @@ class Plan:
     dropped: the modules (blocks, or a block's ``self_attn`` / ``mlp``) removed.
     settings: per kind, the entry fields of a unit it compresses besides the level
         (``{"bits": {"method": "gptq", "group_size": 128, "symmetric": False}}``).
+    overrides: per unit and kind, the entry fields that differ from ``settings`` (a plan file
+        may give a unit its own group size; a run's plans have none).
     about: where the plan came from (run, candidate, strategy, model, budget, the candidate's
         budget metrics, held-out ``metrics``); empty for a plan decoded from a search space.
     """
@@ -54,6 +56,7 @@ class Plan:
     dropped: tuple[str, ...] = ()
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     about: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ reading
 
@@ -62,16 +65,29 @@ class Plan:
         value = self.units.get(unit, {}).get(kind)
         return _kinds().get(kind).dense if value is None else value
 
-    def setting(self, kind: str, name: str, default: Any = None) -> Any:
-        """How ``kind``'s levels were built: ``setting("bits", "group_size")``."""
-        return self.settings.get(kind, {}).get(name, default)
+    def setting(self, kind: str, name: str, default: Any = None, *, unit: str | None = None) -> Any:
+        """How ``kind``'s levels were built (for ``unit``, if given):
+        ``setting("bits", "group_size")``."""
+        fields = self.overrides.get(unit, {}).get(kind) if unit is not None else None
+        if fields is None:
+            fields = self.settings.get(kind, {})
+        return fields.get(name, default)
 
     @property
     def group_size(self) -> int | None:
-        """Input columns per quantization group of the quantized units (None: per channel)."""
-        from presso.spaces._bits import GROUP_SIZE
+        """Input columns per quantization group of the quantized units (None: per channel);
+        a PressoError for a plan whose units have different ones."""
+        from presso.spaces._bits import GROUP_SIZE, BitsKind
 
-        return self.setting("bits", "group_size", GROUP_SIZE)
+        name = BitsKind.name
+        groups = {
+            self.setting(name, "group_size", GROUP_SIZE, unit=u) for u in self.compressed(name)
+        }
+        if len(groups) > 1:
+            raise PressoError(
+                f"the plan mixes group sizes {sorted(groups, key=str)}; one is supported"
+            )
+        return groups.pop() if groups else self.setting(name, "group_size", GROUP_SIZE)
 
     def compressed(self, kind: str) -> dict[str, int]:
         """The units ``kind`` compresses, with their level."""
@@ -101,7 +117,8 @@ class Plan:
                 level = levels.get(kind.name)
                 if kind.per_unit and level is not None and kind.compressed(level):
                     entry[kind.name] = int(level)
-                    entry.update(self.settings.get(kind.name, {}))
+                    own = self.overrides.get(unit, {}).get(kind.name)
+                    entry.update(own if own is not None else self.settings.get(kind.name, {}))
             out[unit] = entry
         return out
 
@@ -186,6 +203,7 @@ class Plan:
         registry = _kinds()
         levels: dict[str, dict[str, int]] = {}
         settings: dict[str, dict[str, Any]] = {}
+        overrides: dict[str, dict[str, dict[str, Any]]] = {}
         for unit, entry in units.items():
             levels[unit] = {}
             for kind in registry.values():
@@ -198,20 +216,14 @@ class Plan:
                     )
                 levels[unit][kind.name] = value
                 fields = {f: entry[f] for f in kind.settings if f in entry}
-                known = settings.setdefault(kind.name, fields)
-                for f in sorted(set(known) | set(fields)):
-                    if known.get(f) != fields.get(f):
-                        what = "group sizes" if f == "group_size" else f"{f} values"
-                        got = sorted({repr(known.get(f)), repr(fields.get(f))})
-                        raise PressoError(
-                            f"{where}: the plan mixes {what} ({', '.join(got)}); one is supported"
-                        )
+                if settings.setdefault(kind.name, fields) != fields:
+                    overrides.setdefault(unit, {})[kind.name] = fields
         about = {
             k: v
             for k, v in data.items()
             if k not in ("presso_plan", "units", "dropped") and not (k in _HEAD and v is None)
         }
-        return cls(levels, tuple(dropped), settings, about)
+        return cls(levels, tuple(dropped), settings, about, overrides)
 
 
 def run_dimensions(study_attrs: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 #: The fewest timed runs of a measurement over weight copies (see Profiler._timed).
 MIN_RUNS = 5
+#: Seed of the random weights and inputs ops are timed with.
+SEED = 0
 PHASES = ("prefill", "decode")
 
 

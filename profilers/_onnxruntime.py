@@ -43,6 +43,7 @@ from presso.errors import PressoError
 from presso.paths import cache_dir, digest
 from presso.profilers._base import (
     DENSE_BITS,
+    SEED,
     LinearOp,
     Measurement,
     Profiler,
@@ -57,8 +58,6 @@ if TYPE_CHECKING:
     from presso.models import ModelHandle
     from presso.plan import Plan
 
-#: Seed of the random weights and inputs ops are timed with (shared with the torch backend).
-SEED = 0
 #: keeping_builds: at most this many bytes of kept graphs, and never below this much free disk.
 KEPT_BYTES = 16 << 30
 DISK_RESERVE = 4 << 30

@@ -33,6 +33,7 @@ from presso.errors import PressoError
 from presso.models import cache_kwargs
 from presso.profilers._base import (
     DENSE_BITS,
+    SEED,
     LinearOp,
     Measurement,
     Profiler,
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 
 #: Columns per scale that torch's int4pack kernels accept, widest first.
 INT4_GROUPS = (256, 128, 64, 32)
-#: Seed of the random weights and inputs ops are timed with.
-SEED = 0
 SPARSE_KERNELS = ("csr", "dense", "fastest")
 
 #: Builds the replacement of a unit: ``(name, bits) -> QuantizedWeight`` (e.g. GPTQ levels).

@@ -158,7 +158,8 @@ class TvmProfiler(Profiler):
     def _time_model(self, handle: Any, plan: Plan, workload: Workload) -> Measurement:
         import torch
 
-        from presso.profilers._torch import SEED, TorchProfiler
+        from presso.profilers._base import SEED
+        from presso.profilers._torch import TorchProfiler
 
         if handle.kind != "causal-lm" and workload.phase == "decode":
             raise PressoError(

@@ -161,7 +161,7 @@ class BitsKind(Kind):
     space_fields = {
         BUDGET: (
             float | None,
-            Field(None, gt=0, le=16, description="parameter-weighted mean bits budget"),
+            Field(None, gt=0, le=DENSE_BITS, description="parameter-weighted mean bits budget"),
         )
     }
     settings = {"method": "operator", "group_size": "group_size", "symmetric": "symmetric"}

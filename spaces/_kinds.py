@@ -101,7 +101,15 @@ class Kind(ABC):
     def refusal(self, plan: Any, fmt: str) -> str | None:
         """Why export format ``fmt``, which cannot hold this kind, refuses ``plan`` (naming the
         layers), or None when the plan does not use the kind."""
-        return None
+        from presso.errors import layer_list
+
+        used = plan.compressed(self.name) if self.per_unit else dict.fromkeys(plan.dropped)
+        if not used:
+            return None
+        return (
+            f"--format {fmt} cannot hold {self.name} levels, and this candidate sets them for "
+            f"{layer_list(used)}; export it with --format plan, or choose another candidate"
+        )
 
     def realise(
         self, db: Any, unit: str, level: int, weight: torch.Tensor | None

@@ -16,6 +16,7 @@ from presso.cli import main
 from presso.errors import PressoError
 from presso.export import Source, build_plan, make_exporter
 from presso.export._llamacpp import GGUF_NAMES, gguf_tensor, tensor_types
+from presso.plan import Plan
 from presso.store import ResultsStore
 
 from .conftest import tiny_experiment
@@ -64,7 +65,7 @@ def _export(store: str, run: str, fmt: str, out: Path) -> Path:
 
 
 def _quantized(plan: dict) -> dict[str, dict]:
-    return {n: u for n, u in plan["units"].items() if "bits" in u}
+    return {n: u for n, u in plan.entries().items() if "bits" in u}
 
 
 # --------------------------------------------------------------------------- torchao
@@ -82,7 +83,7 @@ def test_torchao_loads_applies_and_matches_presso(
 
     attrs = _attrs(store, "mixed")
     plan = build_plan(attrs, "search")
-    assert len({u["bits"] for u in plan["units"].values()}) > 1, "the run should mix bit widths"
+    assert len({u["bits"] for u in plan.entries().values()}) > 1, "the run should mix bit widths"
     capsys.readouterr()
     path = _export(store, "mixed", "torchao", tmp_path / "fqn.json")
     # Said where the user sees it: torchao rounds itself, presso's GPTQ weights stay behind.
@@ -94,7 +95,7 @@ def test_torchao_loads_applies_and_matches_presso(
     quantize_(handle.model, config, filter_fn=None)
 
     source = Source(attrs, "search")
-    for name, unit in plan["units"].items():
+    for name, unit in plan.entries().items():
         weight = handle.linear(name).weight
         assert weight.target_dtype == getattr(torch, f"int{unit['bits']}"), name
         assert tuple(weight.block_size) == (1, unit["group_size"]), name
@@ -144,14 +145,14 @@ def test_gptqmodel_config_resolves_every_module(store: str, tmp_path: Path) -> N
         assert set(override) <= {"bits", "group_size", "sym", "desc_act"}
         assert override.get("bits", 4) in (2, 3, 4, 5, 6, 8)
 
-    for name, unit in plan["units"].items():
+    for name, unit in plan.entries().items():
         got = {
             field: _dynamic_get(config["dynamic"], name, field, config[field])
             for field in ("bits", "group_size", "sym")
         }
         assert got == {"bits": unit["bits"], "group_size": 32, "sym": False}, name
     # A name that merely starts like a unit's name is not matched (keys are $-anchored).
-    first = next(iter(plan["units"]))
+    first = next(iter(plan.entries()))
     assert _dynamic_get(config["dynamic"], first + "x", "bits", "base") == "base"
 
 
@@ -164,8 +165,8 @@ def test_gptqmodel_loads_the_config_and_resolves_every_module(store: str, tmp_pa
     folder.mkdir()
     _export(store, "mixed", "gptqmodel", folder / "quantize_config.json")
     config = config_module.QuantizeConfig.from_pretrained(str(folder))
-    assert len({u["bits"] for u in plan["units"].values()}) > 1, "a mixed-bits plan"
-    for name, unit in plan["units"].items():
+    assert len({u["bits"] for u in plan.entries().values()}) > 1, "a mixed-bits plan"
+    for name, unit in plan.entries().items():
         assert config.dynamic_get(name, "bits", config.bits) == unit["bits"], name
         assert config.dynamic_get(name, "group_size", config.group_size) == 32, name
     assert config.dynamic_get("lm_head", "bits", config.bits) == config.bits
@@ -185,7 +186,7 @@ def test_gptqmodel_skips_dense_modules() -> None:
             "model.layers.11.mlp.up_proj": {"method": "dense"},
         },
     }
-    config = quantize_config(plan, act_order=True, damp=0.02)
+    config = quantize_config(Plan.from_dict({"presso_plan": 1, **plan}), act_order=True, damp=0.02)
     assert (config["bits"], config["group_size"], config["sym"]) == (4, 128, True)
     assert config["desc_act"] and config["static_groups"] and config["damp_percent"] == 0.02
     dyn = config["dynamic"]
@@ -228,7 +229,7 @@ def test_llmcompressor_config_groups_target_each_layer(store: str, tmp_path: Pat
 
     handle = load_model("tiny-llama")
     _apply_config_groups(recipe, handle.model)
-    for name, unit in plan["units"].items():
+    for name, unit in plan.entries().items():
         weights = handle.module(name).quantization_scheme.weights
         assert (weights.num_bits, weights.group_size, weights.symmetric) == (
             unit["bits"],
@@ -276,7 +277,7 @@ def test_llmcompressor_sparsity_stage_pairs_layers(store: str, tmp_path: Path) -
     from presso.models import load_model
 
     plan = build_plan(_attrs(store, "sparse"), "search")
-    pruned = {n: u["sparsity"] for n, u in plan["units"].items() if u.get("sparsity")}
+    pruned = {n: u["sparsity"] for n, u in plan.entries().items() if u.get("sparsity")}
     assert pruned
     recipe = yaml.safe_load(
         _export(store, "sparse", "llmcompressor", tmp_path / "r.yaml").read_text()
@@ -321,7 +322,7 @@ def test_llamacpp_script_prunes_and_types_every_tensor(store: str, tmp_path: Pat
     from presso.models import load_model
 
     plan = build_plan(_attrs(store, "dropped"), "search")
-    (block,) = plan["dropped"]
+    (block,) = plan.dropped
     pruned = int(block.rsplit(".", 1)[1])
     script = _export(store, "dropped", "llamacpp", tmp_path / "quantize.sh")
     args = _llama_quantize_args(script, "in.gguf", "out.gguf")
@@ -334,7 +335,7 @@ def test_llamacpp_script_prunes_and_types_every_tensor(store: str, tmp_path: Pat
     tensors = [f"blk.{b}.{t}.weight" for b in range(kept) for t in GGUF_NAMES.values()]
     in_features = {u.name: u.shape[1] for u in load_model("tiny-llama").units}
     expected = {}
-    for name, unit in plan["units"].items():
+    for name, unit in plan.entries().items():
         if not name.startswith(block + "."):
             expected[gguf_tensor(name, [pruned])] = (unit["bits"], in_features[name])
     assert sorted(expected) == sorted(tensors)
@@ -351,8 +352,8 @@ def test_llamacpp_script_prunes_and_types_every_tensor(store: str, tmp_path: Pat
 def test_llamacpp_refuses_bits_without_a_fitting_type(store: str, tmp_path: Path) -> None:
     out = tmp_path / "q.sh"
     plan = build_plan(_attrs(store, "mixed"), "search")
-    assert any(u["bits"] in (2, 3) for u in plan["units"].values())
-    in_features = {n: 64 for n in plan["units"]}
+    assert any(u["bits"] in (2, 3) for u in plan.entries().values())
+    in_features = {n: 64 for n in plan.entries()}
     with pytest.raises(PressoError, match="multiples of 256"):
         tensor_types(plan, in_features)
     assert (
@@ -421,8 +422,10 @@ def test_existing_out_is_refused_without_force(
 
 
 def _plan(**unit_extra: object) -> dict:
+    """A plan file's contents: two 4-bit units (with ``unit_extra``)."""
     unit = {"method": "rtn", "bits": 4, "group_size": 32, "symmetric": False, **unit_extra}
     return {
+        "presso_plan": 1,
         "run": "r",
         "candidate": "search",
         "model": "tiny-llama",
@@ -431,17 +434,21 @@ def _plan(**unit_extra: object) -> dict:
     }
 
 
+def _check(fmt: str, plan: dict) -> None:
+    make_exporter(fmt).check(Plan.from_dict(plan))
+
+
 def test_check_refuses_what_each_target_cannot_represent() -> None:
     with pytest.raises(PressoError, match=r"GPTQ checkpoints hold .*model\.layers\.0"):
-        make_exporter("gptqmodel").check(_plan(bits=7))
+        _check("gptqmodel", _plan(bits=7))
     with pytest.raises(PressoError, match="no 7-bit type"):
-        make_exporter("llamacpp").check(_plan(bits=7))
+        _check("llamacpp", _plan(bits=7))
     magnitude = _plan(sparsity=50, sparsity_method="magnitude", pattern="unstructured")
     with pytest.raises(PressoError, match=r"no one-shot per-layer magnitude.*layers\.0"):
-        make_exporter("llmcompressor").check(magnitude)
+        _check("llmcompressor", magnitude)
     sublayer = {**_plan(), "dropped": ["model.layers.1.mlp"]}
     with pytest.raises(PressoError, match=r"not attention or MLP sublayers: model\.layers\.1\.mlp"):
-        make_exporter("llamacpp").check(sublayer)
+        _check("llamacpp", sublayer)
     bert = {
         **_plan(),
         "units": {
@@ -449,7 +456,5 @@ def test_check_refuses_what_each_target_cannot_represent() -> None:
         },
     }
     with pytest.raises(PressoError, match="no GGUF tensor name"):
-        make_exporter("llamacpp").check(bert)
-    make_exporter("llmcompressor").check(
-        _plan(sparsity=50, sparsity_method="sparsegpt", pattern="2:4")
-    )
+        _check("llamacpp", bert)
+    _check("llmcompressor", _plan(sparsity=50, sparsity_method="sparsegpt", pattern="2:4"))

@@ -103,8 +103,8 @@ def test_hf_folder_loads_in_transformers_with_presso_codes(
     assert qc["quant_method"] == "compressed-tensors"
     plan = json.loads((out / "presso_plan.json").read_text())
     targets = {t: g for g in qc["config_groups"].values() for t in g["targets"]}
-    assert set(targets) == set(plan["units"]) and len(targets) == 28
-    for name, entry in plan["units"].items():
+    assert set(targets) == set(plan.entries()) and len(targets) == 28
+    for name, entry in plan.entries().items():
         weights = targets[name]["weights"]
         assert (weights["num_bits"], weights["group_size"]) == (entry["bits"], group_size)
         assert weights["symmetric"] is symmetric
@@ -112,7 +112,7 @@ def test_hf_folder_loads_in_transformers_with_presso_codes(
 
     # The file holds presso's own codes and grids, shifted to compressed-tensors' signed range.
     source, stored = Source(attrs, "search"), _tensors(out)
-    for name, entry in plan["units"].items():
+    for name, entry in plan.entries().items():
         qw, offset = source.quantized(name, entry["bits"]), 1 << (entry["bits"] - 1)
         # Codes packed into int32 words, zero points too (asymmetric grids): bits per weight.
         assert targets[name]["format"] == "pack-quantized"
@@ -136,13 +136,13 @@ def test_hf_folder_loads_in_transformers_with_presso_codes(
     unit_bytes = sum(
         t.numel() * t.element_size()
         for key, t in stored.items()
-        if key.rsplit(".", 1)[0] in plan["units"]
+        if key.rsplit(".", 1)[0] in plan.entries()
     )
     size_mb = attrs["summary"]["candidates"]["search"]["size_mb"]
-    groups = sum(stored[f"{n}.weight_scale"].numel() for n in plan["units"])
+    groups = sum(stored[f"{n}.weight_scale"].numel() for n in plan.entries())
     grids = groups * (4 if symmetric else 8)  # fp32 scale (+ padded int32 zero point)
     print(f"hf: units {unit_bytes} B on disk, size_mb {size_mb * 1e6:.0f} B")
-    assert size_mb * 1e6 < unit_bytes <= size_mb * 1e6 + grids + 16 * len(plan["units"])
+    assert size_mb * 1e6 < unit_bytes <= size_mb * 1e6 + grids + 16 * len(plan.entries())
 
     ids, expected = _presso_logits(attrs)
     # The candidate is not the dense model, so agreeing with it below means something.
@@ -176,8 +176,8 @@ def test_joint_candidate_as_hf_and_pruned_folders(write_experiment, tmp_path: Pa
     assert _export(tmp_path, "joint", "hf", hf) == 0
     assert _export(tmp_path, "joint", "pruned", pruned) == 0
     plan = json.loads((hf / "presso_plan.json").read_text())
-    (gone,) = plan["dropped"]
-    both = [n for n, e in plan["units"].items() if "bits" in e and e.get("sparsity")]
+    (gone,) = plan.dropped
+    both = [n for n, e in plan.entries().items() if "bits" in e and e.get("sparsity")]
     assert both  # some units are pruned and quantized
 
     for folder in (hf, pruned):
@@ -192,12 +192,12 @@ def test_joint_candidate_as_hf_and_pruned_folders(write_experiment, tmp_path: Pa
     kept = [n for n in both if _block(n) != _block(gone)]
     assert kept
     masks = {
-        name: source.sparse(name, plan["units"][name]["sparsity"]).weight == 0 for name in kept
+        name: source.sparse(name, plan.entries()[name]["sparsity"]).weight == 0 for name in kept
     }
     for name, pruned_mask in masks.items():
         assert pruned_mask.float().mean() >= 0.5
         new = _renumbered(name, _block(gone))
-        bits = plan["units"][name]["bits"]
+        bits = plan.entries()[name]["bits"]
         codes = unpack_from_int32(stored[f"{new}.weight_packed"], bits, pruned_mask.shape)
         zero = stored[f"{new}.weight_zero_point"]
         zero = unpack_from_int32(zero, bits, zero.shape, packed_dim=0)

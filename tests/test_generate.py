@@ -89,6 +89,9 @@ def test_unknown_backend_fails_before_the_model_loads() -> None:
         def handle(self):  # noqa: ANN202
             raise AssertionError("the model was loaded before the backend name was checked")
 
-    plan = {"units": {"layers.0.mlp": {"bits": 4, "group_size": 32}}, "dropped": []}
+    from presso.plan import Plan
+
+    units = {"layers.0.mlp": {"bits": 4, "group_size": 32}}
+    plan = Plan.from_dict({"presso_plan": 1, "units": units, "dropped": []})
     with pytest.raises(PressoError, match="unknown backend 'nope'"):
         generate(Unloadable(), plan, "nope", "hello")

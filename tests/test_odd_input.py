@@ -31,7 +31,7 @@ def test_pareto_index_that_is_no_index(index: str) -> None:
         assert int(index) == 1
     with pytest.raises(PressoError, match="its Pareto front has one point, pareto:0"):
         build_plan(ATTRS, f"pareto:{index}")
-    assert build_plan(ATTRS, "pareto:0")["units"]
+    assert build_plan(ATTRS, "pareto:0").entries()
 
 
 def test_ray_port_that_is_no_number() -> None:

@@ -311,12 +311,13 @@ def test_joint_run_with_dropped_block(write_experiment, tmp_path: Path) -> None:
 
 def test_check_refuses_groups_matmulnbits_cannot_hold() -> None:
     entry = {"method": "rtn", "bits": 4, "group_size": 24, "symmetric": False}
-    plan = {"units": {"model.layers.0.mlp.up_proj": entry, "model.layers.1.mlp.up_proj": entry},
-            "dropped": []}  # fmt: skip
+    units = {"model.layers.0.mlp.up_proj": entry, "model.layers.1.mlp.up_proj": entry}
+    plan = Plan.from_dict({"presso_plan": 1, "units": units, "dropped": []})
     with pytest.raises(PressoError, match=r"model\.layers\.0\.mlp\.up_proj, model\.layers\.1"):
         make_exporter("onnx").check(plan)
     make_exporter("onnx-qdq").check(plan)  # DequantizeLinear takes any block
-    plan["units"]["model.layers.0.mlp.up_proj"] = {**entry, "bits": 1}
+    units["model.layers.0.mlp.up_proj"] = {**entry, "bits": 1}
+    plan = Plan.from_dict({"presso_plan": 1, "units": units, "dropped": []})
     with pytest.raises(PressoError, match="2..8-bit"):
         make_exporter("onnx-qdq").check(plan)
 

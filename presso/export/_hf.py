@@ -167,6 +167,7 @@ class HFExporter(Exporter):
     )
     requires = ("compressed_tensors",)
     extra = "export"
+    kinds = ("bits", "sparsity", "depth")
 
     def check(self, plan: Plan) -> None:
         super().check(plan)

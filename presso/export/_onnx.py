@@ -39,6 +39,7 @@ class OnnxExporter(Exporter):
     requires = ("onnx",)
     extra = "onnx"
     fmt: ClassVar[str] = "matmulnbits"
+    kinds = ("bits", "sparsity", "depth")
 
     def check(self, plan: Plan) -> None:
         super().check(plan)

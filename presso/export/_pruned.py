@@ -132,6 +132,7 @@ class PrunedExporter(Exporter):
         "a smaller plain Hugging Face folder: dropped blocks removed, pruned weights as zeros "
         "(quantized units stored dequantized: use hf for those)"
     )
+    kinds = ("bits", "sparsity", "depth")
 
     def check(self, plan: Plan) -> None:
         super().check(plan)
