@@ -22,6 +22,7 @@ if importlib.util.find_spec("compressed_tensors") is not None:
 
 from presso.cli import main
 from presso.export import Source
+from presso.plan import Plan
 from presso.store import ResultsStore
 
 from .conftest import tiny_experiment
@@ -101,7 +102,7 @@ def test_hf_folder_loads_in_transformers_with_presso_codes(
 
     qc = _config(out)["quantization_config"]
     assert qc["quant_method"] == "compressed-tensors"
-    plan = json.loads((out / "presso_plan.json").read_text())
+    plan = Plan.from_dict(json.loads((out / "presso_plan.json").read_text()))
     targets = {t: g for g in qc["config_groups"].values() for t in g["targets"]}
     assert set(targets) == set(plan.entries()) and len(targets) == 28
     for name, entry in plan.entries().items():
@@ -175,7 +176,7 @@ def test_joint_candidate_as_hf_and_pruned_folders(write_experiment, tmp_path: Pa
     hf, pruned, dense = tmp_path / "hf", tmp_path / "pruned", tmp_path / "dense"
     assert _export(tmp_path, "joint", "hf", hf) == 0
     assert _export(tmp_path, "joint", "pruned", pruned) == 0
-    plan = json.loads((hf / "presso_plan.json").read_text())
+    plan = Plan.from_dict(json.loads((hf / "presso_plan.json").read_text()))
     (gone,) = plan.dropped
     both = [n for n, e in plan.entries().items() if "bits" in e and e.get("sparsity")]
     assert both  # some units are pruned and quantized

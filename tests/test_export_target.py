@@ -18,6 +18,7 @@ from presso.export import Exporter, Source, export
 from presso.export._base import FORMATS
 from presso.export._target import MANIFEST, export_dir
 from presso.paths import atomic_dir
+from presso.plan import Plan
 
 from .conftest import tiny_experiment
 
@@ -44,11 +45,11 @@ class _FolderExporter(Exporter):
     folder = True
     fail = False
 
-    def write(self, plan: dict[str, Any], out: Path, source: Source) -> None:
+    def write(self, plan: Plan, out: Path, source: Source) -> None:
         with export_dir(out, self.name, plan) as tmp:
             (tmp / "model.bin").write_bytes(b"weights")
             (tmp / "sub").mkdir()
-            (tmp / "sub" / "plan.json").write_text(json.dumps(plan))
+            (tmp / "sub" / "plan.json").write_text(json.dumps(plan.to_dict()))
             if self.fail:
                 raise RuntimeError("the export failed half way")
 
@@ -151,10 +152,10 @@ def test_a_failed_export_leaves_the_old_one_whole(folder_format, tmp_path: Path)
 
 def test_a_folder_changed_during_the_export_is_not_replaced(tmp_path: Path) -> None:
     out = tmp_path / "exported"
-    with export_dir(out, "test-folder", {}) as tmp:
+    with export_dir(out, "test-folder", Plan()) as tmp:
         (tmp / "a").write_text("a")
     with pytest.raises(PressoError, match=r"did not write \(late.txt\)"):
-        with export_dir(out, "test-folder", {}) as tmp:
+        with export_dir(out, "test-folder", Plan()) as tmp:
             (tmp / "a").write_text("b")
             (out / "late.txt").write_text("written while the export ran")
     assert (out / "a").read_text() == "a" and (out / "late.txt").is_file()

@@ -44,14 +44,6 @@ class Source:
     def handle(self):  # noqa: ANN201 - ModelHandle (dense weights in place)
         return self.setup.handle
 
-    @cached_property
-    def config(self) -> tuple[int, ...]:
-        """The candidate as level indices of the run's search space."""
-        from presso.export._plan import candidate_entry
-
-        levels = candidate_entry(self.attrs, self.phase)["levels"]
-        return self.setup.space.from_dict(dict(zip(self.attrs["units"], levels)))
-
     def quantized(self, unit: str, bits: int):  # noqa: ANN201 - QuantizedWeight
         """The stored quantized weight of ``unit`` at ``bits`` (codes, scales, zeros)."""
         return self.setup.level_db(BitsKind.name).load(unit, bits)
@@ -63,8 +55,10 @@ class Source:
     def evaluator(self):  # noqa: ANN201 - an Evaluator with this candidate applied
         """presso's own evaluation of the candidate: the model with exactly the weights (and
         dropped blocks) the search scored. Exports are checked against its outputs."""
+        from presso.export._plan import build_plan
+
         evaluator = self.setup.evaluator()
-        evaluator.apply(self.config)
+        evaluator.apply_plan(build_plan(self.attrs, self.phase))
         return evaluator
 
 

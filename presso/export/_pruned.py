@@ -121,7 +121,7 @@ def save_folder(folder: Path, model: nn.Module, source: Source, plan: Plan) -> N
     """Write the model (safetensors), its generation config, the tokenizer and the plan."""
     model.save_pretrained(folder)
     source.handle.tokenizer.save_pretrained(folder)
-    (folder / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+    (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
 
 
 @register
