@@ -18,9 +18,10 @@ import re
 from typing import Any
 
 from presso.errors import PressoError
-from presso.plan import run_dimensions
 from presso.spaces import KIND_BUDGETS, KINDS
 from presso.store import Record, check_attrs, sqlite_path, sqlite_read_only
+from presso.summary import RunSummary, unit_columns
+from presso.summary import json_safe as json_safe  # the page's JSON, as --json writes it
 
 #: Trial states presso writes (it adds finished trials only); anything else is still running.
 DONE_STATES = ("COMPLETE", "FAIL", "PRUNED")
@@ -228,7 +229,7 @@ def _record(a: dict[str, Any], value: float | None) -> Record:
 
 def _run_row(name: str, n: int, started: Any, updated: Any, attrs: dict) -> dict[str, Any]:
     exp = attrs.get("experiment") or {}
-    summary = attrs.get("summary") or {}
+    summary = RunSummary.from_attrs(name, attrs)
     return {
         "name": name,
         "status": attrs.get("status") or "?",
@@ -239,36 +240,35 @@ def _run_row(name: str, n: int, started: Any, updated: Any, attrs: dict) -> dict
         "strategy": (exp.get("search") or {}).get("strategy", "?"),
         "budget": {k: v for k, v in (exp.get("space") or {}).items() if _finite(v)},
         "candidates": {
-            phase: {"strategy": c.get("strategy"), "heldout": c.get("heldout", {})}
-            for phase, c in (summary.get("candidates") or {}).items()
+            phase: {"strategy": c.strategy, "heldout": c.heldout}
+            for phase, c in summary.candidates.items()
         },
+        # What the held-out column shows: perplexity, else the evaluator's own divergence.
+        "heldout_metrics": [summary.heldout_metric, summary.fitness],
+        "labels": summary.labels,
     }
 
 
 # ---------------------------------------------------------------------- JSON for the page
 
-_BLOCK = re.compile(r"\.(\d+)(?:\.(.+))?$")
-
 
 def unit_grid(targets: list[str]) -> dict[str, Any]:
     """Where each unit sits in a blocks × unit-kinds heatmap: rows are block numbers, columns
-    short names (``q_proj`` ... ``down_proj``; ``block`` for a whole block)."""
+    short names (``q_proj`` ... ``down_proj``; ``block`` for a whole block; as many parts as
+    tell a block's units apart, see presso.summary.unit_columns)."""
+    places = unit_columns(targets)
     rows: list[str] = []
     cols: list[str] = []
-    cells = []
-    for target in targets:
-        m = _BLOCK.search(target)
-        row, col = (m.group(1), (m.group(2) or "block").split(".")[-1]) if m else ("-", target)
+    for row, col in places:
         if row not in rows:
             rows.append(row)
         if col not in cols:
             cols.append(col)
-        cells.append([row, col])
     rows.sort(key=lambda r: (not r.isdecimal(), int(r) if r.isdecimal() else 0))
     return {
         "rows": rows,
         "cols": cols,
-        "cells": [[rows.index(r), cols.index(c)] for r, c in cells],
+        "cells": [[rows.index(r), cols.index(c)] for r, c in places],
     }
 
 
@@ -291,70 +291,63 @@ def record_json(number: int, rec: Record) -> dict[str, Any]:
     }
 
 
-def meta_json(attrs: dict[str, Any]) -> dict[str, Any]:
+def meta_json(attrs: dict[str, Any], run: str = "") -> dict[str, Any]:
     """What the page needs about a run besides its evaluations."""
-    units = attrs.get("units") or []
-    targets = attrs.get("targets") or [u.split(":")[0] for u in units]
-    exp = attrs.get("experiment") or {}
-    summary = attrs.get("summary") or {}
-    kinds = run_dimensions(attrs)[1] if units else []
+    summary = RunSummary.from_attrs(run, attrs)
     values: dict[str, set[float]] = {}
-    for kind, levels in zip(kinds, attrs.get("levels") or []):
+    for kind, levels in zip(summary.kinds, summary.space_levels):
         values.setdefault(kind, set()).update(v for v in levels if _finite(v))
     return {
-        "status": attrs.get("status") or "?",
-        "experiment": exp,
+        "status": summary.status,
+        "experiment": summary.experiment,
         "level_values": {kind: sorted(v) for kind, v in values.items()},
-        "units": units,
-        "kinds": kinds,
+        "units": summary.units,
+        "kinds": summary.kinds,
         # How the page names and colours each kind's levels, and which metrics are budgets.
         "kind_labels": {k.name: k.label for k in KINDS.values()},
         "kind_colors": {k.name: k.colorscale for k in KINDS.values()},
         "budgets": list(KIND_BUDGETS),
-        "grid": unit_grid(targets),
+        "grid": unit_grid(summary.targets),
         "finals": finals_json(summary),
-        "timings": summary.get("timings", {}),
+        "timings": summary.timings,
+        # The evaluator's metric (kl, or cos_dist for an encoder) and how to name each metric.
+        "fitness": summary.fitness,
+        "labels": summary.labels,
     }
 
 
-def finals_json(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def finals_json(summary: RunSummary) -> list[dict[str, Any]]:
     """The run's finally chosen configurations with their held-out metrics (``heldout_ppl``,
-    ``heldout_kl``) beside their budget metrics: each phase's winner (``kind: candidate``)
-    and the Pareto-front points the run scored held-out (``kind: front``)."""
+    ``heldout_kl``, ``heldout_cos_dist``) beside their budget metrics: each phase's winner
+    (``kind: candidate``) and the Pareto-front points the run scored held-out (``kind: front``)."""
     out = []
-    for phase, c in (summary.get("candidates") or {}).items():
-        metrics = {k: v for k, v in c.items() if k in KIND_BUDGETS}
-        metrics.update({f"heldout_{k}": v for k, v in (c.get("heldout") or {}).items()})
-        out.append(_final(f"final:{phase}", phase, "candidate", c.get("strategy"), c, metrics))
-    pareto = summary.get("pareto") or {}
-    objectives = pareto.get("objectives") or []
-    points, levels = pareto.get("points") or [], pareto.get("levels") or []
-    for h in pareto.get("heldout") or []:
-        i = h.get("index")
-        if not isinstance(i, int) or not 0 <= i < min(len(points), len(levels)):
+    for phase, c in summary.candidates.items():
+        metrics = {k: v for k, v in c.metrics.items() if k in KIND_BUDGETS}
+        metrics.update({f"heldout_{k}": v for k, v in c.heldout.items()})
+        out.append(_final(f"final:{phase}", phase, "candidate", c.strategy, c.levels, metrics))
+    front = summary.front
+    if front is None:
+        return out
+    for i, heldout in sorted(front.heldout.items()):
+        if not isinstance(i, int) or not 0 <= i < min(len(front.points), len(front.levels)):
             continue
         # Budget objectives only: the calibration fitness of a front point is already plotted
         # as the evaluation it came from.
-        metrics = {
-            name.lstrip("-"): -v if name.startswith("-") else v
-            for name, v in zip(objectives, points[i])
-            if name.lstrip("-") in KIND_BUDGETS and _finite(v)
-        }
-        metrics.update({f"heldout_{k}": v for k, v in h.items() if k != "index"})
-        entry = {"levels": levels[i]}
-        out.append(_final(f"front:{i}", "search", "front", None, entry, metrics))
+        metrics = {k: v for k, v in front.metrics(i).items() if k in KIND_BUDGETS and _finite(v)}
+        metrics.update({f"heldout_{k}": v for k, v in heldout.items()})
+        out.append(_final(f"front:{i}", "search", "front", None, front.levels[i], metrics))
     return out
 
 
 def _final(
-    key: str, phase: str, kind: str, strategy: Any, c: dict, metrics: dict
+    key: str, phase: str, kind: str, strategy: Any, levels: list, metrics: dict
 ) -> dict[str, Any]:
     return {
         "key": key,
         "phase": phase,
         "kind": kind,
         "strategy": strategy,
-        "levels": c.get("levels", []),
+        "levels": levels,
         "metrics": {k: v for k, v in metrics.items() if _finite(v)},
     }
 
@@ -366,7 +359,7 @@ def run_json(reader: StoreReader, run: str, since: int = 0) -> dict[str, Any]:
     records, next_number = reader.records(run, since)
     return {
         "run": run,
-        "meta": meta_json(attrs),
+        "meta": meta_json(attrs, run),
         "records": [record_json(n, r) for n, r in records],
         "next": next_number,
     }
@@ -376,11 +369,12 @@ def export_files(attrs: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Per candidate, the files ``presso export`` writes: plan JSON, plan YAML, EvoPress text
     (absent where the candidate cannot be written in that format)."""
     files: dict[str, dict[str, str]] = {}
-    for phase in (attrs.get("summary") or {}).get("candidates", {}):
+    summary = RunSummary.from_attrs("", attrs)
+    for phase in summary.candidates:
         files[phase] = {}
         for fmt in EXPORTS:
             try:
-                files[phase][fmt] = export_text(attrs, phase, fmt)
+                files[phase][fmt] = export_text(summary, phase, fmt)
             except PressoError:
                 continue
     return files
@@ -394,14 +388,15 @@ EXPORTS = {
 }
 
 
-def export_text(attrs: dict[str, Any], phase: str, choice: str) -> str:
-    """The text ``presso export --candidate PHASE`` writes for one download choice."""
+def export_text(run: RunSummary | dict[str, Any], phase: str, choice: str) -> str:
+    """The text ``presso export --candidate PHASE`` writes for one download choice (``run``:
+    its summary, or its stored attributes)."""
     from presso.export import build_plan, render
 
     if choice not in EXPORTS:
         raise PressoError(f"unknown export {choice!r}; choose one of: {', '.join(EXPORTS)}")
     fmt, suffix = EXPORTS[choice]
-    return render(build_plan(attrs, phase), fmt, suffix)
+    return render(build_plan(run, phase), fmt, suffix)
 
 
 def export_filename(run: str, phase: str, choice: str) -> str:
@@ -411,14 +406,3 @@ def export_filename(run: str, phase: str, choice: str) -> str:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with NaN and infinities as None: JSON has no such numbers and browsers refuse them."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj

@@ -33,7 +33,8 @@ building anything. Candidates are timed with every argument but ``x`` flushed fr
 as a model's layers meet their weights (a schedule that is fastest hot can be 1.5-2x slower
 cold). Only the x86 tensor intrinsics are registered (importing all of them loads
 the CUDA ones, 40–50 s). The best schedule's trace is kept as JSON text in the
-:class:`~presso.profilers.ProfileDatabase` (an artifact keyed by kernel, shape, group size and
+tuning-record store the caller gives (presso's profilers pass their
+:class:`~presso.profilers.ProfileDatabase`: an artifact keyed by kernel, shape, group size and
 target), so a second :func:`compile_gemm` on the same machine compiles that schedule without
 tuning; compiled kernels are also cached in-process.
 """
@@ -50,14 +51,26 @@ import tempfile
 import time
 import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from presso.errors import MissingExtraError, PressoError
 
 if TYPE_CHECKING:
     import torch
 
-    from presso.profilers import ProfileDatabase
+
+class TuningRecords(Protocol):
+    """Where tuning records are kept across processes (presso's ProfileDatabase is one):
+    text artifacts by (machine fingerprint, backend, key). Kernels import nothing above them,
+    so they name the store by what they call on it."""
+
+    path: Path
+
+    def get_artifact(self, fingerprint: str, backend: str, key: str) -> str | None: ...
+
+    def put_artifact(self, fingerprint: str, backend: str, key: str, value: str) -> None: ...
+
 
 #: The profile-database backend name under which tuning records are stored.
 BACKEND = "tvm"
@@ -709,14 +722,15 @@ def compile_gemm(
     group_size: int | None = None,
     *,
     trials: int = 16,
-    db: ProfileDatabase | None = None,
+    db: TuningRecords | None = None,
     fingerprint: str | None = None,
 ) -> TvmGemm:
     """The kernel for ``y[m, n] = x[m, k] · W[n, k]^T`` at ``bits`` (4, 8, 16 = dense fp32).
 
     trials: meta_schedule trials when no tuning record exists (0: the design space's default
     schedule, untuned). db/fingerprint: where tuning records are read
-    from and written to (fingerprint defaults to this machine's, see :func:`tvm_fingerprint`).
+    from and written to, under which machine (``presso.profilers._tvm.tvm_fingerprint``);
+    both or neither.
     Raises PressoError for a shape no kernel can run.
     """
     shape = GemmShape(m, n, k, bits, group_size)
@@ -728,7 +742,7 @@ def compile_gemm(
     record, tuned_now = None, False
     if trials > 0:
         if db is not None and fingerprint is None:
-            fingerprint = tvm_fingerprint()
+            raise ValueError("compile_gemm: a tuning-record store needs the machine's fingerprint")
         stored = db.get_artifact(fingerprint, BACKEND, key) if db is not None else None
         if stored is not None:
             record = json.loads(stored)
@@ -739,13 +753,6 @@ def compile_gemm(
     gemm = TvmGemm(shape, _compile(shape, target, record), record, tuned_now)
     _CACHE[(key, str(db.path) if db else "", trials)] = gemm
     return gemm
-
-
-def tvm_fingerprint() -> str:
-    """This machine's fingerprint for TVM kernels (CPU facts plus the TVM versions)."""
-    from presso.profilers._fingerprint import fingerprint
-
-    return fingerprint("cpu", tvm_versions())[0]
 
 
 def tvm_versions() -> dict[str, str]:
@@ -787,6 +794,6 @@ __all__ = [
     "random_weights",
     "reference_gemm",
     "tune",
-    "tvm_fingerprint",
+    "TuningRecords",
     "unpack_int4",
 ]

@@ -14,10 +14,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from presso import __version__
 from presso.errors import PressoError
+
+if TYPE_CHECKING:
+    from presso.summary import RunSummary
 
 DEFAULT_STORE = "runs/presso.db"
 
@@ -123,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="a run's best candidates and per-layer bits")
     sh.add_argument("run")
     sh.add_argument("--pareto", action="store_true", help="the Pareto front and its hypervolume")
+    sh.add_argument(
+        "--json", action="store_true", help="the run's summary as JSON, for scripts (one object)"
+    )
     sh.add_argument("--store", default=DEFAULT_STORE)
     sh.set_defaults(func=_show)
 
@@ -203,15 +209,16 @@ def _search(args: argparse.Namespace) -> int:
 FINISHED_WITH_FAILURES = 3
 
 
-def _report_failures(summary: dict) -> int:
+def _report_failures(summary: RunSummary) -> int:
     """0, or a line on standard error and FINISHED_WITH_FAILURES when evaluations failed."""
-    failed = summary.get("failed", 0)
+    failed = summary.failed
     if not failed:
         return 0
     sys.stdout.flush()  # the line comes after the summary it qualifies
+    evaluated = "?" if summary.evaluated is None else summary.evaluated
     print(
-        f"presso: {failed} of {summary.get('evaluated', '?')} evaluations failed (first: "
-        f"{summary.get('first_failure')}); the results above rest on the others only: fix the "
+        f"presso: {failed} of {evaluated} evaluations failed (first: "
+        f"{summary.first_failure}); the results above rest on the others only: fix the "
         "cause and search again under a new --name",
         file=sys.stderr,
     )
@@ -246,15 +253,15 @@ def tuning_options(backend: str, trials: int, db: Any = None) -> dict[str, Any]:
 def _profile(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from presso.models import load_model
-    from presso.profilers import ProfileDatabase, Workload, make_profiler
-    from presso.profiling import (
+    from presso.cost_models import (
         latency_model,
         profile_model,
         random_assignment,
         unit_ops,
         validate,
     )
+    from presso.models import load_model
+    from presso.profilers import ProfileDatabase, Workload, make_profiler
     from presso.run import _tqdm
     from presso.spaces._bits import bits_level
     from presso.spaces._sparsity import sparsity_level
@@ -338,7 +345,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _print_op_table(db, profiler, handle, workload, ops) -> None:  # noqa: ANN001
     """Median ms per layer shape (rows) and level (columns) under one workload."""
-    from presso.profiling import machine_id
+    from presso.cost_models import machine_id
 
     fp = machine_id(profiler)
     levels = sorted({(op.bits, op.sparsity) for op in ops}, key=lambda t: (-t[0], t[1]))
@@ -374,18 +381,23 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from presso.plan import run_dimensions
+    import json
+
     from presso.spaces import KINDS
     from presso.store import ResultsStore
+    from presso.summary import RunSummary
 
     store = ResultsStore(args.store, read_only=True)
     study = store.open(args.run)
-    attrs = study.user_attrs
-    summary = attrs.get("summary")
+    summary = RunSummary.from_attrs(args.run, study.user_attrs)
     records = store.records(study)
     failed = sum(r.error is not None for r in records)
-    print(f"run {args.run}: {attrs.get('status')}, {len(records)} evaluations ({failed} failed)")
-    if not summary:
+    if args.json:
+        out = {**summary.to_json(), "stored_evaluations": len(records), "stored_failed": failed}
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"run {args.run}: {summary.status}, {len(records)} evaluations ({failed} failed)")
+    if not summary.finished:
         ok = [r for r in records if r.fitness is not None]
         if ok:
             best = min(ok, key=lambda r: r.fitness)
@@ -395,14 +407,14 @@ def _show(args: argparse.Namespace) -> int:
     if args.pareto:
         _print_pareto(summary)
         return 0
-    best = summary["candidates"]["search"]
-    units, kinds, _ = run_dimensions(attrs)
-    for kind in dict.fromkeys(kinds):
-        names = [n for n, k in zip(units, kinds) if k == kind]
-        values = [v for v, k in zip(best["levels"], kinds) if k == kind]
+    best = summary.candidates["search"]
+    for kind in dict.fromkeys(summary.kinds):
+        mine = [i for i, k in enumerate(summary.kinds) if k == kind]
+        targets = [summary.targets[i] for i in mine]
+        values = [best.levels[i] for i in mine]
         label = KINDS.get(kind).label if kind in KINDS else kind
         print(f"\nper-layer {label} of the search's best (rows: blocks):")
-        print(_bits_grid([n.split(":")[0] for n in names], values))
+        print(_bits_grid(targets, values))
     return 0
 
 
@@ -416,14 +428,14 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise PressoError("presso export: give the RUN to export (`presso runs` lists them)")
-    study = ResultsStore(args.store, read_only=True).open(args.run)
+    summary = ResultsStore(args.store, read_only=True).summary(args.run)
     out = Path(args.out) if args.out else None
-    text = export(study.user_attrs, args.candidate, args.format, out, force=args.force)
+    text = export(summary, args.candidate, args.format, out, force=args.force)
     if text is not None:
         sys.stdout.write(text)
         return 0
     print(f"wrote {out} ({args.format}, candidate {args.candidate})")
-    if notice := make_exporter(args.format).notice(build_plan(study.user_attrs, args.candidate)):
+    if notice := make_exporter(args.format).notice(build_plan(summary, args.candidate)):
         print(f"note: {notice}")
     return 0
 
@@ -434,10 +446,10 @@ def _generate(args: argparse.Namespace) -> int:
     from presso.store import ResultsStore
 
     _at_least(args, max_new_tokens=1, threads=1, trials=0)
-    study = ResultsStore(args.store, read_only=True).open(args.run)
-    plan = build_plan(study.user_attrs, args.candidate)
+    summary = ResultsStore(args.store, read_only=True).summary(args.run)
+    plan = build_plan(summary, args.candidate)
     out = generate(
-        Source(study.user_attrs, args.candidate),
+        Source(summary, args.candidate),
         plan,
         args.backend,
         args.prompt,
@@ -473,33 +485,34 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: RunSummary) -> None:
     from presso.summary import summary_lines
 
     print("\n".join(summary_lines(summary)))
 
 
-def _print_pareto(summary: dict) -> None:
+def _print_pareto(summary: RunSummary) -> None:
     from presso.summary import pareto_lines
 
     print("\n".join(pareto_lines(summary)))
 
 
-def _bits_grid(units: list[str], levels: list[float]) -> str:
-    """Blocks as rows, each unit's short name as a column."""
-    import re
+def _bits_grid(targets: list[str], levels: list[float]) -> str:
+    """Blocks as rows, each unit's short name as a column (as wide as its name)."""
+    from presso.summary import unit_columns
 
-    rows: dict[int, dict[str, float]] = {}
+    rows: dict[str, dict[str, float]] = {}
     cols: list[str] = []
-    for name, bits in zip(units, levels):
-        m = re.search(r"\.(\d+)(?:\.(.+))?$", name)
-        block, short = (int(m.group(1)), (m.group(2) or "block").split(".")[-1]) if m else (0, name)
-        rows.setdefault(block, {})[short] = bits
+    for (block, short), value in zip(unit_columns(targets), levels):
+        rows.setdefault(block, {})[short] = value
         if short not in cols:
             cols.append(short)
-    lines = ["block " + " ".join(f"{c[:6]:>6}" for c in cols)]
-    for block in sorted(rows):
-        lines.append(f"{block:>5} " + " ".join(f"{rows[block].get(c, 0):>6g}" for c in cols))
+    widths = [max(6, len(c)) for c in cols]
+    lines = ["block " + " ".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
+    order = sorted(rows, key=lambda r: (not r.isdecimal(), int(r) if r.isdecimal() else 0))
+    for block in order:
+        cells = " ".join(f"{rows[block].get(c, 0):>{w}g}" for c, w in zip(cols, widths))
+        lines.append(f"{block:>5} " + cells)
     return "\n".join(lines)
 
 

@@ -224,7 +224,21 @@ def load_experiment(path: str | Path) -> Experiment:
         raise PressoError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise PressoError(f"{path}: an experiment file is a YAML mapping (key: value lines)")
-    lines = _line_index(node)
+    return _validated(raw, path, _line_index(node), default_name=path.stem)
+
+
+def experiment_from_dict(raw: dict[str, Any], *, name: str = "run") -> Experiment:
+    """Validate an experiment given as a dict (what an experiment file holds, e.g. built in a
+    notebook), with the checks a file gets; errors name the field (``<dict>: space.kind: ...``).
+    ``name``: the run's name when the dict gives none."""
+    if not isinstance(raw, dict):
+        raise PressoError("an experiment is a mapping (key: value), as in an experiment file")
+    return _validated(raw, Path("<dict>"), {}, default_name=name)
+
+
+def _validated(
+    raw: dict[str, Any], path: Path, lines: dict[tuple, int], *, default_name: str
+) -> Experiment:
     try:
         exp = Experiment.model_validate(raw)
     except ValidationError as err:
@@ -235,7 +249,7 @@ def load_experiment(path: str | Path) -> Experiment:
             f"{path}:{lines.get(('version',), 1)}: version: only version {SCHEMA_VERSION} is known"
         )
     if exp.name is None:
-        exp = exp.model_copy(update={"name": path.stem})
+        exp = exp.model_copy(update={"name": default_name})
     _check_semantics(path, lines, exp)
     options = _check_strategy(path, lines, exp.search.strategy, exp.search.options, ("search",))
     for i, name in enumerate(exp.baselines):
@@ -422,8 +436,10 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
                 ("hardware", "backend"),
                 f"unknown backend {exp.hardware.backend!r}; available: {', '.join(available())}",
             )
+    from presso.evaluation import Objective
+
     for i, name in enumerate(exp.objectives):
-        if name.lstrip("-") not in OBJECTIVES:
+        if Objective.parse(name).metric not in OBJECTIVES:
             fail(
                 ("objectives", i),
                 f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)} "

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from presso.checksum import check, verify, write_sealed
+from presso.evaluation import Request, Result, fitness_metric, heldout_metrics
 from presso.paths import digest
-from presso.search._base import Request, Result
 from presso.spaces import KINDS
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ class Evaluator:
             fitness = total / count
             windows, seq_len = len(indices), self.data.calibration.shape[1]
             metrics = {
-                self._metric: fitness,
+                self.fitness_metric: fitness,
                 "tokens": float(windows * seq_len),
                 # What the constraints measure (e.g. mean_bits): objectives for Pareto fronts.
                 **self.space.metrics(request.config),
@@ -341,8 +341,14 @@ class Evaluator:
     # ------------------------------------------------------------------ internals
 
     @property
-    def _metric(self) -> str:
-        return "kl" if self.handle.kind == "causal-lm" else "cos_dist"
+    def fitness_metric(self) -> str:
+        """The metric ``Result.fitness`` is (see presso.evaluation.METRICS): ``kl`` or ``cos_dist``."""
+        return fitness_metric(self.handle.kind)
+
+    @property
+    def heldout_metrics(self) -> tuple[str, ...]:
+        """The metrics :meth:`heldout` returns, the one to compare candidates by first."""
+        return heldout_metrics(self.handle.kind)
 
     def _divergence(
         self, ref: torch.Tensor, output: torch.Tensor, ids: torch.Tensor
@@ -391,11 +397,3 @@ class Evaluator:
         self.blocks_reused += start
         self.blocks_run += len(blocks) - start
         return output
-
-
-def make_evaluator(spec: dict[str, Any]) -> Evaluator:
-    """Build an evaluator from a plain-data spec (what a Ray actor receives)."""
-    from presso.experiment import Setup
-
-    setup = Setup.from_spec(spec)
-    return setup.evaluator()

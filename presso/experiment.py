@@ -18,11 +18,23 @@ Progress = Callable[[Iterable, int, str], Iterable]
 
 
 class Setup:
-    """Everything an evaluator needs, built lazily from a validated experiment."""
+    """Everything an evaluator needs, built lazily from a validated experiment.
 
-    def __init__(self, experiment: Experiment, *, cache_root: str | None = None) -> None:
+    measure_latency: with a ``hardware:`` section, profile the backend and price candidates
+    (a search); False builds the same space without its latency budget or report, and times
+    nothing (an export or a generation, which read the run's weights, not its prices).
+    """
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        *,
+        cache_root: str | None = None,
+        measure_latency: bool = True,
+    ) -> None:
         self.experiment = experiment
         self.cache_root = Path(cache_root) if cache_root else cache_dir()
+        self.measure_latency = measure_latency and experiment.hardware is not None
         self._level_dbs: dict[str, Any] = {}
 
     # A Ray actor rebuilds the setup from plain data.
@@ -106,7 +118,7 @@ class Setup:
         if sp.max_size_mb is not None:
             constraints.append(self._size(units, sp.max_size_mb))
         reports = [] if sp.max_size_mb is not None else [self._size(units, float("inf"))]
-        if self.experiment.hardware is not None:
+        if self.measure_latency:
             latency = self._latency_constraint()
             (constraints if latency.limit < float("inf") else reports).append(latency)
         settings = plan_settings(self.experiment.to_dict())
@@ -155,7 +167,7 @@ class Setup:
 
     def profile(self, progress: Progress | None = None) -> float:
         """Measure on the backend what the profile database lacks for this space; seconds."""
-        from presso.profiling import profile_model, unit_ops
+        from presso.cost_models._campaign import profile_model, unit_ops
         from presso.spaces._bits import BitsKind
         from presso.spaces._sparsity import SparsityKind
 
@@ -175,7 +187,7 @@ class Setup:
 
     @cached_property
     def latency(self):  # noqa: ANN201 - CandidateLatency
-        from presso.profiling import latency_model
+        from presso.cost_models._campaign import latency_model
 
         hw = self.experiment.hardware
         return latency_model(
@@ -221,7 +233,7 @@ class Setup:
             n = getattr(self.experiment, k.section).calibration
             timings[k.timing_key] = db.build(self.data.calibration[:n], progress=progress)
         timings["reference_s"] = self.reference.build(progress=progress)
-        if self.experiment.hardware is not None:
+        if self.measure_latency:
             timings["profile_s"] = self.profile(progress)
         return timings
 
@@ -314,6 +326,19 @@ def _level_error(errors: dict[int, float], value: float, kind: Any) -> float:
     if not kind.compressed(value):
         return errors.get(int(value), 0.0)
     return errors[int(value)]
+
+
+class EvaluatorFactory:
+    """Builds an experiment's evaluator from plain data, in another process (a Ray actor): a
+    picklable callable that ``presso.search.RayPool`` calls once per worker."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = dict(spec)
+
+    def __call__(self):  # noqa: ANN204 - presso.evaluator.Evaluator
+        # Caches (tokens, levels, reference) are where the driver keeps them.
+        os.environ["PRESSO_CACHE"] = self.spec["cache_root"]
+        return Setup.from_spec(self.spec).evaluator()
 
 
 def default_threads(workers: int = 1) -> int:

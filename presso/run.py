@@ -19,9 +19,9 @@ from typing import Any
 
 from presso.config import Experiment
 from presso.errors import PressoError
-from presso.experiment import Setup, default_threads
+from presso.experiment import EvaluatorFactory, Setup, default_threads
 from presso.store import ResultsStore, sqlite_path
-from presso.summary import summary_note
+from presso.summary import RunSummary, summary_note
 
 Printer = Callable[[str], None]
 
@@ -34,12 +34,12 @@ def run_search(
     show_progress: bool = True,
     echo: Printer = print,
     cache_root: str | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run (or resume) the experiment; returns the run's summary (also stored with the run)."""
     import torch
 
+    from presso.evaluation import Request
     from presso.search import LocalPool, RayPool, drive, make_strategy
-    from presso.search._base import Request
     from presso.search._runner import check_address
 
     check_extras(exp)  # in a moment, before minutes of preparing the model and its levels
@@ -51,7 +51,7 @@ def run_search(
         _check_same_experiment(study.user_attrs.get("experiment", {}), exp.to_dict(), run)
         if study.user_attrs.get("status") == "finished":
             echo(f"run {run!r} is already finished")
-            return study.user_attrs["summary"]
+            return RunSummary.from_attrs(run, study.user_attrs)
     elif store is None:
         _check_new_run(exp.store, run)  # the store itself is created with the run, below
     else:
@@ -74,7 +74,10 @@ def run_search(
     evaluator = setup.evaluator()
     if exp.runner.kind == "ray":
         pool: Any = RayPool(
-            setup.to_spec(), workers=exp.runner.workers, address=exp.runner.address, threads=threads
+            EvaluatorFactory(setup.to_spec()),
+            workers=exp.runner.workers,
+            address=exp.runner.address,
+            threads=threads,
         )
     else:
         pool = LocalPool(evaluator)
@@ -164,6 +167,7 @@ def run_search(
 
     summary: dict[str, Any] = {
         "run": run,
+        "fitness": evaluator.fitness_metric,
         "timings": {**timings, "search_s": search_s},
         "candidates": {},
     }
@@ -185,13 +189,16 @@ def run_search(
     summary.update(_failures(records))
     summary["pareto"] = _pareto(records, objectives, space, evaluator if multi else None)
     store.add_answers(study, space, _answers(summary, fitness, multi))
-    store.set_summary(study, summary, summary_note(summary, len(space)))
-    return summary
+    typed = RunSummary.from_attrs(run, {**study.user_attrs, "summary": summary})
+    store.set_summary(study, summary, summary_note(typed))
+    return RunSummary.from_attrs(run, study.user_attrs)
 
 
 def _answers(summary: dict[str, Any], fitness: str, multi: bool) -> list[dict[str, Any]]:
     """The run's answers as the study's COMPLETE trials (see presso.store): the Pareto front
     valued by its objectives, or each candidate valued by its held-out fitness."""
+    from presso.evaluation import Objective
+
     if not multi:
         return [
             {
@@ -211,7 +218,9 @@ def _answers(summary: dict[str, Any], fitness: str, multi: bool) -> list[dict[st
             "candidate": f"pareto:{i}",
             "levels": levels,
             # The front is kept as minimised values: a maximised objective is negated back.
-            "values": [-v if o.startswith("-") else v for v, o in zip(point, pareto["objectives"])],
+            "values": [
+                Objective.parse(o).minimised(v) for v, o in zip(point, pareto["objectives"])
+            ],
             "fidelity": "calibration, the search's largest sample",
             **({"heldout": heldout[i]} if i in heldout else {}),
         }
@@ -291,24 +300,26 @@ def _forget_empty_run(store: ResultsStore, run: str, created: list[Path]) -> Non
 def _check_objectives(objectives: list[str], setup: Setup) -> None:
     """Refuse, before anything is evaluated, an objective this run does not measure (a front
     over it would come out empty)."""
+    from presso.evaluation import Objective, fitness_metric, heldout_metrics
+
     space = setup.space
     measured = [c.metric for c in (*space.constraints, *space.reports)]
-    measured = (["kl", "ppl"] if setup.handle.kind == "causal-lm" else ["cos_dist"]) + measured
+    measured = [fitness_metric(setup.handle.kind), *heldout_metrics(setup.handle.kind), *measured]
+    measured = list(dict.fromkeys(measured))
     for name in objectives:
-        if name.lstrip("-") not in measured:
+        if (metric := Objective.parse(name).metric) not in measured:
             raise PressoError(
-                f"objectives: this run does not measure {name.lstrip('-')!r} (model "
+                f"objectives: this run does not measure {metric!r} (model "
                 f"{setup.handle.name}, a {', '.join(space.kinds())} space); it measures "
                 f"{', '.join(measured)} — use those, or add the budget that measures it"
             )
 
 
 def default_objectives(setup: Setup) -> list[str]:
-    """The fitness metric and each budget's metric, oriented so that cheaper is better:
-    e.g. ``["kl", "mean_bits"]``, ``["kl", "-mean_sparsity"]``."""
-    fitness = "kl" if setup.handle.kind == "causal-lm" else "cos_dist"
-    budgets = [c.metric if c.sense == "<=" else f"-{c.metric}" for c in setup.space.constraints]
-    return [fitness, *budgets]
+    """The run's default objectives (see presso.evaluation.default_objectives)."""
+    from presso.evaluation import default_objectives, fitness_metric
+
+    return default_objectives(setup.space.constraints, fitness_metric(setup.handle.kind))
 
 
 def _with_objectives(strategy: str, options: dict, objectives: list[str], explicit: bool) -> dict:
@@ -366,8 +377,9 @@ def _pareto(records: list, objectives: list[str], space: Any, evaluator: Any) ->
 
 
 def _objective(metrics: dict, name: str) -> float | None:
-    value = metrics.get(name.lstrip("-"))
-    return None if value is None else (-value if name.startswith("-") else value)
+    from presso.evaluation import Objective
+
+    return Objective.parse(name).of(metrics)
 
 
 def _stored_results(records: list, space: Any) -> tuple[dict[str, dict], int]:
@@ -378,7 +390,7 @@ def _stored_results(records: list, space: Any) -> tuple[dict[str, dict], int]:
     that is gone now: replaying it would keep it forever, so it is evaluated again. A finite
     measurement, even a useless one, is replayed.
     """
-    from presso.search._base import Request
+    from presso.evaluation import Request
 
     latest = {(r.phase, r.step, r.index): r for r in records}  # stored in order: later wins
     by_phase: dict[str, dict] = {}
@@ -410,7 +422,7 @@ def _failures(records: list) -> dict[str, Any]:
 
 
 def _result(rec: Any) -> Any:
-    from presso.search._base import Result
+    from presso.evaluation import Result
 
     return Result(fitness=rec.fitness, metrics=rec.metrics, error=rec.error, seconds=rec.seconds)
 

@@ -130,7 +130,7 @@ class SensitivityTable:
         return tuple(lowest * share for share in curve)
 
     def _score(self, config: Config) -> float:
-        from presso.search import Request
+        from presso.evaluation import Request
 
         result = self.evaluator.evaluate(
             Request(config, tokens=self.tokens, sample_seed=self.sample_seed, tag="sensitivity")

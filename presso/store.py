@@ -16,7 +16,8 @@ presso's answer:
   held-out; for a multi-objective run each point of the Pareto front, valued by its objectives
   (directions and metric names set from them), so ``best_trials`` is the front.
 
-The run's experiment and final summary are study user attributes; the summary is also the
+The run's experiment and final summary are study user attributes (read back typed, as a
+:class:`~presso.summary.RunSummary`, by :meth:`ResultsStore.summary`); the summary is also the
 study's note in optuna-dashboard (which cuts attributes over 1024 characters). An SQLite file
 by default; any SQLAlchemy URL (PostgreSQL, MySQL) is accepted.
 """
@@ -37,11 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from presso.errors import PressoError
+from presso.summary import RunSummary
 
 if TYPE_CHECKING:
     import optuna
 
-    from presso.search._base import Request, Result
+    from presso.evaluation import Request, Result
     from presso.spaces import SearchSpace
 
 
@@ -221,6 +223,10 @@ class ResultsStore:
             )
         return out
 
+    def summary(self, run: str) -> RunSummary:
+        """Run ``run`` as every view reads it (its candidates once it has finished)."""
+        return RunSummary.from_attrs(run, self.open(run).user_attrs)
+
     def exists(self, run: str) -> bool:
         return any(r["name"] == run for r in self.runs())
 
@@ -239,15 +245,16 @@ class ResultsStore:
         maximise), e.g. ``["heldout_kl"]`` or ``["kl", "mean_bits"]``."""
         import optuna
 
+        from presso.evaluation import Objective
+
         self.ensure_new(run)
+        parsed = [Objective.parse(o) for o in objectives]
         study = optuna.create_study(
-            study_name=run,
-            storage=self.storage,
-            directions=["maximize" if o.startswith("-") else "minimize" for o in objectives],
+            study_name=run, storage=self.storage, directions=[o.direction for o in parsed]
         )
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what we mean
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([o.lstrip("-") for o in objectives])
+            study.set_metric_names([o.metric for o in parsed])
         study.set_user_attr("experiment", experiment)
         study.set_user_attr("units", space.names)
         study.set_user_attr("kinds", [d.kind for d in space.dims])

@@ -102,6 +102,19 @@ class ProfileDatabase:
             args += (workload,)
         return [_measurement(r) for r in self._db.execute(sql + " ORDER BY op, workload", args)]
 
+    def all_measurements(
+        self, *, backend: str | None = None, fingerprint: str | None = None
+    ) -> list[tuple[str, Measurement]]:
+        """Every stored measurement as ``(machine fingerprint, measurement)`` (of one backend
+        or machine, if given): what ``presso.api.profile_timings`` tabulates."""
+        sql = (
+            "SELECT fingerprint, backend, op, workload, median_ms, spread_ms, repeats, error, "
+            "detail FROM measurements WHERE (? IS NULL OR backend = ?) "
+            "AND (? IS NULL OR fingerprint = ?) ORDER BY fingerprint, backend, op, workload"
+        )
+        rows = self._db.execute(sql, (backend, backend, fingerprint, fingerprint))
+        return [(r[0], _measurement(r[1:])) for r in rows]
+
     def put_artifact(self, fingerprint: str, backend: str, key: str, value: str) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",

@@ -45,6 +45,15 @@ if TYPE_CHECKING:
 WeightSource = Callable[[str, int], "QuantizedWeight"]
 
 
+def tvm_fingerprint() -> str:
+    """This machine's fingerprint for TVM kernels (CPU facts plus the TVM versions): the
+    machine tuning records are stored under."""
+    from presso.kernels._tvm_gemm import tvm_versions
+    from presso.profilers._fingerprint import fingerprint
+
+    return fingerprint("cpu", tvm_versions())[0]
+
+
 def carrier_bits(bits: int) -> int:
     """The kernel width a ``bits``-wide level runs in: 4 (int4), 8 (int8) or 16 (dense fp32)."""
     if bits >= DENSE_BITS:
@@ -109,7 +118,7 @@ class TvmProfiler(Profiler):
         key = (rows, out_f, in_f, bits, group_size)
         kernel = self._kernels.get(key)
         if kernel is None:
-            from presso.kernels._tvm_gemm import compile_gemm, tvm_fingerprint
+            from presso.kernels._tvm_gemm import compile_gemm
 
             if self.db is None and self.trials > 0:
                 from presso.profilers._database import ProfileDatabase

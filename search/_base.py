@@ -13,48 +13,13 @@ import math
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from presso.errors import shown
+from presso.evaluation import Request, Result
 from presso.registry import Registry
 from presso.spaces import Config, SearchSpace
-
-
-@dataclass(frozen=True)
-class Request:
-    """One evaluation to run.
-
-    config: level index per dimension of the space.
-    tokens: how many calibration tokens to score on (``None``: the whole calibration pool).
-    sample_seed: which calibration sequences (a seeded draw from the pool), so that
-        multi-stage selection can score a generation on fresh data.
-    tag: what the strategy asked it for (``offspring``, ``stage-2``, ``baseline``...).
-    """
-
-    config: Config
-    tokens: int | None = None
-    sample_seed: int = 0
-    tag: str = ""
-
-
-@dataclass
-class Result:
-    """What evaluating a request gave. A failure is data: ``fitness`` None and ``error`` set.
-
-    fitness: the objective to minimise (KL divergence to the dense model, in nats/token).
-    metrics: anything else measured (e.g. ``kl``, ``tokens``).
-    seconds: wall time of the evaluation.
-    """
-
-    fitness: float | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.fitness is not None and math.isfinite(self.fitness)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from presso.evaluation import default_objectives
 from presso.pareto import crowding_distance, non_dominated, non_dominated_sort
 from presso.search._base import Context, Request, Result, Strategy, check_told, register
-from presso.search._objectives import Objectives, default_objectives
+from presso.search._objectives import Objectives
 from presso.search._operators import (
     BinaryTournament,
     LevelMutation,
@@ -82,7 +83,7 @@ class NSGA2(Strategy):
             )
         )
         self.population, self.generations, self.tokens = population, generations, tokens
-        self.objectives = Objectives(objectives or default_objectives(space))
+        self.objectives = Objectives(objectives or default_objectives(space.constraints))
         self.selection = BinaryTournament()
         self.crossover = UniformCrossover(crossover_prob)
         self.mutation = LevelMutation(mutation_prob)

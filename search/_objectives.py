@@ -13,17 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from presso.search._base import Result
-from presso.spaces import SearchSpace
-
-
-def default_objectives(space: SearchSpace, fitness: str = "kl") -> tuple[str, ...]:
-    """``fitness`` and the first constraint's metric, oriented so that cheaper is better:
-    ``mean_bits`` is minimised, a ``>=`` metric such as ``mean_sparsity`` maximised."""
-    if not space.constraints:
-        return (fitness,)
-    first = space.constraints[0]
-    return (fitness, first.metric if first.sense == "<=" else f"-{first.metric}")
+from presso.evaluation import Objective, Result
 
 
 class Objectives:
@@ -37,7 +27,8 @@ class Objectives:
         if isinstance(names, str):
             names = (names,)
         names = tuple(names)
-        metrics = [n[1:] if n.startswith("-") else n for n in names]
+        parsed = [Objective.parse(n) for n in names]
+        metrics = [o.metric for o in parsed]
         if not names or not all(metrics):
             raise ValueError(f"objectives must be non-empty metric names, got {names!r}")
         if len(set(metrics)) != len(metrics):
@@ -45,7 +36,7 @@ class Objectives:
         self.names = names
         self.metrics = tuple(metrics)
         #: +1 for a minimised objective, -1 for a maximised one.
-        self.signs = np.array([-1.0 if n.startswith("-") else 1.0 for n in names])
+        self.signs = np.array([-1.0 if o.maximise else 1.0 for o in parsed])
 
     def __len__(self) -> int:
         return len(self.names)

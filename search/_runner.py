@@ -1,7 +1,8 @@
 """The runner owns the loop: ask the strategy, evaluate on a pool, record, tell.
 
 Pools evaluate requests in this process (``LocalPool``) or on Ray actors that each hold
-the model and read the level database (``RayPool``). Results are recorded as each one
+an evaluator built by a factory the caller gives (``RayPool``): the search does not know
+how an evaluator is made, only that it answers ``evaluate(request)``. Results are recorded as each one
 arrives, so a run killed mid-step loses at most the evaluations in flight; on resume the
 strategy is replayed from the stored results and only the missing evaluations run.
 """
@@ -15,7 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from presso.errors import MissingExtraError, PressoError
-from presso.search._base import Request, Result, Strategy
+from presso.evaluation import Request, Result
+from presso.search._base import Strategy
 
 
 class Pool(ABC):
@@ -86,14 +88,20 @@ def _loopback_only() -> None:
 
 
 class RayPool(Pool):
-    """Evaluates on ``workers`` Ray actors built from ``spec`` (see ``presso.evaluator.make_evaluator``).
+    """Evaluates on ``workers`` Ray actors, each holding the evaluator ``factory()`` returns
+    there (``factory``: a picklable callable, e.g. ``presso.experiment.EvaluatorFactory``).
 
     address: an existing cluster (``"auto"`` or ``"ray://host:port"``); None starts a local one.
     threads: torch threads per actor.
     """
 
     def __init__(
-        self, spec: Mapping[str, Any], *, workers: int, address: str | None = None, threads: int = 1
+        self,
+        factory: Callable[[], Any],
+        *,
+        workers: int,
+        address: str | None = None,
+        threads: int = 1,
     ) -> None:
         if not address:
             _loopback_only()
@@ -113,7 +121,7 @@ class RayPool(Pool):
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         self._ray = ray
         actor = ray.remote(num_cpus=1)(_EvaluatorActor)
-        self.actors = [actor.remote(dict(spec), threads) for _ in range(workers)]
+        self.actors = [actor.remote(factory, threads) for _ in range(workers)]
 
     def map(self, requests: Sequence[Request]) -> Iterator[tuple[int, Result]]:
         ray = self._ray
@@ -143,16 +151,11 @@ class RayPool(Pool):
 class _EvaluatorActor:
     """Holds one evaluator in a Ray worker process."""
 
-    def __init__(self, spec: dict[str, Any], threads: int) -> None:
+    def __init__(self, factory: Callable[[], Any], threads: int) -> None:
         import torch
 
-        # Caches (tokens, levels, reference) are where the driver keeps them.
-        os.environ["PRESSO_CACHE"] = spec["cache_root"]
-
         torch.set_num_threads(threads)
-        from presso.evaluator import make_evaluator
-
-        self.evaluator = make_evaluator(spec)
+        self.evaluator = factory()
 
     def evaluate(self, request: Request) -> Result:
         return self.evaluator.evaluate(request)

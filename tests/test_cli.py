@@ -223,7 +223,7 @@ import ray
 import psutil
 from presso.search import RayPool
 
-pool = RayPool({}, workers=1)
+pool = RayPool(dict, workers=1)
 ray.get(ray.remote(lambda: 1).remote())
 procs = psutil.Process().children(recursive=True)
 print(sorted({c.laddr.ip for p in procs for c in p.net_connections("tcp") if c.status == "LISTEN"}))

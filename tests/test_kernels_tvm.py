@@ -14,6 +14,7 @@ pytest.importorskip("tvm")
 from presso.errors import PressoError  # noqa: E402
 from presso.kernels import _tvm_gemm as tg  # noqa: E402
 from presso.profilers import ProfileDatabase  # noqa: E402
+from presso.profilers._tvm import tvm_fingerprint  # noqa: E402
 
 M, N, K, G = 4, 32, 64, 16
 #: The environment before presso configured TVM (tests collect before any test runs).
@@ -111,7 +112,7 @@ def test_check_names_mismatched_arguments() -> None:
 
 def test_tuning_record_is_stored_and_reused(tmp_path: Path) -> None:
     db = ProfileDatabase(tmp_path / "profiles.sqlite")
-    fingerprint = tg.tvm_fingerprint()
+    fingerprint = tvm_fingerprint()
     before = tg.TUNING_RUNS["count"]
     gemm = tg.compile_gemm(M, N, K, 4, G, trials=2, db=db, fingerprint=fingerprint)
     assert gemm.tuned_now and tg.TUNING_RUNS["count"] == before + 1

@@ -12,7 +12,7 @@ from presso.cli import main
 from presso.errors import PressoError
 from presso.models import load_model
 from presso.profilers import ProfileDatabase, Workload, levels_plan, make_profiler
-from presso.profiling import (
+from presso.cost_models._campaign import (
     latency_model,
     machine_id,
     model_key,
@@ -177,7 +177,7 @@ def test_search_stores_predicted_latency_and_respects_a_budget(write_experiment)
     for r in records[:3]:
         config = space.from_dict(dict(zip(space.names, r.levels)))
         assert r.metrics["latency_ms"] == pytest.approx(space.metrics(config)["latency_ms"])
-    assert "latency_ms" in summary["candidates"]["search"]
+    assert "latency_ms" in summary.candidates["search"].metrics
 
 
 def test_latency_budget_needs_hardware_and_a_known_backend(write_experiment, capsys) -> None:  # noqa: ANN001

@@ -119,14 +119,14 @@ def test_multiobjective_pareto(write_experiment, tmp_path: Path, capsys, strateg
 
 def test_a_one_point_front_is_named_in_the_singular() -> None:
     from presso.errors import PressoError
-    from presso.export._plan import candidate_entry
+    from presso.summary import RunSummary
 
     attrs = {"summary": {"candidates": {}, "pareto": {"levels": [[4, 4]], "points": [[0.1, 4]]}}}
     with pytest.raises(
         PressoError,
         match=r"front has one point, pareto:0 \(`presso show RUN --pareto` lists them\)$",
     ):
-        candidate_entry(attrs, "pareto:1")
+        RunSummary.from_attrs("r", attrs).candidate("pareto:1")
 
 
 def test_size_budget_binds_beside_mean_bits(write_experiment, tmp_path: Path) -> None:

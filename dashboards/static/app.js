@@ -15,12 +15,24 @@
   const GL_POINTS = 2000;
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
     "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-  const LABELS = {
-    fitness: "fitness (KL)", kl: "KL to dense (calibration)", mean_bits: "mean bits",
+  // Names of metrics; "fitness" is the run's own (its evaluator's metric, from the server:
+  // KL for a causal LM, cosine distance for an encoder), see useLabels.
+  const BASE_LABELS = {
+    fitness: "fitness", kl: "KL to dense (calibration)", mean_bits: "mean bits",
     mean_sparsity: "mean sparsity (%)", dropped: "dropped blocks",
     heldout_ppl: "held-out perplexity", heldout_kl: "held-out KL", cos_dist: "cosine distance",
     heldout_cos_dist: "held-out cosine distance",
   };
+  let LABELS = { ...BASE_LABELS };
+  /** Name metrics as the shown runs' evaluator does: their fitness label when they agree. */
+  function useLabels(runs) {
+    LABELS = { ...BASE_LABELS };
+    const shown = runs.filter((r) => r.meta);
+    const fitness = new Set(shown.map((r) => r.meta.fitness));
+    if (shown.length && fitness.size === 1) Object.assign(LABELS, shown[0].meta.labels || {});
+  }
+  /** The evaluator's metric in a sentence: "KL", "cosine distance". */
+  const fitnessName = (m) => (m === "kl" ? "KL" : label(m || "fitness"));
   // Kind names, labels, colours and budget metrics come with each run (meta), from presso's kinds.
   const kindLabel = (meta, kind) => (meta.kind_labels || {})[kind] || kind;
   const kindColors = (meta, kind) => (meta.kind_colors || {})[kind] || "Viridis";
@@ -357,8 +369,10 @@
         });
         box.checked = state.picked.has(key);
         const heldout = Object.entries(r.candidates).map(([phase, c]) => {
-          const ppl = c.heldout.ppl != null ? `ppl ${fmt(c.heldout.ppl)}` : `KL ${fmt(c.heldout.kl)}`;
-          return h("div", {}, h("span", { class: "muted" }, `${phase}: `), ppl);
+          // Perplexity where measured, else the evaluator's own metric (an encoder's cosine distance).
+          const m = (r.heldout_metrics || ["ppl", "kl"]).find((k) => c.heldout[k] != null);
+          const text = m == null ? "–" : `${m === "ppl" ? "ppl" : fitnessName(m)} ${fmt(c.heldout[m])}`;
+          return h("div", {}, h("span", { class: "muted" }, `${phase}: `), text);
         });
         const budget = Object.entries(r.budget).map(([k, v]) => `${label(k)} ${fmt(v)}`).join(", ");
         return h("tr", { "data-run": r.name },
@@ -428,6 +442,7 @@
       const msg = document.getElementById("run-message");
       msg.replaceChildren(...(this.run.error ? [message(this.run.error, "error")] : []));
       if (!this.run.meta) return;
+      useLabels([this.run]);
       const meta = this.run.meta;
       const exp = meta.experiment || {};
       const list = this.run.list();
@@ -619,7 +634,7 @@
         uirevision: `${this.run.store}/${this.run.name}/${o.tokens}`,
         margin: { l: 70, r: 20, t: 10, b: 45 }, height: 360, hovermode: "closest",
         xaxis: { title: { text: "evaluation" } },
-        yaxis: { title: { text: "fitness (KL, lower is better)" }, type: logy ? "log" : "linear", exponentformat: "power" },
+        yaxis: { title: { text: `fitness (${fitnessName(this.run.meta.fitness)}, lower is better)` }, type: logy ? "log" : "linear", exponentformat: "power" },
         legend: { orientation: "h", y: -0.22 }, font: { size: 12 },
       }, { responsive: true, displaylogo: false });
       if (!gd._pressoClick) {
@@ -859,6 +874,7 @@
       const errors = runs.filter((r) => r.error).map((r) => message(`${r.name}: ${r.error}`, "error"));
       if (errors.length) pick.append(...errors);
       const ready = runs.filter((r) => r.meta);
+      useLabels(ready);
       const note = document.getElementById("cmp-note");
       if (!ready.length) {
         note.textContent = "tick two or more runs above to overlay them";

@@ -24,7 +24,7 @@ import numpy as np
 from presso.cost_models import BoostedTrees
 from presso.models import load_model
 from presso.profilers import ProfileDatabase, Workload, levels_plan, make_profiler
-from presso.profiling import (
+from presso.cost_models._campaign import (
     interleaved,
     latency_model,
     machine_id,

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from presso.cost_models._campaign import interleaved, random_assignment
 from presso.models import load_model
 from presso.paths import atomic_write_text
 from presso.profilers import Workload, make_profiler
-from presso.profiling import interleaved, random_assignment
 
 
 def main() -> None:

@@ -12,9 +12,10 @@ from typing import Any
 
 from presso.errors import PressoError
 from presso.export._base import Exporter, Source, formats, make_exporter, register
-from presso.export._plan import TextExporter, build_plan, render
+from presso.export._plan import TextExporter, build_plan, render, run_summary
 from presso.export._target import check_target
 from presso.plan import PLAN_VERSION, Plan
+from presso.summary import RunSummary
 
 __all__ = [
     "PLAN_VERSION",
@@ -32,12 +33,19 @@ __all__ = [
 
 
 def export(
-    study_attrs: dict[str, Any], phase: str, fmt: str, out: Path | None, *, force: bool = False
+    run: RunSummary | dict[str, Any],
+    phase: str,
+    fmt: str,
+    out: Path | None,
+    *,
+    force: bool = False,
 ) -> str | None:
-    """Write candidate ``phase`` of a run in format ``fmt`` to ``out``; with no ``out`` a text
-    format is returned instead. Nothing is written when the plan is refused."""
+    """Write candidate ``phase`` of a run (its summary, or its stored study attributes) in
+    format ``fmt`` to ``out``; with no ``out`` a text format is returned instead. Nothing is
+    written when the plan is refused."""
     exporter = make_exporter(fmt)
-    plan = build_plan(study_attrs, phase)
+    summary = run_summary(run)
+    plan = build_plan(summary, phase)
     exporter.check(plan)
     if out is None:
         if isinstance(exporter, TextExporter):
@@ -47,7 +55,7 @@ def export(
         )
     check_target(out, fmt, folder=exporter.folder, force=force)
     try:
-        exporter.write(plan, out, Source(study_attrs, phase))
+        exporter.write(plan, out, Source(summary, phase))
     except OSError as err:
         if not _under(err.filename, out):
             raise

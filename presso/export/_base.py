@@ -18,17 +18,22 @@ from presso.plan import Plan
 from presso.registry import Registry
 from presso.spaces._bits import BitsKind
 from presso.spaces._sparsity import SparsityKind
+from presso.summary import RunSummary
 
 
 class Source:
     """The run behind a plan: its experiment rebuilt (model, data, level databases), lazily.
 
     Level databases are content-addressed in the cache, so they are found again (or rebuilt,
-    identically) on any machine with the same model and calibration data.
+    identically) on any machine with the same model and calibration data. Nothing is timed:
+    a run's ``hardware:`` section priced its candidates during the search, and an export
+    writes weights, not prices, so the backend is not profiled again.
     """
 
-    def __init__(self, study_attrs: dict[str, Any], phase: str) -> None:
-        self.attrs = study_attrs
+    def __init__(self, run: RunSummary | dict[str, Any], phase: str) -> None:
+        from presso.export._plan import run_summary
+
+        self.summary = run_summary(run)
         self.phase = phase
 
     @cached_property
@@ -36,7 +41,8 @@ class Source:
         from presso.config import Experiment
         from presso.experiment import Setup
 
-        setup = Setup(Experiment.model_validate(self.attrs["experiment"]))
+        experiment = Experiment.model_validate(self.summary.experiment)
+        setup = Setup(experiment, measure_latency=False)
         setup.prepare()
         return setup
 
@@ -58,7 +64,7 @@ class Source:
         from presso.export._plan import build_plan
 
         evaluator = self.setup.evaluator()
-        evaluator.apply_plan(build_plan(self.attrs, self.phase))
+        evaluator.apply_plan(build_plan(self.summary, self.phase))
         return evaluator
 
 

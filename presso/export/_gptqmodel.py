@@ -67,7 +67,7 @@ class GPTQModelExporter(Exporter):
             )
 
     def write(self, plan: Plan, out: Path, source: Source) -> None:
-        compress = source.attrs["experiment"].get("compress", {})
+        compress = source.summary.experiment.get("compress", {})
         config = quantize_config(
             plan, act_order=bool(compress.get("act_order")), damp=compress.get("damp", 0.01)
         )

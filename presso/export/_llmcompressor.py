@@ -51,7 +51,7 @@ class LLMCompressorExporter(Exporter):
             )
 
     def write(self, plan: Plan, out: Path, source: Source) -> None:
-        compress = source.attrs["experiment"].get("compress", {})
+        compress = source.summary.experiment.get("compress", {})
         recipe = build_recipe(
             plan, act_order=bool(compress.get("act_order")), damp=compress.get("damp", 0.01)
         )

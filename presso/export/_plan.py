@@ -12,76 +12,33 @@ from typing import Any
 
 from presso.export._base import Exporter, Source, register
 from presso.paths import atomic_write_text
-from presso.plan import Plan, run_dimensions
+from presso.plan import Plan
+from presso.summary import RunSummary
 
 
-def candidate_entry(study_attrs: dict[str, Any], phase: str) -> dict[str, Any]:
-    """The candidate ``phase`` of a finished run: ``search`` (the search's winner),
-    ``baseline:NAME``, or ``pareto:I`` — point ``I`` of the run's Pareto front, numbered as
-    ``presso show RUN --pareto`` lists them. A dict with ``strategy``, ``levels`` (one value per
-    search dimension), the metrics known for it, and ``heldout`` (may be empty)."""
-    from presso.errors import PressoError
-
-    summary = study_attrs.get("summary")
-    if not summary:
-        raise PressoError(
-            "this run has not finished: there is no chosen configuration to export yet"
-        )
-    candidates = summary["candidates"]
-    if phase.startswith("pareto:"):
-        pareto = summary.get("pareto") or {}
-        front = pareto.get("levels") or []
-        index = phase.split(":", 1)[1]
-        # isdecimal, not isdigit: int() refuses digits such as '²' that isdigit accepts.
-        if not index.isdecimal() or int(index) >= len(front):
-            if not front:
-                raise PressoError(f"no candidate {phase!r}: this run stored no Pareto front")
-            if len(front) == 1:
-                points = "one point, pareto:0"
-            else:
-                points = f"{len(front)} points, pareto:0 to pareto:{len(front) - 1}"
-            raise PressoError(
-                f"no candidate {phase!r} in this run: its Pareto front has {points} "
-                "(`presso show RUN --pareto` lists them)"
-            )
-        i = int(index)
-        metrics = {
-            name.lstrip("-"): (-v if name.startswith("-") else v)
-            for name, v in zip(pareto["objectives"], pareto["points"][i])
-        }
-        heldout = next((h for h in pareto.get("heldout", []) if h["index"] == i), {})
-        return {
-            "strategy": candidates.get("search", {}).get("strategy", "search"),
-            "levels": front[i],
-            **metrics,
-            "heldout": {k: v for k, v in heldout.items() if k != "index"},
-        }
-    if phase not in candidates:
-        raise PressoError(
-            f"no candidate {phase!r} in this run; choose one of: {', '.join(candidates)}, "
-            "or pareto:I for a point of its Pareto front"
-        )
-    return candidates[phase]
+def run_summary(run: RunSummary | dict[str, Any]) -> RunSummary:
+    """``run`` as a RunSummary (a run's stored study attributes are read as one)."""
+    return run if isinstance(run, RunSummary) else RunSummary.from_attrs("", run)
 
 
-def build_plan(study_attrs: dict[str, Any], phase: str) -> Plan:
-    """The plan of candidate ``phase`` (see :func:`candidate_entry`)."""
+def build_plan(run: RunSummary | dict[str, Any], phase: str) -> Plan:
+    """The plan of candidate ``phase`` of a finished run (see :meth:`RunSummary.candidate`)."""
     from presso.spaces._kinds import KINDS, budgets, plan_settings
 
-    cand = candidate_entry(study_attrs, phase)
-    exp = study_attrs["experiment"]
-    _, kinds, targets = run_dimensions(study_attrs)
+    summary = run_summary(run)
+    cand = summary.candidate(phase)
+    exp = summary.experiment
     about = {
-        "run": study_attrs["summary"]["run"],
+        "run": summary.run,
         "candidate": phase,
-        "strategy": cand["strategy"],
+        "strategy": cand.strategy,
         "model": exp["model"],
         "budget": budgets(exp["space"]),
-        **{k.budget: cand[k.budget] for k in KINDS.values() if k.budget in cand},
-        "metrics": cand["heldout"],
+        **{k.budget: cand.metrics[k.budget] for k in KINDS.values() if k.budget in cand.metrics},
+        "metrics": cand.heldout,
     }
     return Plan.from_levels(
-        targets, kinds, cand["levels"], settings=plan_settings(exp), about=about
+        summary.targets, summary.kinds, cand.levels, settings=plan_settings(exp), about=about
     )
 
 

@@ -1,4 +1,5 @@
-"""Fill the profile database for a model's search space, price candidates, validate prices.
+"""The profiling campaign: fill the profile database for a model's search space, fit the
+latency model that prices candidates, and validate its prices end to end.
 
 ``presso profile`` runs :func:`profile_model`: every distinct linear shape of the model at
 every level, under every workload, plus the assembled dense model with one block (and one
@@ -215,14 +216,10 @@ def latency_model(
     cost_model: str = "lookup",
 ) -> Any:
     """A CandidateLatency from this machine's measurements (which must exist: profile first)."""
-    from presso.cost_models import (
-        BoostedTrees,
-        CandidateLatency,
-        LookupTable,
-        Structure,
-        UnitSlot,
-        make_cost_model,
-    )
+    from presso.cost_models._base import make_cost_model
+    from presso.cost_models._candidate import CandidateLatency, Structure, UnitSlot
+    from presso.cost_models._learned import BoostedTrees
+    from presso.cost_models._lookup import LookupTable
 
     fp = machine_id(profiler)
     measurements = db.measurements(fp, profiler.name)
