@@ -223,8 +223,8 @@ import ray
 import psutil
 from presso.search import RayPool
 
-pool = RayPool(dict, workers=1)
-ray.get(ray.remote(lambda: 1).remote())
+pool = RayPool(dict, workers=1)  # the actor holds the one CPU: the task below asks none
+ray.get(ray.remote(num_cpus=0)(lambda: 1).remote())
 procs = psutil.Process().children(recursive=True)
 print(sorted({c.laddr.ip for p in procs for c in p.net_connections("tcp") if c.status == "LISTEN"}))
 ray.shutdown()

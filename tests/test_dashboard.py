@@ -267,6 +267,48 @@ def test_click_opens_the_configuration(browser: Any, store: Path) -> None:
         assert page.locator("#latency").count() == 0  # no latency metrics stored yet
 
 
+def test_an_encoder_run_is_labelled_by_cosine_distance(
+    browser: Any, tmp_path: Path, presso_cache: Path
+) -> None:
+    """A BERT encoder's fitness is the cosine distance of its embeddings, not KL: the runs
+    page, the run's plots and its per-layer heatmap (three different ``dense`` layers per
+    block) say so."""
+    path = tmp_path / "enc.db"
+    exp_path = tmp_path / "enc.yaml"
+    exp = tiny_experiment(name="enc", model="tiny-bert")
+    exp_path.write_text(yaml.safe_dump({"store": str(path), **exp}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["search", str(exp_path), "--quiet"]) == 0
+    with serving(path) as url, page_at(browser, url) as page:
+        page.wait_for_selector('tr[data-run="enc"]', timeout=WAIT_MS)
+        row = page.inner_text('tr[data-run="enc"]')
+        assert "search: cosine distance" in row and "KL" not in row
+
+        page.click("a.run-link")
+        page.wait_for_function(f"() => ({POINTS_JS})() > 0", timeout=WAIT_MS)
+        page.wait_for_function(
+            "() => { const gd = document.getElementById('convergence'); return gd && gd.layout; }",
+            timeout=WAIT_MS,
+        )
+        title = page.evaluate("document.getElementById('convergence').layout.yaxis.title.text")
+        assert title == "fitness (cosine distance, lower is better)"
+        axis = page.evaluate("document.getElementById('pareto').layout.yaxis.title.text")
+        assert "cosine distance" in axis and "KL" not in axis
+        assert "KL" not in page.inner_text("#view")
+
+        page.evaluate("location.hash = '#/run/0/enc?sel=0'")
+        page.wait_for_selector("#config-title", timeout=WAIT_MS)
+        heat = page.evaluate("document.getElementById('heatmap-bits').data[0].x")
+        assert heat == [
+            "query",
+            "key",
+            "value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ]
+
+
 def test_running_search_updates_live(browser: Any, store: Path, tmp_path: Path) -> None:
     copy = tmp_path / "live.db"
     shutil.copy(store, copy)

@@ -19,6 +19,7 @@ from presso.errors import PressoError
 from presso.export import build_plan
 from presso.models import load_model
 from presso.search._runner import check_address
+from presso.summary import RunSummary
 
 from .conftest import tiny_experiment
 from .test_data import _save_to_disk_layout
@@ -54,7 +55,8 @@ def test_hints_are_shell_quoted(
 ) -> None:
     path = write_experiment(tiny_experiment(), "my exp.yaml")
     store = str(tmp_path / "my runs.db")
-    monkeypatch.setattr(presso.run, "run_search", lambda exp, **_: {"candidates": {}})
+    finished = RunSummary.from_attrs("x", {"summary": {"candidates": {}}})
+    monkeypatch.setattr(presso.run, "run_search", lambda exp, **_: finished)
     assert main(["search", str(path), "--name", "it's; rm -rf x", "--store", store]) == 0
     hint = capsys.readouterr().out.rsplit("`", 2)[1]
     assert shlex.split(hint) == ["presso", "show", "it's; rm -rf x", "--store", store]
