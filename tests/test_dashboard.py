@@ -35,6 +35,7 @@ from presso.errors import PressoError
 from presso.store import Record, ResultsStore
 
 from .conftest import tiny_experiment
+from .test_summary import BERT_COLUMNS
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -299,14 +300,7 @@ def test_an_encoder_run_is_labelled_by_cosine_distance(
         page.evaluate("location.hash = '#/run/0/enc?sel=0'")
         page.wait_for_selector("#config-title", timeout=WAIT_MS)
         heat = page.evaluate("document.getElementById('heatmap-bits').data[0].x")
-        assert heat == [
-            "query",
-            "key",
-            "value",
-            "attention.output.dense",
-            "intermediate.dense",
-            "output.dense",
-        ]
+        assert heat == BERT_COLUMNS
 
 
 def test_running_search_updates_live(browser: Any, store: Path, tmp_path: Path) -> None:

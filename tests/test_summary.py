@@ -15,6 +15,17 @@ from presso.summary import RunSummary, unit_columns
 
 from .conftest import tiny_experiment
 
+#: A BERT block's units as show's table and the dashboard's heatmap name them: three different
+#: ``dense`` layers, three columns.
+BERT_COLUMNS = [
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+]
+
 
 def test_show_json_prints_the_summary(write_experiment, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     path = write_experiment(tiny_experiment())
@@ -93,15 +104,7 @@ def test_an_encoder_run_is_labelled_by_cosine_distance(
     assert "search vs uniform: held-out cosine distance" in shown
     # The per-layer table keeps a BERT block's three dense layers apart.
     grid = shown.split("per-layer bits of the search's best (rows: blocks):\n")[1].splitlines()
-    assert grid[0].split() == [
-        "block",
-        "query",
-        "key",
-        "value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-    ]
+    assert grid[0].split() == ["block", *BERT_COLUMNS]
     assert all(len(row.split()) == 7 for row in grid[1:])
 
     summary = ResultsStore(store, read_only=True).summary("enc")
