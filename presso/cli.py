@@ -167,6 +167,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STORE",
         help="a results store, as for every other command (repeat it for several)",
     )
+    d.add_argument(
+        "--curves",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a convergence benchmark's report (experiments/benchmarks/convergence.py) to draw "
+        "beside the runs; repeat it to overlay several",
+    )
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     d.add_argument("--port", type=int, default=8050, help="port (default: 8050; 0: a free one)")
     d.set_defaults(func=_dashboard)
@@ -458,8 +466,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from presso.dashboards._server import serve
 
-    stores = [*args.stores, *args.store_options] or [DEFAULT_STORE]
-    return serve(stores, host=args.host, port=args.port)
+    stores = [*args.stores, *args.store_options]
+    if not stores and not (args.curves and not Path(DEFAULT_STORE).exists()):
+        stores = [DEFAULT_STORE]  # curves alone need no store; without them the default is one
+    return serve(stores, curves=args.curves, host=args.host, port=args.port)
 
 
 def _report(args: argparse.Namespace) -> int:

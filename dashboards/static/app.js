@@ -212,6 +212,7 @@
 
   const state = {
     stores: null,
+    curves: [],
     runs: new Map(),
     opts: { x: null, y: null, z: "", tokens: "all", maximise: new Set(), logy: null, dominated: true },
     picked: new Set(),
@@ -290,6 +291,7 @@
     const reply = await api.runs();
     if (reply.error) { setLive(false, "offline"); return { error: reply.error }; }
     state.stores = reply.stores;
+    state.curves = reply.curves || [];
     setLive(true, `live · ${new Date().toLocaleTimeString()}`);
     return reply;
   }
@@ -311,9 +313,9 @@
     }
 
     async poll(first) {
-      const before = JSON.stringify(state.stores);
+      const before = JSON.stringify([state.stores, state.curves]);
       const reply = await loadRuns();
-      if (!first && JSON.stringify(state.stores) === before && !reply.error) return;
+      if (!first && JSON.stringify([state.stores, state.curves]) === before && !reply.error) return;
       this.render(reply.error);
     }
 
@@ -322,6 +324,7 @@
       const parts = [h("h1", {}, "Runs")];
       if (error) parts.push(message(error, "error"));
       for (const store of state.stores || []) parts.push(this.storeCard(store));
+      if (state.curves.length) parts.push(curvesCard());
       const compare = h("button", {
         id: "compare-button",
         onclick: () => { location.hash = `#/compare?runs=${[...state.picked].join(",")}`; },
@@ -329,7 +332,9 @@
       compare.disabled = state.picked.size < 1;
       parts.push(h("div", { class: "actions" }, compare,
         h("span", { class: "muted" }, " tick runs (any store) to overlay their fronts and convergence")));
+      document.querySelectorAll("#bench-convergence").forEach((gd) => Plotly.purge(gd));
       view.replaceChildren(...parts);
+      if (state.curves.length) renderCurves();
     }
 
     storeCard(store) {
@@ -372,6 +377,76 @@
         h("thead", {}, h("tr", {}, head.map((c) => h("th", {}, c)))), h("tbody", {}, rows)));
       return card;
     }
+  }
+
+  // ------------------------------------------------------------------ convergence benchmarks
+
+  // Reports of experiments/benchmarks/convergence.py (`presso dashboard --curves FILE`): the
+  // best-so-far held-out metric against evaluations, the sensitivity table's evaluations counted
+  // first (a search that starts from the table has paid for it). Q* is the final value of the
+  // longest run (the issue's plateau reference); the table says when each curve came within 1%.
+  const curveX = (c, p) => c.table_evaluations + p.evaluations;
+  const curveMetric = (m) => ({ ppl: "perplexity", cos_dist: "cosine distance" })[m] || label(m);
+
+  function reference(curves) {
+    const runs = curves.filter((c) => !c.error && c.points.length);
+    if (!runs.length) return null;
+    const longest = runs.reduce((a, b) => (curveX(b, b.points.at(-1)) > curveX(a, a.points.at(-1)) ? b : a));
+    return { label: longest.label, value: longest.points.at(-1).value };
+  }
+
+  function curvesCard() {
+    const q = reference(state.curves);
+    const head = ["report", "budget", "options", "table evaluations", "evaluations", "final",
+      q ? `evaluations to within 1% of Q* = ${fmt(q.value)} (${q.label})` : "within 1% of Q*"];
+    const rows = state.curves.map((c) => {
+      if (c.error) return h("tr", { "data-curve": c.file }, h("td", { colspan: head.length }, message(c.error, "error")));
+      const last = c.points.at(-1);
+      const hit = q ? c.points.find((p) => p.value <= 1.01 * q.value) : null;
+      return h("tr", { "data-curve": c.file },
+        h("td", {}, c.label), h("td", { class: "num" }, fmt(c.budget)),
+        h("td", { class: "muted" }, JSON.stringify(c.options)),
+        h("td", { class: "num" }, c.table_evaluations),
+        h("td", { class: "num" }, last ? last.evaluations : 0),
+        h("td", { class: "num" }, last ? `${curveMetric(c.metric)} ${fmt(last.value)}` : "–"),
+        h("td", { class: "num" }, hit ? curveX(c, hit) : "not yet"));
+    });
+    return h("section", { class: "card", id: "curves-card" },
+      h("h2", {}, "Convergence benchmarks"),
+      h("div", { id: "bench-convergence", class: "plot" }),
+      h("table", { class: "runs" },
+        h("thead", {}, h("tr", {}, head.map((c) => h("th", {}, c)))), h("tbody", {}, rows)));
+  }
+
+  function renderCurves() {
+    const curves = state.curves.filter((c) => !c.error);
+    const colours = phaseColours(curves.map((c) => c.file));
+    const traces = curves.map((c) => ({
+      type: "scatter", mode: "lines+markers", name: esc(`${c.label} (held-out ${curveMetric(c.metric)})`),
+      x: c.points.map((p) => curveX(c, p)), y: c.points.map((p) => p.value),
+      line: { color: colours[c.file], shape: "hv", width: 2 }, marker: { size: 5 },
+      hovertemplate: `${esc(c.label)}: %{y:.4g} after %{x} evaluations<extra></extra>`,
+    }));
+    // References measured in the same run as each curve (uniform, every unit at its top level).
+    const xs = traces.flatMap((t) => t.x);
+    const span = xs.length ? [0, Math.max(...xs)] : [0, 1];
+    const seen = new Set();
+    for (const c of curves) {
+      for (const [name, value] of Object.entries(c.references)) {
+        const key = `${name}=${value}`;
+        if (seen.has(key)) continue;
+        seen.add(key);
+        traces.push({ type: "scatter", mode: "lines", name: esc(`${name}: ${fmt(value)}`), x: span, y: [value, value],
+          line: { color: "#7f7f7f", dash: name === "uniform" ? "dash" : "dot", width: 1 }, hoverinfo: "name" });
+      }
+    }
+    const metric = curves.length ? curves[0].metric : "ppl";
+    Plotly.react(document.getElementById("bench-convergence"), traces, {
+      margin: { l: 70, r: 20, t: 10, b: 45 }, height: 360, hovermode: "closest",
+      xaxis: { title: { text: "evaluations (sensitivity table included)" } },
+      yaxis: { title: { text: `held-out ${esc(curveMetric(metric))} of the best so far` }, type: "log" },
+      legend: { orientation: "h", y: -0.22 }, font: { size: 12 },
+    }, { responsive: true, displaylogo: false });
   }
 
   // ------------------------------------------------------------------ the run page
