@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from presso.errors import PressoError
-from presso.store import Record, check_attrs, sqlite_path, sqlite_read_only
+from presso.store import Record, check_attrs, sqlite_path, sqlite_read_only, storage_url
 
 #: Trial states presso writes (it adds finished trials only); anything else is still running.
 DONE_STATES = ("COMPLETE", "FAIL", "PRUNED")
@@ -50,7 +50,7 @@ class StoreReader:
 
     def __init__(self, store: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.label = store
-        self.url = store if "://" in store else f"sqlite:///{store}"
+        self.url = storage_url(store, create=False)
         self._path = sqlite_path(store)
         self._busy_timeout_s = busy_timeout_s
         self._engine: Any = None
