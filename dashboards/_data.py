@@ -67,7 +67,7 @@ class StoreReader:
         attrs: dict[int, dict[str, Any]] = {}
         for study_id, key, value in self._rows(
             "SELECT study_id, key, value_json FROM study_user_attributes"
-            " WHERE key IN ('status', 'experiment', 'summary', 'answers')"
+            " WHERE key IN ('status', 'experiment', 'summary', 'answers', 'sweep')"
         ):
             attrs.setdefault(study_id, {})[key] = self._loads(value)
         return [
@@ -236,6 +236,7 @@ def _run_row(name: str, n: int, started: Any, updated: Any, attrs: dict) -> dict
         "model": exp.get("model", "?"),
         "strategy": (exp.get("search") or {}).get("strategy", "?"),
         "budget": {k: v for k, v in (exp.get("space") or {}).items() if _finite(v)},
+        "sweep": (attrs.get("sweep") or {}).get("name"),  # the sweep that made the run, if any
         "candidates": {
             phase: {"strategy": c.get("strategy"), "heldout": c.get("heldout", {})}
             for phase, c in (summary.get("candidates") or {}).items()

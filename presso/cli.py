@@ -72,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_search)
 
+    sw = sub.add_parser(
+        "sweep", help="run the runs a sweep file makes from one experiment (a grid or a list)"
+    )
+    sw.add_argument("sweep", help="sweep YAML file")
+    sw.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a cut-off sweep: finished runs are kept, cut-off ones continue",
+    )
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.set_defaults(func=_sweep)
+
     pr = sub.add_parser(
         "profile", help="measure a model's layers at every level on a backend (profile database)"
     )
@@ -120,8 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--store", default=DEFAULT_STORE)
     r.set_defaults(func=_runs)
 
-    sh = sub.add_parser("show", help="a run's best candidates and per-layer bits")
-    sh.add_argument("run")
+    sh = sub.add_parser(
+        "show", help="a run's best candidates and per-layer bits, or a sweep's runs"
+    )
+    sh.add_argument("run", help="a run, or a sweep (its runs' table)")
     sh.add_argument("--pareto", action="store_true", help="the Pareto front and its hypervolume")
     sh.add_argument("--store", default=DEFAULT_STORE)
     sh.set_defaults(func=_show)
@@ -374,9 +388,23 @@ def _runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {args.store}")
         return 0
-    print(f"{'run':<28} {'status':<9} {'evals':>6}  {'started':<20} model")
+    w = max(28, *(len(r["name"]) for r in runs))
+    print(f"{'run':<{w}} {'status':<9} {'evals':>6}  {'started':<20} model")
     for r in runs:
-        print(f"{r['name']:<28} {r['status']:<9} {r['trials']:>6}  {r['started']:<20} {r['model']}")
+        print(
+            f"{r['name']:<{w}} {r['status']:<9} {r['trials']:>6}  {r['started']:<20} {r['model']}"
+        )
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from presso.sweep import load_sweep, run_sweep, sweep_lines
+
+    sweep = load_sweep(Path(args.sweep))
+    rows = run_sweep(sweep, resume=args.resume, show_progress=not args.quiet)
+    print("\n".join(sweep_lines(sweep.name, rows)))
+    show = f"presso show {shlex.quote(sweep.name)} --store {shlex.quote(sweep.store)}"
+    print(f"\nstored in {sweep.store}: `{show}`; compare them in `presso dashboard`")
     return 0
 
 
@@ -384,6 +412,14 @@ def _show(args: argparse.Namespace) -> int:
     from presso.store import ResultsStore
 
     store = ResultsStore(args.store, read_only=True)
+    runs = store.runs()
+    if not any(r["name"] == args.run for r in runs) and any(
+        (r.get("sweep") or {}).get("name") == args.run for r in runs
+    ):
+        from presso.sweep import sweep_lines, sweep_rows
+
+        print("\n".join(sweep_lines(args.run, sweep_rows(args.store, args.run))))
+        return 0
     study = store.open(args.run)
     attrs = study.user_attrs
     summary = attrs.get("summary")

@@ -34,8 +34,10 @@ def run_search(
     show_progress: bool = True,
     echo: Printer = print,
     cache_root: str | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the experiment; returns the run's summary (also stored with the run)."""
+    """Run (or resume) the experiment; returns the run's summary (also stored with the run).
+    ``sweep``: the sweep this run belongs to (see presso.sweep), stored with it."""
     import torch
 
     from presso.search import LocalPool, RayPool, drive, make_strategy
@@ -106,6 +108,8 @@ def run_search(
         store = store or ResultsStore(exp.store)
         answers = objectives if multi else [f"heldout_{fitness}"]
         study = store.create(run, exp.to_dict(), space, answers)
+        if sweep is not None:
+            study.set_user_attr("sweep", sweep)
     winners: dict[str, Any] = {}
     search_start = time.perf_counter()
     evaluations = 0

@@ -238,6 +238,7 @@ class ResultsStore:
                     if s.datetime_start
                     else "",
                     "model": attrs.get("experiment", {}).get("model", "?"),
+                    "sweep": attrs.get("sweep"),  # {name, fields, file} for a sweep's run
                 }
             )
         return out

@@ -85,6 +85,28 @@ def _loopback_only() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def connect_ray(address: str | None, *, cpus: int) -> Any:
+    """The ``ray`` module, connected: to the cluster at ``address``, or to a local instance
+    with ``cpus`` CPUs that presso starts (or the one this process already has)."""
+    if not address:
+        _loopback_only()
+    try:
+        import ray
+    except ImportError:
+        raise MissingExtraError("ray", "ray", "the ray runner") from None
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        if address:
+            check_address(address)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as err:
+                raise PressoError(_no_cluster(address, str(err))) from None
+        else:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
 class RayPool(Pool):
     """Evaluates on ``workers`` Ray actors built from ``spec`` (see ``presso.evaluator.make_evaluator``).
 
@@ -95,23 +117,7 @@ class RayPool(Pool):
     def __init__(
         self, spec: Mapping[str, Any], *, workers: int, address: str | None = None, threads: int = 1
     ) -> None:
-        if not address:
-            _loopback_only()
-        try:
-            import ray
-        except ImportError:
-            raise MissingExtraError("ray", "ray", "the ray runner") from None
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        if not ray.is_initialized():
-            if address:
-                check_address(address)
-                try:
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
-                except ConnectionError as err:
-                    raise PressoError(_no_cluster(address, str(err))) from None
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        self._ray = ray
+        ray = self._ray = connect_ray(address, cpus=workers)
         actor = ray.remote(num_cpus=1)(_EvaluatorActor)
         self.actors = [actor.remote(dict(spec), threads) for _ in range(workers)]
 

@@ -347,7 +347,10 @@
         return card;
       }
       const head = ["", "run", "status", "evaluations", "model", "strategy", "budget",
-        "held-out (final candidates)", "started", "last evaluation"];
+        "held-out (final candidates)", "sweep", "started", "last evaluation"];
+      // A sweep's runs open together in the compare view (their fronts and the joint front).
+      const sweepRuns = {};
+      for (const r of store.runs) if (r.sweep) (sweepRuns[r.sweep] ||= []).push(pickKey(store.id, r.name));
       const rows = store.runs.map((r) => {
         const key = pickKey(store.id, r.name);
         const box = h("input", {
@@ -370,6 +373,7 @@
           h("td", { class: "num" }, r.evaluations),
           h("td", {}, r.model), h("td", {}, r.strategy), h("td", {}, budget || "–"),
           h("td", {}, heldout.length ? heldout : "–"),
+          h("td", {}, r.sweep ? h("a", { href: `#/compare?runs=${sweepRuns[r.sweep].join(",")}`, class: "sweep-link" }, r.sweep) : "–"),
           h("td", { class: "muted" }, r.started.replace("T", " ")),
           h("td", { class: "muted" }, r.updated.replace("T", " ")));
       });
@@ -957,13 +961,14 @@
         h("label", {}, "y ", sel("cmp-y", objs.map((m) => [m, label(m)]), o.y, (v) => { o.y = v; })),
         h("label", {}, "calibration size ", sel("cmp-tokens", [["all", "all"], ...sizes.map((t) => [String(t), `${t} tokens`])], o.tokens, (v) => { o.tokens = v; })),
         h("label", {}, dom, " show dominated points"));
-      const traces = [], conv = [];
+      const traces = [], conv = [], every = [];
       ready.forEach((run, i) => {
         const colour = PALETTE[i % PALETTE.length];
         const pts = run.points().filter((p) => (p.final || o.tokens === "all" || String(p.tokens) === o.tokens) &&
           value(p, o.x) != null && value(p, o.y) != null);
         const coords = pts.map((p) => [o.x, o.y].map((m) => (o.maximise.has(m) ? -1 : 1) * value(p, m)));
         const mask = nonDominated(coords);
+        pts.forEach((p, j) => { if (mask[j]) every.push({ p, c: coords[j], run: run.name }); });
         const front = pts.filter((_, j) => mask[j]).sort((a, b) => (value(a, o.x) - value(b, o.x)) * (o.maximise.has(o.x) ? -1 : 1));
         const stores = new Set(ready.map((r) => r.store));
         const where = (state.stores || []).find((s) => s.id === run.store);
@@ -984,7 +989,16 @@
           y: search.map((r) => (best = Math.min(best, r.fitness))), line: { color: colour, shape: "hv", width: 2 },
           meta: { kind: "best", run: run.name } });
       });
-      note.textContent = `${ready.length} run(s): lines join each run's non-dominated points (every objective minimised).`;
+      if (ready.length > 1) {
+        // The joint front: what the runs found together (a sweep's answer over its budgets).
+        const jmask = nonDominated(every.map((e) => e.c));
+        const joint = every.filter((_, j) => jmask[j]).sort((a, b) => a.c[0] - b.c[0]);
+        traces.push({ type: "scatter", mode: "lines", name: "joint front", x: joint.map((e) => value(e.p, o.x)),
+          y: joint.map((e) => value(e.p, o.y)), hovertext: joint.map((e) => `${esc(e.run)}<br>${hoverText(e.p)}`), hoverinfo: "text",
+          line: { color: "#111", dash: "dash", width: 1.5, shape: "hv" }, meta: { kind: "joint", points: joint.length } });
+      }
+      note.textContent = `${ready.length} run(s): lines join each run's non-dominated points (every objective minimised)` +
+        (ready.length > 1 ? "; the dashed line is their joint front." : ".");
       const title = (m) => `${plotLabel(m)} ${o.maximise.has(m) ? "↑" : "↓"}`;
       Plotly.react(document.getElementById("cmp-pareto"), traces, {
         uirevision: `${o.x},${o.y},${o.tokens}`, height: 460, margin: { l: 70, r: 20, t: 10, b: 55 }, hovermode: "closest",
