@@ -405,4 +405,14 @@ def make_evaluator(spec: dict[str, Any]) -> Evaluator:
     from presso.experiment import Setup
 
     setup = Setup.from_spec(spec)
+    if spec.get("build"):
+        # A cluster node that does not share the driver's disk: it builds the levels and the
+        # dense reference in its own cache, from the same content address, once per node (the
+        # lock keeps the node's other workers from building the same files meanwhile).
+        import fcntl
+
+        setup.cache_root.mkdir(parents=True, exist_ok=True)
+        with open(setup.cache_root / ".build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            setup.prepare_scoring()
     return setup.evaluator()

@@ -282,7 +282,15 @@ class Setup:
         return DenseReference(self.cache_root / "reference", self.handle, self.data)
 
     def prepare(self, progress: Progress | None = None) -> dict[str, float]:
-        """Build what is missing (level databases, dense reference); returns timings in seconds."""
+        """Build what is missing (level databases, dense reference, the hardware profile);
+        returns timings in seconds."""
+        timings = self.prepare_scoring(progress)
+        if self.experiment.hardware is not None:
+            timings["profile_s"] = self.profile(progress)
+        return timings
+
+    def prepare_scoring(self, progress: Progress | None = None) -> dict[str, float]:
+        """Build what scoring needs and is missing: the level databases and dense reference."""
         start = time.perf_counter()
         _ = self.data
         timings = {"load_s": time.perf_counter() - start}
@@ -295,8 +303,6 @@ class Setup:
                 self.data.calibration[:n], progress=progress
             )
         timings["reference_s"] = self.reference.build(progress=progress)
-        if self.experiment.hardware is not None:
-            timings["profile_s"] = self.profile(progress)
         return timings
 
     def evaluator(self):  # noqa: ANN201 - Evaluator

@@ -111,20 +111,39 @@ class RayPool(Pool):
     """Evaluates on ``workers`` Ray actors built from ``spec`` (see ``presso.evaluator.make_evaluator``).
 
     address: an existing cluster (``"auto"`` or ``"ray://host:port"``); None starts a local one.
+        On a cluster, nodes need not share a disk: each worker keeps its caches (levels, dense
+        reference, tokens) under its own node's presso cache and builds what is missing there
+        from the same content address, instead of reading the driver's cache path.
     threads: torch threads per actor.
+
+    A worker that dies (killed, out of memory, its node lost) is replaced by a new actor and
+    its request evaluated again, up to ``RETRIES`` times: the run ends as it would have without
+    the fault. An evaluation that fails inside a living worker is a failed result, as in-process.
     """
+
+    RETRIES = 3
 
     def __init__(
         self, spec: Mapping[str, Any], *, workers: int, address: str | None = None, threads: int = 1
     ) -> None:
         ray = self._ray = connect_ray(address, cpus=workers)
-        actor = ray.remote(num_cpus=1)(_EvaluatorActor)
-        self.actors = [actor.remote(dict(spec), threads) for _ in range(workers)]
+        self._spec = {**spec, "cache_root": None, "build": True} if address else dict(spec)
+        self._threads = threads
+        self._actor = ray.remote(num_cpus=1)(_EvaluatorActor)
+        self.actors = [self._new_actor() for _ in range(workers)]
+        self.replaced = 0  # workers that died and were replaced
+
+    def _new_actor(self) -> Any:
+        return self._actor.remote(self._spec, self._threads)
 
     def map(self, requests: Sequence[Request]) -> Iterator[tuple[int, Result]]:
         ray = self._ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        lost = (RayActorError, ActorDiedError, ActorUnavailableError)
         pending: dict[Any, tuple[int, Any]] = {}
         queue = list(enumerate(requests))
+        tries = dict.fromkeys(range(len(requests)), 0)
         idle = list(self.actors)
         while queue or pending:
             while queue and idle:
@@ -133,12 +152,30 @@ class RayPool(Pool):
                 pending[actor.evaluate.remote(request)] = (i, actor)
             done, _ = ray.wait(list(pending), num_returns=1)
             i, actor = pending.pop(done[0])
-            idle.append(actor)
             try:
                 result = ray.get(done[0])
-            except Exception as err:  # a dead worker is a failed evaluation, not a dead run
+            except lost as err:
+                # The worker is gone: a new one takes its place and the request goes again.
+                ray.kill(actor)
+                fresh = self._new_actor()
+                self.actors[self.actors.index(actor)] = fresh
+                self.replaced += 1
+                idle.append(fresh)
+                tries[i] += 1
+                if tries[i] <= self.RETRIES:
+                    queue.insert(0, (i, requests[i]))
+                    continue
+                result = Result(fitness=None, error=f"ray worker died {tries[i]} times: {err}")
+                yield i, result
+                continue
+            except Exception as err:  # failed inside a living worker: a failed evaluation
                 result = Result(fitness=None, error=f"ray worker failed: {err}")
+            idle.append(actor)
             yield i, result
+
+    def pids(self) -> list[int]:
+        """The workers' process ids (to watch them, or to kill one in a fault test)."""
+        return self._ray.get([a.pid.remote() for a in self.actors])
 
     def close(self) -> None:
         for actor in self.actors:
@@ -152,8 +189,10 @@ class _EvaluatorActor:
     def __init__(self, spec: dict[str, Any], threads: int) -> None:
         import torch
 
-        # Caches (tokens, levels, reference) are where the driver keeps them.
-        os.environ["PRESSO_CACHE"] = spec["cache_root"]
+        # Caches (tokens, levels, reference) are where the driver keeps them on its own
+        # machine; on a cluster (no cache_root) where this node keeps them.
+        if spec.get("cache_root"):
+            os.environ["PRESSO_CACHE"] = spec["cache_root"]
 
         torch.set_num_threads(threads)
         from presso.evaluator import make_evaluator
@@ -162,6 +201,9 @@ class _EvaluatorActor:
 
     def evaluate(self, request: Request) -> Result:
         return self.evaluator.evaluate(request)
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 StoredResults = Mapping[tuple[int, int], tuple[Request, Result]]
