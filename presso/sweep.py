@@ -219,17 +219,18 @@ def _labels(all_fields: list[dict[str, Any]]) -> list[str]:
 
 
 def _resolved(exp: Experiment, base_file: Path, path: Path, fields: dict[str, Any]) -> Experiment:
-    """Model and corpus paths relative to the file that gave them."""
-    exp = resolve_paths(base_file, exp)
-    if "model" in fields or "data.corpus" in fields or "data" in fields:
-        own = resolve_paths(path, exp.model_copy(update={}))
-        updates: dict[str, Any] = {}
-        if "model" in fields:
-            updates["model"] = own.model
-        if "data.corpus" in fields or "data" in fields:
-            updates["data"] = own.data
-        exp = exp.model_copy(update=updates)
-    return exp
+    """Model and corpus paths relative to the file that gave them: the sweep file for a
+    field the sweep sets, else the base experiment's file."""
+    by_base = resolve_paths(base_file, exp)
+    if base_file == path:
+        return by_base
+    by_sweep = resolve_paths(path, exp)  # from the unresolved paths, not the base's result
+    updates: dict[str, Any] = {}
+    if "model" in fields:
+        updates["model"] = by_sweep.model
+    if "data.corpus" in fields or "data" in fields:
+        updates["data"] = by_sweep.data
+    return by_base.model_copy(update=updates)
 
 
 # ---------------------------------------------------------------------- running
