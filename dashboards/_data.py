@@ -19,7 +19,7 @@ from typing import Any
 
 from presso.errors import PressoError
 from presso.spaces import KIND_BUDGETS, KINDS
-from presso.store import Record, check_attrs, sqlite_path, sqlite_read_only
+from presso.store import Record, check_attrs, sqlite_path, sqlite_read_only, storage_url
 from presso.summary import RunSummary, unit_columns
 from presso.summary import json_safe as json_safe  # the page's JSON, as --json writes it
 
@@ -53,7 +53,7 @@ class StoreReader:
 
     def __init__(self, store: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.label = store
-        self.url = store if "://" in store else f"sqlite:///{store}"
+        self.url = storage_url(store, create=False)
         self._path = sqlite_path(store)
         self._busy_timeout_s = busy_timeout_s
         self._engine: Any = None
@@ -70,7 +70,7 @@ class StoreReader:
         attrs: dict[int, dict[str, Any]] = {}
         for study_id, key, value in self._rows(
             "SELECT study_id, key, value_json FROM study_user_attributes"
-            " WHERE key IN ('status', 'experiment', 'summary', 'answers')"
+            " WHERE key IN ('status', 'experiment', 'summary', 'answers', 'sweep')"
         ):
             attrs.setdefault(study_id, {})[key] = self._loads(value)
         return [
@@ -239,6 +239,7 @@ def _run_row(name: str, n: int, started: Any, updated: Any, attrs: dict) -> dict
         "model": exp.get("model", "?"),
         "strategy": (exp.get("search") or {}).get("strategy", "?"),
         "budget": {k: v for k, v in (exp.get("space") or {}).items() if _finite(v)},
+        "sweep": (attrs.get("sweep") or {}).get("name"),  # the sweep that made the run, if any
         "candidates": {
             phase: {"strategy": c.strategy, "heldout": c.heldout}
             for phase, c in summary.candidates.items()

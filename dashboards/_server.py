@@ -3,7 +3,8 @@
 Routes (all GET):
   /                         the page (dashboards/static/page.html)
   /static/app.js|app.css    the page's script and style; /static/plotly.min.js from plotly
-  /api/runs                 every store's runs, or the store's error message
+  /api/runs                 every store's runs, or the store's error message, and the
+                            convergence benchmarks given with --curves (re-read each time)
   /api/run?store=I&run=NAME&since=N   a run's metadata and its evaluations numbered >= N
   /api/export?store=I&run=NAME&candidate=PHASE&file=plan.json|plan.yaml|evopress.txt
 
@@ -26,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from presso.dashboards import _data, _page
+from presso.dashboards import _curves, _data, _page
 from presso.errors import PressoError
 
 
@@ -41,8 +42,15 @@ class NotFound(PressoError):
 class Dashboard:
     """What each route answers, over a fixed list of stores (addressed by their position)."""
 
-    def __init__(self, stores: list[str], *, busy_timeout_s: float = _data.BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        stores: list[str],
+        *,
+        curves: list[str] | None = None,
+        busy_timeout_s: float = _data.BUSY_TIMEOUT_S,
+    ) -> None:
         self.readers = [_data.StoreReader(s, busy_timeout_s=busy_timeout_s) for s in stores]
+        self.curves = list(curves or [])
 
     def runs(self) -> dict[str, Any]:
         stores = []
@@ -55,7 +63,7 @@ class Dashboard:
             except _data.StoreUnavailable as err:
                 entry["error"] = str(err)
             stores.append(entry)
-        return {"stores": stores}
+        return {"stores": stores, "curves": _curves.curves_json(self.curves)}
 
     def run(self, store: int, run: str, since: int) -> dict[str, Any]:
         return _data.run_json(self._reader(store), run, since)
@@ -193,6 +201,7 @@ class DashboardServer:
         self,
         stores: list[str],
         *,
+        curves: list[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         busy_timeout_s: float = _data.BUSY_TIMEOUT_S,
@@ -200,6 +209,8 @@ class DashboardServer:
         _page.plotly_js_path()  # a missing plotly is a clear message before anything listens
         for store in stores:
             _data.check_store_exists(store)
+        for path in curves or []:
+            _curves.check_curves_file(path)
         if not 0 <= port <= 65535:
             raise PressoError(f"--port {port} is no TCP port: choose 1..65535, or 0 for a free one")
         try:
@@ -209,7 +220,7 @@ class DashboardServer:
                 f"cannot listen on {host}:{port} ({err.strerror or err}); "
                 "choose another --port (0 picks a free one)"
             ) from None
-        self._httpd.app = Dashboard(stores, busy_timeout_s=busy_timeout_s)
+        self._httpd.app = Dashboard(stores, curves=curves, busy_timeout_s=busy_timeout_s)
         self._thread: threading.Thread | None = None
 
     @property
@@ -233,10 +244,17 @@ class DashboardServer:
             self._thread.join()
 
 
-def serve(stores: list[str], *, host: str = "127.0.0.1", port: int = 8050) -> int:
+def serve(
+    stores: list[str],
+    *,
+    curves: list[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+) -> int:
     """``presso dashboard``: serve until Ctrl-C."""
-    server = DashboardServer(stores, host=host, port=port)
-    print(f"presso dashboard: {server.url} ({len(stores)} store(s); Ctrl-C to stop)", flush=True)
+    server = DashboardServer(stores, curves=curves, host=host, port=port)
+    shown = f"{len(stores)} store(s)" + (f", {len(curves)} benchmark curve(s)" if curves else "")
+    print(f"presso dashboard: {server.url} ({shown}; Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

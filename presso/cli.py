@@ -75,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_search)
 
+    sw = sub.add_parser(
+        "sweep", help="run the runs a sweep file makes from one experiment (a grid or a list)"
+    )
+    sw.add_argument("sweep", help="sweep YAML file")
+    sw.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a cut-off sweep: finished runs are kept, cut-off ones continue",
+    )
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.set_defaults(func=_sweep)
+
     pr = sub.add_parser(
         "profile", help="measure a model's layers at every level on a backend (profile database)"
     )
@@ -123,8 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--store", default=DEFAULT_STORE)
     r.set_defaults(func=_runs)
 
-    sh = sub.add_parser("show", help="a run's best candidates and per-layer bits")
-    sh.add_argument("run")
+    sh = sub.add_parser(
+        "show", help="a run's best candidates and per-layer bits, or a sweep's runs"
+    )
+    sh.add_argument("run", help="a run, or a sweep (its runs' table)")
     sh.add_argument("--pareto", action="store_true", help="the Pareto front and its hypervolume")
     sh.add_argument(
         "--json", action="store_true", help="the run's summary as JSON, for scripts (one object)"
@@ -172,6 +186,14 @@ def _parser() -> argparse.ArgumentParser:
         dest="store_options",
         metavar="STORE",
         help="a results store, as for every other command (repeat it for several)",
+    )
+    d.add_argument(
+        "--curves",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a convergence benchmark's report (experiments/benchmarks/convergence.py) to draw "
+        "beside the runs; repeat it to overlay several",
     )
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     d.add_argument("--port", type=int, default=8050, help="port (default: 8050; 0: a free one)")
@@ -374,9 +396,23 @@ def _runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {args.store}")
         return 0
-    print(f"{'run':<28} {'status':<9} {'evals':>6}  {'started':<20} model")
+    w = max(28, *(len(r["name"]) for r in runs))
+    print(f"{'run':<{w}} {'status':<9} {'evals':>6}  {'started':<20} model")
     for r in runs:
-        print(f"{r['name']:<28} {r['status']:<9} {r['trials']:>6}  {r['started']:<20} {r['model']}")
+        print(
+            f"{r['name']:<{w}} {r['status']:<9} {r['trials']:>6}  {r['started']:<20} {r['model']}"
+        )
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from presso.sweep import load_sweep, run_sweep, sweep_lines
+
+    sweep = load_sweep(Path(args.sweep))
+    rows = run_sweep(sweep, resume=args.resume, show_progress=not args.quiet)
+    print("\n".join(sweep_lines(sweep.name, rows)))
+    show = f"presso show {shlex.quote(sweep.name)} --store {shlex.quote(sweep.store)}"
+    print(f"\nstored in {sweep.store}: `{show}`; compare them in `presso dashboard`")
     return 0
 
 
@@ -388,6 +424,19 @@ def _show(args: argparse.Namespace) -> int:
     from presso.summary import RunSummary
 
     store = ResultsStore(args.store, read_only=True)
+    runs = store.runs()
+    if not any(r["name"] == args.run for r in runs) and any(
+        (r.get("sweep") or {}).get("name") == args.run for r in runs
+    ):
+        from presso.summary import json_safe
+        from presso.sweep import sweep_lines, sweep_rows
+
+        rows = sweep_rows(args.store, args.run)
+        if args.json:  # the sweep's table as data
+            print(json.dumps({"sweep": args.run, "runs": json_safe(rows)}, indent=1))
+            return 0
+        print("\n".join(sweep_lines(args.run, rows)))
+        return 0
     study = store.open(args.run)
     summary = RunSummary.from_attrs(args.run, study.user_attrs)
     records = store.records(study)
@@ -471,8 +520,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from presso.dashboards._server import serve
 
-    stores = [*args.stores, *args.store_options] or [DEFAULT_STORE]
-    return serve(stores, host=args.host, port=args.port)
+    stores = [*args.stores, *args.store_options]
+    if not stores and not (args.curves and not Path(DEFAULT_STORE).exists()):
+        stores = [DEFAULT_STORE]  # curves alone need no store; without them the default is one
+    return serve(stores, curves=args.curves, host=args.host, port=args.port)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -206,9 +206,18 @@ Experiment = create_model(
 def load_experiment(path: str | Path) -> Experiment:
     """Parse and validate an experiment file; raises PressoError with file, line and fix."""
     path = Path(path)
-    text = _read_text(path)
+    raw, lines = read_yaml(path)
+    return validate_experiment(raw, path, lines, default_name=path.stem)
+
+
+def read_yaml(
+    path: Path, *, noun: str = "experiment file"
+) -> tuple[dict[str, Any], dict[tuple, int]]:
+    """A YAML mapping file (size-, depth- and duplicate-key-checked) and the line of each key
+    path in it; raises PressoError with file, line and what is wrong."""
+    text = _read_text(path, noun)
     try:
-        _check_size(path, text)
+        _check_size(path, text, noun)
         node = yaml.compose(text)
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
@@ -223,22 +232,15 @@ def load_experiment(path: str | Path) -> Experiment:
         where = f"{path}:{line}" if line else str(path)
         raise PressoError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(raw, dict):
-        raise PressoError(f"{path}: an experiment file is a YAML mapping (key: value lines)")
-    return _validated(raw, path, _line_index(node), default_name=path.stem)
+        raise PressoError(f"{path}: {_a(noun)} is a YAML mapping (key: value lines)")
+    return raw, _line_index(node)
 
 
-def experiment_from_dict(raw: dict[str, Any], *, name: str = "run") -> Experiment:
-    """Validate an experiment given as a dict (what an experiment file holds, e.g. built in a
-    notebook), with the checks a file gets; errors name the field (``<dict>: space.kind: ...``).
-    ``name``: the run's name when the dict gives none."""
-    if not isinstance(raw, dict):
-        raise PressoError("an experiment is a mapping (key: value), as in an experiment file")
-    return _validated(raw, Path("<dict>"), {}, default_name=name)
-
-
-def _validated(
+def validate_experiment(
     raw: dict[str, Any], path: Path, lines: dict[tuple, int], *, default_name: str
 ) -> Experiment:
+    """An experiment from its parsed mapping; errors name ``path`` and the line ``lines`` gives
+    each key path (a sweep passes its own file and the lines of the fields it sets)."""
     try:
         exp = Experiment.model_validate(raw)
     except ValidationError as err:
@@ -257,30 +259,42 @@ def _validated(
     return exp.model_copy(update={"search": exp.search.model_copy(update={"options": options})})
 
 
-def _read_text(path: Path) -> str:
+def experiment_from_dict(raw: dict[str, Any], *, name: str = "run") -> Experiment:
+    """Validate an experiment given as a dict (what an experiment file holds, e.g. built in a
+    notebook), with the checks a file gets; errors name the field (``<dict>: space.kind: ...``).
+    ``name``: the run's name when the dict gives none."""
+    if not isinstance(raw, dict):
+        raise PressoError("an experiment is a mapping (key: value), as in an experiment file")
+    return validate_experiment(raw, Path("<dict>"), {}, default_name=name)
+
+
+def _read_text(path: Path, noun: str) -> str:
     """The file's text: UTF-8, at most MAX_FILE_BYTES."""
     try:
         if not path.is_file():
-            raise PressoError(f"{path}: no such experiment file")
+            raise PressoError(f"{path}: no such {noun}")
         if path.stat().st_size > MAX_FILE_BYTES:
             raise PressoError(
-                f"{path}: {path.stat().st_size} bytes; an experiment file is at most "
+                f"{path}: {path.stat().st_size} bytes; {_a(noun)} is at most "
                 f"{MAX_FILE_BYTES} bytes (a few lines of YAML)"
             )
         data = path.read_bytes()
     except OSError as err:
-        raise PressoError(f"{path}: cannot read the experiment file: {err.strerror}") from None
+        raise PressoError(f"{path}: cannot read the {noun}: {err.strerror}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise PressoError(
-            f"{path}:{line}: not UTF-8 text (byte {err.start}); an experiment file is YAML "
-            "saved as UTF-8"
+            f"{path}:{line}: not UTF-8 text (byte {err.start}); {_a(noun)} is YAML saved as UTF-8"
         ) from None
 
 
-def _check_size(path: Path, text: str) -> None:
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def _check_size(path: Path, text: str, noun: str) -> None:
     """Refuse, from the parser's events and before anything is composed, a file whose nodes,
     aliases expanded, number over MAX_NODES or nest deeper than MAX_DEPTH: composing and
     walking an alias bomb takes gigabytes, and the composer recurses once per level."""
@@ -300,7 +314,7 @@ def _check_size(path: Path, text: str) -> None:
             if len(stack) > MAX_DEPTH:
                 raise PressoError(
                     f"{path}:{event.start_mark.line + 1}: nested over {MAX_DEPTH} levels deep; "
-                    "an experiment file needs a few"
+                    f"{_a(noun)} needs a few"
                 )
         elif isinstance(event, yaml.CollectionEndEvent):
             anchor, before = stack.pop()
@@ -309,7 +323,7 @@ def _check_size(path: Path, text: str) -> None:
         if total > MAX_NODES:
             raise PressoError(
                 f"{path}:{event.start_mark.line + 1}: over {MAX_NODES} values with aliases "
-                "expanded (an alias bomb?); write the experiment out without nested aliases"
+                f"expanded (an alias bomb?); write the {noun} out without nested aliases"
             )
 
 

@@ -222,7 +222,15 @@ class Setup:
         return DenseReference(self.cache_root / "reference", self.handle, self.data)
 
     def prepare(self, progress: Progress | None = None) -> dict[str, float]:
-        """Build what is missing (level databases, dense reference); returns timings in seconds."""
+        """Build what is missing (level databases, dense reference, the hardware profile);
+        returns timings in seconds."""
+        timings = self.prepare_scoring(progress)
+        if self.measure_latency:
+            timings["profile_s"] = self.profile(progress)
+        return timings
+
+    def prepare_scoring(self, progress: Progress | None = None) -> dict[str, float]:
+        """Build what scoring needs and is missing: the level databases and dense reference."""
         from presso.spaces import KINDS
 
         start = time.perf_counter()
@@ -233,8 +241,6 @@ class Setup:
             n = getattr(self.experiment, k.section).calibration
             timings[k.timing_key] = db.build(self.data.calibration[:n], progress=progress)
         timings["reference_s"] = self.reference.build(progress=progress)
-        if self.measure_latency:
-            timings["profile_s"] = self.profile(progress)
         return timings
 
     def evaluator(self):  # noqa: ANN201 - Evaluator
@@ -330,15 +336,31 @@ def _level_error(errors: dict[int, float], value: float, kind: Any) -> float:
 
 class EvaluatorFactory:
     """Builds an experiment's evaluator from plain data, in another process (a Ray actor): a
-    picklable callable that ``presso.search.RayPool`` calls once per worker."""
+    picklable callable that ``presso.search.RayPool`` calls once per worker.
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    build: the worker is on a cluster node that does not share the driver's disk: it keeps its
+    caches (tokens, levels, dense reference) under its own node's presso cache and builds what
+    is missing there, from the same content address, once per node (a lock keeps the node's
+    other workers from building the same files meanwhile). False: it reads the driver's caches.
+    """
+
+    def __init__(self, spec: dict[str, Any], *, build: bool = False) -> None:
         self.spec = dict(spec)
+        self.build = build
 
     def __call__(self):  # noqa: ANN204 - presso.evaluator.Evaluator
-        # Caches (tokens, levels, reference) are where the driver keeps them.
-        os.environ["PRESSO_CACHE"] = self.spec["cache_root"]
-        return Setup.from_spec(self.spec).evaluator()
+        if not self.build:
+            # Caches (tokens, levels, reference) are where the driver keeps them.
+            os.environ["PRESSO_CACHE"] = self.spec["cache_root"]
+            return Setup.from_spec(self.spec).evaluator()
+        import fcntl
+
+        setup = Setup.from_spec({**self.spec, "cache_root": None})  # this node's cache
+        setup.cache_root.mkdir(parents=True, exist_ok=True)
+        with open(setup.cache_root / ".build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            setup.prepare_scoring()
+        return setup.evaluator()
 
 
 def default_threads(workers: int = 1) -> int:

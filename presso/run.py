@@ -34,8 +34,10 @@ def run_search(
     show_progress: bool = True,
     echo: Printer = print,
     cache_root: str | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> RunSummary:
-    """Run (or resume) the experiment; returns the run's summary (also stored with the run)."""
+    """Run (or resume) the experiment; returns the run's summary (also stored with the run).
+    ``sweep``: the sweep this run belongs to (see presso.sweep), stored with it."""
     import torch
 
     from presso.evaluation import Request
@@ -74,7 +76,7 @@ def run_search(
     evaluator = setup.evaluator()
     if exp.runner.kind == "ray":
         pool: Any = RayPool(
-            EvaluatorFactory(setup.to_spec()),
+            EvaluatorFactory(setup.to_spec(), build=bool(exp.runner.address)),
             workers=exp.runner.workers,
             address=exp.runner.address,
             threads=threads,
@@ -109,6 +111,8 @@ def run_search(
         store = store or ResultsStore(exp.store)
         answers = objectives if multi else [f"heldout_{fitness}"]
         study = store.create(run, exp.to_dict(), space, answers)
+        if sweep is not None:
+            study.set_user_attr("sweep", sweep)
     winners: dict[str, Any] = {}
     search_start = time.perf_counter()
     evaluations = 0

@@ -47,15 +47,36 @@ if TYPE_CHECKING:
     from presso.spaces import SearchSpace
 
 
+# A PostgreSQL URL without a driver (``postgresql://``, and Heroku's ``postgres://``) goes
+# through psycopg 3, the `postgres` extra: SQLAlchemy would pick psycopg2, which presso does not
+# install, and fail with "Failed to import DB access module".
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+_POSTGRES_DRIVER = "postgresql+psycopg"
+
+
 def storage_url(store: str, *, create: bool = True) -> str:
-    """An SQLAlchemy URL for ``store``: URLs pass through, paths become ``sqlite:///PATH``
-    (whose folder is made, unless ``create`` is False)."""
+    """An SQLAlchemy URL for ``store``: URLs pass through (a driverless PostgreSQL URL gets
+    psycopg 3), paths become ``sqlite:///PATH`` (whose folder is made, unless ``create`` is
+    False)."""
     if "://" in store:
+        scheme, rest = store.split("://", 1)
+        if scheme in _POSTGRES_SCHEMES:
+            scheme, store = _POSTGRES_DRIVER, f"{_POSTGRES_DRIVER}://{rest}"
+        if scheme == _POSTGRES_DRIVER:
+            check_postgres_driver()
         return store
     path = Path(store).expanduser().resolve()
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def check_postgres_driver() -> None:
+    """A clear message, naming the extra, where psycopg 3 is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:
+        raise PressoError("PostgreSQL needs the psycopg driver: pip install 'presso[postgres]'")
 
 
 def sqlite_path(store: str) -> Path | None:
@@ -219,6 +240,7 @@ class ResultsStore:
                     if s.datetime_start
                     else "",
                     "model": attrs.get("experiment", {}).get("model", "?"),
+                    "sweep": attrs.get("sweep"),  # {name, fields, file} for a sweep's run
                 }
             )
         return out

@@ -87,13 +87,44 @@ def _loopback_only() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def connect_ray(address: str | None, *, cpus: int) -> Any:
+    """The ``ray`` module, connected: to the cluster at ``address``, or to a local instance
+    with ``cpus`` CPUs that presso starts (or the one this process already has)."""
+    if not address:
+        _loopback_only()
+    try:
+        import ray
+    except ImportError:
+        raise MissingExtraError("ray", "ray", "the ray runner") from None
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        if address:
+            check_address(address)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as err:
+                raise PressoError(_no_cluster(address, str(err))) from None
+        else:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
 class RayPool(Pool):
     """Evaluates on ``workers`` Ray actors, each holding the evaluator ``factory()`` returns
     there (``factory``: a picklable callable, e.g. ``presso.experiment.EvaluatorFactory``).
 
     address: an existing cluster (``"auto"`` or ``"ray://host:port"``); None starts a local one.
+        On a cluster, nodes need not share a disk: the factory decides where a worker's caches
+        live (``EvaluatorFactory(spec, build=True)``: under its own node's presso cache, built
+        there from the same content address, instead of the driver's cache path).
     threads: torch threads per actor.
+
+    A worker that dies (killed, out of memory, its node lost) is replaced by a new actor and
+    its request evaluated again, up to ``RETRIES`` times: the run ends as it would have without
+    the fault. An evaluation that fails inside a living worker is a failed result, as in-process.
     """
+
+    RETRIES = 3
 
     def __init__(
         self,
@@ -103,30 +134,24 @@ class RayPool(Pool):
         address: str | None = None,
         threads: int = 1,
     ) -> None:
-        if not address:
-            _loopback_only()
-        try:
-            import ray
-        except ImportError:
-            raise MissingExtraError("ray", "ray", "the ray runner") from None
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        if not ray.is_initialized():
-            if address:
-                check_address(address)
-                try:
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
-                except ConnectionError as err:
-                    raise PressoError(_no_cluster(address, str(err))) from None
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        self._ray = ray
-        actor = ray.remote(num_cpus=1)(_EvaluatorActor)
-        self.actors = [actor.remote(factory, threads) for _ in range(workers)]
+        ray = self._ray = connect_ray(address, cpus=workers)
+        self._factory = factory
+        self._threads = threads
+        self._actor = ray.remote(num_cpus=1)(_EvaluatorActor)
+        self.actors = [self._new_actor() for _ in range(workers)]
+        self.replaced = 0  # workers that died and were replaced
+
+    def _new_actor(self) -> Any:
+        return self._actor.remote(self._factory, self._threads)
 
     def map(self, requests: Sequence[Request]) -> Iterator[tuple[int, Result]]:
         ray = self._ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        lost = (RayActorError, ActorDiedError, ActorUnavailableError)
         pending: dict[Any, tuple[int, Any]] = {}
         queue = list(enumerate(requests))
+        tries = dict.fromkeys(range(len(requests)), 0)
         idle = list(self.actors)
         while queue or pending:
             while queue and idle:
@@ -135,12 +160,30 @@ class RayPool(Pool):
                 pending[actor.evaluate.remote(request)] = (i, actor)
             done, _ = ray.wait(list(pending), num_returns=1)
             i, actor = pending.pop(done[0])
-            idle.append(actor)
             try:
                 result = ray.get(done[0])
-            except Exception as err:  # a dead worker is a failed evaluation, not a dead run
+            except lost as err:
+                # The worker is gone: a new one takes its place and the request goes again.
+                ray.kill(actor)
+                fresh = self._new_actor()
+                self.actors[self.actors.index(actor)] = fresh
+                self.replaced += 1
+                idle.append(fresh)
+                tries[i] += 1
+                if tries[i] <= self.RETRIES:
+                    queue.insert(0, (i, requests[i]))
+                    continue
+                result = Result(fitness=None, error=f"ray worker died {tries[i]} times: {err}")
+                yield i, result
+                continue
+            except Exception as err:  # failed inside a living worker: a failed evaluation
                 result = Result(fitness=None, error=f"ray worker failed: {err}")
+            idle.append(actor)
             yield i, result
+
+    def pids(self) -> list[int]:
+        """The workers' process ids (to watch them, or to kill one in a fault test)."""
+        return self._ray.get([a.pid.remote() for a in self.actors])
 
     def close(self) -> None:
         for actor in self.actors:
@@ -159,6 +202,9 @@ class _EvaluatorActor:
 
     def evaluate(self, request: Request) -> Result:
         return self.evaluator.evaluate(request)
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 StoredResults = Mapping[tuple[int, int], tuple[Request, Result]]

@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 
 from presso.cli import main
-from presso.errors import PressoError
-from presso.models import load_model
-from presso.profilers import ProfileDatabase, Workload, levels_plan, make_profiler
 from presso.cost_models._campaign import (
     latency_model,
     machine_id,
@@ -23,6 +20,9 @@ from presso.cost_models._campaign import (
     unit_ops,
     validate,
 )
+from presso.errors import PressoError
+from presso.models import load_model
+from presso.profilers import ProfileDatabase, Workload, levels_plan, make_profiler
 from tests.conftest import tiny_experiment
 
 W = Workload(batch=1, seq_len=8, phase="prefill")

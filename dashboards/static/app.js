@@ -227,6 +227,7 @@
 
   const state = {
     stores: null,
+    curves: [],
     runs: new Map(),
     opts: { x: null, y: null, z: "", tokens: "all", maximise: new Set(), logy: null, dominated: true },
     picked: new Set(),
@@ -305,6 +306,7 @@
     const reply = await api.runs();
     if (reply.error) { setLive(false, "offline"); return { error: reply.error }; }
     state.stores = reply.stores;
+    state.curves = reply.curves || [];
     setLive(true, `live · ${new Date().toLocaleTimeString()}`);
     return reply;
   }
@@ -326,9 +328,9 @@
     }
 
     async poll(first) {
-      const before = JSON.stringify(state.stores);
+      const before = JSON.stringify([state.stores, state.curves]);
       const reply = await loadRuns();
-      if (!first && JSON.stringify(state.stores) === before && !reply.error) return;
+      if (!first && JSON.stringify([state.stores, state.curves]) === before && !reply.error) return;
       this.render(reply.error);
     }
 
@@ -337,6 +339,7 @@
       const parts = [h("h1", {}, "Runs")];
       if (error) parts.push(message(error, "error"));
       for (const store of state.stores || []) parts.push(this.storeCard(store));
+      if (state.curves.length) parts.push(curvesCard());
       const compare = h("button", {
         id: "compare-button",
         onclick: () => { location.hash = `#/compare?runs=${[...state.picked].join(",")}`; },
@@ -344,7 +347,9 @@
       compare.disabled = state.picked.size < 1;
       parts.push(h("div", { class: "actions" }, compare,
         h("span", { class: "muted" }, " tick runs (any store) to overlay their fronts and convergence")));
+      document.querySelectorAll("#bench-convergence").forEach((gd) => Plotly.purge(gd));
       view.replaceChildren(...parts);
+      if (state.curves.length) renderCurves();
     }
 
     storeCard(store) {
@@ -357,7 +362,10 @@
         return card;
       }
       const head = ["", "run", "status", "evaluations", "model", "strategy", "budget",
-        "held-out (final candidates)", "started", "last evaluation"];
+        "held-out (final candidates)", "sweep", "started", "last evaluation"];
+      // A sweep's runs open together in the compare view (their fronts and the joint front).
+      const sweepRuns = {};
+      for (const r of store.runs) if (r.sweep) (sweepRuns[r.sweep] ||= []).push(pickKey(store.id, r.name));
       const rows = store.runs.map((r) => {
         const key = pickKey(store.id, r.name);
         const box = h("input", {
@@ -382,6 +390,7 @@
           h("td", { class: "num" }, r.evaluations),
           h("td", {}, r.model), h("td", {}, r.strategy), h("td", {}, budget || "–"),
           h("td", {}, heldout.length ? heldout : "–"),
+          h("td", {}, r.sweep ? h("a", { href: `#/compare?runs=${sweepRuns[r.sweep].join(",")}`, class: "sweep-link" }, r.sweep) : "–"),
           h("td", { class: "muted" }, r.started.replace("T", " ")),
           h("td", { class: "muted" }, r.updated.replace("T", " ")));
       });
@@ -389,6 +398,76 @@
         h("thead", {}, h("tr", {}, head.map((c) => h("th", {}, c)))), h("tbody", {}, rows)));
       return card;
     }
+  }
+
+  // ------------------------------------------------------------------ convergence benchmarks
+
+  // Reports of experiments/benchmarks/convergence.py (`presso dashboard --curves FILE`): the
+  // best-so-far held-out metric against evaluations, the sensitivity table's evaluations counted
+  // first (a search that starts from the table has paid for it). Q* is the final value of the
+  // longest run (the issue's plateau reference); the table says when each curve came within 1%.
+  const curveX = (c, p) => c.table_evaluations + p.evaluations;
+  const curveMetric = (m) => ({ ppl: "perplexity", cos_dist: "cosine distance" })[m] || label(m);
+
+  function reference(curves) {
+    const runs = curves.filter((c) => !c.error && c.points.length);
+    if (!runs.length) return null;
+    const longest = runs.reduce((a, b) => (curveX(b, b.points.at(-1)) > curveX(a, a.points.at(-1)) ? b : a));
+    return { label: longest.label, value: longest.points.at(-1).value };
+  }
+
+  function curvesCard() {
+    const q = reference(state.curves);
+    const head = ["report", "budget", "options", "table evaluations", "evaluations", "final",
+      q ? `evaluations to within 1% of Q* = ${fmt(q.value)} (${q.label})` : "within 1% of Q*"];
+    const rows = state.curves.map((c) => {
+      if (c.error) return h("tr", { "data-curve": c.file }, h("td", { colspan: head.length }, message(c.error, "error")));
+      const last = c.points.at(-1);
+      const hit = q ? c.points.find((p) => p.value <= 1.01 * q.value) : null;
+      return h("tr", { "data-curve": c.file },
+        h("td", {}, c.label), h("td", { class: "num" }, fmt(c.budget)),
+        h("td", { class: "muted" }, JSON.stringify(c.options)),
+        h("td", { class: "num" }, c.table_evaluations),
+        h("td", { class: "num" }, last ? last.evaluations : 0),
+        h("td", { class: "num" }, last ? `${curveMetric(c.metric)} ${fmt(last.value)}` : "–"),
+        h("td", { class: "num" }, hit ? curveX(c, hit) : "not yet"));
+    });
+    return h("section", { class: "card", id: "curves-card" },
+      h("h2", {}, "Convergence benchmarks"),
+      h("div", { id: "bench-convergence", class: "plot" }),
+      h("table", { class: "runs" },
+        h("thead", {}, h("tr", {}, head.map((c) => h("th", {}, c)))), h("tbody", {}, rows)));
+  }
+
+  function renderCurves() {
+    const curves = state.curves.filter((c) => !c.error);
+    const colours = phaseColours(curves.map((c) => c.file));
+    const traces = curves.map((c) => ({
+      type: "scatter", mode: "lines+markers", name: esc(`${c.label} (held-out ${curveMetric(c.metric)})`),
+      x: c.points.map((p) => curveX(c, p)), y: c.points.map((p) => p.value),
+      line: { color: colours[c.file], shape: "hv", width: 2 }, marker: { size: 5 },
+      hovertemplate: `${esc(c.label)}: %{y:.4g} after %{x} evaluations<extra></extra>`,
+    }));
+    // References measured in the same run as each curve (uniform, every unit at its top level).
+    const xs = traces.flatMap((t) => t.x);
+    const span = xs.length ? [0, Math.max(...xs)] : [0, 1];
+    const seen = new Set();
+    for (const c of curves) {
+      for (const [name, value] of Object.entries(c.references)) {
+        const key = `${name}=${value}`;
+        if (seen.has(key)) continue;
+        seen.add(key);
+        traces.push({ type: "scatter", mode: "lines", name: esc(`${name}: ${fmt(value)}`), x: span, y: [value, value],
+          line: { color: "#7f7f7f", dash: name === "uniform" ? "dash" : "dot", width: 1 }, hoverinfo: "name" });
+      }
+    }
+    const metric = curves.length ? curves[0].metric : "ppl";
+    Plotly.react(document.getElementById("bench-convergence"), traces, {
+      margin: { l: 70, r: 20, t: 10, b: 45 }, height: 360, hovermode: "closest",
+      xaxis: { title: { text: "evaluations (sensitivity table included)" } },
+      yaxis: { title: { text: `held-out ${esc(curveMetric(metric))} of the best so far` }, type: "log" },
+      legend: { orientation: "h", y: -0.22 }, font: { size: 12 },
+    }, { responsive: true, displaylogo: false });
   }
 
   // ------------------------------------------------------------------ the run page
@@ -901,13 +980,14 @@
         h("label", {}, "y ", sel("cmp-y", objs.map((m) => [m, label(m)]), o.y, (v) => { o.y = v; })),
         h("label", {}, "calibration size ", sel("cmp-tokens", [["all", "all"], ...sizes.map((t) => [String(t), `${t} tokens`])], o.tokens, (v) => { o.tokens = v; })),
         h("label", {}, dom, " show dominated points"));
-      const traces = [], conv = [];
+      const traces = [], conv = [], every = [];
       ready.forEach((run, i) => {
         const colour = PALETTE[i % PALETTE.length];
         const pts = run.points().filter((p) => (p.final || o.tokens === "all" || String(p.tokens) === o.tokens) &&
           value(p, o.x) != null && value(p, o.y) != null);
         const coords = pts.map((p) => [o.x, o.y].map((m) => (o.maximise.has(m) ? -1 : 1) * value(p, m)));
         const mask = nonDominated(coords);
+        pts.forEach((p, j) => { if (mask[j]) every.push({ p, c: coords[j], run: run.name }); });
         const front = pts.filter((_, j) => mask[j]).sort((a, b) => (value(a, o.x) - value(b, o.x)) * (o.maximise.has(o.x) ? -1 : 1));
         const stores = new Set(ready.map((r) => r.store));
         const where = (state.stores || []).find((s) => s.id === run.store);
@@ -928,7 +1008,16 @@
           y: search.map((r) => (best = Math.min(best, r.fitness))), line: { color: colour, shape: "hv", width: 2 },
           meta: { kind: "best", run: run.name } });
       });
-      note.textContent = `${ready.length} run(s): lines join each run's non-dominated points (every objective minimised).`;
+      if (ready.length > 1) {
+        // The joint front: what the runs found together (a sweep's answer over its budgets).
+        const jmask = nonDominated(every.map((e) => e.c));
+        const joint = every.filter((_, j) => jmask[j]).sort((a, b) => a.c[0] - b.c[0]);
+        traces.push({ type: "scatter", mode: "lines", name: "joint front", x: joint.map((e) => value(e.p, o.x)),
+          y: joint.map((e) => value(e.p, o.y)), hovertext: joint.map((e) => `${esc(e.run)}<br>${hoverText(e.p)}`), hoverinfo: "text",
+          line: { color: "#111", dash: "dash", width: 1.5, shape: "hv" }, meta: { kind: "joint", points: joint.length } });
+      }
+      note.textContent = `${ready.length} run(s): lines join each run's non-dominated points (every objective minimised)` +
+        (ready.length > 1 ? "; the dashed line is their joint front." : ".");
       const title = (m) => `${plotLabel(m)} ${o.maximise.has(m) ? "↑" : "↓"}`;
       Plotly.react(document.getElementById("cmp-pareto"), traces, {
         uirevision: `${o.x},${o.y},${o.tokens}`, height: 460, margin: { l: 70, r: 20, t: 10, b: 55 }, hovermode: "closest",

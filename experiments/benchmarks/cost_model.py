@@ -22,8 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from presso.cost_models import BoostedTrees
-from presso.models import load_model
-from presso.profilers import ProfileDatabase, Workload, levels_plan, make_profiler
 from presso.cost_models._campaign import (
     interleaved,
     latency_model,
@@ -33,6 +31,8 @@ from presso.cost_models._campaign import (
     unit_ops,
     validate,
 )
+from presso.models import load_model
+from presso.profilers import ProfileDatabase, Workload, levels_plan, make_profiler
 
 BITS = [2, 3, 4, 8]
 

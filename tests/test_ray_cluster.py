@@ -1,0 +1,178 @@
+"""Ray for real: a worker killed mid-evaluation is replaced and its candidate evaluated again
+(the results are those of a run without the fault), and a search on a two-node Ray cluster
+started on this machine (`ray start --head` plus a second `ray start --address`, each with its
+own temp dir and presso cache: the nodes share nothing through presso's cache path)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from presso.cli import main
+from presso.config import Experiment
+from presso.store import ResultsStore
+
+from .conftest import tiny_experiment
+
+
+def test_a_killed_worker_is_replaced_and_its_request_evaluated_again(ray_session: Any) -> None:
+    from presso.experiment import EvaluatorFactory, Setup
+    from presso.search import LocalPool, RayPool, Request
+
+    setup = Setup(Experiment.model_validate(tiny_experiment()))
+    setup.prepare()
+    space = setup.space
+    requests = [
+        Request(tuple((i + k) % 3 for k in range(len(space))), tokens=128, sample_seed=i)
+        for i in range(10)
+    ]
+    expected = dict(LocalPool(setup.evaluator()).map(requests))
+
+    pool = RayPool(EvaluatorFactory(setup.to_spec()), workers=2)
+    try:
+        victim = pool.pids()[0]
+        got = {}
+        for i, result in pool.map(requests):
+            got[i] = result
+            if len(got) == 1:  # the other worker is mid-evaluation, more are queued
+                os.kill(victim, signal.SIGKILL)
+        assert pool.replaced >= 1
+        assert victim not in pool.pids()
+        assert {i: r.fitness for i, r in got.items()} == {i: r.fitness for i, r in expected.items()}
+        assert all(r.error is None for r in got.values())
+    finally:
+        pool.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A head node with no CPUs for work and a worker node with two, each its own process
+    group, temp dir and presso cache; stopped afterwards (only these: never `ray stop`, which
+    would stop every Ray instance on the machine)."""
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    if not Path(ray_bin).exists():
+        pytest.skip("no `ray` command: pip install 'presso[ray]'")
+    port = _free_port()
+    # Ray's socket paths must stay short: temp dirs directly under /tmp.
+    temps = [Path(tempfile.mkdtemp(prefix=p, dir="/tmp")) for p in ("rh", "rn")]
+    caches = {"head": tmp_path / "head-cache", "node": tmp_path / "node-cache"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    address = f"127.0.0.1:{port}"
+    common = ["start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    nodes = [
+        [
+            ray_bin,
+            *common,
+            "--head",
+            f"--port={port}",
+            "--num-cpus=0",
+            "--include-dashboard=false",
+            f"--temp-dir={temps[0]}",
+        ],
+        [ray_bin, *common, f"--address={address}", "--num-cpus=2", f"--temp-dir={temps[1]}"],
+    ]
+    procs: list[subprocess.Popen] = []
+    try:
+        for argv, cache in zip(nodes, caches.values()):
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    env={**env, "PRESSO_CACHE": str(cache)},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            if len(procs) == 1:
+                _wait_for_port(port, procs[0])
+        yield {"address": address, "caches": caches}
+    finally:
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.shutdown()
+        for proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for d in temps:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        assert proc.poll() is None, "the head node exited"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"the head node does not listen on {port}")
+
+
+def _wait_for_cpus(ray: Any, cpus: int, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while ray.cluster_resources().get("CPU", 0) < cpus:
+        assert time.time() < deadline, f"the cluster has {ray.cluster_resources()}"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_search_on_a_two_node_cluster(
+    cluster: dict[str, Any], tmp_path: Path, presso_cache: Path
+) -> None:
+    import ray
+
+    if ray.is_initialized():  # the session's local instance: this test needs the cluster
+        ray.shutdown()
+    ray.init(address=cluster["address"], log_to_driver=False)
+    _wait_for_cpus(ray, 2)  # the worker node has joined
+    store = tmp_path / "runs.db"
+    runner = {"kind": "ray", "workers": 2, "threads": 1, "address": cluster["address"]}
+    for name, exp in (
+        ("cluster", tiny_experiment(name="cluster", runner=runner)),
+        ("local", tiny_experiment(name="local")),
+    ):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"store": str(store), **exp}))
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["search", str(path), "--quiet"]) == 0
+    ray.shutdown()
+
+    s = ResultsStore(str(store))
+    on_cluster = [(r.tag, r.levels, r.fitness) for r in s.records(s.open("cluster"))]
+    in_process = [(r.tag, r.levels, r.fitness) for r in s.records(s.open("local"))]
+    # Every candidate evaluated on the cluster. (Equal to the in-process run is not yet true:
+    # the worker node's own build gives different fitness values; see the issue note.)
+    assert len(on_cluster) == len(in_process) > 10
+    assert all(f is not None for _, _, f in on_cluster)
+    # The work ran on the worker node, which built the levels in its own cache from the same
+    # content address (the head has no CPUs for it; the driver's cache was never handed over).
+    built = list(cluster["caches"]["node"].rglob("*"))
+    assert any(p.is_file() for p in built), "the worker node's cache is empty"
+    assert not cluster["caches"]["head"].exists() or not any(
+        p.is_file() for p in cluster["caches"]["head"].rglob("*")
+    )
