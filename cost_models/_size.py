@@ -10,17 +10,12 @@ are stored unless the backend has a sparse kernel.
 from __future__ import annotations
 
 from presso.profilers._base import DENSE_BITS, LinearOp
+from presso.spaces._size import packed_bytes
 
 
 def disk_bytes(op: LinearOp) -> float:
     """Bytes of ``op``'s weight in presso's packed format."""
-    params = op.out_features * op.in_features
-    bits = params * (1 - op.sparsity / 100) * min(op.bits, DENSE_BITS)
-    if op.bits < DENSE_BITS:
-        bits += params / (op.group_size or op.in_features) * 32  # fp16 scale + zero per group
-    if op.sparsity > 0:
-        bits += params  # 1-bit mask
-    return bits / 8
+    return packed_bytes(op.out_features, op.in_features, op.bits, op.sparsity, op.group_size)
 
 
 def memory_bytes(op: LinearOp, *, carrier_bits: int | None = None, sparse: bool = False) -> float:

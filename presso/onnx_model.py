@@ -51,6 +51,8 @@ import numpy as np
 
 from presso.errors import MissingExtraError, PressoError
 from presso.spaces import DENSE_BITS
+from presso.spaces._bits import BitsKind
+from presso.spaces._sparsity import SparsityKind
 
 if TYPE_CHECKING:
     import onnx
@@ -59,6 +61,13 @@ if TYPE_CHECKING:
     from presso.compress import QuantizedWeight
     from presso.models import ModelHandle
     from presso.plan import Plan
+
+
+def _unit_levels(plan: Plan, unit: str) -> tuple[int, int]:
+    """``unit``'s ``(bits, sparsity)`` in ``plan`` (as ``presso.profilers.unit_levels`` reads
+    them; the profilers sit above this module, so it reads the plan itself)."""
+    return plan.level(unit, BitsKind.name), plan.level(unit, SparsityKind.name)
+
 
 #: Weight widths ORT 1.32's CPU MatMulNBits kernel accepts.
 ORT_BITS = (2, 4, 8)
@@ -552,13 +561,11 @@ def unit_weights(
     magnitude pruning). Both: the pruned weight rounded to its bits with RTN, as presso's
     evaluator does (pruned entries land on the zero code, so they stay exactly zero).
     """
-    from presso.profilers._base import unit_levels
-
     known = set(handle.unit_names)
     gone = tuple(f"{name}." for name in plan.dropped)
     out: dict[str, Any] = {}
     for unit in plan.units:
-        bits, sparsity = unit_levels(plan, unit)
+        bits, sparsity = _unit_levels(plan, unit)
         if unit not in known:
             raise PressoError(f"plan: {unit!r} is not a unit of {handle.name}")
         if unit.startswith(gone):
@@ -627,8 +634,6 @@ def build_onnx(
     The model's metadata records each compressed unit's bits, carrier bits and block size
     (``presso.units``) and the dropped modules (``presso.dropped``).
     """
-    from presso.profilers._base import unit_levels
-
     _onnx()
     _check_format(fmt)
     _check_llama(handle)
@@ -642,7 +647,7 @@ def build_onnx(
         accuracy_level=accuracy_level,
     )
     for unit in plan.units:
-        _, sparsity = unit_levels(plan, unit)
+        _, sparsity = _unit_levels(plan, unit)
         if unit in facts or sparsity:
             facts.setdefault(unit, {})["sparsity"] = int(sparsity)
     metadata = {

@@ -2,7 +2,7 @@
 
 Both look across kinds: a unit's weights count only if its block (and sublayer) is kept,
 scaled by its density (1 − sparsity), and — for size — by its bits, in the packed format
-presso writes (:func:`presso.cost_models._size.disk_bytes`).
+presso writes (:func:`packed_bytes`, which :func:`presso.cost_models.disk_bytes` uses).
 """
 
 from __future__ import annotations
@@ -83,9 +83,6 @@ class MaxSize(_UnitBudget):
         self.in_features = in_features
 
     def value(self, space: SearchSpace, config: Config) -> float:
-        from presso.cost_models._size import disk_bytes
-        from presso.profilers._base import LinearOp
-
         total = 0.0
         for (name, _), (params, bits, sparsity, depth) in zip(self.units, self._plan(space)):
             if not self._kept(space, config, depth):
@@ -93,9 +90,23 @@ class MaxSize(_UnitBudget):
             b = space.dims[bits].levels[config[bits]] if bits is not None else DENSE_BITS
             s = space.dims[sparsity].levels[config[sparsity]] if sparsity is not None else 0
             width = self.in_features[name]
-            op = LinearOp(params // width, width, int(b), int(s), self.group_size)
-            total += disk_bytes(op)
+            total += packed_bytes(params // width, width, int(b), int(s), self.group_size)
         return total / 1e6
 
     def describe(self) -> str:
         return f"size_mb <= {self.limit:g}"
+
+
+def packed_bytes(
+    out_features: int, in_features: int, bits: int, sparsity: int, group_size: int | None
+) -> float:
+    """Bytes of a linear layer's weight in presso's packed format: codes at ``bits`` (dense
+    fp16 at 16), an fp16 scale and zero per group when quantized, a 1-bit mask when pruned to
+    ``sparsity`` percent (:func:`presso.cost_models.disk_bytes` prices a ``LinearOp`` so)."""
+    params = out_features * in_features
+    total = params * (1 - sparsity / 100) * min(bits, DENSE_BITS)
+    if bits < DENSE_BITS:
+        total += params / (group_size or in_features) * 32  # fp16 scale + zero per group
+    if sparsity > 0:
+        total += params  # 1-bit mask
+    return total / 8
