@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from presso.config import Experiment
+    from presso.plan import Plan
     from presso.store import ResultsStore
     from presso.summary import RunSummary
 
@@ -142,8 +143,8 @@ class Run:
             }
         return _frame(rows, "number")
 
-    def plan(self, candidate: str = "search") -> dict[str, Any]:
-        """The candidate's versioned plan (what ``presso export --format plan`` writes)."""
+    def plan(self, candidate: str = "search") -> Plan:
+        """The candidate's plan (``.to_dict()``: what ``presso export --format plan`` writes)."""
         from presso.export import build_plan
 
         return build_plan(self.summary, candidate)

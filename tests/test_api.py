@@ -45,7 +45,7 @@ def test_a_dict_and_its_yaml_file_give_the_same_run(write_experiment, tmp_path: 
 
     plan = tmp_path / "plan.json"
     assert run.export("search", "plan", plan) == plan
-    assert json.loads(plan.read_text()) == run.plan("search")
+    assert json.loads(plan.read_text()) == run.plan("search").to_dict()
     assert run.export(format="evopress").startswith("model.layers.0.self_attn.q_proj: ")
 
 
@@ -69,7 +69,7 @@ def test_pareto_front_as_a_table(write_experiment, tmp_path: Path, capsys) -> No
     shown = json.loads(capsys.readouterr().out)["front"]
     assert front["kl"].tolist() == pytest.approx([m["kl"] for m in shown["metrics"]])
     last = f"pareto:{len(front) - 1}"
-    assert run.plan(last)["candidate"] == last
+    assert run.plan(last).about["candidate"] == last
     assert api.open_run("front", store=store).summary.front == summary.front
     assert "front" in api.runs(store)["name"].tolist()
 
