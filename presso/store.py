@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from presso.errors import PressoError
+from presso.errors import DiskFullError, PressoError, no_room
 
 if TYPE_CHECKING:
     import optuna
@@ -197,6 +197,8 @@ class ResultsStore:
         try:
             self.url = storage_url(store, create=not read_only)
             self.storage = _open_storage(self.url, read_only=read_only)
+        except PressoError:
+            raise
         except Exception as err:
             raise PressoError(
                 f"results store {store}: cannot open it: {_first_line(err)}"
@@ -489,14 +491,52 @@ def _open_storage(
             url, engine_kwargs=_engine_kwargs(url, read_only), skip_table_creation=read_only
         )
 
-    for attempt in range(attempts - 1):
+    for attempt in range(attempts):
         try:
-            return storage()
+            opened = storage()
+            break
         except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError) as err:
-            if not (isinstance(err, exc.IntegrityError) or "already exists" in str(err)):
+            if why := no_room(getattr(err, "orig", None), sqlite_path(url)):
+                where = _where(url)
+                raise DiskFullError(
+                    where, "a new store's tables", why=why, fix=_STORE_FIX
+                ) from None
+            retry = isinstance(err, exc.IntegrityError) or "already exists" in str(err)
+            if not retry or attempt == attempts - 1:
                 raise
             time.sleep(0.05 * 2**attempt)
-    return storage()
+    if not read_only:
+        _on_disk_full(opened.engine, url)
+    return opened
+
+
+_STORE_FIX = " (or give --store a place with room)"
+
+
+def _where(url: str) -> str:
+    """The store's file, or its URL without the password."""
+    path = sqlite_path(url)
+    if path is not None:
+        return str(path)
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _on_disk_full(engine: Any, url: str) -> None:
+    """A write the disk has no room for (SQLite's SQLITE_FULL, PostgreSQL's disk_full) raises
+    DiskFullError naming the store, instead of a driver error wrapped by Optuna. The database
+    rolls the failed transaction back, so everything committed before is kept."""
+    from sqlalchemy import event
+
+    path = sqlite_path(url)
+
+    def translate(context: Any) -> BaseException | None:
+        if why := no_room(context.original_exception, path):
+            return DiskFullError(_where(url), "a result into it", why=why, fix=_STORE_FIX)
+        return None
+
+    event.listen(engine, "handle_error", translate)
 
 
 def _engine_kwargs(url: str, read_only: bool = False) -> dict[str, Any]:
