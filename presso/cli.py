@@ -423,13 +423,10 @@ def _show(args: argparse.Namespace) -> int:
     study = store.open(args.run)
     attrs = study.user_attrs
     summary = attrs.get("summary")
-    records = store.records(study)
-    failed = sum(r.error is not None for r in records)
-    print(f"run {args.run}: {attrs.get('status')}, {len(records)} evaluations ({failed} failed)")
+    evaluations, failed, best = store.overview(args.run)  # counted in SQL: a large run reads fast
+    print(f"run {args.run}: {attrs.get('status')}, {evaluations} evaluations ({failed} failed)")
     if not summary:
-        ok = [r for r in records if r.fitness is not None]
-        if ok:
-            best = min(ok, key=lambda r: r.fitness)
+        if best is not None:
             print(f"best so far: fitness {best.fitness:.5f} ({best.tag}, {best.tokens} tokens)")
         return 0
     _print_summary(summary)

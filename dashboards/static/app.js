@@ -132,6 +132,7 @@
         this.records.set(r.n, r);
       }
       this.next = reply.next;
+      if (reply.more) backlog = true; // more pages of evaluations: ask again at once
       if (changed) { this.version += 1; this._list = null; }
       return changed;
     }
@@ -280,11 +281,15 @@
     live.textContent = text;
   }
 
+  /** Set by a run's refresh when the server has more pages of its evaluations. */
+  let backlog = false;
+
   async function poll() {
+    backlog = false;
     if (current && current.poll) {
       try { await current.poll(); } catch (err) { console.error(err); }
     }
-    if (!DATA) setTimeout(poll, POLL_MS);
+    if (!DATA) setTimeout(poll, backlog ? 0 : POLL_MS);
   }
 
   async function loadRuns() {
@@ -1023,6 +1028,6 @@
     if (DATA && !location.hash) location.replace(runHash(DATA.run.store, DATA.run.run));
     setLive(true, "connecting…");
     await show();
-    if (!DATA) setTimeout(poll, POLL_MS);
+    if (!DATA) setTimeout(poll, backlog ? 0 : POLL_MS);
   });
 })();
