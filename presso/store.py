@@ -255,28 +255,27 @@ class ResultsStore:
         return out
 
     def overview(self, run: str) -> tuple[int, int, Record | None]:
-        """A run's evaluations, how many failed, and the best so far (lowest fitness), counted
-        in SQL without loading the evaluations (see ``runs``)."""
+        """A run's evaluations, how many failed, and the best so far (lowest finite fitness),
+        counted by the database without loading the evaluations (see ``runs``)."""
+        of_run = (
+            " FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id"
+            " JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :run"
+        )
         with self._reading():
-            rows = self._sql(
-                "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a"
-                " JOIN trials t ON t.trial_id = a.trial_id"
-                " JOIN studies s ON s.study_id = t.study_id"
-                " WHERE s.study_name = :run AND a.key IN ('phase', 'error', 'fitness')",
+            ((evaluations, failed),) = self._sql(
+                "SELECT COALESCE(SUM(CASE WHEN a.key = 'phase' THEN 1 ELSE 0 END), 0),"
+                " COALESCE(SUM(CASE WHEN a.key = 'error' AND a.value_json != 'null'"
+                " THEN 1 ELSE 0 END), 0)" + of_run + " AND a.key IN ('phase', 'error')",
                 run=run,
             )
-            evaluations = failed = 0
-            best: tuple[float, int] | None = None
-            for trial_id, key, value in rows:
-                if key == "phase":
-                    evaluations += 1
-                elif value != "null" and key == "error":
-                    failed += 1
-                elif value != "null" and key == "fitness":
-                    fitness = json.loads(value)
-                    if math.isfinite(fitness) and (best is None or fitness < best[0]):
-                        best = (fitness, trial_id)
-            if best is None:
+            # JSON's non-finite numbers are no fitness (and SQLite would cast them to 0).
+            best = self._sql(
+                "SELECT a.trial_id" + of_run + " AND a.key = 'fitness'"
+                " AND a.value_json NOT IN ('null', 'NaN', 'Infinity', '-Infinity')"
+                " ORDER BY CAST(a.value_json AS DOUBLE PRECISION) LIMIT 1",
+                run=run,
+            )
+            if not best:
                 if evaluations > failed:  # a store from before the fitness was an attribute
                     ok = [r for r in self.records(self.open(run)) if r.fitness is not None]
                     return evaluations, failed, min(ok, key=lambda r: r.fitness, default=None)
@@ -285,10 +284,10 @@ class ResultsStore:
                 key: json.loads(value)
                 for key, value in self._sql(
                     "SELECT key, value_json FROM trial_user_attributes WHERE trial_id = :t",
-                    t=best[1],
+                    t=best[0][0],
                 )
             }
-        return evaluations, failed, Record.from_attrs(attrs, None)
+        return int(evaluations), int(failed), Record.from_attrs(attrs, None)
 
     def _sql(self, sql: str, **params: Any) -> list[tuple]:
         from sqlalchemy import text

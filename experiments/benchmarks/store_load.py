@@ -74,10 +74,11 @@ def build_store(path: Path, *, candidates: int, seed_trials: int, units: int) ->
         config = tuple(int(x) for x in rng.integers(0, 4, size=len(space)))
         request = Request(config, tokens=4096, sample_seed=i, tag="offspring")
         failed = i % 97 == 13
+        fitness = float(rng.gamma(2.0, 0.05))
         result = (
             Result(None, error="RuntimeError: out of memory", seconds=0.1)
             if failed
-            else Result(float(rng.gamma(2.0, 0.05)), metrics={"kl": 0.1, "tokens": 4096.0})
+            else Result(fitness, metrics={**space.metrics(config), "kl": fitness, "tokens": 4096.0})
         )
         store.record(study, space, "search", i // 16, i % 16, request, result)
     store.close()
