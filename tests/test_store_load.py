@@ -16,6 +16,7 @@ from presso.dashboards import _data
 from presso.store import ResultsStore
 
 from .test_dashboard import POINTS_JS, WAIT_MS, browser, page_at, serving  # noqa: F401
+from .test_postgres import fresh_database, server  # noqa: F401
 
 BENCHMARK = Path(__file__).parents[1] / "experiments" / "benchmarks" / "store_load.py"
 
@@ -91,3 +92,21 @@ def test_the_page_gathers_every_page(
         page.wait_for_selector('tr[data-run="big"]', timeout=WAIT_MS)
         page.click("a.run-link")
         page.wait_for_function(f"() => ({POINTS_JS})() === {len(ok)}", timeout=WAIT_MS)
+
+
+def test_runs_and_overview_on_postgres(server: str) -> None:  # noqa: F811
+    """The same SQL counts on a real PostgreSQL server (CASE, CAST, SUM as Decimal there)."""
+    import optuna
+
+    url = fresh_database(server, "load")
+    _benchmark().build_store(url, candidates=30, seed_trials=30, units=14)
+    store = ResultsStore(url, read_only=True)
+    (run,) = store.runs()
+    (summary,) = optuna.get_all_study_summaries(store.storage, include_best_trial=False)
+    assert run["trials"] == summary.n_trials == 30
+    assert run["started"] == summary.datetime_start.isoformat(timespec="seconds")
+    records = store.records(store.open("big"))
+    evaluations, failed, best = store.overview("big")
+    assert (evaluations, failed) == (30, sum(r.error is not None for r in records)) == (30, 1)
+    assert best is not None and best.fitness == min(r.fitness for r in records if r.fitness)
+    store.close()
