@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from presso.cli import main
@@ -150,7 +150,9 @@ def _valid(load: Any, path: Path) -> bool:
     try:
         load(path)
     except PressoError:
+        event("refused")  # --hypothesis-show-statistics: how many cases reach the CLI
         return False
+    event("still valid")
     return True
 
 
