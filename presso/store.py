@@ -552,12 +552,17 @@ def _open_storage(
             url, engine_kwargs=_engine_kwargs(url, read_only), skip_table_creation=read_only
         )
 
+    path = sqlite_path(url)
+    new = path is not None and not (path.is_file() and path.stat().st_size)
     for attempt in range(attempts):
         try:
             opened = storage()
             break
         except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError) as err:
-            if why := no_room(getattr(err, "orig", None), sqlite_path(url)):
+            if why := no_room(getattr(err, "orig", None), path):
+                if new and path is not None:  # half a store, holding nothing: not left behind
+                    for leftover in (path, path.with_name(path.name + "-journal")):
+                        leftover.unlink(missing_ok=True)
                 where = _where(url)
                 raise DiskFullError(
                     where, "a new store's tables", why=why, fix=_STORE_FIX

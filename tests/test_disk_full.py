@@ -112,6 +112,22 @@ def test_disk_full_while_writing_the_store(tmp_path: Path) -> None:
         assert len(stored.records(stored.open("tiny"))) > evaluations
 
 
+def test_disk_full_while_making_a_new_store(tmp_path: Path) -> None:
+    """No room even for a new store's tables: one line, and no half-made store is left that
+    would refuse the next search once there is room."""
+    with small_disk(tmp_path / "disk", 48) as disk:
+        store = disk / "runs.db"
+        exp = tmp_path / "exp.yaml"
+        exp.write_text(yaml.safe_dump({**tiny_experiment(), "store": str(store)}, sort_keys=False))
+        code, _, err = run_cli("search", str(exp), "--quiet")
+        assert code == 2, err
+        assert_disk_full_line(err, store)
+        assert list(disk.iterdir()) == []
+        resize(disk, 4096)
+        code, _, err = run_cli("search", str(exp), "--quiet")
+        assert code == 0, err
+
+
 def test_disk_full_while_building_the_level_database(tmp_path: Path, presso_cache: Path) -> None:
     """The level database's disk fills up: one line naming the level file, exit 2; no
     half-written file is left, and every level written before is intact (checksum holds)."""
