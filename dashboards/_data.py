@@ -96,21 +96,34 @@ class StoreReader:
     def records(self, run: str, since: int = 0) -> tuple[list[tuple[int, Record]], int]:
         """The run's evaluations numbered ``since`` and later, as ``(number, Record)``, and the
         number to ask from next time (the first still-running trial, else one past the last)."""
+        out, next_number, _ = self.page(run, since)
+        return out, next_number
+
+    def page(
+        self, run: str, since: int = 0, limit: int | None = None
+    ) -> tuple[list[tuple[int, Record]], int, bool]:
+        """``records`` of at most ``limit`` trials (a large run comes in pages: the first in
+        well under a second, not the whole run at once), and whether more follow."""
         trials = self._rows(
             "SELECT t.trial_id, t.number, t.state, v.value, v.value_type FROM trials t"
             " JOIN studies s ON s.study_id = t.study_id"
             " LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0"
-            " WHERE s.study_name = :run AND t.number >= :since ORDER BY t.number",
+            " WHERE s.study_name = :run AND t.number >= :since ORDER BY t.number"
+            + (" LIMIT :limit" if limit is not None else ""),
             run=run,
             since=since,
+            limit=limit,
         )
+        more = limit is not None and len(trials) == limit
+        until = trials[-1][1] if trials else since
         attrs: dict[int, dict[str, Any]] = {}
         for trial_id, key, value in self._rows(
             "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a"
             " JOIN trials t ON t.trial_id = a.trial_id JOIN studies s ON s.study_id = t.study_id"
-            " WHERE s.study_name = :run AND t.number >= :since",
+            " WHERE s.study_name = :run AND t.number >= :since AND t.number <= :until",
             run=run,
             since=since,
+            until=until,
         ):
             attrs.setdefault(trial_id, {})[key] = self._loads(value)
         out, pending = [], None
@@ -123,7 +136,7 @@ class StoreReader:
                 ok = _state(state) == "COMPLETE" and _state(value_type) == "FINITE"
                 out.append((number, _record(a, value if ok else None)))
         last = trials[-1][1] + 1 if trials else since
-        return out, pending if pending is not None else last
+        return out, pending if pending is not None else last, more and pending is None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -353,16 +366,24 @@ def _final(
     }
 
 
-def run_json(reader: StoreReader, run: str, since: int = 0) -> dict[str, Any]:
-    """A run's metadata and its evaluations from number ``since`` on (the page polls with the
-    returned ``next``)."""
+#: Evaluations per reply of the live dashboard: a run of 100,000 comes in pages that each
+#: answer in well under a second, the first drawn at once, instead of one reply of minutes.
+PAGE = 5000
+
+
+def run_json(
+    reader: StoreReader, run: str, since: int = 0, limit: int | None = None
+) -> dict[str, Any]:
+    """A run's metadata and its evaluations from number ``since`` on, at most ``limit`` of them
+    (the page polls with the returned ``next``, at once while ``more`` says some are left)."""
     attrs = reader.attrs(run)
-    records, next_number = reader.records(run, since)
+    records, next_number, more = reader.page(run, since, limit)
     return {
         "run": run,
         "meta": meta_json(attrs, run),
         "records": [record_json(n, r) for n, r in records],
         "next": next_number,
+        "more": more,
     }
 
 

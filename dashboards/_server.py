@@ -66,7 +66,7 @@ class Dashboard:
         return {"stores": stores, "curves": _curves.curves_json(self.curves)}
 
     def run(self, store: int, run: str, since: int) -> dict[str, Any]:
-        return _data.run_json(self._reader(store), run, since)
+        return _data.run_json(self._reader(store), run, since, limit=_data.PAGE)
 
     def export(self, store: int, run: str, candidate: str, choice: str) -> tuple[str, str]:
         """(download file name, contents) of one ``presso export`` file."""

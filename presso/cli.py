@@ -439,17 +439,14 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     study = store.open(args.run)
     summary = RunSummary.from_attrs(args.run, study.user_attrs)
-    records = store.records(study)
-    failed = sum(r.error is not None for r in records)
+    evaluations, failed, best = store.overview(args.run)  # counted in SQL: a large run reads fast
     if args.json:
-        out = {**summary.to_json(), "stored_evaluations": len(records), "stored_failed": failed}
+        out = {**summary.to_json(), "stored_evaluations": evaluations, "stored_failed": failed}
         print(json.dumps(out, indent=1))
         return 0
-    print(f"run {args.run}: {summary.status}, {len(records)} evaluations ({failed} failed)")
+    print(f"run {args.run}: {summary.status}, {evaluations} evaluations ({failed} failed)")
     if not summary.finished:
-        ok = [r for r in records if r.fitness is not None]
-        if ok:
-            best = min(ok, key=lambda r: r.fitness)
+        if best is not None:
             print(f"best so far: fitness {best.fitness:.5f} ({best.tag}, {best.tokens} tokens)")
         return 0
     _print_summary(summary)

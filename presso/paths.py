@@ -38,6 +38,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_parts(path: Path, parts: Iterable[bytes | memoryview]) -> None:
     """:func:`atomic_write_bytes` of the concatenated ``parts`` (streamed, never joined)."""
     path = Path(path)
+    try:
+        _write_replacing(path, parts)
+    except OSError as err:
+        from presso.errors import DiskFullError, no_room
+
+        if why := no_room(err):
+            fix = " (or point PRESSO_CACHE at a disk with room)"
+            raise DiskFullError(path, why=why, fix=fix) from None
+        raise
+
+
+def _write_replacing(path: Path, parts: Iterable[bytes | memoryview]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

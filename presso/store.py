@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from presso.errors import PressoError
+from presso.errors import DiskFullError, PressoError, no_room
 from presso.summary import RunSummary
 
 if TYPE_CHECKING:
@@ -199,6 +199,8 @@ class ResultsStore:
         try:
             self.url = storage_url(store, create=not read_only)
             self.storage = _open_storage(self.url, read_only=read_only)
+        except PressoError:
+            raise
         except Exception as err:
             raise PressoError(
                 f"results store {store}: cannot open it: {_first_line(err)}"
@@ -224,21 +226,30 @@ class ResultsStore:
             ) from None
 
     def runs(self) -> list[dict[str, Any]]:
-        import optuna
+        """Every run, in the order they were made: name, evaluations, status, start, model.
 
+        Counted in SQL: Optuna's study summaries load every trial of every study (its
+        parameters and attributes), minutes for a store of 100,000 evaluations."""
         with self._reading():
-            summaries = optuna.get_all_study_summaries(self.storage, include_best_trial=False)
+            studies = self._sql(
+                "SELECT s.study_id, s.study_name, COUNT(t.trial_id), MIN(t.datetime_start)"
+                " FROM studies s LEFT JOIN trials t ON t.study_id = s.study_id"
+                " GROUP BY s.study_id, s.study_name ORDER BY s.study_id"
+            )
+            by_study: dict[int, dict[str, Any]] = {}
+            for study_id, key, value in self._sql(
+                "SELECT study_id, key, value_json FROM study_user_attributes"
+            ):
+                by_study.setdefault(study_id, {})[key] = json.loads(value)
         out = []
-        for s in summaries:
-            attrs = check_attrs(self.label, s.study_name, s.user_attrs)
+        for study_id, name, n_trials, started in studies:
+            attrs = check_attrs(self.label, name, by_study.get(study_id, {}))
             out.append(
                 {
-                    "name": s.study_name,
-                    "trials": s.n_trials - attrs.get("answers", 0),  # evaluations
+                    "name": name,
+                    "trials": n_trials - attrs.get("answers", 0),  # evaluations
                     "status": attrs.get("status", "?"),
-                    "started": s.datetime_start.isoformat(timespec="seconds")
-                    if s.datetime_start
-                    else "",
+                    "started": _seconds(started),
                     "model": attrs.get("experiment", {}).get("model", "?"),
                     "sweep": attrs.get("sweep"),  # {name, fields, file} for a sweep's run
                 }
@@ -248,6 +259,47 @@ class ResultsStore:
     def summary(self, run: str) -> RunSummary:
         """Run ``run`` as every view reads it (its candidates once it has finished)."""
         return RunSummary.from_attrs(run, self.open(run).user_attrs)
+
+    def overview(self, run: str) -> tuple[int, int, Record | None]:
+        """A run's evaluations, how many failed, and the best so far (lowest finite fitness),
+        counted by the database without loading the evaluations (see ``runs``)."""
+        of_run = (
+            " FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id"
+            " JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :run"
+        )
+        with self._reading():
+            ((evaluations, failed),) = self._sql(
+                "SELECT COALESCE(SUM(CASE WHEN a.key = 'phase' THEN 1 ELSE 0 END), 0),"
+                " COALESCE(SUM(CASE WHEN a.key = 'error' AND a.value_json != 'null'"
+                " THEN 1 ELSE 0 END), 0)" + of_run + " AND a.key IN ('phase', 'error')",
+                run=run,
+            )
+            # JSON's non-finite numbers are no fitness (and SQLite would cast them to 0).
+            best = self._sql(
+                "SELECT a.trial_id" + of_run + " AND a.key = 'fitness'"
+                " AND a.value_json NOT IN ('null', 'NaN', 'Infinity', '-Infinity')"
+                " ORDER BY CAST(a.value_json AS DOUBLE PRECISION) LIMIT 1",
+                run=run,
+            )
+            if not best:
+                if evaluations > failed:  # a store from before the fitness was an attribute
+                    ok = [r for r in self.records(self.open(run)) if r.fitness is not None]
+                    return evaluations, failed, min(ok, key=lambda r: r.fitness, default=None)
+                return evaluations, failed, None
+            attrs = {
+                key: json.loads(value)
+                for key, value in self._sql(
+                    "SELECT key, value_json FROM trial_user_attributes WHERE trial_id = :t",
+                    t=best[0][0],
+                )
+            }
+        return int(evaluations), int(failed), Record.from_attrs(attrs, None)
+
+    def _sql(self, sql: str, **params: Any) -> list[tuple]:
+        from sqlalchemy import text
+
+        with self.storage.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql), params)]
 
     def exists(self, run: str) -> bool:
         return any(r["name"] == run for r in self.runs())
@@ -474,6 +526,17 @@ def _distributions(space: SearchSpace) -> dict[str, Any]:
     return {d.name: CategoricalDistribution(list(d.levels)) for d in space.dims}
 
 
+def _seconds(value: Any) -> str:
+    """A stored time (a datetime, or SQLite's text) to the second, as ISO 8601; "" for none."""
+    from datetime import datetime
+
+    if value is None:
+        return ""
+    if not isinstance(value, datetime):
+        value = datetime.fromisoformat(str(value))
+    return value.isoformat(timespec="seconds")
+
+
 def _first_line(err: BaseException) -> str:
     return (str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__])[0]
 
@@ -496,14 +559,57 @@ def _open_storage(
             url, engine_kwargs=_engine_kwargs(url, read_only), skip_table_creation=read_only
         )
 
-    for attempt in range(attempts - 1):
+    path = sqlite_path(url)
+    new = path is not None and not (path.is_file() and path.stat().st_size)
+    for attempt in range(attempts):
         try:
-            return storage()
+            opened = storage()
+            break
         except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError) as err:
-            if not (isinstance(err, exc.IntegrityError) or "already exists" in str(err)):
+            if why := no_room(getattr(err, "orig", None), path):
+                if new and path is not None:  # half a store, holding nothing: not left behind
+                    for leftover in (path, path.with_name(path.name + "-journal")):
+                        leftover.unlink(missing_ok=True)
+                where = _where(url)
+                raise DiskFullError(
+                    where, "a new store's tables", why=why, fix=_STORE_FIX
+                ) from None
+            retry = isinstance(err, exc.IntegrityError) or "already exists" in str(err)
+            if not retry or attempt == attempts - 1:
                 raise
             time.sleep(0.05 * 2**attempt)
-    return storage()
+    if not read_only:
+        _on_disk_full(opened.engine, url)
+    return opened
+
+
+_STORE_FIX = " (or give --store a place with room)"
+
+
+def _where(url: str) -> str:
+    """The store's file, or its URL without the password."""
+    path = sqlite_path(url)
+    if path is not None:
+        return str(path)
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _on_disk_full(engine: Any, url: str) -> None:
+    """A write the disk has no room for (SQLite's SQLITE_FULL, PostgreSQL's disk_full) raises
+    DiskFullError naming the store, instead of a driver error wrapped by Optuna. The database
+    rolls the failed transaction back, so everything committed before is kept."""
+    from sqlalchemy import event
+
+    path = sqlite_path(url)
+
+    def translate(context: Any) -> BaseException | None:
+        if why := no_room(context.original_exception, path):
+            return DiskFullError(_where(url), "a result into it", why=why, fix=_STORE_FIX)
+        return None
+
+    event.listen(engine, "handle_error", translate)
 
 
 def _engine_kwargs(url: str, read_only: bool = False) -> dict[str, Any]:

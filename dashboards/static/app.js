@@ -146,6 +146,7 @@
         this.records.set(r.n, r);
       }
       this.next = reply.next;
+      if (reply.more) backlog = true; // more pages of evaluations: ask again at once
       if (changed) { this.version += 1; this._list = null; }
       return changed;
     }
@@ -295,11 +296,15 @@
     live.textContent = text;
   }
 
+  /** Set by a run's refresh when the server has more pages of its evaluations. */
+  let backlog = false;
+
   async function poll() {
+    backlog = false;
     if (current && current.poll) {
       try { await current.poll(); } catch (err) { console.error(err); }
     }
-    if (!DATA) setTimeout(poll, POLL_MS);
+    if (!DATA) setTimeout(poll, backlog ? 0 : POLL_MS);
   }
 
   async function loadRuns() {
@@ -1042,6 +1047,6 @@
     if (DATA && !location.hash) location.replace(runHash(DATA.run.store, DATA.run.run));
     setLive(true, "connecting…");
     await show();
-    if (!DATA) setTimeout(poll, POLL_MS);
+    if (!DATA) setTimeout(poll, backlog ? 0 : POLL_MS);
   });
 })();
