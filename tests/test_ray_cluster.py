@@ -165,10 +165,9 @@ def test_search_on_a_two_node_cluster(
     s = ResultsStore(str(store))
     on_cluster = [(r.tag, r.levels, r.fitness) for r in s.records(s.open("cluster"))]
     in_process = [(r.tag, r.levels, r.fitness) for r in s.records(s.open("local"))]
-    # Every candidate evaluated on the cluster. (Equal to the in-process run is not yet true:
-    # the worker node's own build gives different fitness values; see the issue note.)
-    assert len(on_cluster) == len(in_process) > 10
-    assert all(f is not None for _, _, f in on_cluster)
+    # The same search, evaluation for evaluation (a stage's results may arrive in another order).
+    assert len(on_cluster) > 10
+    assert sorted(on_cluster, key=repr) == sorted(in_process, key=repr)
     # The work ran on the worker node, which built the levels in its own cache from the same
     # content address (the head has no CPUs for it; the driver's cache was never handed over).
     built = list(cluster["caches"]["node"].rglob("*"))
