@@ -77,6 +77,9 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
     temps = [Path(tempfile.mkdtemp(prefix=p, dir="/tmp")) for p in ("rh", "rn")]
     caches = {"head": tmp_path / "head-cache", "node": tmp_path / "node-cache"}
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    # Set by a local Ray instance presso started earlier in the session: it keeps Ray to one
+    # node, so a worker node inheriting it would never join the cluster.
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     address = f"127.0.0.1:{port}"
     common = ["start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
     nodes = [

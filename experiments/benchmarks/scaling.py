@@ -1,0 +1,217 @@
+"""Benchmark: evaluations per minute in-process against Ray workers, and where the time goes.
+
+The same search (the main job's EvoPress, a few generations, same seed: the same requests in
+every mode) runs on SmolLM2 and MiniLM:
+
+- ``in-process``: one evaluator using every core (torch threads = cores), the default runner;
+- ``in-process-1``: one evaluator on one thread (what one Ray worker has);
+- ``ray-1`` / ``ray-2``: a local Ray instance with 1 or 2 workers of one thread each;
+- ``cluster-2`` (``--cluster``): a two-node cluster on this machine (a head node with no CPUs,
+  a worker node with 2; own temp dirs and presso caches), the workers building levels and the
+  dense reference in their node's cache.
+
+Per mode: pool start-up (Ray connect, actors built: model load, level database, reference),
+search wall time, evaluations per minute and its ratio to ``in-process`` measured in the same
+run, and for the pools the workers' busy share (evaluation seconds summed over workers, against
+wall time x workers): the rest is idle (a stage with fewer requests than workers) or transfer.
+Every mode must return the same fitness values as in-process; the script checks it.
+
+    .venv/bin/python experiments/benchmarks/scaling.py [--models smollm2-135m minilm-l6]
+        [--generations 4] [--cluster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bits_search import MAIN, experiment
+
+from presso.evaluation import Request
+from presso.experiment import EvaluatorFactory, Setup
+from presso.paths import atomic_write_text
+from presso.search import LocalPool, RayPool, drive, make_strategy
+
+
+def search(setup: Setup, pool, generations: int, workers: int) -> tuple[list, float, float]:  # noqa: ANN001
+    """The main job's EvoPress for ``generations``: (results, wall seconds, busy seconds).
+    Each worker first scores the uniform configuration once, untimed: the first evaluation of
+    a process reads the levels from disk, which ``ready`` of a pool should not hide."""
+    warm = [Request(setup.space.best_uniform(), tokens=512)] * max(1, workers)
+    list(pool.map(warm))
+    context = setup.context([("evopress", {})], evaluator=setup.evaluator())
+    options = {**MAIN, "generations": generations}
+    strategy = make_strategy("evopress", setup.space, seed=0, context=context, **options)
+    results: list = []
+
+    def record(step: int, i: int, request, result) -> None:  # noqa: ANN001
+        results.append((step, i, request.tag, result.fitness, result.seconds))
+
+    start = time.perf_counter()
+    drive(strategy, pool, on_result=record)
+    wall = time.perf_counter() - start
+    return sorted(results), wall, sum(r[4] for r in results)
+
+
+def row(mode: str, workers: int, ready_s: float, results: list, wall: float, busy: float) -> dict:
+    return {
+        "mode": mode,
+        "workers": workers,
+        "ready_s": ready_s,
+        "search_s": wall,
+        "evaluations": len(results),
+        "evals_per_min": 60 * len(results) / wall,
+        "busy_share": busy / (wall * max(1, workers)),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def two_node_cluster(cpus: int):  # noqa: ANN201
+    """A head node with no CPUs for work and a worker node with ``cpus``, each with its own
+    temp dir and presso cache; only these are stopped afterwards (never `ray stop`)."""
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    temps = [Path(tempfile.mkdtemp(prefix=p, dir="/tmp")) for p in ("sh", "sn")]
+    caches = [Path(tempfile.mkdtemp(prefix="presso-node-")) for _ in range(2)]
+    common = ["start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    argvs = [
+        [ray_bin, *common, "--head", f"--port={port}", "--num-cpus=0"]
+        + ["--include-dashboard=false", f"--temp-dir={temps[0]}"],
+        [ray_bin, *common, f"--address=127.0.0.1:{port}", f"--num-cpus={cpus}"]
+        + [f"--temp-dir={temps[1]}"],
+    ]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    # A local Ray instance presso started (the modes before) keeps Ray to this one node by
+    # this variable; a node inheriting it would never join the cluster.
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    procs = []
+    try:
+        for argv, cache in zip(argvs, caches):
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    env={**env, "PRESSO_CACHE": str(cache)},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            if len(procs) == 1:  # the head listens before the worker node joins
+                deadline = time.time() + 120
+                while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+                    if time.time() > deadline:
+                        raise RuntimeError("the head node does not start")
+                    time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.shutdown()
+        for proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=60)
+        for d in [*temps, *caches]:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def ray_mode(setup: Setup, workers: int, generations: int, address: str | None) -> tuple:
+    start = time.perf_counter()
+    if address:
+        import ray
+
+        ray.init(address=address, log_to_driver=False)
+        deadline = time.time() + 180
+        while ray.cluster_resources().get("CPU", 0) < workers:  # the worker node has joined
+            if time.time() > deadline:
+                raise RuntimeError(f"the worker node did not join: {ray.cluster_resources()}")
+            time.sleep(0.5)
+    factory = EvaluatorFactory(setup.to_spec(), build=bool(address))
+    pool = RayPool(factory, workers=workers, address=address, threads=1)
+    pool.pids()  # returns once every actor has built its evaluator
+    ready = time.perf_counter() - start
+    try:
+        results, wall, busy = search(setup, pool, generations, workers)
+    finally:
+        pool.close()
+        import ray
+
+        ray.shutdown()
+    return ready, results, wall, busy
+
+
+def bench_model(model: str, generations: int, cluster: bool) -> dict:
+    setup = Setup(experiment(model, 3.0))
+    setup.prepare()
+    rows, reference = [], None
+    for mode, threads in (("in-process", os.cpu_count() or 1), ("in-process-1", 1)):
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        pool = LocalPool(setup.evaluator())
+        ready = time.perf_counter() - start
+        results, wall, busy = search(setup, pool, generations, 0)
+        reference = reference or results
+        rows.append(row(mode, 0, ready, results, wall, busy))
+        print(json.dumps(rows[-1]), flush=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    modes = [("ray-1", 1, None), ("ray-2", 2, None)]
+    if cluster:
+        modes.append(("cluster-2", 2, "cluster"))
+    for mode, workers, where in modes:
+        if where == "cluster":
+            with two_node_cluster(workers) as address:
+                ready, results, wall, busy = ray_mode(setup, workers, generations, address)
+        else:
+            ready, results, wall, busy = ray_mode(setup, workers, generations, None)
+        rows.append(row(mode, workers, ready, results, wall, busy))
+        rows[-1]["same_results"] = [r[:4] for r in results] == [r[:4] for r in reference]
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]["evals_per_min"]
+    for r in rows:
+        r["vs_in_process"] = r["evals_per_min"] / base
+    return {"generations": generations, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=["smollm2-135m", "minilm-l6"])
+    parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--cluster", action="store_true", help="also a two-node cluster")
+    parser.add_argument("--out", default="experiments/benchmarks/scaling.json")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    report = {"cores": os.cpu_count(), "search": {**MAIN, "generations": args.generations}}
+    for model in args.models:
+        report[model] = bench_model(model, args.generations, args.cluster)
+        atomic_write_text(Path(args.out), json.dumps(report, indent=2))
+        print(f"\n{model}")
+        print(f"{'mode':<14}{'ready s':>9}{'search s':>10}{'evals/min':>11}{'ratio':>7}{'busy':>6}")
+        for r in report[model]["rows"]:
+            print(
+                f"{r['mode']:<14}{r['ready_s']:>9.1f}{r['search_s']:>10.1f}"
+                f"{r['evals_per_min']:>11.1f}{r['vs_in_process']:>7.2f}{r['busy_share']:>6.2f}"
+            )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
