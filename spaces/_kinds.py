@@ -111,6 +111,11 @@ class Kind(ABC):
             f"{layer_list(used)}; export it with --format plan, or choose another candidate"
         )
 
+    def show(self, targets: Sequence[str], values: Sequence[float]) -> str | None:
+        """How ``presso show`` prints the search's best levels of this kind (``targets`` and
+        ``values``: its dimensions'), or None for the per-layer grid."""
+        return None
+
     def realise(
         self, db: Any, unit: str, level: int, weight: torch.Tensor | None
     ) -> torch.Tensor | None:
