@@ -99,6 +99,7 @@ class StepsKind(Kind):
     config = ScheduleConfig
     budget = BUDGET
     colorscale = [[0, "#dddddd"], [1, "#1f77b4"]]
+    prefix = PREFIX
     space_fields = {
         BUDGET: (
             int | None,
@@ -141,7 +142,7 @@ class StepsKind(Kind):
         return f"sampling schedule of the search's best ({len(kept)} time steps): {steps}"
 
     def refusal(self, plan: Any, fmt: str) -> str | None:
-        if not any(t.startswith(PREFIX) for t in plan.dropped):
+        if not self.dropped(plan.dropped):
             return None
         return (
             f"--format {fmt} cannot hold a sampling schedule; export it with --format plan "

@@ -146,3 +146,70 @@ def test_steps_search_from_the_cli(write_experiment, tmp_path: Path, capsys) -> 
     assert "fid" in capsys.readouterr().out.lower()
     out = tmp_path / "plan.json"
     assert main(["export", "steps", "--store", str(tmp_path / "runs.db"), "--out", str(out)]) == 0
+
+
+def test_a_missing_extra_names_it(monkeypatch) -> None:
+    import importlib.util
+
+    from presso.diffusion import require
+    from presso.errors import MissingExtraError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else real(name)
+    )
+    with pytest.raises(MissingExtraError, match=r"pip install 'presso\[diffusion\]'"):
+        require("model digits-ddpm")
+
+
+def test_a_users_diffusers_folder_is_a_model(tiny, tmp_path: Path) -> None:
+    from diffusers import DDPMScheduler
+
+    from presso.diffusion import is_diffusion_model
+    from presso.diffusion._model import load_diffusion
+
+    folder = tmp_path / "my-ddpm"
+    tiny.unet.save_pretrained(folder / "unet")
+    DDPMScheduler.from_config(tiny.scheduler_config).save_pretrained(folder / "scheduler")
+    assert is_diffusion_model(str(folder)) and not is_diffusion_model(str(tmp_path))
+    mine = load_diffusion(str(folder), cache_root=tmp_path / "cache")  # trains a classifier
+    assert mine.train_steps == tiny.train_steps and mine.shape == tiny.shape
+    assert mine.classifier_path.parent == tmp_path / "cache" / "diffusion"
+    assert mine.features(torch.zeros(2, *mine.shape)).shape == (2, mine.features.num_features)
+
+
+@pytest.mark.slow
+def test_the_builtin_model_samples_digits_the_classifier_reads(tmp_path: Path) -> None:
+    """The real built-in model (about 10 minutes of training on one core): its 100-step DDIM
+    samples are digits the classifier recognises confidently, and 4-step ones are worse."""
+    from presso.diffusion._digits import load_digits
+    from presso.diffusion._fid import FIDScorer
+    from presso.diffusion._model import load_diffusion
+    from presso.diffusion._sample import sample, seeded_noise, trailing_grid
+
+    model = load_diffusion("digits-ddpm", cache_root=tmp_path)
+    noise = seeded_noise(0, 200, model.shape)
+    full = sample(model.unet, model.scheduler, trailing_grid(1000, 100), noise)
+    few = sample(model.unet, model.scheduler, trailing_grid(1000, 4), noise)
+    with torch.no_grad():
+        confident = model.features.logits(full).softmax(-1).max(-1).values.mean()
+    assert confident > 0.8
+    scorer = FIDScorer(model.features, load_digits(model.size).heldout)
+    assert scorer(full)["fid"] < scorer(few)["fid"]
+
+
+def test_a_schedule_plan_uses_the_steps_kind_only() -> None:
+    from presso.plan import Plan
+    from presso.spaces import MaxSteps, SearchSpace, steps_dims
+
+    space = SearchSpace(steps_dims([999, 499, 0]), [MaxSteps(2)])
+    plan = space.plan((1, 0, 1))
+    assert plan.dropped == ("timestep.499",) and plan.kinds() == ["steps"]
+    assert "cannot hold a sampling schedule" in (plan_refusal := _refusal(plan)), plan_refusal
+    assert Plan(dropped=("m.l.1",)).kinds() == ["depth"]
+
+
+def _refusal(plan) -> str:
+    from presso.spaces import KINDS
+
+    return " ".join(filter(None, (k.refusal(plan, "hf") for k in KINDS.values())))
