@@ -131,6 +131,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=_profile)
 
+    td = sub.add_parser(
+        "train-diffusion",
+        help="train a built-in diffusion model and its FID classifier once (then cached)",
+    )
+    td.add_argument(
+        "model", nargs="?", default="digits-ddpm", help="digits-ddpm (default) or tiny-ddpm"
+    )
+    td.add_argument("--grid", help="also write a PNG grid of 64 samples here")
+    td.add_argument("--steps", type=int, default=100, help="DDIM steps of the grid's samples")
+    td.set_defaults(func=_train_diffusion)
+
     r = sub.add_parser("runs", help="list the runs in a results store")
     r.add_argument("--store", default=DEFAULT_STORE)
     r.set_defaults(func=_runs)
@@ -206,6 +217,35 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     rp.set_defaults(func=_report)
     return p
+
+
+def _train_diffusion(args: argparse.Namespace) -> int:
+    import json
+
+    from presso.diffusion import BUILTIN_DIFFUSION, require
+
+    if args.model not in BUILTIN_DIFFUSION:
+        raise PressoError(
+            f"train-diffusion: {args.model!r} is not a built-in diffusion model; "
+            f"choose {', '.join(BUILTIN_DIFFUSION)}"
+        )
+    require("presso train-diffusion")
+    from presso.diffusion._train import builtin_folder
+
+    folder = builtin_folder(args.model, progress=True)
+    report = json.loads((folder / "presso.json").read_text())
+    print(f"{args.model}: {folder}")
+    print(
+        f"  UNet {report['unet_params']:,} parameters, final loss {report['final_loss']:.4f}; "
+        f"classifier held-out accuracy {report['classifier_accuracy']:.3f}; "
+        f"trained in {report['seconds']:.0f} s"
+    )
+    if args.grid:
+        from presso.diffusion._grid import sample_grid
+
+        sample_grid(folder, args.model, Path(args.grid), steps=args.steps)
+        print(f"  {args.steps}-step DDIM samples: {args.grid}")
+    return 0
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -459,6 +499,10 @@ def _show(args: argparse.Namespace) -> int:
         targets = [summary.targets[i] for i in mine]
         values = [best.levels[i] for i in mine]
         label = KINDS.get(kind).label if kind in KINDS else kind
+        shown = KINDS.get(kind).show(targets, values) if kind in KINDS else None
+        if shown is not None:  # a kind with its own view (a sampling schedule)
+            print(f"\n{shown}")
+            continue
         print(f"\nper-layer {label} of the search's best (rows: blocks):")
         print(_bits_grid(targets, values))
     return 0

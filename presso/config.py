@@ -405,11 +405,12 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 #: What a Pareto front can be over: the accuracy proxies on calibration data, then what the
 #: space's budgets and reports measure (which of them a run has depends on its space).
-OBJECTIVES = ("kl", "ppl", "cos_dist", *BUDGET_METRICS)
+OBJECTIVES = ("kl", "ppl", "cos_dist", "fid", "kid", *BUDGET_METRICS)
 
 
 def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> None:
     """Checks that need more than types: budget, names that must exist."""
+    from presso.diffusion import BUILTIN_DIFFUSION, is_diffusion_model
     from presso.models import BUILTIN_MODELS
 
     def fail(loc: tuple, message: str) -> None:
@@ -421,15 +422,28 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
     kinds = exp.space.kinds()
     for kind in KINDS.values():
         kind.check(exp, fail, kind.name in kinds)
-    if exp.model not in BUILTIN_MODELS and not _exists(_resolve(path, exp.model)):
+    builtin = [*BUILTIN_MODELS, *BUILTIN_DIFFUSION]
+    if exp.model not in builtin and not _exists(_resolve(path, exp.model)):
         fail(
             ("model",),
-            f"{shown(exp.model)} is not a built-in model ({', '.join(BUILTIN_MODELS)}) "
+            f"{shown(exp.model)} is not a built-in model ({', '.join(builtin)}) "
             "and no such file or folder exists; give a built-in name or a local path",
+        )
+    diffusion = exp.model in BUILTIN_DIFFUSION or is_diffusion_model(str(_resolve(path, exp.model)))
+    if diffusion != (kinds == ["steps"]):
+        fail(
+            ("space", "kind"),
+            "a diffusion model's space is kind: steps (its sampling time steps)"
+            if diffusion
+            else f"kind: steps needs a diffusion model ({', '.join(BUILTIN_DIFFUSION)} or a "
+            "diffusers folder with unet/ and scheduler/); "
+            f"{shown(exp.model)} is not one",
         )
     from presso.data import BUILTIN_CORPORA
 
-    if exp.data.corpus not in BUILTIN_CORPORA and not _exists(_resolve(path, exp.data.corpus)):
+    if diffusion:
+        pass  # the real images are the digits (presso.diffusion); no corpus is read
+    elif exp.data.corpus not in BUILTIN_CORPORA and not _exists(_resolve(path, exp.data.corpus)):
         fail(
             ("data", "corpus"),
             f"{shown(exp.data.corpus)} is not a built-in corpus "
@@ -448,7 +462,7 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
         if exp.hardware.backend not in available():
             fail(
                 ("hardware", "backend"),
-                f"unknown backend {exp.hardware.backend!r}; available: {', '.join(available())}",
+                f"unknown backend {shown(exp.hardware.backend)}; available: {', '.join(available())}",
             )
     from presso.evaluation import Objective
 
@@ -502,10 +516,11 @@ def _exists(path: Path) -> bool:
 def resolve_paths(experiment_file: Path, exp: Experiment) -> Experiment:
     """Experiment with model and corpus paths made absolute (built-in names kept)."""
     from presso.data import BUILTIN_CORPORA
+    from presso.diffusion import BUILTIN_DIFFUSION
     from presso.models import BUILTIN_MODELS
 
     updates: dict[str, Any] = {}
-    if exp.model not in BUILTIN_MODELS:
+    if exp.model not in BUILTIN_MODELS and exp.model not in BUILTIN_DIFFUSION:
         updates["model"] = str(_resolve(experiment_file, exp.model).resolve())
     if exp.data.corpus not in BUILTIN_CORPORA:
         data = exp.data.model_copy(

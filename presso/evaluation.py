@@ -78,6 +78,9 @@ METRICS: dict[str, Metric] = {
         Metric("params", "parameters"),
         Metric("size_mb", "size", "MB"),
         Metric("latency_ms", "latency", "ms"),
+        Metric("fid", "FID (digits classifier features)"),
+        Metric("kid", "KID (digits classifier features)"),
+        Metric("steps", "sampling time steps", "steps"),
     )
 }
 
@@ -90,13 +93,14 @@ def label(name: str) -> str:
 
 def fitness_metric(model_kind: str) -> str:
     """The metric an evaluator of a ``model_kind`` model minimises: ``kl`` for a causal LM
-    (divergence of next-token distributions), ``cos_dist`` for an encoder (of embeddings)."""
-    return "kl" if model_kind == "causal-lm" else "cos_dist"
+    (divergence of next-token distributions), ``cos_dist`` for an encoder (of embeddings),
+    ``fid`` for a diffusion model (of its samples to real images)."""
+    return {"causal-lm": "kl", "diffusion": "fid"}.get(model_kind, "cos_dist")
 
 
 def heldout_metrics(model_kind: str) -> tuple[str, ...]:
     """What an evaluator measures on held-out windows, the one to compare candidates by first."""
-    return ("ppl", "kl") if model_kind == "causal-lm" else ("cos_dist",)
+    return {"causal-lm": ("ppl", "kl"), "diffusion": ("fid", "kid")}.get(model_kind, ("cos_dist",))
 
 
 @dataclass(frozen=True)

@@ -46,16 +46,34 @@ class Setup:
         return cls(Experiment.model_validate(spec["experiment"]), cache_root=spec["cache_root"])
 
     @cached_property
-    def handle(self):  # noqa: ANN201 - ModelHandle, imported lazily
+    def handle(self):  # noqa: ANN201 - ModelHandle (a DiffusionModel), imported lazily
         from presso.models import load_model
 
         return load_model(self.experiment.model)
+
+    @cached_property
+    def diffusion(self) -> bool:
+        """Whether the model is a diffusion model (its knobs are its sampling time steps)."""
+        from presso.diffusion import is_diffusion_model
+
+        return is_diffusion_model(self.experiment.model)
+
+    @cached_property
+    def timestep_grid(self) -> list[int]:
+        """A diffusion model's candidate time steps (descending), see presso.spaces._steps."""
+        from presso.diffusion._sample import trailing_grid
+
+        return trailing_grid(self.handle.train_steps, self.experiment.schedule.candidates)
 
     @cached_property
     def data(self):  # noqa: ANN201 - CalibrationData
         from presso.data import build_calibration
 
         d = self.experiment.data
+        if self.diffusion:  # the real images FID compares with (the model's size)
+            from presso.diffusion._digits import load_digits
+
+            return load_digits(self.handle.size, seed=d.seed)
         return build_calibration(
             self.handle.tokenizer,
             d.corpus,
@@ -117,7 +135,9 @@ class Setup:
             constraints.append(MaxParams(sp.max_params, units))
         if sp.max_size_mb is not None:
             constraints.append(self._size(units, sp.max_size_mb))
-        reports = [] if sp.max_size_mb is not None else [self._size(units, float("inf"))]
+        reports = (
+            [] if sp.max_size_mb is not None or not units else [self._size(units, float("inf"))]
+        )
         if self.measure_latency:
             latency = self._latency_constraint()
             (constraints if latency.limit < float("inf") else reports).append(latency)
@@ -236,6 +256,8 @@ class Setup:
         start = time.perf_counter()
         _ = self.data
         timings = {"load_s": time.perf_counter() - start}
+        if self.diffusion:  # no levels to build: a schedule is sampled as it is scored
+            return timings
         for kind, db in self.dbs().items():
             k = KINDS.get(kind)
             n = getattr(self.experiment, k.section).calibration
@@ -247,6 +269,21 @@ class Setup:
         from presso.evaluator import Evaluator
 
         e = self.experiment.evaluation
+        if self.diffusion:
+            from presso.diffusion._evaluator import DiffusionEvaluator
+
+            d = self.experiment.data
+            return DiffusionEvaluator(
+                self.handle,
+                self.space,
+                self.timestep_grid,
+                self.data.train,
+                self.data.heldout,
+                pool=d.calibration,
+                heldout_images=d.evaluation,
+                seed=d.seed,
+                batch_size=max(e.batch_size, 64),
+            )
         return Evaluator(
             self.handle,
             self.data,
@@ -276,6 +313,8 @@ class Setup:
             name, options = (item, {}) if isinstance(item, str) else item
             needs |= strategy_class(name).needs(options)
         space, facts = self.space, {}
+        if self.diffusion:  # a schedule's time steps: no blocks, tables or statistics
+            return Context()
         facts["dim_blocks"] = dim_blocks(self.handle, space)
         windows = self.data.calibration
         if "sensitivity" in needs:

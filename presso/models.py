@@ -162,6 +162,12 @@ def _find_units(model: nn.Module, prefix: str) -> list[Unit]:
 
 def load_model(spec: str) -> ModelHandle:
     """Load a built-in model by name, a local Hugging Face folder, or a ``.gguf`` file."""
+    from presso.diffusion import is_diffusion_model
+
+    if is_diffusion_model(spec):  # a DiffusionModel, which stands in for a ModelHandle
+        from presso.diffusion._model import load_diffusion
+
+        return load_diffusion(spec)  # type: ignore[return-value]
     _quiet_transformers()
     if spec in BUILTIN_MODELS:
         return _load_builtin(spec)

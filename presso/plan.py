@@ -102,7 +102,9 @@ class Plan:
         """The kinds this plan uses (compresses a unit with, or drops a module by)."""
         used = []
         for k in _kinds().values():
-            if (k.per_unit and self.compressed(k.name)) or (not k.per_unit and self.dropped):
+            if (k.per_unit and self.compressed(k.name)) or (
+                not k.per_unit and k.dropped(self.dropped)
+            ):
                 used.append(k.name)
         return used
 

@@ -238,8 +238,11 @@ def check_extras(exp: Experiment) -> None:
     strategy. One line naming the extra to install (:class:`MissingExtraError`)."""
     import importlib.util
 
+    from presso.diffusion import is_diffusion_model, require
     from presso.errors import MissingExtraError
 
+    if is_diffusion_model(exp.model):
+        require(f"model {exp.model}")
     needs = []  # (package, extra, what needs it)
     if exp.runner.kind == "ray":
         needs.append(("ray", "ray", "runner.kind: ray"))

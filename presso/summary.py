@@ -253,7 +253,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
     ]
     rows = [(name, c.strategy, c.metrics, c.heldout) for name, c in cands.items()]
     if summary.dense:  # the reference every candidate is compared with
-        rows.insert(0, ("dense", "-", {}, {**summary.dense, summary.fitness: 0.0}))
+        # A divergence from the dense model is 0 there by definition; FID is measured.
+        own = {} if summary.fitness == "fid" else {summary.fitness: 0.0}
+        rows.insert(0, ("dense", "-", {}, {**summary.dense, **own}))
     for name, strategy, metrics, h in rows:
         ppl = f"{h['ppl']:.3f}" if "ppl" in h else "-"
         div_value = h.get(summary.fitness, float("nan"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from presso.search._autodiffusion import DDIM, AutoDiffusion
 from presso.search._base import (
     Context,
     OptionError,
@@ -26,7 +27,9 @@ from presso.search._surrogate import AdditiveSurrogate
 from presso.search._uniform import Uniform
 
 __all__ = [
+    "DDIM",
     "DP",
+    "AutoDiffusion",
     "AdditiveSurrogate",
     "UniformFill",
     "fill_uniform",

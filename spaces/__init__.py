@@ -13,12 +13,15 @@ from presso.spaces._sparsity import MeanSparsity, SparsityConfig, sparsity_dims,
 from presso.spaces._depth import DROPPED, KEPT, MinDropped, depth_dims, depth_space
 
 # isort: split
+from presso.spaces._steps import MaxSteps, ScheduleConfig, steps_dims
+
+# isort: split
 from presso.spaces._base import Budget, Config, Constraint, Dimension, SearchSpace
 from presso.spaces._kinds import KINDS, Kind, kind, unit_kinds
 from presso.spaces._latency import MaxLatency
 from presso.spaces._size import MaxParams, MaxSize
 
-#: The kinds' budget metrics (``mean_bits``, ``mean_sparsity``, ``dropped``).
+#: The kinds' budget metrics (``mean_bits``, ``mean_sparsity``, ``dropped``, ``steps``).
 KIND_BUDGETS = tuple(k.budget for k in KINDS.values())
 #: Every budget metric a candidate may have: the kinds', then the whole model's.
 BUDGET_METRICS = (*KIND_BUDGETS, MaxParams.metric, MaxSize.metric, MaxLatency.metric)
@@ -42,6 +45,8 @@ __all__ = [
     "MeanBits",
     "MeanSparsity",
     "MinDropped",
+    "MaxSteps",
+    "ScheduleConfig",
     "SearchSpace",
     "SparsityConfig",
     "bits_dims",
@@ -51,5 +56,6 @@ __all__ = [
     "kind",
     "sparsity_dims",
     "sparsity_space",
+    "steps_dims",
     "unit_kinds",
 ]

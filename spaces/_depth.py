@@ -110,11 +110,12 @@ class DepthKind(Kind):
     def refusal(self, plan: Any, fmt: str) -> str | None:
         from presso.errors import layer_list
 
-        if not plan.dropped:
+        dropped = self.dropped(plan.dropped)
+        if not dropped:
             return None
         return (
             f"--format {fmt} cannot drop layers, and this candidate drops "
-            f"{layer_list(plan.dropped)}; export the smaller model with --format pruned "
+            f"{layer_list(dropped)}; export the smaller model with --format pruned "
             "first, or choose another candidate"
         )
 

@@ -53,6 +53,9 @@ class Kind(ABC):
     settings: ClassVar[dict[str, str]] = {}
     timing_key: ClassVar[str] = ""
     colorscale: ClassVar[Any] = "Viridis"
+    #: The prefix of the targets a plan drops for a kind that removes (``timestep.``); None:
+    #: the modules no other kind's prefix names (depth's blocks and sublayers).
+    prefix: ClassVar[str | None] = None
 
     # ------------------------------------------------------------ the search space
 
@@ -98,18 +101,30 @@ class Kind(ABC):
         JSON form (a run stores its experiment as JSON)."""
         return {field: section.get(key) for field, key in self.settings.items()}
 
+    def dropped(self, targets: Sequence[str]) -> list[str]:
+        """The targets of a plan's dropped list that are this kind's (see :attr:`prefix`)."""
+        if self.prefix:
+            return [t for t in targets if t.startswith(self.prefix)]
+        others = [k.prefix for k in KINDS.values() if k.prefix]
+        return [t for t in targets if not any(t.startswith(p) for p in others)]
+
     def refusal(self, plan: Any, fmt: str) -> str | None:
         """Why export format ``fmt``, which cannot hold this kind, refuses ``plan`` (naming the
         layers), or None when the plan does not use the kind."""
         from presso.errors import layer_list
 
-        used = plan.compressed(self.name) if self.per_unit else dict.fromkeys(plan.dropped)
+        used = plan.compressed(self.name) if self.per_unit else self.dropped(plan.dropped)
         if not used:
             return None
         return (
             f"--format {fmt} cannot hold {self.name} levels, and this candidate sets them for "
             f"{layer_list(used)}; export it with --format plan, or choose another candidate"
         )
+
+    def show(self, targets: Sequence[str], values: Sequence[float]) -> str | None:
+        """How ``presso show`` prints the search's best levels of this kind (``targets`` and
+        ``values``: its dimensions'), or None for the per-layer grid."""
+        return None
 
     def realise(
         self, db: Any, unit: str, level: int, weight: torch.Tensor | None

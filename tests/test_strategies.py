@@ -58,6 +58,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "tpe": {"trials": 10, "batch": 4, "startup": 4},
     # One model-based proposal per run (after 3 completed trials): a GP fit takes ~1 s.
     "gp": {"trials": 5, "batch": 4, "startup": 3},
+    "autodiffusion": {"generations": 4, "offspring": 6, "stages": ((64, 3), (256, 1))},
 }
 #: The space kinds a strategy applies to; the contract suite skips the others. A strategy not
 #: listed is held to bits spaces only.
@@ -73,6 +74,8 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "nsga2": KINDS,
     "tpe": KINDS,
     "gp": KINDS,
+    "autodiffusion": ("steps",),
+    "ddim": ("steps",),
 }
 #: Strategies that need a Context (the synthetic one below).
 NEEDS_CONTEXT = {"error-greedy", "owl", "shortgpt", "dp", "evopress"}
@@ -93,6 +96,11 @@ def contract_space(kind: str, slack: bool = False) -> SearchSpace:
     units = [(f"layer{i}.{g}", shape) for i in range(6) for g, shape in enumerate(SHAPES)]
     if kind == "sparsity":
         return sparsity_space(units, (70, 60, 50, 40, 0), 45.0 if slack else 50.0)
+    if kind == "steps":  # a diffusion schedule: 4 (5) of 20 (30) candidate time steps
+        from presso.spaces import MaxSteps, steps_dims
+
+        n = 30 if slack else 20
+        return SearchSpace(steps_dims(range(999, 0, -(1000 // n))), [MaxSteps(5 if slack else 4)])
     if not slack:
         return depth_space([(f"layer{i}", 4096) for i in range(6)], 2)
     sublayers = [(f"layer{i}.{part}", 4096) for i in range(6) for part in ("self_attn", "mlp")]
@@ -100,7 +108,9 @@ def contract_space(kind: str, slack: bool = False) -> SearchSpace:
 
 
 def block_of(dim: Dimension) -> int:
-    """The block index in a ``layer{i}...`` dimension name."""
+    """The block index in a ``layer{i}...`` dimension name (0: a time step, of the schedule)."""
+    if not dim.name.startswith("layer"):
+        return 0
     return int(dim.name.split(".")[0].removeprefix("layer"))
 
 

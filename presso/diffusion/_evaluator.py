@@ -1,0 +1,99 @@
+"""Score sampling schedules of a diffusion model: FID (and KID) of the images DDIM makes
+with a candidate's time steps, against real images.
+
+A request's ``tokens`` is its sample size in images (EvoPress's staged selection: few images
+first, more for the survivors); its ``sample_seed`` draws the starting noise, so every
+candidate of a stage is scored on the same draws. Search scores compare with the training
+digits; held-out scores use other noise and the held-out digits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from presso.evaluation import Request, Result
+
+if TYPE_CHECKING:
+    import torch
+
+    from presso.diffusion._model import DiffusionModel
+    from presso.plan import Plan
+
+#: Where the held-out noise is drawn from (apart from every search draw's seed).
+HELDOUT_SEED = 0x5EED_0F_4E1D
+
+
+def schedule_of(plan: Plan, grid: Sequence[int]) -> list[int]:
+    """The time steps ``plan`` keeps of ``grid`` (descending): a plan drops the others as
+    ``timestep.T`` targets (see presso.spaces._steps)."""
+    dropped = set(plan.dropped)
+    return [t for t in grid if f"timestep.{t}" not in dropped]
+
+
+class DiffusionEvaluator:
+    """Scores configurations of ``space`` (a steps space) for one diffusion model.
+
+    real: the real images search requests compare with; heldout_real: held-out ones.
+    pool: images a request with ``tokens=None`` generates (the largest sample);
+    heldout_images: images generated for a held-out score; seed: the data seed.
+    """
+
+    fitness_metric = "fid"
+    heldout_metrics = ("fid", "kid")
+
+    def __init__(
+        self,
+        model: DiffusionModel,
+        space: Any,
+        grid: Sequence[int],
+        real: torch.Tensor,
+        heldout_real: torch.Tensor,
+        *,
+        pool: int,
+        heldout_images: int,
+        seed: int = 0,
+        batch_size: int = 256,
+    ) -> None:
+        from presso.diffusion._fid import FIDScorer
+
+        self.model, self.space, self.grid = model, space, list(grid)
+        self.pool, self.heldout_images, self.seed = pool, heldout_images, seed
+        self.batch_size = batch_size
+        self._search = FIDScorer(model.features, real)
+        self._heldout = FIDScorer(model.features, heldout_real)
+
+    def schedule(self, config: Any) -> list[int]:
+        return schedule_of(self.space.plan(config), self.grid)
+
+    def images(self, timesteps: Sequence[int], n: int, seed: int) -> torch.Tensor:
+        """``n`` images sampled over ``timesteps`` from the noise of ``seed``."""
+        from presso.diffusion._sample import sample, seeded_noise
+
+        noise = seeded_noise(seed, n, self.model.shape)
+        m = self.model
+        return sample(m.unet, m.scheduler, timesteps, noise, batch_size=self.batch_size)
+
+    def evaluate(self, request: Request) -> Result:
+        start = time.perf_counter()
+        try:
+            timesteps = self.schedule(request.config)
+            n = self.pool if request.tokens is None else min(request.tokens, self.pool)
+            scores = self._search(self.images(timesteps, n, request.sample_seed))
+        except Exception as err:  # failure is data: the run goes on
+            return Result(None, error=f"{type(err).__name__}: {err}")
+        metrics = {**scores, "images": float(n)}
+        return Result(scores["fid"], metrics, seconds=time.perf_counter() - start)
+
+    def heldout(self, config: Any) -> dict[str, float]:
+        return self.heldout_schedule(self.schedule(config))
+
+    def heldout_schedule(self, timesteps: Sequence[int]) -> dict[str, float]:
+        """Held-out FID and KID of a schedule (images from the held-out noise)."""
+        images = self.images(timesteps, self.heldout_images, self.seed + HELDOUT_SEED)
+        return self._heldout(images)
+
+    def heldout_dense(self) -> dict[str, float]:
+        """The model with every candidate time step (the slowest schedule the space has)."""
+        return self.heldout_schedule(self.grid)
