@@ -112,6 +112,13 @@ class OnnxRuntimeProfiler(Profiler):
 
         return weight
 
+    def runtime_options(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "threads": self.threads or 1,
+            "accuracy_level": self.accuracy_level,
+        }
+
     def versions(self) -> dict[str, str]:
         return {**super().versions(), "accuracy_level": str(self.accuracy_level)}
 
