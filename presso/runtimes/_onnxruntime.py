@@ -79,21 +79,42 @@ def build(
     threads: int | None = 1,
     kv_cache: bool = True,
     accuracy_level: int = 0,
+    path: str | Path | None = None,
 ) -> OrtRuntime:
     """``plan`` written as an ONNX graph of ``handle``'s model (weights from ``levels``) and
-    opened in a session on ``device`` with ``threads`` intra-op threads."""
-    from presso.onnx_model import build_onnx, make_session
+    opened in a session on ``device`` with ``threads`` intra-op threads. ``path``: where the
+    graph is written, to be opened again with :func:`load` (None: a temporary file)."""
+    from presso.onnx_model import build_onnx
 
     dropped_modules(handle, plan)  # refuses a name that is no block or sublayer
     with tempfile.TemporaryDirectory(prefix="presso-runtime-") as tmp:
-        path = build_onnx(
+        written = build_onnx(
             handle,
             plan,
-            Path(tmp) / "model.onnx",
+            Path(path) if path is not None else Path(tmp) / "model.onnx",
             weights=levels.quantized,
             sparse=levels.sparse,
             kv_cache=kv_cache and handle.kind == "causal-lm",
             accuracy_level=accuracy_level,
         )
-        session = make_session(path, threads=threads, device=device)
-    return OrtRuntime(session, handle.kind, dropped=list(plan.dropped))
+        return load(written, handle.kind, device=device, threads=threads)
+
+
+def load(
+    path: str | Path, kind: str, *, device: str = "cpu", threads: int | None = 1
+) -> OrtRuntime:
+    """The runtime of a graph :func:`build` wrote (its facts from the graph's metadata)."""
+    import json
+
+    import onnx
+
+    from presso.onnx_model import make_session
+
+    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    session = make_session(path, threads=threads, device=device)
+    return OrtRuntime(
+        session,
+        kind,
+        dropped=json.loads(meta.get("presso.dropped", "[]")),
+        units=json.loads(meta.get("presso.units", "{}")),
+    )
