@@ -156,3 +156,16 @@ def test_triton_without_a_gpu_names_the_flag(handle) -> None:  # noqa: ANN001
         pytest.skip("a GPU or the interpreter is here")
     with pytest.raises(PressoError, match="--device cuda"):
         build("triton", handle, _plan(handle), device="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_on_a_gpu_equals_full_forwards(handle, expected) -> None:  # noqa: ANN001
+    pytest.importorskip("triton")
+    tokens, logits = expected
+    runtime = build("triton", handle, _plan(handle), device="cuda")
+    # An fp16 model on the GPU: the logits close to the fp32 reference's, the cache consistent.
+    decoded = _decoded(runtime, handle, tokens).cpu()
+    torch.testing.assert_close(decoded, logits, atol=5e-2, rtol=0)
+    full = runtime.forward(torch.tensor([tokens])).float().cpu()
+    assert full.isfinite().all()
