@@ -21,7 +21,7 @@ from presso.runtimes._base import (
     available,
     build,
     greedy,
-    runtime_class,
+    runtime_module,
 )
 
 __all__ = [
@@ -32,5 +32,5 @@ __all__ = [
     "available",
     "build",
     "greedy",
-    "runtime_class",
+    "runtime_module",
 ]

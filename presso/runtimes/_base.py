@@ -204,11 +204,11 @@ class ModuleRuntime:
 
 def greedy(runtime: Runtime, ids: torch.Tensor, max_new_tokens: int) -> list[int]:
     """Greedy decoding of one sequence on ``runtime`` with its KV cache: the new tokens."""
+    import torch
+
     logits = runtime.start(ids)
     tokens = [int(logits[0].argmax())]
     for _ in range(max_new_tokens - 1):
-        import torch
-
         logits = runtime.step(torch.tensor([[tokens[-1]]]))
         tokens.append(int(logits[0].argmax()))
     return tokens
@@ -238,8 +238,8 @@ def available() -> list[str]:
     return RUNTIMES.available()
 
 
-def runtime_class(backend: str) -> Any:
-    """The module that builds ``backend``'s runtime (its ``build`` and ``check``); a missing
+def runtime_module(backend: str) -> Any:
+    """The module that builds ``backend``'s runtime (its ``build``); a missing
     optional package is a MissingExtraError naming the extra."""
     import importlib.util
 
@@ -258,7 +258,7 @@ def build(
     """``plan`` built on ``backend`` for ``handle``'s model, weights from ``levels`` (see
     :class:`Levels`); ``options`` are the backend's (device, packed dtype, kernels…).
     ``handle.model`` is not modified."""
-    module = runtime_class(backend)
+    module = runtime_module(backend)
     _ = plan.group_size  # refuses a plan whose units mix group sizes
     check_plan(handle, plan)
     return module.build(handle, plan, Levels.of(levels), **options)
