@@ -169,3 +169,18 @@ def test_triton_on_a_gpu_equals_full_forwards(handle, expected) -> None:  # noqa
     torch.testing.assert_close(decoded, logits, atol=5e-2, rtol=0)
     full = runtime.forward(torch.tensor([tokens])).float().cpu()
     assert full.isfinite().all()
+
+
+def test_tvm_kernels_get_aligned_tensors() -> None:
+    # TVM's kernels assume 64-byte aligned data; weights mapped from a safetensors file may sit
+    # anywhere (SmolLM2's did, and crashed the process).
+    pytest.importorskip("tvm")
+    from presso.runtimes._tvm import ALIGNMENT, aligned
+
+    buffer = torch.randn(64 * 64 + 16)
+    weight = buffer[10 : 10 + 64 * 64].view(64, 64)
+    assert weight.data_ptr() % ALIGNMENT
+    assert aligned(weight).data_ptr() % ALIGNMENT == 0
+    assert torch.equal(aligned(weight), weight)
+    ok = torch.randn(8, 8)
+    assert aligned(ok) is ok

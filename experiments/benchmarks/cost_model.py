@@ -166,8 +166,9 @@ def main() -> None:
             "rows": result.rows,
             "structure": lookup.describe(),
         }
-    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nwrote {args.out}")
+        # After each backend: a later one that fails (or is killed) keeps the earlier results.
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+        print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,19 @@ def untuned_kernels() -> KernelSource:
     return kernel
 
 
+#: Bytes TVM's compiled kernels assume a tensor's data is aligned to (DLPack hands them the
+#: pointer as is; an unaligned one crashed the process).
+ALIGNMENT = 64
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, contiguous and with its data at an ALIGNMENT-byte boundary (torch allocates so;
+    a tensor read from a safetensors file maps it at any offset: SmolLM2's weights sit 40
+    bytes past one)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % ALIGNMENT == 0 else t.clone()
+
+
 @functools.cache
 def _tvm_linear() -> type:
     """The nn.Module class that runs one Linear with a TVM kernel (built on first use: torch is
@@ -98,7 +111,7 @@ def _tvm_linear() -> type:
             gemm = self.kernels(
                 bucket, self.out_features, self.in_features, self.carrier, self.group_size
             )
-            y = gemm(rows.contiguous(), *self.weights)[:m].view(*x.shape[:-1], self.out_features)
+            y = gemm(aligned(rows), *self.weights)[:m].view(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
 
         def extra_repr(self) -> str:
@@ -122,10 +135,10 @@ def _unit_module(
     if weight is None:
         weight = handle.dense_weight(name)
     if carrier == DENSE_BITS:
-        tensors, group = [weight.detach().float().contiguous()], None
+        tensors, group = [aligned(weight.detach().float())], None
     else:
         codes = pack_int4(weight.codes) if carrier == 4 else weight.codes.contiguous()
-        tensors = [codes, weight.scales.contiguous(), weight.zeros.contiguous()]
+        tensors = [aligned(codes), aligned(weight.scales), aligned(weight.zeros)]
         group = weight.spec.group_size
     shape = tuple(linear.weight.shape)
     return _tvm_linear()(tensors, linear.bias, shape, bits, group, kernels)
