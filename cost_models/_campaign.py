@@ -20,7 +20,8 @@ import numpy as np
 from presso.errors import MissingExtraError, PressoError
 from presso.paths import digest
 from presso.profilers import LinearOp, Measurement, ProfileDatabase, Profiler, Workload
-from presso.profilers._base import DENSE_BITS, levels_plan, unit_levels
+from presso.profilers._base import DENSE_BITS, levels_plan
+from presso.runtimes._base import unit_levels
 
 if TYPE_CHECKING:
     from presso.plan import Plan

@@ -30,7 +30,8 @@ import numpy as np
 
 from presso.cost_models._base import CostModel
 from presso.errors import PressoError
-from presso.profilers._base import DENSE_BITS, LinearOp, Workload, unit_levels
+from presso.profilers._base import DENSE_BITS, LinearOp, Workload
+from presso.runtimes._base import unit_levels
 
 if TYPE_CHECKING:
     from presso.plan import Plan

@@ -25,6 +25,7 @@ import numpy as np
 from presso.checksum import check, verify, write_sealed
 from presso.evaluation import Request, Result, fitness_metric, heldout_metrics
 from presso.paths import digest
+from presso.runtimes._skip import set_forward, skip_forward
 from presso.spaces import KINDS
 
 if TYPE_CHECKING:
@@ -290,39 +291,13 @@ class Evaluator:
 
     def _skip_for(self, target: str) -> Any:
         """A forward that makes module ``target`` (a block, its attention or its MLP) a no-op
-        on the residual stream: a block passes its input through, a sublayer adds zero."""
-        if target in self.handle.block_names():
-            tuple_output = self._tuple_output
-
-            def skip_block(*args: Any, **kwargs: Any) -> Any:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                return (hidden,) if tuple_output else hidden
-
-            return skip_block
-        if target.endswith("self_attn"):
-
-            def skip_attention(*args: Any, **kwargs: Any) -> Any:
-                import torch
-
-                hidden = args[0] if args else kwargs["hidden_states"]
-                return torch.zeros_like(hidden), None
-
-            return skip_attention
-
-        def skip_mlp(x: Any, *args: Any, **kwargs: Any) -> Any:
-            import torch
-
-            return torch.zeros_like(x)
-
-        return skip_mlp
+        on the residual stream (the runtimes' one implementation of skipping)."""
+        return skip_forward(self.handle, target, tuple_output=self._tuple_output)
 
     @staticmethod
     def _set_forward(module: Any, forward: Any) -> None:
         """Override a module's forward (instance attribute), or restore its own with None."""
-        if forward is None:
-            module.__dict__.pop("forward", None)
-        else:
-            module.forward = forward
+        set_forward(module, forward)
 
     def _block_returns_tuple(self) -> bool:
         """Whether this architecture's blocks return a tuple (BERT) or a tensor (Llama)."""

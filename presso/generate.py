@@ -1,8 +1,9 @@
 """Run a chosen candidate on a backend for real: greedy generation, and tokens per second.
 
 The candidate is assembled with the run's own compressed weights (its GPTQ levels), on the
-backend's kernels: torch's packed int4/int8 matmuls, TVM's tuned kernels, Triton's on a
-GPU, or an ONNX Runtime graph with MatMulNBits. Prefill (the prompt in one forward) and
+backend's runtime (:mod:`presso.runtimes`): torch's packed int4/int8 matmuls, TVM's tuned
+kernels, Triton's (on a GPU, or on the CPU under ``TRITON_INTERPRET=1``), or an ONNX Runtime
+graph with MatMulNBits. Prefill (the prompt in one forward) and
 decode (one token at a time against the KV cache) are timed apart, as their costs differ.
 """
 
@@ -12,9 +13,9 @@ import time
 from typing import Any
 
 from presso.errors import PressoError
-from presso.models import cache_kwargs
 from presso.plan import Plan
 from presso.profilers import make_profiler
+from presso.runtimes import Levels, Runtime
 
 
 def generate(
@@ -42,20 +43,18 @@ def generate(
     ids = handle.tokenizer(prompt, return_tensors="pt").input_ids
     if ids.shape[1] == 0:
         raise PressoError("the prompt is empty; give some text with --prompt")
+    levels = Levels(
+        quantized=source.quantized,
+        sparse=lambda unit, pct: source.sparse(unit, pct).dequantize(),
+    )
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        if backend == "onnxruntime":
-            step = _onnx_stepper(source, handle, plan, threads, device)
-        elif hasattr(profiler, "assemble"):
-            model = profiler.assemble(handle, plan, weights=source.quantized)
-            step = _torch_stepper(model, device)
-        else:
-            raise PressoError(f"the {backend} backend cannot assemble a whole model yet")
+        runtime = profiler.build(handle, plan, levels)
         # Untimed first: one-time costs of the first prefill and decode step (TVM compiling or
         # tuning a kernel for a new row count, first-call allocations) are not throughput.
-        _greedy(step, ids, min(2, max_new_tokens))
-        tokens, prefill_s, decode_s = _greedy(step, ids, max_new_tokens)
+        _greedy(runtime, ids, min(2, max_new_tokens))
+        tokens, prefill_s, decode_s = _greedy(runtime, ids, max_new_tokens)
     finally:
         torch.set_num_threads(old)
     new = tokens[ids.shape[1] :]
@@ -69,68 +68,17 @@ def generate(
     }
 
 
-def _greedy(step: Any, ids: Any, max_new_tokens: int) -> tuple[list[int], float, float]:
-    """Prefill once (``first``: the stepper starts a fresh KV cache), then one token per step;
-    the tokens and the seconds of each phase."""
+def _greedy(runtime: Runtime, ids: Any, max_new_tokens: int) -> tuple[list[int], float, float]:
+    """Prefill once (a fresh KV cache), then one token per step; the tokens and the seconds of
+    each phase."""
+    import torch
+
     start = time.perf_counter()
-    logits = step(ids.tolist()[0], first=True)
+    logits = runtime.start(ids)
     prefill_s = time.perf_counter() - start
-    tokens = ids.tolist()[0] + [int(logits.argmax())]
+    tokens = ids.tolist()[0] + [int(logits[0].argmax())]
     start = time.perf_counter()
     for _ in range(max_new_tokens - 1):
-        logits = step([tokens[-1]], first=False)
-        tokens.append(int(logits.argmax()))
+        logits = runtime.step(torch.tensor([[tokens[-1]]]))
+        tokens.append(int(logits[0].argmax()))
     return tokens, prefill_s, time.perf_counter() - start
-
-
-def _torch_stepper(model: Any, device: str) -> Any:
-    import torch
-    from transformers import DynamicCache
-
-    keyword = next(iter(cache_kwargs(model, None)))  # once: not in every timed step
-    with_cache: dict[str, Any] = {}
-
-    def step(new: list[int], *, first: bool) -> Any:
-        if first:
-            with_cache[keyword] = DynamicCache()
-        ids = torch.tensor([new], device=device)
-        with torch.inference_mode():
-            out = model(input_ids=ids, use_cache=True, **with_cache)
-        return out.logits[0, -1].float().cpu()
-
-    return step
-
-
-def _onnx_stepper(source: Any, handle: Any, plan: Plan, threads: int, device: str) -> Any:
-    import tempfile
-    from pathlib import Path
-
-    import numpy as np
-
-    from presso.onnx_model import build_onnx, make_session
-
-    with tempfile.TemporaryDirectory(prefix="presso-generate-") as tmp:
-        path = build_onnx(
-            handle,
-            plan,
-            Path(tmp) / "model.onnx",
-            weights=source.quantized,
-            sparse=lambda unit, pct: source.sparse(unit, pct).dequantize(),
-            kv_cache=True,
-        )
-        session = make_session(path, threads=threads, device=device)
-    pasts = [a for a in session.get_inputs() if a.name.startswith("past_")]
-    empty = {a.name: np.zeros((1, a.shape[1], 0, a.shape[3]), dtype=np.float32) for a in pasts}
-    state: dict[str, Any] = {}
-    outputs = ["logits"] + [a.name.replace("past_", "present_") for a in pasts]
-
-    def step(new: list[int], *, first: bool) -> Any:
-        if first:
-            state.update(empty)
-        feed = {"input_ids": np.array([new], dtype=np.int64), **state}
-        logits, *presents = session.run(outputs, feed)
-        for a, value in zip(pasts, presents):
-            state[a.name] = value
-        return logits[0, -1]
-
-    return step

@@ -11,6 +11,7 @@ data, as in TVM's ``RunnerResult``.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -27,6 +28,7 @@ from presso.spaces._sparsity import SparsityKind
 
 if TYPE_CHECKING:
     from presso.plan import Plan
+    from presso.runtimes import Runtime
 
 #: The fewest timed runs of a measurement over weight copies (see Profiler._timed).
 MIN_RUNS = 5
@@ -127,11 +129,6 @@ class Measurement:
         return asdict(self)
 
 
-def unit_levels(plan: Plan, unit: str) -> tuple[int, int]:
-    """``unit``'s ``(bits, sparsity)`` in ``plan``: the level a backend's kernels run it at."""
-    return plan.level(unit, BitsKind.name), plan.level(unit, SparsityKind.name)
-
-
 def levels_plan(
     units: dict[str, tuple[int, int]] | None = None,
     dropped: tuple[str, ...] = (),
@@ -200,6 +197,51 @@ class Profiler(ABC):
             return Measurement(
                 self.name, op.key, workload.key, None, error=f"{type(err).__name__}: {err}"
             )
+
+    def runtime_options(self) -> dict[str, Any]:
+        """The options this profiler builds its backend's runtime with (its device, kernels…)."""
+        return {"device": self.device}
+
+    def build(self, handle: Any, plan: Plan, levels: Any = None) -> Runtime:
+        """``plan`` built on this backend's runtime as this profiler times it (see
+        :func:`presso.runtimes.build`; ``levels``: where compressed weights come from)."""
+        from presso.runtimes import build
+
+        return build(self.name, handle, plan, levels, **self.runtime_options())
+
+    def _time_runtime(
+        self,
+        runtime: Runtime,
+        vocab: int,
+        workload: Workload,
+        sync: Callable[[], Any] = lambda: None,
+        **detail: Any,
+    ) -> Measurement:
+        """Time one forward of ``runtime`` under ``workload`` on seeded token ids: prefill is
+        one forward of ``batch x seq_len`` tokens; decode one new token per sequence against
+        a KV cache of ``seq_len`` tokens, cropped back after each step so that every repeat
+        sees the same length."""
+        import torch
+
+        if runtime.kind != "causal-lm" and workload.phase == "decode":
+            raise PressoError(
+                f"the model is an {runtime.kind}: it has no decode phase; use a prefill workload"
+            )
+        gen = torch.Generator().manual_seed(SEED)
+        ids = torch.randint(vocab, (workload.batch, workload.seq_len), generator=gen)
+        ids = ids.to(getattr(runtime, "device", "cpu"))
+        run: Callable[[], Any]
+        if workload.phase == "prefill":
+            run = functools.partial(runtime.forward, ids)
+        else:
+            runtime.start(ids)
+            new = ids[:, -1:].contiguous()
+
+            def run() -> None:
+                runtime.step(new)
+                runtime.crop(workload.seq_len)
+
+        return self._timed(run, op="model", workload=workload, sync=sync, **detail)
 
     def measure_model(self, handle: Any, plan: Plan, workload: Workload) -> Measurement:
         """Assemble ``plan`` on this backend for real and time one full forward."""

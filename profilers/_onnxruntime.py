@@ -112,6 +112,13 @@ class OnnxRuntimeProfiler(Profiler):
 
         return weight
 
+    def runtime_options(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "threads": self.threads or 1,
+            "accuracy_level": self.accuracy_level,
+        }
+
     def versions(self) -> dict[str, str]:
         return {**super().versions(), "accuracy_level": str(self.accuracy_level)}
 
@@ -192,16 +199,14 @@ class OnnxRuntimeProfiler(Profiler):
     # ------------------------------------------------------------------ models
 
     def _time_model(self, handle: ModelHandle, plan: Plan, workload: Workload) -> Measurement:
-        import json
-
-        import onnx
-
-        from presso.onnx_model import build_onnx
+        from presso.runtimes._base import Levels
+        from presso.runtimes._onnxruntime import build, load
 
         decode = workload.phase == "decode"
         # The graph depends on the model, the assignment and whether it has a KV cache.
         name = digest([handle.identity, plan.digest(), decode])
         keep = self._kept is not None and (name in self._build_s or self._room_to_keep())
+        options = self.runtime_options()
         with contextlib.ExitStack() as stack:
             if keep:
                 folder = self._kept
@@ -213,27 +218,21 @@ class OnnxRuntimeProfiler(Profiler):
             build_s = self._build_s.get(name) if keep else None
             if build_s is None:
                 start = time.perf_counter()
-                build_onnx(
-                    handle,
-                    plan,
-                    path,
-                    weights=self._weights(handle, plan.group_size),
-                    kv_cache=decode,
-                    accuracy_level=self.accuracy_level,
-                )
+                levels = Levels(quantized=self._weights(handle, plan.group_size))
+                runtime = build(handle, plan, levels, **options, kv_cache=decode, path=path)
                 build_s = time.perf_counter() - start
                 if keep:
                     self._build_s[name] = build_s
-            units = json.loads(
-                {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}[
-                    "presso.units"
-                ]
-            )
-            session = self._session(path)
+            else:
+                runtime = load(path, handle.kind, device=self.device, threads=options["threads"])
+        # The session as the runtime built it, fed a seeded prompt (prefill) or one token per
+        # sequence against a seeded KV cache of seq_len tokens (decode): only the logits are
+        # fetched, as a deployment's sampler reads them.
+        session = runtime.session
         feed = _model_inputs(session, handle, workload)
         carried = {
             u: f["carrier_bits"]
-            for u, f in units.items()
+            for u, f in runtime.detail["units"].items()
             if f.get("carrier_bits", 0) != f.get("bits", 0)
         }
         return self._timed(

@@ -10,18 +10,18 @@ so calls are captured in a CUDA graph and replayed; the calls cycle through enou
 the weight to exceed twice the GPU's L2 cache, so each call streams its weight from memory
 as a layer of a real model does. Reported times are per call.
 
+A whole candidate is timed as :mod:`presso.runtimes._triton` builds it.
+
 Importing this module is light: torch and triton are imported when a profiler is made.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from presso.errors import PressoError
-from presso.models import cache_kwargs
 from presso.profilers._base import (
     DENSE_BITS,
     LinearOp,
@@ -29,7 +29,6 @@ from presso.profilers._base import (
     Profiler,
     Workload,
     register,
-    unit_levels,
 )
 
 if TYPE_CHECKING:
@@ -77,7 +76,11 @@ class TritonProfiler(Profiler):
         threads: int | None = None,
     ) -> None:
         super().__init__(device=device, warmup=warmup, repeats=repeats, threads=threads)
-        _cuda(device)
+        from presso.runtimes._triton import check_device
+
+        # A CUDA device; or the CPU under TRITON_INTERPRET=1, where models build and run (tests,
+        # generate) and timings fail as data: the interpreter's speed is no deployment's.
+        check_device(device)
 
     # ------------------------------------------------------------------ one layer
 
@@ -182,23 +185,11 @@ class TritonProfiler(Profiler):
 
     def _time_model(self, handle: Any, plan: Plan, workload: Workload) -> Measurement:
         torch = _cuda(self.device)
-        model, detail = _assemble(handle, plan, self.device)
-        vocab = getattr(model.config, "vocab_size", 1000)
-        shape = (workload.batch, workload.seq_len)
-        ids = torch.randint(0, vocab, shape, device=self.device)
-        with torch.no_grad():
-            if workload.phase == "prefill":
-                run = _prefill(model, ids, handle.kind)
-            else:
-                if handle.kind != "causal-lm":
-                    raise PressoError(
-                        f"model {handle.name} is an encoder: decode latency needs a causal LM; "
-                        "measure phase 'prefill' instead"
-                    )
-                run = _decode_step(model, ids)
-            return self._timed(
-                run, op="model", workload=workload, sync=torch.cuda.synchronize, **detail
-            )
+        runtime = self.build(handle, plan)
+        vocab = getattr(handle.model.config, "vocab_size", 1000)
+        return self._time_runtime(
+            runtime, vocab, workload, sync=torch.cuda.synchronize, **runtime.detail
+        )
 
 
 def _clone(weight: Any) -> Any:
@@ -213,95 +204,3 @@ def _clone(weight: Any) -> Any:
             weight.group_size,
         )
     return weight.clone()
-
-
-def _prefill(model: Any, ids: Any, kind: str) -> Callable[[], Any]:
-    import torch
-
-    if kind == "causal-lm":
-        return lambda: model(input_ids=ids, use_cache=False)
-    mask = torch.ones_like(ids)
-    return lambda: model(input_ids=ids, attention_mask=mask)
-
-
-def _decode_step(model: Any, ids: Any) -> Callable[[], Any]:
-    """One new token per sequence against a KV cache of ``ids.shape[1]`` tokens; the cache is
-    cropped back after every step, so every timed step sees the same cache length."""
-    cache = model(input_ids=ids, use_cache=True).past_key_values
-    step, with_cache = ids[:, -1:].contiguous(), cache_kwargs(model, cache)
-
-    def run() -> None:
-        model(input_ids=step, use_cache=True, **with_cache)
-        cache.crop(-1)
-
-    return run
-
-
-def _assemble(handle: Any, plan: Plan, device: str) -> tuple[Any, dict[str, Any]]:
-    """An fp16 copy of ``handle``'s model on ``device`` with each assigned unit packed and run
-    by the Triton kernel, and the dropped blocks or sublayers removed or skipped."""
-    import torch
-
-    from presso.compress import QuantSpec, quantize_rtn
-    from presso.kernels._packing import pack
-    from presso.kernels._triton_gemm import WQLinear
-
-    unknown = sorted(set(plan.units) - set(handle.unit_names))
-    if unknown:
-        raise PressoError(f"the plan names units the model lacks: {unknown[:3]}")
-    model = copy.deepcopy(handle.model)
-    for name in handle.unit_names:  # the dense weights, whatever the handle holds now
-        model.get_submodule(name).weight.data = handle.dense_weight(name).clone()
-    model = model.to(device=device, dtype=torch.float16).eval()
-    packed_units, sparse_units = 0, 0
-    for name in plan.units:
-        bits, sparsity = unit_levels(plan, name)
-        sparse_units += sparsity > 0
-        if bits >= DENSE_BITS:
-            continue
-        linear = model.get_submodule(name)
-        k = linear.in_features
-        group = plan.group_size
-        if group is not None and k % group:
-            raise PressoError(
-                f"{name}: group_size {group} does not divide in_features {k}; "
-                "choose a group size that divides every layer's inputs"
-            )
-        qw = quantize_rtn(linear.weight.data.float(), QuantSpec(bits=bits, group_size=group))
-        bias = None if linear.bias is None else linear.bias.data
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, WQLinear(pack(qw), bias))
-        packed_units += 1
-    _drop(model, handle, plan.dropped)
-    detail: dict[str, Any] = {
-        "kernel": "presso triton wq_matmul (packed units), cuBLAS fp16 (the rest)",
-        "packed_units": packed_units,
-        "dropped": len(plan.dropped),
-    }
-    if sparse_units:
-        detail["sparsity"] = f"not exploited: {sparse_units} sparse units run at full shape"
-    return model, detail
-
-
-def _drop(model: Any, handle: Any, dropped: tuple[str, ...]) -> None:
-    """Skip dropped sublayers (attention adds zero; an MLP adds zero), then remove dropped
-    blocks for real (a shorter model)."""
-    import torch
-
-    from presso.surgery import drop_blocks
-
-    blocks = set(handle.block_names())
-    for name in dropped:
-        if name in blocks:
-            continue
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise PressoError(f"dropped module {name!r} is not in the model") from None
-        if name.endswith("attn"):
-            module.forward = lambda hidden_states, *a, **kw: (torch.zeros_like(hidden_states), None)
-        else:
-            module.forward = lambda x, *a, **kw: torch.zeros_like(x)
-    indices = [handle.block_of(name) for name in dropped if name in blocks]
-    if indices:
-        drop_blocks(model, handle.blocks_prefix, indices)

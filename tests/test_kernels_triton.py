@@ -409,23 +409,27 @@ def test_profiler_times_a_model_on_gpu() -> None:
         assert m.ok, m.error
 
 
-def test_model_assembly_packs_units_and_drops_blocks() -> None:
-    # The part of measure_model that needs no GPU: which modules become packed layers.
-    from presso.kernels._triton_gemm import WQLinear
+def test_model_build_packs_units_and_drops_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The part of measure_model that needs no GPU: which modules become packed layers (built
+    # on the CPU, as under the interpreter; nothing runs here).
     from presso.models import load_model
     from presso.profilers import levels_plan
-    from presso.profilers._triton import _assemble
+    from presso.runtimes import build
+    from presso.runtimes._triton import _triton_linear
 
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     handle = load_model("tiny-llama")
     names = handle.unit_names
     units = {names[0]: (4, 0), names[1]: (3, 50), names[2]: (16, 0)}
     dropped = (handle.block_names()[3], f"{handle.block_names()[1]}.mlp")
-    model, detail = _assemble(handle, levels_plan(units, dropped, group_size=32), "cpu")
-    assert isinstance(model.get_submodule(names[0]), WQLinear)
+    runtime = build("triton", handle, levels_plan(units, dropped, group_size=32), device="cpu")
+    model, detail = runtime.model, runtime.detail
+    linear = _triton_linear()
+    assert isinstance(model.get_submodule(names[0]), linear)
     assert model.get_submodule(names[1]).packed.bits == 3
-    assert not isinstance(model.get_submodule(names[2]), WQLinear)
+    assert not isinstance(model.get_submodule(names[2]), linear)
     assert len(handle.blocks) == 4 and model.config.num_hidden_layers == 3
     assert detail["packed_units"] == 2 and "not exploited" in detail["sparsity"]
     assert isinstance(handle.model.get_submodule(names[0]), torch.nn.Linear)  # handle untouched
     with pytest.raises(PressoError, match="does not divide"):
-        _assemble(handle, levels_plan(units, group_size=48), "cpu")
+        build("triton", handle, levels_plan(units, group_size=48), device="cpu")

@@ -27,6 +27,7 @@ FOLDERS = {
 PACKAGES = (
     "presso.export",
     "presso.compress",
+    "presso.runtimes",
     "presso.spaces",
     "presso.search",
     "presso.cost_models",

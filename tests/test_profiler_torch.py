@@ -1,5 +1,5 @@
 """The torch eager profiler: real packed kernels per level, failures as data, whole candidates
-assembled for real (packed units, CSR units, blocks removed) and timed in prefill and decode."""
+built by the torch runtime (packed units, CSR units, blocks removed) and timed in prefill and decode."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from presso.evaluator import Evaluator
 from presso.models import cache_kwargs, load_model
 from presso.plan import Plan
 from presso.profilers import LinearOp, Profiler, Workload, levels_plan, make_profiler
-from presso.profilers._torch import PackedLinear, TorchProfiler, quantized_level
+from presso.profilers._torch import TorchProfiler, quantized_level
+from presso.runtimes._torch import PackedLinear
 
 PREFILL = Workload(batch=1, seq_len=8, phase="prefill")
 DECODE = Workload(batch=2, seq_len=16, phase="decode")
@@ -183,9 +184,7 @@ def test_assembled_model_matches_the_evaluators_candidate(profiler, exact_profil
     ids = torch.randint(1000, (2, 12), generator=torch.Generator().manual_seed(3))
     logits = {}
     for name, p in (("exact", exact_profiler), ("fast", profiler)):
-        model = p.assemble(
-            handle, assignment, weights=lambda unit, bits: qws[unit], sparse_kernel="csr"
-        )
+        model = p.build(handle, assignment, lambda unit, bits: qws[unit]).model
         assert len(model.model.layers) == len(handle.blocks) - 1
         with torch.no_grad():
             logits[name] = model(input_ids=ids, use_cache=False).logits
@@ -210,7 +209,7 @@ def test_assemble_leaves_the_handles_model_untouched(profiler, handle) -> None:
     assignment, _ = _levels(handle)
     before = {k: v.clone() for k, v in handle.model.state_dict().items()}
     types_before = [type(m) for m in handle.model.modules()]
-    profiler.assemble(handle, assignment)
+    profiler.build(handle, assignment)
     assert [type(m) for m in handle.model.modules()] == types_before
     assert handle.model.config.num_hidden_layers == len(handle.blocks) == 4
     after = handle.model.state_dict()
@@ -221,7 +220,7 @@ def test_unassigned_units_are_dense_whatever_the_handle_holds(profiler, handle) 
     name = handle.unit_names[3]
     handle.set_weight(name, torch.zeros_like(handle.dense_weight(name)))
     try:
-        model = profiler.assemble(handle, levels_plan())
+        model = profiler.build(handle, levels_plan()).model
     finally:
         handle.restore_dense()
     assert torch.equal(model.get_submodule(name).weight, handle.dense_weight(name))
@@ -234,7 +233,7 @@ def test_decode_with_dropped_attention_matches_a_full_prefill(exact_profiler, ha
         dropped=("model.layers.0.self_attn", "model.layers.1.mlp", BLOCK),
         group_size=32,
     )
-    model = exact_profiler.assemble(handle, assignment)
+    model = exact_profiler.build(handle, assignment).model
     ids = torch.randint(1000, (2, 9), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits[:, -1]

@@ -83,7 +83,7 @@ def test_profiler_tunes_once_per_database(tmp_path: Path) -> None:
 
 
 def test_assembled_dense_model_matches_torch(profiler, tiny) -> None:
-    model = profiler.assemble(tiny, levels_plan(group_size=16))
+    model = profiler.build(tiny, levels_plan(group_size=16)).model
     ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = model(input_ids=ids, use_cache=False).logits
@@ -94,7 +94,7 @@ def test_assembled_quantized_model_matches_fake_quantized_torch(profiler, tiny) 
     from presso.compress._quant import QuantSpec, quantize_rtn
 
     levels = {tiny.unit_names[0]: (4, 0), tiny.unit_names[1]: (8, 0), tiny.unit_names[5]: (3, 0)}
-    model = profiler.assemble(tiny, levels_plan(units=levels, group_size=16))
+    model = profiler.build(tiny, levels_plan(units=levels, group_size=16)).model
     ids = torch.randint(0, 1000, (2, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got = model(input_ids=ids, use_cache=False).logits

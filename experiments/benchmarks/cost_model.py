@@ -1,6 +1,7 @@
 """Benchmark: latency cost models on SmolLM2-135M, per backend, measured in one run.
 
-For each backend (default: ONNX Runtime CPU and torch eager CPU):
+For each backend (default: every CPU runtime — ONNX Runtime, torch eager and TVM, whose kernels
+are tuned with meta_schedule, ``--tvm-trials`` per kernel shape):
 1. profiling time — every distinct layer shape at every bit width, plus the model's structure;
 2. is latency monotone in bits? per layer shape, and end to end for uniform models;
 3. prediction error on held-out random candidates (each with its own mix of per-layer bits,
@@ -8,8 +9,9 @@ For each backend (default: ONNX Runtime CPU and torch eager CPU):
    the timing table (lookup, with the learned model for gaps), the learned model alone, and
    the learned model fitted with every 3-bit measurement held out (how well it prices a level it never saw).
 
-    .venv/bin/python experiments/benchmarks/cost_model.py [--backends onnxruntime torch]
+    .venv/bin/python experiments/benchmarks/cost_model.py [--backends onnxruntime torch tvm]
         [--candidates 16] [--max-dropped 3] [--workload b1-s128-decode] [--repeats 15] [--threads 1]
+        [--tvm-trials 16]
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def per_shape(db: ProfileDatabase, profiler, handle, workload: Workload, group: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"])
+    parser.add_argument("--backends", nargs="+", default=["onnxruntime", "torch", "tvm"])
+    parser.add_argument("--tvm-trials", type=int, default=16, help="tuning trials per kernel")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--max-dropped", type=int, default=3)
     parser.add_argument("--workload", default="b1-s128-decode")
@@ -82,7 +85,10 @@ def main() -> None:
     group = args.group_size
     results = {}
     for backend in args.backends:
-        profiler = make_profiler(backend, threads=args.threads, repeats=args.repeats, warmup=3)
+        options = {"trials": args.tvm_trials} if backend == "tvm" else {}
+        profiler = make_profiler(
+            backend, threads=args.threads, repeats=args.repeats, warmup=3, **options
+        )
         start = time.perf_counter()
         report = profile_model(handle, profiler, db, [workload], unit_ops(handle, BITS, [0], group))
         profile_s = time.perf_counter() - start
@@ -160,8 +166,9 @@ def main() -> None:
             "rows": result.rows,
             "structure": lookup.describe(),
         }
-    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nwrote {args.out}")
+        # After each backend: a later one that fails (or is killed) keeps the earlier results.
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+        print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":
