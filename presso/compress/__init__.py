@@ -4,6 +4,8 @@
 (``kind == "bits"``); its ``compress`` returns a :class:`QuantizedWeight` (uint8 codes, per-group
 float32 scales and zeros). ``make_operator("sparsegpt", pattern="2:4")`` gives one whose levels are
 sparsity percent (``kind == "sparsity"``); its ``compress`` returns a :class:`SparseWeight`.
+``obs_prune_channels`` / ``obs_prune_heads`` remove whole FFN channels or attention heads with
+ZipLM's OBS update and return a :class:`StructuredWeight` (a smaller weight and the kept indices).
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from presso.compress._sparse import (
     sparsegpt_prune,
     wanda_prune,
 )
+from presso.compress._structured import (
+    StructuredWeight,
+    obs_prune_channels,
+    obs_prune_heads,
+    obs_prune_structures,
+    structure_columns,
+)
 
 __all__ = [
     "Compressed",
@@ -34,12 +43,17 @@ __all__ = [
     "QuantizedWeight",
     "Quantizer",
     "SparseWeight",
+    "StructuredWeight",
     "gptq_quantize",
     "hessian_hooks",
     "magnitude_prune",
     "make_operator",
+    "obs_prune_channels",
+    "obs_prune_heads",
+    "obs_prune_structures",
     "quantize_rtn",
     "relative_output_error",
     "sparsegpt_prune",
+    "structure_columns",
     "wanda_prune",
 ]
