@@ -8,12 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +19,8 @@ import yaml
 
 from presso.cli import main
 from presso.config import Experiment
+from presso.errors import MissingExtraError
+from presso.search._cluster import ray_command, two_node_cluster
 from presso.store import ResultsStore
 
 from .conftest import tiny_experiment
@@ -58,82 +55,17 @@ def test_a_killed_worker_is_replaced_and_its_request_evaluated_again(ray_session
         pool.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A head node with no CPUs for work and a worker node with two, each its own process
-    group, temp dir and presso cache; stopped afterwards (only these: never `ray stop`, which
-    would stop every Ray instance on the machine)."""
-    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    if not Path(ray_bin).exists():
-        pytest.skip("no `ray` command: pip install 'presso[ray]'")
-    port = _free_port()
-    # Ray's socket paths must stay short: temp dirs directly under /tmp.
-    temps = [Path(tempfile.mkdtemp(prefix=p, dir="/tmp")) for p in ("rh", "rn")]
-    caches = {"head": tmp_path / "head-cache", "node": tmp_path / "node-cache"}
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    # Set by a local Ray instance presso started earlier in the session: it keeps Ray to one
-    # node, so a worker node inheriting it would never join the cluster.
-    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    address = f"127.0.0.1:{port}"
-    common = ["start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
-    nodes = [
-        [
-            ray_bin,
-            *common,
-            "--head",
-            f"--port={port}",
-            "--num-cpus=0",
-            "--include-dashboard=false",
-            f"--temp-dir={temps[0]}",
-        ],
-        [ray_bin, *common, f"--address={address}", "--num-cpus=2", f"--temp-dir={temps[1]}"],
-    ]
-    procs: list[subprocess.Popen] = []
+    """A head node with no CPUs for work and a worker node with two, each with its own temp
+    dir and presso cache (see presso.search._cluster)."""
     try:
-        for argv, cache in zip(nodes, caches.values()):
-            procs.append(
-                subprocess.Popen(
-                    argv,
-                    env={**env, "PRESSO_CACHE": str(cache)},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-            if len(procs) == 1:
-                _wait_for_port(port, procs[0])
+        ray_command()
+    except MissingExtraError as err:
+        pytest.skip(str(err))
+    caches = {"head": tmp_path / "head-cache", "node": tmp_path / "node-cache"}
+    with two_node_cluster((caches["head"], caches["node"]), cpus=2) as address:
         yield {"address": address, "caches": caches}
-    finally:
-        with contextlib.suppress(Exception):
-            import ray
-
-            ray.shutdown()
-        for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        for d in temps:
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        assert proc.poll() is None, "the head node exited"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"the head node does not listen on {port}")
 
 
 def _wait_for_cpus(ray: Any, cpus: int, timeout_s: float = 120) -> None:

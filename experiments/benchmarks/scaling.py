@@ -26,14 +26,9 @@ in-process threading speed-up).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +40,7 @@ from presso.evaluation import Request
 from presso.experiment import EvaluatorFactory, Setup
 from presso.paths import atomic_write_text
 from presso.search import LocalPool, RayPool, drive, make_strategy
+from presso.search._cluster import two_node_cluster
 
 
 def search(setup: Setup, pool, generations: int, workers: int) -> tuple[list, float, float]:  # noqa: ANN001
@@ -77,64 +73,6 @@ def row(mode: str, workers: int, ready_s: float, results: list, wall: float, bus
         "evals_per_min": 60 * len(results) / wall,
         "busy_share": busy / (wall * max(1, workers)),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def two_node_cluster(cpus: int):  # noqa: ANN201
-    """A head node with no CPUs for work and a worker node with ``cpus``, each with its own
-    temp dir and presso cache; only these are stopped afterwards (never `ray stop`)."""
-    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    port = free_port()
-    temps = [Path(tempfile.mkdtemp(prefix=p, dir="/tmp")) for p in ("sh", "sn")]
-    caches = [Path(tempfile.mkdtemp(prefix="presso-node-")) for _ in range(2)]
-    common = ["start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
-    argvs = [
-        [ray_bin, *common, "--head", f"--port={port}", "--num-cpus=0"]
-        + ["--include-dashboard=false", f"--temp-dir={temps[0]}"],
-        [ray_bin, *common, f"--address=127.0.0.1:{port}", f"--num-cpus={cpus}"]
-        + [f"--temp-dir={temps[1]}"],
-    ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    # A local Ray instance presso started (the modes before) keeps Ray to this one node by
-    # this variable; a node inheriting it would never join the cluster.
-    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    procs = []
-    try:
-        for argv, cache in zip(argvs, caches):
-            procs.append(
-                subprocess.Popen(
-                    argv,
-                    env={**env, "PRESSO_CACHE": str(cache)},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-            if len(procs) == 1:  # the head listens before the worker node joins
-                deadline = time.time() + 120
-                while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-                    if time.time() > deadline:
-                        raise RuntimeError("the head node does not start")
-                    time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(Exception):
-            import ray
-
-            ray.shutdown()
-        for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
-        for d in [*temps, *caches]:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def ray_mode(setup: Setup, workers: int, generations: int, address: str | None) -> tuple:
@@ -181,8 +119,11 @@ def bench_model(model: str, generations: int, cluster: bool) -> dict:
         modes.append(("cluster-2", 2, "cluster"))
     for mode, workers, where in modes:
         if where == "cluster":
-            with two_node_cluster(workers) as address:
+            caches = [Path(tempfile.mkdtemp(prefix="presso-node-")) for _ in range(2)]
+            with two_node_cluster((caches[0], caches[1]), cpus=workers) as address:
                 ready, results, wall, busy = ray_mode(setup, workers, generations, address)
+            for cache in caches:
+                shutil.rmtree(cache, ignore_errors=True)
         else:
             ready, results, wall, busy = ray_mode(setup, workers, generations, None)
         rows.append(row(mode, workers, ready, results, wall, busy))
