@@ -77,8 +77,10 @@ class StructuredWeight:
         return structure_columns(self.kept, self.group_size)
 
     def dequantize(self) -> torch.Tensor:
-        """The float32 ``[out, kept in]`` weight of the smaller Linear."""
-        return self.weight
+        """The float32 ``[out, in]`` weight a model of the dense shapes runs with (what the
+        level database and the evaluator read, as of every operator): :meth:`masked`. The
+        smaller Linear's own weight is :attr:`weight`."""
+        return self.masked()
 
     def masked(self) -> torch.Tensor:
         """The float32 ``[out, in]`` dense-shaped weight: removed columns zero, kept ones updated."""
