@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +58,10 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
-    from presso.compress import QuantizedWeight
+    from presso.compress import QuantizedWeight, StructuredWeight
     from presso.models import ModelHandle
     from presso.plan import Plan
+    from presso.structures import Structure
 
 
 def _unit_levels(plan: Plan, unit: str) -> tuple[int, int]:
@@ -316,10 +317,7 @@ class _Llama:
     """Emits a LlamaForCausalLM forward into a :class:`Graph` (see the module docstring)."""
 
     def __init__(self, handle: ModelHandle, g: Graph, *, fmt: str, accuracy_level: int) -> None:
-        config = handle.model.config
         self.handle, self.g, self.fmt, self.accuracy_level = handle, g, fmt, accuracy_level
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
         self.head_dim = handle.blocks[0].self_attn.head_dim
         self.facts: dict[str, dict[str, int]] = {}
 
@@ -333,6 +331,11 @@ class _Llama:
     def linear(self, x: str, name: str, weights: dict[str, Any]) -> str:
         module = self.handle.linear(name)
         weight = weights.get(name, self.handle.dense_weight(name))
+        if module.bias is not None and weight.shape[0] != module.out_features:
+            raise PressoError(
+                f"{name}: its heads or channels are pruned and it has a bias; presso writes "
+                "ONNX graphs of structured pruning for bias-free Linears only"
+            )
         out, facts = linear(
             self.g,
             x,
@@ -397,9 +400,12 @@ class _Llama:
     ) -> tuple[str, tuple[str, str]]:
         """Grouped-query causal attention; returns its output and the (key, value) cache
         ``[batch, kv_heads, past + seq, head_dim]`` after this call."""
-        g, d, kv, rep = self.g, self.head_dim, self.kv_heads, self.heads // self.kv_heads
+        g, d = self.g, self.head_dim
         cos, sin, mask = rope
         attn = f"{block}.self_attn"
+        # Heads kept (all, unless the structured kind pruned whole KV groups): from the shapes.
+        heads, kv = self.heads_of(block, weights)
+        rep = heads // kv
         # Query heads are grouped by the key/value head they share: [b, kv, rep, seq, d].
         q = g.op("Reshape", self.linear(x, f"{attn}.q_proj", weights), g.ints(0, 0, kv, rep, d))
         q = self.rotate(g.op("Transpose", q, perm=[0, 2, 3, 1, 4]), cos, sin)
@@ -416,8 +422,17 @@ class _Llama:
         scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k_t), scale), mask)
         context = g.op("MatMul", g.op("Softmax", scores, axis=-1), g.op("Unsqueeze", v, two))
         context = g.op("Transpose", context, perm=[0, 3, 1, 2, 4])
-        context = g.op("Reshape", context, g.ints(0, 0, self.heads * d))
+        context = g.op("Reshape", context, g.ints(0, 0, heads * d))
         return self.linear(context, f"{attn}.o_proj", weights), (k, v)
+
+    def heads_of(self, block: str, weights: dict[str, Any]) -> tuple[int, int]:
+        """Query and KV heads of ``block``'s attention as its weights have them."""
+        attn = f"{block}.self_attn"
+        rows = [
+            weights.get(n, self.handle.dense_weight(n)).shape[0] // self.head_dim
+            for n in (f"{attn}.q_proj", f"{attn}.k_proj")
+        ]
+        return rows[0], rows[1]
 
     def mlp(self, x: str, block: str, weights: dict[str, Any]) -> str:
         g = self.g
@@ -509,14 +524,15 @@ def _emit_llama(
         for i in range(len(handle.blocks))
         if i not in gone_blocks and f"{handle.blocks_prefix}.{i}.self_attn" not in gone_sublayers
     ]
-    cache_shape = ["batch", llama.kv_heads, "past", llama.head_dim]
-    present_shape = ["batch", llama.kv_heads, "total", llama.head_dim]
+    # Each layer's cache holds its own KV heads (fewer where whole KV groups are pruned).
+    kv_heads = {b: llama.heads_of(b, weights)[1] for b in attention_blocks}
     past: dict[str, tuple[str, str]] = {}
     if kv_cache:
         for j, block in enumerate(attention_blocks):
             past[block] = (f"past_key.{j}", f"past_value.{j}")
+            shape = ["batch", kv_heads[block], "past", llama.head_dim]
             for name in past[block]:
-                g.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape))
+                g.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
     first_past = past[attention_blocks[0]][0] if past else None
     rope = llama.positions("input_ids", first_past) if attention_blocks else None
     hidden = llama.embed("input_ids")
@@ -530,7 +546,8 @@ def _emit_llama(
             out, cache = llama.attention(normed, block, weights, rope, past.get(block))  # type: ignore[arg-type]
             hidden = g.op("Add", hidden, out)
             if kv_cache:
-                _present(g, attention_blocks.index(block), cache, present_shape)
+                shape = ["batch", kv_heads[block], "total", llama.head_dim]
+                _present(g, attention_blocks.index(block), cache, shape)
         if f"{block}.mlp" not in gone_sublayers:
             normed = llama.rms_norm(hidden, module.post_attention_layernorm)
             hidden = g.op("Add", hidden, llama.mlp(normed, block, weights))
@@ -625,6 +642,7 @@ def build_onnx(
     fmt: str = "matmulnbits",
     kv_cache: bool = False,
     accuracy_level: int = 0,
+    structures: Sequence[tuple[Structure, StructuredWeight]] = (),
 ) -> Path:
     """Write ``handle``'s model compressed as ``plan`` to ``path`` (atomically) and return it.
 
@@ -638,6 +656,7 @@ def build_onnx(
     _check_format(fmt)
     _check_llama(handle)
     resolved = unit_weights(handle, plan, weights=weights, sparse=sparse, symmetric=symmetric)
+    resolved.update(_sliced(handle, plan, structures))
     g, facts = _emit_llama(
         handle,
         resolved,
@@ -659,6 +678,36 @@ def build_onnx(
         "presso.session_config": json.dumps(SESSION_CONFIG),
     }
     return save_model(g.model(metadata), Path(path))
+
+
+def _sliced(
+    handle: ModelHandle, plan: Plan, structures: Sequence[tuple[Structure, StructuredWeight]]
+) -> dict[str, torch.Tensor]:
+    """The smaller weights of pruned heads and FFN channels (see :func:`presso.surgery.shrink`):
+    producers' kept rows, the consumer's kept and updated columns."""
+    from presso.compress import structure_columns
+    from presso.spaces._structured import StructuredKind
+
+    given = {s.consumer for s, _ in structures}
+    missing = sorted(set(plan.compressed(StructuredKind.name)) - given)
+    if missing:
+        raise PressoError(
+            f"ONNX graph: {len(missing)} units have structured levels but no kept weights were "
+            f"given ({missing[0]}, ...); build it through presso.runtimes"
+        )
+    out: dict[str, torch.Tensor] = {}
+    gone = tuple(f"{name}." for name in plan.dropped)
+    for structure, kept in structures:
+        if structure.consumer.startswith(gone):
+            continue
+        rows = kept.kept_columns()
+        for name in structure.producers:
+            out[name] = handle.dense_weight(name)[rows]
+        kv_rows = structure_columns(kept.kept, structure.kv_rows)
+        for name in structure.kv:
+            out[name] = handle.dense_weight(name)[kv_rows]
+        out[structure.consumer] = kept.weight
+    return out
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> Path:

@@ -1,6 +1,6 @@
 """The ONNX Runtime runtime: the candidate written as one ONNX graph
 (:func:`presso.onnx_model.build_onnx`: MatMulNBits for quantized units, dropped modules not in
-the graph at all) and run by an ``InferenceSession``. The KV cache is graph inputs and outputs
+the graph at all, pruned heads and FFN channels as smaller MatMuls and fewer KV heads) and run by an ``InferenceSession``. The KV cache is graph inputs and outputs
 (``past_*`` / ``present_*``), one pair per attention layer that runs."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from presso.errors import PressoError
-from presso.runtimes._base import Levels
+from presso.runtimes._base import Levels, structured_weights
 from presso.runtimes._skip import dropped_modules
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ def build(
             sparse=levels.sparse,
             kv_cache=kv_cache and handle.kind == "causal-lm",
             accuracy_level=accuracy_level,
+            structures=structured_weights(handle, plan, levels),
         )
         return load(written, handle.kind, device=device, threads=threads)
 
