@@ -11,7 +11,7 @@ integer costs (kept structures x weights per structure), so ``dp`` and EvoPress 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
@@ -192,6 +192,29 @@ class StructuredKind(Kind):
         from presso.structures import model_structures
 
         model_structures(handle)  # refuses an architecture it cannot prune
+
+    def show(
+        self,
+        targets: Sequence[str],
+        values: Sequence[float],
+        *,
+        model: Callable[[], Any] | None = None,
+    ) -> str | None:
+        """Heads (KV heads under GQA) and FFN widths kept per block, out of the model's."""
+        from presso.structures import consumers
+
+        if model is None:
+            return None
+        structures = consumers(model())
+        rows: dict[int, dict[str, str]] = {}
+        for target, value in zip(targets, values):
+            s = structures[target]
+            rows.setdefault(s.block, {})[s.what] = f"{s.describe(value)} ({value:g}%)"
+        head = ("block", "heads kept", "FFN width kept")
+        cells = [[str(b), r.get("heads", "-"), r.get("ffn", "-")] for b, r in sorted(rows.items())]
+        widths = [max(len(c[i]) for c in [list(head), *cells]) for i in range(3)]
+        lines = [" ".join(f"{c:>{w}}" for c, w in zip(row, widths)) for row in [head, *cells]]
+        return "heads and FFN widths of the search's best:\n" + "\n".join(lines)
 
     def realise(self, db: Any, unit: str, level: int, weight: Any) -> Any:
         # First of the kinds (order): the masked, OBS-updated weight of the dense shape.
