@@ -61,14 +61,18 @@ class StructureDimension(Dimension):
     weights in all, each level a percent of them kept (see :class:`presso.structures.Structure`)."""
 
     structures: int = 1
+    #: Every unit whose weights the structures span (consumer, producers, k/v).
+    members: tuple[str, ...] = ()
 
     def kept_params(self, index: int) -> int:
-        """Weights kept at level index ``index``."""
+        """Weights kept at level index ``index`` (exact: every structure holds as many)."""
+        return int(self.kept_fraction(index) * self.weight)
+
+    def kept_fraction(self, index: int) -> Fraction:
+        """The fraction of the structures (and of each member's weights) kept at ``index``."""
         from presso.structures import kept_structures
 
-        return kept_structures(self.levels[index], self.structures) * (
-            self.weight // self.structures
-        )
+        return Fraction(kept_structures(self.levels[index], self.structures), self.structures)
 
 
 class MaxKept(Constraint):
@@ -105,10 +109,15 @@ def _structured(space: SearchSpace) -> list[int]:
 
 
 def structured_dims(
-    structures: Sequence[tuple[str, int, int]], levels: Sequence[int], *, suffix: str = ""
+    structures: Sequence[tuple[str, int, int]],
+    levels: Sequence[int],
+    *,
+    suffix: str = "",
+    members: Sequence[tuple[str, ...]] = (),
 ) -> list[StructureDimension]:
     """One dimension per ``(consumer unit, structures, weights)``, levels ascending (cheapest
-    first), with the full level (100) always among them."""
+    first), with the full level (100) always among them; ``members``: per structure, the units
+    its weights are in (for the size and parameter budgets)."""
     ordered = tuple(sorted({*(int(p) for p in levels), ALL}))
     return [
         StructureDimension(
@@ -119,8 +128,9 @@ def structured_dims(
             kind=StructuredKind.name,
             target=name,
             structures=count,
+            members=tuple(members[i]) if members else (name,),
         )
-        for name, count, params in structures
+        for i, (name, count, params) in enumerate(structures)
     ]
 
 
@@ -162,10 +172,14 @@ class StructuredKind(Kind):
         from presso.structures import model_structures
 
         b = setup.handle.block_of(block)
-        mine = [
-            (s.consumer, s.count, s.params) for s in model_structures(setup.handle) if s.block == b
-        ]
-        return list(structured_dims(mine, setup.experiment.structured.levels, suffix=suffix))
+        mine = [s for s in model_structures(setup.handle) if s.block == b]
+        dims = structured_dims(
+            [(s.consumer, s.count, s.params) for s in mine],
+            setup.experiment.structured.levels,
+            suffix=suffix,
+            members=[(s.consumer, *s.producers, *s.kv) for s in mine],
+        )
+        return list(dims)
 
     def constraint(self, limit: float, dims: Sequence[Dimension]) -> Constraint:
         return MaxKept(limit)

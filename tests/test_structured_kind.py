@@ -12,7 +12,7 @@ from presso.config import Experiment, experiment_from_dict
 from presso.errors import PressoError
 from presso.experiment import Setup
 from presso.search import Request, make_strategy
-from presso.spaces import MaxKept, SearchSpace, structured_dims
+from presso.spaces import MaxKept, MaxParams, SearchSpace, structured_dims
 from presso.structures import kept_structures, model_structures
 
 from .conftest import tiny_experiment
@@ -80,6 +80,23 @@ def test_the_budget_is_exact_integer_kept_weights() -> None:
         assert (kept <= budget.limit) == space.is_feasible(config)
     # A KV-group level that rounds (25 % of 2 groups keeps 1, as 50 % does) costs as much.
     assert budget.costs[0][0] == budget.costs[0][1] == space.dims[0].weight // 2
+
+
+def test_params_and_size_count_only_the_kept_heads_and_channels() -> None:
+    s = _setup()
+    space = s.space
+    units = [(u.name, u.params) for u in s.handle.units]
+    params = MaxParams(float("inf"), units)
+    half = space.uniform(50)
+    kept = sum(d.kept_params(i) for d, i in zip(space.dims, half))
+    assert params.value(space, half) == kept  # every unit of tiny-llama is in a structure
+    top = tuple(len(d.levels) - 1 for d in space.dims)
+    assert params.value(space, top) == sum(p for _, p in units)
+    size = s._size(units, float("inf"))
+    assert size.value(space, half) == pytest.approx(
+        size.value(space, top) * kept / params.value(space, top)
+    )
+    assert space.metrics(half)["size_mb"] < space.metrics(top)["size_mb"]
 
 
 def test_level_database_holds_only_the_pruned_units_checksummed_and_addressed() -> None:
