@@ -222,6 +222,9 @@ def obs_prune_structures(
     hinv = upper.T @ upper  # (H + λI)⁻¹
 
     wanted = set(kept)
+    if group_size == 1:
+        channels = _greedy_columns(w, hinv, wanted)
+        return [channels[level] for level in kept]
     snapshots: dict[int, StructuredWeight] = {}
     alive = torch.ones(n_struct, dtype=torch.bool, device=device)
     columns = torch.arange(in_features, device=device).reshape(n_struct, group_size)
@@ -256,6 +259,47 @@ def obs_prune_structures(
         if n_alive in wanted:
             snapshot()
     return [snapshots[level] for level in kept]
+
+
+def _greedy_columns(
+    w: torch.Tensor, hinv: torch.Tensor, wanted: set[int]
+) -> dict[int, StructuredWeight]:
+    """The greedy loop for single-column structures (FFN channels): the general step's
+    formulas with ``Hi_SS = Hi[j, j]`` a number. The alive columns are kept first: a removed
+    one is swapped to the end of the alive block, and the rank-one updates run in place on
+    the shrinking leading block (memory traffic is what costs here: on SmolLM2's 1536
+    channels 3x faster than updating and zeroing the whole matrix). ``w`` float64
+    ``[out, in]`` and ``hinv``, its damped inverse Hessian, are overwritten."""
+    in_features = w.shape[1]
+    order = torch.arange(in_features, device=w.device)  # position -> original column
+    snapshots: dict[int, StructuredWeight] = {}
+    error = 0.0
+
+    def snapshot(n: int) -> None:
+        kept, at = torch.sort(order[:n])
+        weight = w[:, :n][:, at].to(torch.float32).contiguous()
+        snapshots[n] = StructuredWeight(weight, kept, 1, in_features, error)
+
+    if in_features in wanted:
+        snapshot(in_features)
+    for n in range(in_features, min(wanted), -1):
+        last = n - 1
+        errors = 0.5 * w[:, :n].pow(2).sum(dim=0) / torch.diagonal(hinv)[:n]
+        j = int(torch.argmin(errors))
+        error += float(errors[j])
+        if j != last:  # move column j to the end of the alive block
+            swap = torch.tensor([j, last], device=w.device)
+            back = torch.tensor([last, j], device=w.device)
+            w[:, swap] = w[:, back]
+            hinv[swap] = hinv[back]
+            hinv[:, swap] = hinv[:, back]
+            order[swap] = order[back]
+        row = hinv[last, :last] / hinv[last, last]
+        w[:, :last].addr_(w[:, last], row, alpha=-1)
+        hinv[:last, :last].addr_(hinv[:last, last], row, alpha=-1)
+        if last in wanted:
+            snapshot(last)
+    return snapshots
 
 
 def _check_weight_dims(weight: torch.Tensor) -> int:
