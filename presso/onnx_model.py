@@ -320,6 +320,8 @@ class _Llama:
         self.handle, self.g, self.fmt, self.accuracy_level = handle, g, fmt, accuracy_level
         self.head_dim = handle.blocks[0].self_attn.head_dim
         self.facts: dict[str, dict[str, int]] = {}
+        #: Biases of pruned producers, sliced (others: the module's own).
+        self.biases: dict[str, torch.Tensor] = {}
 
     def rms_norm(self, x: str, module: Any) -> str:
         g = self.g
@@ -331,11 +333,6 @@ class _Llama:
     def linear(self, x: str, name: str, weights: dict[str, Any]) -> str:
         module = self.handle.linear(name)
         weight = weights.get(name, self.handle.dense_weight(name))
-        if module.bias is not None and weight.shape[0] != module.out_features:
-            raise PressoError(
-                f"{name}: its heads or channels are pruned and it has a bias; presso writes "
-                "ONNX graphs of structured pruning for bias-free Linears only"
-            )
         out, facts = linear(
             self.g,
             x,
@@ -343,7 +340,7 @@ class _Llama:
             name,
             fmt=self.fmt,
             accuracy_level=self.accuracy_level,
-            bias=module.bias,
+            bias=self.biases.get(name, module.bias),
         )
         if facts:
             self.facts[name] = facts
@@ -507,6 +504,7 @@ def _present(g: Graph, j: int, cache: tuple[str, str], shape: list[Any]) -> None
 def _emit_llama(
     handle: ModelHandle,
     weights: dict[str, Any],
+    biases: dict[str, torch.Tensor],
     dropped: Iterable[str],
     *,
     fmt: str,
@@ -517,6 +515,7 @@ def _emit_llama(
 
     g = Graph()
     llama = _Llama(handle, g, fmt=fmt, accuracy_level=accuracy_level)
+    llama.biases = biases
     gone_blocks, gone_sublayers = _dropped(handle, dropped)
     g.inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]))
     attention_blocks = [
@@ -655,16 +654,49 @@ def build_onnx(
     _onnx()
     _check_format(fmt)
     _check_llama(handle)
-    resolved = unit_weights(handle, plan, weights=weights, sparse=sparse, symmetric=symmetric)
-    resolved.update(_sliced(handle, plan, structures))
+    resolved, biases = resolve_weights(
+        handle, plan, weights=weights, sparse=sparse, symmetric=symmetric, structures=structures
+    )
     g, facts = _emit_llama(
         handle,
         resolved,
+        biases,
         plan.dropped,
         fmt=fmt,
         kv_cache=kv_cache,
         accuracy_level=accuracy_level,
     )
+    return write_graph(handle, plan, path, g, facts, fmt=fmt, kv_cache=kv_cache)
+
+
+def resolve_weights(
+    handle: ModelHandle,
+    plan: Plan,
+    *,
+    weights: WeightFn | None = None,
+    sparse: SparseFn | None = None,
+    symmetric: bool = False,
+    structures: Sequence[tuple[Structure, StructuredWeight]] = (),
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Each unit's weight in the graph (see :func:`unit_weights`; pruned heads and channels
+    sliced), and the sliced biases of pruned producers."""
+    resolved = unit_weights(handle, plan, weights=weights, sparse=sparse, symmetric=symmetric)
+    sliced, biases = _sliced(handle, plan, structures)
+    resolved.update(sliced)
+    return resolved, biases
+
+
+def write_graph(
+    handle: ModelHandle,
+    plan: Plan,
+    path: str | Path,
+    g: Graph,
+    facts: dict[str, dict[str, int]],
+    *,
+    fmt: str,
+    kv_cache: bool,
+) -> Path:
+    """Save graph ``g`` of ``plan`` with presso's metadata (see :func:`build_onnx`)."""
     for unit in plan.units:
         _, sparsity = _unit_levels(plan, unit)
         if unit in facts or sparsity:
@@ -682,9 +714,10 @@ def build_onnx(
 
 def _sliced(
     handle: ModelHandle, plan: Plan, structures: Sequence[tuple[Structure, StructuredWeight]]
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The smaller weights of pruned heads and FFN channels (see :func:`presso.surgery.shrink`):
-    producers' kept rows, the consumer's kept and updated columns."""
+    producers' kept rows, the consumer's kept and updated columns; and the producers' biases'
+    kept rows."""
     from presso.compress import structure_columns
     from presso.spaces._structured import StructuredKind
 
@@ -696,18 +729,20 @@ def _sliced(
             f"given ({missing[0]}, ...); build it through presso.runtimes"
         )
     out: dict[str, torch.Tensor] = {}
+    biases: dict[str, torch.Tensor] = {}
     gone = tuple(f"{name}." for name in plan.dropped)
     for structure, kept in structures:
         if structure.consumer.startswith(gone):
             continue
-        rows = kept.kept_columns()
-        for name in structure.producers:
-            out[name] = handle.dense_weight(name)[rows]
         kv_rows = structure_columns(kept.kept, structure.kv_rows)
-        for name in structure.kv:
-            out[name] = handle.dense_weight(name)[kv_rows]
+        for names, rows in ((structure.producers, kept.kept_columns()), (structure.kv, kv_rows)):
+            for name in names:
+                out[name] = handle.dense_weight(name)[rows]
+                bias = handle.linear(name).bias
+                if bias is not None:
+                    biases[name] = bias.detach()[rows]
         out[structure.consumer] = kept.weight
-    return out
+    return out, biases
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> Path:

@@ -111,10 +111,27 @@ def test_the_kv_cache_is_smaller_for_removed_kv_groups() -> None:
     )
 
 
-def test_onnx_runtime_refuses_an_encoder_in_one_line() -> None:
-    s = _setup("tiny-bert")
-    with pytest.raises(PressoError, match="Llama-family causal LMs only"):
-        build("onnxruntime", s.handle, _plan(s), _levels(s))
+def test_onnx_runtime_builds_the_smaller_encoder(setup: Setup) -> None:
+    plan, levels = _plan(setup), _levels(setup)
+    ids = _ids(setup)
+    want = build("reference", setup.handle, plan, levels).forward(ids)
+    ort = build("onnxruntime", setup.handle, plan, levels)
+    torch.testing.assert_close(ort.forward(ids), want, rtol=1e-4, atol=1e-4)
+    dense = build("onnxruntime", setup.handle, Plan())  # the dense graph is transformers' model
+    torch.testing.assert_close(
+        dense.forward(ids),
+        build("reference", setup.handle, Plan()).forward(ids),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    if setup.handle.kind == "encoder":  # a dropped block is not in the graph
+        dropped = Plan(plan.units, ("encoder.layer.1",))
+        torch.testing.assert_close(
+            build("onnxruntime", setup.handle, dropped, levels).forward(ids),
+            build("reference", setup.handle, dropped, levels).forward(ids),
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
 
 def test_runtimes_refuse_structured_pruning_with_bits_on_the_same_layers() -> None:

@@ -261,44 +261,53 @@ def obs_prune_structures(
     return [snapshots[level] for level in kept]
 
 
+#: Single-column structures removed per greedy step: this fraction of the alive ones (at least
+#: one). ZipLM removes one per step; with SmolLM2's 1536 FFN channels that is 1152 full passes
+#: over a 1536² inverse Hessian to reach 25 %, minutes per layer on a loaded 2-core CPU.
+CHUNK = 1 / 64
+
+
 def _greedy_columns(
     w: torch.Tensor, hinv: torch.Tensor, wanted: set[int]
 ) -> dict[int, StructuredWeight]:
-    """The greedy loop for single-column structures (FFN channels): the general step's
-    formulas with ``Hi_SS = Hi[j, j]`` a number. The alive columns are kept first: a removed
-    one is swapped to the end of the alive block, and the rank-one updates run in place on
-    the shrinking leading block (memory traffic is what costs here: on SmolLM2's 1536
-    channels 3x faster than updating and zeroing the whole matrix). ``w`` float64
-    ``[out, in]`` and ``hinv``, its damped inverse Hessian, are overwritten."""
+    """The greedy loop for single-column structures (FFN channels), in chunks: each step
+    removes the ``max(1, alive * CHUNK)`` columns of lowest single-column error together, with
+    the exact joint OBS update of that set (so the weights are still the least-squares optimum
+    of the kept columns, and the predicted error exact; only the choice is coarser than
+    ZipLM's one-at-a-time greedy, and identical below 128 alive columns). ``w`` float64
+    ``[out, in]``, ``hinv`` its damped inverse Hessian; both are compacted to the alive
+    columns as they go (ten times fewer passes on SmolLM2's 1536 channels)."""
     in_features = w.shape[1]
-    order = torch.arange(in_features, device=w.device)  # position -> original column
+    alive = torch.arange(in_features, device=w.device)
     snapshots: dict[int, StructuredWeight] = {}
     error = 0.0
 
-    def snapshot(n: int) -> None:
-        kept, at = torch.sort(order[:n])
-        weight = w[:, :n][:, at].to(torch.float32).contiguous()
-        snapshots[n] = StructuredWeight(weight, kept, 1, in_features, error)
+    def snapshot() -> None:
+        snapshots[alive.numel()] = StructuredWeight(
+            w.to(torch.float32).contiguous(), alive.clone(), 1, in_features, error
+        )
 
     if in_features in wanted:
-        snapshot(in_features)
-    for n in range(in_features, min(wanted), -1):
-        last = n - 1
-        errors = 0.5 * w[:, :n].pow(2).sum(dim=0) / torch.diagonal(hinv)[:n]
-        j = int(torch.argmin(errors))
-        error += float(errors[j])
-        if j != last:  # move column j to the end of the alive block
-            swap = torch.tensor([j, last], device=w.device)
-            back = torch.tensor([last, j], device=w.device)
-            w[:, swap] = w[:, back]
-            hinv[swap] = hinv[back]
-            hinv[:, swap] = hinv[:, back]
-            order[swap] = order[back]
-        row = hinv[last, :last] / hinv[last, last]
-        w[:, :last].addr_(w[:, last], row, alpha=-1)
-        hinv[:last, :last].addr_(hinv[:last, last], row, alpha=-1)
-        if last in wanted:
-            snapshot(last)
+        snapshot()
+    while alive.numel() > min(wanted):
+        n = alive.numel()
+        target = max(level for level in wanted if level < n)  # never step past a level
+        k = min(max(1, int(n * CHUNK)), n - target)
+        errors = 0.5 * w.pow(2).sum(dim=0) / torch.diagonal(hinv)
+        gone = torch.topk(errors, k, largest=False).indices
+        mask = torch.ones(n, dtype=torch.bool, device=w.device)
+        mask[gone] = False
+        keep = mask.nonzero().reshape(-1)
+        # The joint update of the removed set S: W_S (Hi_SS)⁻¹ moves onto the kept columns.
+        lower = torch.linalg.cholesky(hinv[gone[:, None], gone[None, :]])
+        solved = torch.cholesky_solve(w[:, gone].T, lower)  # (Hi_SS)⁻¹ W_Sᵀ, [k, out]
+        error += 0.5 * float((w[:, gone].T * solved).sum())
+        cross = hinv[gone[:, None], keep[None, :]]  # Hi_S,kept [k, A-k]
+        w = w[:, keep] - solved.T @ cross
+        hinv = hinv[keep[:, None], keep[None, :]] - cross.T @ torch.cholesky_solve(cross, lower)
+        alive = alive[keep]
+        if alive.numel() in wanted:
+            snapshot()
     return snapshots
 
 

@@ -29,7 +29,7 @@ class ZipLMOperator(Operator):
     name = "ziplm"
     kind = "structured"
     needs_hessian = True
-    version = 1
+    version = 2  # 2: FFN channels removed in chunks (presso.compress._structured.CHUNK)
 
     def __init__(self, *, damp: float = 0.01, structure: Structure | None = None) -> None:
         if not 0 < damp < 1:
