@@ -49,16 +49,42 @@ def model_key(handle: Any) -> str:
 
 
 def unit_ops(
-    handle: Any, bits: Sequence[int], sparsity: Sequence[int], group_size: int | None
+    handle: Any,
+    bits: Sequence[int],
+    sparsity: Sequence[int],
+    group_size: int | None,
+    structured: Sequence[int] = (),
 ) -> list[LinearOp]:
-    """Each distinct linear shape of the model at each level (bits × sparsity), dense included."""
+    """Each distinct linear shape of the model at each level (bits × sparsity), dense included;
+    and, dense, each smaller shape a ``structured`` level (percent of heads / FFN channels
+    kept) gives a unit."""
     shapes = sorted({u.shape for u in handle.units})
     ops = []
     for out, inp in shapes:
         for b in sorted(set(bits) | {DENSE_BITS}):
             for s in sorted(set(sparsity) | {0}):
                 ops.append(LinearOp(out, inp, b, s, group_size if b < DENSE_BITS else None))
+    smaller = sorted(structured_shapes(handle, structured) - set(shapes))
+    ops += [LinearOp(out, inp, DENSE_BITS, 0, None) for out, inp in smaller]
     return ops
+
+
+def structured_shapes(handle: Any, levels: Sequence[int]) -> set[tuple[int, int]]:
+    """The ``(out, in)`` shapes of the units of ``handle``'s attentions and FFNs with
+    ``levels`` percent of their heads or channels kept."""
+    from presso.structures import model_structures
+
+    if not levels:
+        return set()
+    shape = {u.name: u.shape for u in handle.units}
+    out: set[tuple[int, int]] = set()
+    for s in model_structures(handle):
+        for percent in levels:
+            n = s.kept(percent)
+            out.add((shape[s.consumer][0], n * s.group_size))
+            out |= {(n * s.group_size, shape[p][1]) for p in s.producers}
+            out |= {(n * s.kv_rows, shape[k][1]) for k in s.kv}
+    return out
 
 
 def structure_probes(
@@ -281,7 +307,18 @@ def latency_model(
         group_size=group_size,
         fallback=fallback,
         calibration=calibration,
+        structures=_structures(handle),
     )
+
+
+def _structures(handle: Any) -> list[Any]:
+    """The model's attentions and FFNs, or none for an architecture presso cannot prune so."""
+    from presso.structures import model_structures
+
+    try:
+        return model_structures(handle)
+    except PressoError:
+        return []
 
 
 def random_assignment(
@@ -309,6 +346,19 @@ def random_assignment(
     # Never the first or last block: removing them wrecks a model, nobody would deploy that.
     dropped = tuple(sorted(rng.choice(blocks[1:-1], size=n, replace=False))) if n else ()
     return levels_plan(units, dropped, group_size)
+
+
+def random_structured(handle: Any, rng: np.random.Generator, levels: Sequence[int]) -> Plan:
+    """A random structured candidate: each attention and FFN of ``handle`` keeps a random
+    level (percent) of its heads or channels, drawn from a mix of its own (see
+    :func:`random_assignment`)."""
+    from presso.plan import Plan
+    from presso.structures import model_structures
+
+    structures = model_structures(handle)
+    mix = rng.dirichlet(np.ones(len(levels)))
+    picks = rng.choice(len(levels), size=len(structures), p=mix)
+    return Plan({s.consumer: {"structured": int(levels[i])} for s, i in zip(structures, picks)})
 
 
 def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
