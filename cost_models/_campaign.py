@@ -88,18 +88,25 @@ def structured_shapes(handle: Any, levels: Sequence[int]) -> set[tuple[int, int]
 
 
 def structure_probes(
-    handle: Any, sublayers: bool, low: tuple[int, int | None] | None = None
+    handle: Any,
+    sublayers: bool,
+    low: tuple[int, int | None] | None = None,
+    structured: int | None = None,
 ) -> dict[str, Plan]:
     """The assembled models whose end-to-end times give the structure: dense; a quarter, half
     and three quarters of the inner blocks removed; half the attentions, half the MLPs; and,
     with ``low = (bits, group_size)``, every unit at ``bits`` (the in-model calibration of
-    the layer timings, see :class:`presso.cost_models.CandidateLatency`)."""
+    the layer timings, see :class:`presso.cost_models.CandidateLatency`); with
+    ``structured``, every attention and FFN at that percent kept (the same calibration, for a
+    model whose levels are shapes)."""
     inner = handle.block_names()[1:-1]  # the first and last blocks are never dropped
     probes = {"dense": levels_plan()}
     if low is not None:
         bits, group = low
         units = {u.name: (bits, 0) for u in handle.units}
         probes[uniform_probe(bits, group)] = levels_plan(units, group_size=group)
+    if structured is not None:
+        probes[structured_probe(structured)] = uniform_structured(handle, structured)
     for k in sorted({max(1, len(inner) * q // 4) for q in (1, 2, 3)}):
         probes[f"drop-blocks-{k}"] = levels_plan(dropped=_spread(inner, k))
     if sublayers:
@@ -112,6 +119,18 @@ def structure_probes(
 
 def uniform_probe(bits: int, group_size: int | None) -> str:
     return f"uniform-w{bits}-" + ("ch" if group_size is None else f"g{group_size}")
+
+
+def structured_probe(percent: int) -> str:
+    return f"uniform-structured-{percent}"
+
+
+def uniform_structured(handle: Any, percent: int) -> Plan:
+    """Every attention and FFN of ``handle`` keeping ``percent`` of its heads or channels."""
+    from presso.plan import Plan
+    from presso.structures import model_structures
+
+    return Plan({s.consumer: {"structured": int(percent)} for s in model_structures(handle)})
 
 
 def calibration_level(ops: Sequence[LinearOp]) -> tuple[int, int | None] | None:
@@ -152,8 +171,11 @@ def profile_model(
     ops: Sequence[LinearOp],
     *,
     progress: Progress | None = None,
+    structured: int | None = None,
 ) -> ProfileReport:
-    """Measure what the database lacks for ``ops`` and the model's structure under each workload."""
+    """Measure what the database lacks for ``ops`` and the model's structure under each
+    workload (``structured``: the lowest structured level, whose uniform model calibrates
+    the layer timings when no bit width does)."""
     import time
 
     start = time.perf_counter()
@@ -164,7 +186,10 @@ def profile_model(
     for w in workloads:
         for op in ops:
             todo.append((op.key, w, op))
-        probes = structure_probes(handle, has_sublayers(handle), calibration_level(ops))
+        low = calibration_level(ops)
+        probes = structure_probes(
+            handle, has_sublayers(handle), low, structured if low is None else None
+        )
         for name, plan in probes.items():
             todo.append((f"{key}/{name}", w, plan))
     pending = []
@@ -285,11 +310,16 @@ def latency_model(
         units.append(
             UnitSlot(u.name, u.shape, u.block, part if part in ("self_attn", "mlp") else "")
         )
-    calibration = None
+    calibration: tuple[Any, float] | None = None
     for bits in range(2, 9):  # the lowest uniform model measured with this group size
         m = db.get(fp, profiler.name, f"{key}/{uniform_probe(bits, group_size)}", workload.key)
         if m is not None and m.ok:
             calibration = (bits, m.median_ms)
+            break
+    for percent in range(1, 100) if calibration is None else ():
+        m = db.get(fp, profiler.name, f"{key}/{structured_probe(percent)}", workload.key)
+        if m is not None and m.ok:  # the lowest structured level measured
+            calibration = (uniform_structured(handle, percent), m.median_ms)
             break
     ops = make_cost_model(cost_model).fit(measurements)
     fallback = None

@@ -93,11 +93,12 @@ class CandidateLatency:
         *,
         group_size: int | None,
         fallback: CostModel | None = None,
-        calibration: tuple[int, float] | None = None,
+        calibration: tuple[Any, float] | None = None,
         structures: Sequence[Any] = (),
     ) -> None:
         """calibration: ``(bits, ms)``, the measured end-to-end time with every unit at
-        ``bits`` (the in-model factor α is fitted to it; without it α = 1). structures: the
+        ``bits`` (the in-model factor α is fitted to it; without it α = 1), or ``(plan, ms)``
+        with every attention and FFN at one structured level. structures: the
         model's attentions and FFNs (:func:`presso.structures.model_structures`), for plans
         that prune heads or FFN channels: their units are priced at their smaller shapes and
         the attention / MLP overhead in proportion to the heads / channels kept."""
@@ -109,8 +110,10 @@ class CandidateLatency:
         self.structure = structure
         self._cache: dict[tuple, float] = {}
         self.scale = 1.0
-        if calibration is not None:
+        if calibration is not None and isinstance(calibration[0], int):
             self.scale = self._fit_scale(*calibration)
+        elif calibration is not None:  # a structured model: its levels are smaller shapes
+            self.scale = self._fit_structured_scale(*calibration)
         dense = self.unit_ms({u.name: (DENSE_BITS, 0) for u in self.units})
         per_block = [0.0] * len(blocks)
         per_part: dict[tuple[int, str], float] = {}
@@ -137,6 +140,22 @@ class CandidateLatency:
             return 1.0
         alpha = measured / saved
         return alpha if 0.25 <= alpha <= 4.0 else 1.0
+
+    def _fit_structured_scale(self, plan: Plan, measured_ms: float) -> float:
+        """α from the dense model and ``plan`` (every attention and FFN at one structured
+        level, measured at ``measured_ms``), as :meth:`_fit_scale` from a uniform bit width:
+        layers timed alone, each a call of its own, can cost far more than their share in the
+        model, and what shrinking them saves with them."""
+        shapes, _ = self._shrunk(plan)
+        saved = sum(
+            self._ms(u, DENSE_BITS, 0) - self._ms(u, DENSE_BITS, 0, shapes.get(u.name))
+            for u in self.units
+        )
+        measured = self.structure.dense_ms - measured_ms
+        if saved <= 0.05 * self.structure.dense_ms or measured <= 0:
+            return 1.0
+        alpha = measured / saved
+        return alpha if 0.05 <= alpha <= 4.0 else 1.0
 
     def op(self, unit: UnitSlot, bits: int, sparsity: int) -> LinearOp:
         group = self.group_size if bits < DENSE_BITS else None
@@ -179,13 +198,21 @@ class CandidateLatency:
                     ("mlp", self.mlp_overhead),
                 ):
                     if f"{block}.{part}" not in dropped:
-                        total += overhead * kept.get((b, part), 1.0)
+                        total += self._overhead(overhead, kept.get((b, part), 1.0))
         for u in self.units:
             block = self.blocks[u.block]
             if block in dropped or (u.part and f"{block}.{u.part}" in dropped):
                 continue
             total += self._ms(u, *unit_levels(plan, u.name), shapes.get(u.name))
         return total
+
+    @staticmethod
+    def _overhead(overhead: float, kept: float) -> float:
+        """A sublayer's overhead with ``kept`` of its heads or channels: the attention scores
+        and the activations scale with them. A negative overhead is no such work: it is what
+        the layers timed alone cost beyond their share in the model (a call's own overhead,
+        which stays whatever the shape), so it is left as it is."""
+        return overhead * kept if overhead > 0 else overhead
 
     def _shrunk(
         self, plan: Plan

@@ -199,7 +199,13 @@ class Setup:
         group = self.experiment.compress.group_size
         ops = unit_ops(self.handle, bits, sparsity, group, structured)
         report = profile_model(
-            self.handle, self.profiler, self.profile_db, [self.workload], ops, progress=progress
+            self.handle,
+            self.profiler,
+            self.profile_db,
+            [self.workload],
+            ops,
+            progress=progress,
+            structured=min(structured) if structured and min(structured) < 100 else None,
         )
         return report.seconds
 

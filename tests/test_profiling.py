@@ -141,8 +141,21 @@ def test_structured_candidates_are_priced_at_their_smaller_shapes(handle, tmp_pa
         model._ms(u, 16, 0) - model._ms(u, 16, 0, smaller[u.name.rsplit(".", 1)[1]])  # noqa: SLF001
         for u in model.units
     )
-    overheads = len(handle.blocks) * (model.attn_overhead + model.mlp_overhead) / 2
+    positive = [o for o in (model.attn_overhead, model.mlp_overhead) if o > 0]
+    overheads = len(handle.blocks) * sum(positive) / 2
     assert model.predict(half) == pytest.approx(dense - saved - overheads)
+    # With the lowest structured level named, its uniform model is timed too, and calibrates
+    # the layer timings as a uniform bit width does (where its saving is plausible).
+    report = profile_model(handle, profiler, db, [W], ops, structured=25)
+    assert report.measured == 1 and not report.failed
+    probe = db.get(
+        machine_id(profiler), "torch", f"{model_key(handle)}/uniform-structured-25", W.key
+    )
+    assert probe is not None and probe.ok
+    calibrated = latency_model(handle, profiler, db, W, group_size=32)
+    assert calibrated.scale == 1.0 or calibrated.predict(
+        Plan({s.consumer: {"structured": 25} for s in structures})
+    ) == pytest.approx(probe.median_ms, rel=0.3)
     rng = np.random.default_rng(0)
     cands = [half, random_structured(handle, rng, [100, 50, 25])]
     result = validate(handle, profiler, db, {"lookup_ms": model}, W, cands)
