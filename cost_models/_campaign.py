@@ -49,31 +49,64 @@ def model_key(handle: Any) -> str:
 
 
 def unit_ops(
-    handle: Any, bits: Sequence[int], sparsity: Sequence[int], group_size: int | None
+    handle: Any,
+    bits: Sequence[int],
+    sparsity: Sequence[int],
+    group_size: int | None,
+    structured: Sequence[int] = (),
 ) -> list[LinearOp]:
-    """Each distinct linear shape of the model at each level (bits × sparsity), dense included."""
+    """Each distinct linear shape of the model at each level (bits × sparsity), dense included;
+    and, dense, each smaller shape a ``structured`` level (percent of heads / FFN channels
+    kept) gives a unit."""
     shapes = sorted({u.shape for u in handle.units})
     ops = []
     for out, inp in shapes:
         for b in sorted(set(bits) | {DENSE_BITS}):
             for s in sorted(set(sparsity) | {0}):
                 ops.append(LinearOp(out, inp, b, s, group_size if b < DENSE_BITS else None))
+    smaller = sorted(structured_shapes(handle, structured) - set(shapes))
+    ops += [LinearOp(out, inp, DENSE_BITS, 0, None) for out, inp in smaller]
     return ops
 
 
+def structured_shapes(handle: Any, levels: Sequence[int]) -> set[tuple[int, int]]:
+    """The ``(out, in)`` shapes of the units of ``handle``'s attentions and FFNs with
+    ``levels`` percent of their heads or channels kept."""
+    from presso.structures import model_structures
+
+    if not levels:
+        return set()
+    shape = {u.name: u.shape for u in handle.units}
+    out: set[tuple[int, int]] = set()
+    for s in model_structures(handle):
+        for percent in levels:
+            n = s.kept(percent)
+            out.add((shape[s.consumer][0], n * s.group_size))
+            out |= {(n * s.group_size, shape[p][1]) for p in s.producers}
+            out |= {(n * s.kv_rows, shape[k][1]) for k in s.kv}
+    return out
+
+
 def structure_probes(
-    handle: Any, sublayers: bool, low: tuple[int, int | None] | None = None
+    handle: Any,
+    sublayers: bool,
+    low: tuple[int, int | None] | None = None,
+    structured: int | None = None,
 ) -> dict[str, Plan]:
     """The assembled models whose end-to-end times give the structure: dense; a quarter, half
     and three quarters of the inner blocks removed; half the attentions, half the MLPs; and,
     with ``low = (bits, group_size)``, every unit at ``bits`` (the in-model calibration of
-    the layer timings, see :class:`presso.cost_models.CandidateLatency`)."""
+    the layer timings, see :class:`presso.cost_models.CandidateLatency`); with
+    ``structured``, every attention and FFN at that percent kept (the same calibration, for a
+    model whose levels are shapes)."""
     inner = handle.block_names()[1:-1]  # the first and last blocks are never dropped
     probes = {"dense": levels_plan()}
     if low is not None:
         bits, group = low
         units = {u.name: (bits, 0) for u in handle.units}
         probes[uniform_probe(bits, group)] = levels_plan(units, group_size=group)
+    if structured is not None:
+        probes[structured_probe(structured)] = uniform_structured(handle, structured)
     for k in sorted({max(1, len(inner) * q // 4) for q in (1, 2, 3)}):
         probes[f"drop-blocks-{k}"] = levels_plan(dropped=_spread(inner, k))
     if sublayers:
@@ -86,6 +119,18 @@ def structure_probes(
 
 def uniform_probe(bits: int, group_size: int | None) -> str:
     return f"uniform-w{bits}-" + ("ch" if group_size is None else f"g{group_size}")
+
+
+def structured_probe(percent: int) -> str:
+    return f"uniform-structured-{percent}"
+
+
+def uniform_structured(handle: Any, percent: int) -> Plan:
+    """Every attention and FFN of ``handle`` keeping ``percent`` of its heads or channels."""
+    from presso.plan import Plan
+    from presso.structures import model_structures
+
+    return Plan({s.consumer: {"structured": int(percent)} for s in model_structures(handle)})
 
 
 def calibration_level(ops: Sequence[LinearOp]) -> tuple[int, int | None] | None:
@@ -126,8 +171,11 @@ def profile_model(
     ops: Sequence[LinearOp],
     *,
     progress: Progress | None = None,
+    structured: int | None = None,
 ) -> ProfileReport:
-    """Measure what the database lacks for ``ops`` and the model's structure under each workload."""
+    """Measure what the database lacks for ``ops`` and the model's structure under each
+    workload (``structured``: the lowest structured level, whose uniform model calibrates
+    the layer timings when no bit width does)."""
     import time
 
     start = time.perf_counter()
@@ -138,7 +186,10 @@ def profile_model(
     for w in workloads:
         for op in ops:
             todo.append((op.key, w, op))
-        probes = structure_probes(handle, has_sublayers(handle), calibration_level(ops))
+        low = calibration_level(ops)
+        probes = structure_probes(
+            handle, has_sublayers(handle), low, structured if low is None else None
+        )
         for name, plan in probes.items():
             todo.append((f"{key}/{name}", w, plan))
     pending = []
@@ -269,11 +320,16 @@ def latency_model(
         units.append(
             UnitSlot(u.name, u.shape, u.block, part if part in ("self_attn", "mlp") else "")
         )
-    calibration = None
+    calibration: tuple[Any, float] | None = None
     for bits in range(2, 9):  # the lowest uniform model measured with this group size
         m = db.get(fp, profiler.name, f"{key}/{uniform_probe(bits, group_size)}", workload.key)
         if m is not None and m.ok:
             calibration = (bits, m.median_ms)
+            break
+    for percent in range(1, 100) if calibration is None else ():
+        m = db.get(fp, profiler.name, f"{key}/{structured_probe(percent)}", workload.key)
+        if m is not None and m.ok:  # the lowest structured level measured
+            calibration = (uniform_structured(handle, percent), m.median_ms)
             break
     ops = make_cost_model(cost_model).fit(measurements)
     fallback = None
@@ -291,7 +347,18 @@ def latency_model(
         group_size=group_size,
         fallback=fallback,
         calibration=calibration,
+        structures=_structures(handle),
     )
+
+
+def _structures(handle: Any) -> list[Any]:
+    """The model's attentions and FFNs, or none for an architecture presso cannot prune so."""
+    from presso.structures import model_structures
+
+    try:
+        return model_structures(handle)
+    except PressoError:
+        return []
 
 
 def random_assignment(
@@ -319,6 +386,19 @@ def random_assignment(
     # Never the first or last block: removing them wrecks a model, nobody would deploy that.
     dropped = tuple(sorted(rng.choice(blocks[1:-1], size=n, replace=False))) if n else ()
     return levels_plan(units, dropped, group_size)
+
+
+def random_structured(handle: Any, rng: np.random.Generator, levels: Sequence[int]) -> Plan:
+    """A random structured candidate: each attention and FFN of ``handle`` keeps a random
+    level (percent) of its heads or channels, drawn from a mix of its own (see
+    :func:`random_assignment`)."""
+    from presso.plan import Plan
+    from presso.structures import model_structures
+
+    structures = model_structures(handle)
+    mix = rng.dirichlet(np.ones(len(levels)))
+    picks = rng.choice(len(levels), size=len(structures), p=mix)
+    return Plan({s.consumer: {"structured": int(levels[i])} for s, i in zip(structures, picks)})
 
 
 def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:

@@ -93,18 +93,27 @@ class CandidateLatency:
         *,
         group_size: int | None,
         fallback: CostModel | None = None,
-        calibration: tuple[int, float] | None = None,
+        calibration: tuple[Any, float] | None = None,
+        structures: Sequence[Any] = (),
     ) -> None:
         """calibration: ``(bits, ms)``, the measured end-to-end time with every unit at
-        ``bits`` (the in-model factor α is fitted to it; without it α = 1)."""
+        ``bits`` (the in-model factor α is fitted to it; without it α = 1), or ``(plan, ms)``
+        with every attention and FFN at one structured level. structures: the
+        model's attentions and FFNs (:func:`presso.structures.model_structures`), for plans
+        that prune heads or FFN channels: their units are priced at their smaller shapes and
+        the attention / MLP overhead in proportion to the heads / channels kept."""
         self.ops, self.fallback = ops, fallback
+        self.structures = {s.consumer: s for s in structures}
         self.units, self.blocks = list(units), list(blocks)
+        self._shapes = {u.name: u.shape for u in self.units}
         self.workload, self.group_size = workload, group_size
         self.structure = structure
         self._cache: dict[tuple, float] = {}
         self.scale = 1.0
-        if calibration is not None:
+        if calibration is not None and isinstance(calibration[0], int):
             self.scale = self._fit_scale(*calibration)
+        elif calibration is not None:  # a structured model: its levels are smaller shapes
+            self.scale = self._fit_structured_scale(*calibration)
         dense = self.unit_ms({u.name: (DENSE_BITS, 0) for u in self.units})
         per_block = [0.0] * len(blocks)
         per_part: dict[tuple[int, str], float] = {}
@@ -132,14 +141,35 @@ class CandidateLatency:
         alpha = measured / saved
         return alpha if 0.25 <= alpha <= 4.0 else 1.0
 
+    def _fit_structured_scale(self, plan: Plan, measured_ms: float) -> float:
+        """α from the dense model and ``plan`` (every attention and FFN at one structured
+        level, measured at ``measured_ms``), as :meth:`_fit_scale` from a uniform bit width:
+        layers timed alone, each a call of its own, can cost far more than their share in the
+        model, and what shrinking them saves with them."""
+        shapes, _ = self._shrunk(plan)
+        saved = sum(
+            self._ms(u, DENSE_BITS, 0) - self._ms(u, DENSE_BITS, 0, shapes.get(u.name))
+            for u in self.units
+        )
+        measured = self.structure.dense_ms - measured_ms
+        if saved <= 0.05 * self.structure.dense_ms or measured <= 0:
+            return 1.0
+        alpha = measured / saved
+        return alpha if 0.05 <= alpha <= 4.0 else 1.0
+
     def op(self, unit: UnitSlot, bits: int, sparsity: int) -> LinearOp:
         group = self.group_size if bits < DENSE_BITS else None
         return LinearOp(unit.shape[0], unit.shape[1], int(bits), int(sparsity), group)
 
-    def _ms(self, unit: UnitSlot, bits: int, sparsity: int) -> float:
-        key = (unit.shape, bits, sparsity)
+    def _ms(
+        self, unit: UnitSlot, bits: int, sparsity: int, shape: tuple[int, int] | None = None
+    ) -> float:
+        """Predicted ms of ``unit`` at a level (at ``shape`` when pruned heads or channels
+        made it smaller)."""
+        shape = shape or unit.shape
+        key = (shape, bits, sparsity)
         if key not in self._cache:
-            op = self.op(unit, bits, sparsity)
+            op = self.op(UnitSlot(unit.name, shape, unit.block, unit.part), bits, sparsity)
             value = self.ops.predict([op], self.workload)[0]
             if np.isnan(value) and self.fallback is not None:
                 value = self.fallback.predict([op], self.workload)[0]
@@ -158,8 +188,9 @@ class CandidateLatency:
     def predict(self, plan: Plan) -> float:
         """Predicted end-to-end ms of ``plan`` (units not named are dense)."""
         dropped = set(plan.dropped)
+        shapes, kept = self._shrunk(plan)
         total = self.remainder
-        for block in self.blocks:
+        for b, block in enumerate(self.blocks):
             if block not in dropped:
                 total += self.block_rest
                 for part, overhead in (
@@ -167,13 +198,45 @@ class CandidateLatency:
                     ("mlp", self.mlp_overhead),
                 ):
                     if f"{block}.{part}" not in dropped:
-                        total += overhead
+                        total += self._overhead(overhead, kept.get((b, part), 1.0))
         for u in self.units:
             block = self.blocks[u.block]
             if block in dropped or (u.part and f"{block}.{u.part}" in dropped):
                 continue
-            total += self._ms(u, *unit_levels(plan, u.name))
+            total += self._ms(u, *unit_levels(plan, u.name), shapes.get(u.name))
         return total
+
+    @staticmethod
+    def _overhead(overhead: float, kept: float) -> float:
+        """A sublayer's overhead with ``kept`` of its heads or channels: the attention scores
+        and the activations scale with them. A negative overhead is no such work: it is what
+        the layers timed alone cost beyond their share in the model (a call's own overhead,
+        which stays whatever the shape), so it is left as it is."""
+        return overhead * kept if overhead > 0 else overhead
+
+    def _shrunk(
+        self, plan: Plan
+    ) -> tuple[dict[str, tuple[int, int]], dict[tuple[int, str], float]]:
+        """The smaller shapes of the units ``plan``'s pruned heads and channels leave, and per
+        (block, part) the fraction of its heads or channels kept."""
+        shapes: dict[str, tuple[int, int]] = {}
+        kept: dict[tuple[int, str], float] = {}
+        for unit, percent in plan.compressed("structured").items():
+            s = self.structures.get(unit)
+            if s is None:
+                raise PressoError(f"{unit} has a structured level but is no attention or FFN")
+            n = s.kept(percent)
+            out, inp = self._shape(s.consumer)
+            shapes[s.consumer] = (out, n * s.group_size)
+            for name in s.producers:
+                shapes[name] = (n * s.group_size, self._shape(name)[1])
+            for name in s.kv:
+                shapes[name] = (n * s.kv_rows, self._shape(name)[1])
+            kept[(s.block, "self_attn" if s.what == "heads" else "mlp")] = n / s.count
+        return shapes, kept
+
+    def _shape(self, unit: str) -> tuple[int, int]:
+        return self._shapes[unit]
 
     def describe(self) -> dict[str, Any]:
         s = self.structure

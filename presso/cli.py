@@ -457,8 +457,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    import functools
     import json
 
+    from presso.models import load_model
     from presso.spaces import KINDS
     from presso.store import ResultsStore
     from presso.summary import RunSummary
@@ -494,12 +496,14 @@ def _show(args: argparse.Namespace) -> int:
         _print_pareto(summary)
         return 0
     best = summary.candidates["search"]
+    spec = summary.experiment.get("model")
+    model = functools.partial(load_model, spec) if spec else None  # loaded by a kind that needs it
     for kind in dict.fromkeys(summary.kinds):
         mine = [i for i, k in enumerate(summary.kinds) if k == kind]
         targets = [summary.targets[i] for i in mine]
         values = [best.levels[i] for i in mine]
         label = KINDS.get(kind).label if kind in KINDS else kind
-        shown = KINDS.get(kind).show(targets, values) if kind in KINDS else None
+        shown = KINDS.get(kind).show(targets, values, model=model) if kind in KINDS else None
         if shown is not None:  # a kind with its own view (a sampling schedule)
             print(f"\n{shown}")
             continue

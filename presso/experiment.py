@@ -191,12 +191,22 @@ class Setup:
         from presso.cost_models._campaign import profile_model, unit_ops
         from presso.spaces._bits import BitsKind
         from presso.spaces._sparsity import SparsityKind
+        from presso.spaces._structured import StructuredKind
 
-        # The backends time linear layers at (bits, sparsity) levels.
+        # The backends time linear layers at (bits, sparsity) levels, and at the smaller shapes
+        # pruned heads and FFN channels leave.
         bits, sparsity = self._levels(BitsKind), self._levels(SparsityKind)
-        ops = unit_ops(self.handle, bits, sparsity, self.experiment.compress.group_size)
+        structured = self._levels(StructuredKind)
+        group = self.experiment.compress.group_size
+        ops = unit_ops(self.handle, bits, sparsity, group, structured)
         report = profile_model(
-            self.handle, self.profiler, self.profile_db, [self.workload], ops, progress=progress
+            self.handle,
+            self.profiler,
+            self.profile_db,
+            [self.workload],
+            ops,
+            progress=progress,
+            structured=min(structured) if structured and min(structured) < 100 else None,
         )
         return report.seconds
 

@@ -55,6 +55,9 @@ class LevelDatabase:
         self.key = digest(inputs)
         self.folder = Path(root) / self.key
         self._inputs = inputs
+        own = set(operator.units(handle))
+        #: The units this database holds levels of (a structured operator's: the consumers).
+        self.units = [u for u in handle.units if u.name in own]
 
     # ------------------------------------------------------------------ paths and queries
 
@@ -65,7 +68,7 @@ class LevelDatabase:
         """The (unit, level) pairs to build: not built yet, or whose file is corrupt (reported)."""
         return [
             (u.name, lv)
-            for u in self.handle.units
+            for u in self.units
             for lv in self.levels
             if not (self.path(u.name, lv).is_file() and check(self.path(u.name, lv)))
         ]
@@ -109,7 +112,8 @@ class LevelDatabase:
             weight = self.handle.dense_weight(unit)
             hessian = hessians.pop(unit, None)
             levels = by_unit[unit]
-            for level, qw in zip(levels, self.operator.compress_many(weight, levels, hessian)):
+            operator = self.operator.for_unit(self.handle, unit)
+            for level, qw in zip(levels, operator.compress_many(weight, levels, hessian)):
                 self._write(unit, level, qw, weight, hessian)
         return time.perf_counter() - start
 
@@ -163,7 +167,7 @@ class LevelDatabase:
         return {
             "inputs": self._inputs,
             "levels": list(self.levels),
-            "units": [{"name": u.name, "shape": list(u.shape)} for u in self.handle.units],
+            "units": [{"name": u.name, "shape": list(u.shape)} for u in self.units],
         }
 
     # ------------------------------------------------------------------ reading
@@ -185,7 +189,7 @@ class LevelDatabase:
     def unit_errors(self) -> dict[str, dict[int, float]]:
         """Relative output error of each unit at each level, compressed alone."""
         errors: dict[str, dict[int, float]] = {}
-        for u in self.handle.units:
+        for u in self.units:
             errors[u.name] = {}
             for level in self.levels:
                 with _open(self.path(u.name, level)) as f:

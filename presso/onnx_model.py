@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +58,10 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
-    from presso.compress import QuantizedWeight
+    from presso.compress import QuantizedWeight, StructuredWeight
     from presso.models import ModelHandle
     from presso.plan import Plan
+    from presso.structures import Structure
 
 
 def _unit_levels(plan: Plan, unit: str) -> tuple[int, int]:
@@ -316,12 +317,11 @@ class _Llama:
     """Emits a LlamaForCausalLM forward into a :class:`Graph` (see the module docstring)."""
 
     def __init__(self, handle: ModelHandle, g: Graph, *, fmt: str, accuracy_level: int) -> None:
-        config = handle.model.config
         self.handle, self.g, self.fmt, self.accuracy_level = handle, g, fmt, accuracy_level
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
         self.head_dim = handle.blocks[0].self_attn.head_dim
         self.facts: dict[str, dict[str, int]] = {}
+        #: Biases of pruned producers, sliced (others: the module's own).
+        self.biases: dict[str, torch.Tensor] = {}
 
     def rms_norm(self, x: str, module: Any) -> str:
         g = self.g
@@ -340,7 +340,7 @@ class _Llama:
             name,
             fmt=self.fmt,
             accuracy_level=self.accuracy_level,
-            bias=module.bias,
+            bias=self.biases.get(name, module.bias),
         )
         if facts:
             self.facts[name] = facts
@@ -397,9 +397,12 @@ class _Llama:
     ) -> tuple[str, tuple[str, str]]:
         """Grouped-query causal attention; returns its output and the (key, value) cache
         ``[batch, kv_heads, past + seq, head_dim]`` after this call."""
-        g, d, kv, rep = self.g, self.head_dim, self.kv_heads, self.heads // self.kv_heads
+        g, d = self.g, self.head_dim
         cos, sin, mask = rope
         attn = f"{block}.self_attn"
+        # Heads kept (all, unless the structured kind pruned whole KV groups): from the shapes.
+        heads, kv = self.heads_of(block, weights)
+        rep = heads // kv
         # Query heads are grouped by the key/value head they share: [b, kv, rep, seq, d].
         q = g.op("Reshape", self.linear(x, f"{attn}.q_proj", weights), g.ints(0, 0, kv, rep, d))
         q = self.rotate(g.op("Transpose", q, perm=[0, 2, 3, 1, 4]), cos, sin)
@@ -416,8 +419,17 @@ class _Llama:
         scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k_t), scale), mask)
         context = g.op("MatMul", g.op("Softmax", scores, axis=-1), g.op("Unsqueeze", v, two))
         context = g.op("Transpose", context, perm=[0, 3, 1, 2, 4])
-        context = g.op("Reshape", context, g.ints(0, 0, self.heads * d))
+        context = g.op("Reshape", context, g.ints(0, 0, heads * d))
         return self.linear(context, f"{attn}.o_proj", weights), (k, v)
+
+    def heads_of(self, block: str, weights: dict[str, Any]) -> tuple[int, int]:
+        """Query and KV heads of ``block``'s attention as its weights have them."""
+        attn = f"{block}.self_attn"
+        rows = [
+            weights.get(n, self.handle.dense_weight(n)).shape[0] // self.head_dim
+            for n in (f"{attn}.q_proj", f"{attn}.k_proj")
+        ]
+        return rows[0], rows[1]
 
     def mlp(self, x: str, block: str, weights: dict[str, Any]) -> str:
         g = self.g
@@ -492,6 +504,7 @@ def _present(g: Graph, j: int, cache: tuple[str, str], shape: list[Any]) -> None
 def _emit_llama(
     handle: ModelHandle,
     weights: dict[str, Any],
+    biases: dict[str, torch.Tensor],
     dropped: Iterable[str],
     *,
     fmt: str,
@@ -502,6 +515,7 @@ def _emit_llama(
 
     g = Graph()
     llama = _Llama(handle, g, fmt=fmt, accuracy_level=accuracy_level)
+    llama.biases = biases
     gone_blocks, gone_sublayers = _dropped(handle, dropped)
     g.inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]))
     attention_blocks = [
@@ -509,14 +523,15 @@ def _emit_llama(
         for i in range(len(handle.blocks))
         if i not in gone_blocks and f"{handle.blocks_prefix}.{i}.self_attn" not in gone_sublayers
     ]
-    cache_shape = ["batch", llama.kv_heads, "past", llama.head_dim]
-    present_shape = ["batch", llama.kv_heads, "total", llama.head_dim]
+    # Each layer's cache holds its own KV heads (fewer where whole KV groups are pruned).
+    kv_heads = {b: llama.heads_of(b, weights)[1] for b in attention_blocks}
     past: dict[str, tuple[str, str]] = {}
     if kv_cache:
         for j, block in enumerate(attention_blocks):
             past[block] = (f"past_key.{j}", f"past_value.{j}")
+            shape = ["batch", kv_heads[block], "past", llama.head_dim]
             for name in past[block]:
-                g.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape))
+                g.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
     first_past = past[attention_blocks[0]][0] if past else None
     rope = llama.positions("input_ids", first_past) if attention_blocks else None
     hidden = llama.embed("input_ids")
@@ -530,7 +545,8 @@ def _emit_llama(
             out, cache = llama.attention(normed, block, weights, rope, past.get(block))  # type: ignore[arg-type]
             hidden = g.op("Add", hidden, out)
             if kv_cache:
-                _present(g, attention_blocks.index(block), cache, present_shape)
+                shape = ["batch", kv_heads[block], "total", llama.head_dim]
+                _present(g, attention_blocks.index(block), cache, shape)
         if f"{block}.mlp" not in gone_sublayers:
             normed = llama.rms_norm(hidden, module.post_attention_layernorm)
             hidden = g.op("Add", hidden, llama.mlp(normed, block, weights))
@@ -625,6 +641,7 @@ def build_onnx(
     fmt: str = "matmulnbits",
     kv_cache: bool = False,
     accuracy_level: int = 0,
+    structures: Sequence[tuple[Structure, StructuredWeight]] = (),
 ) -> Path:
     """Write ``handle``'s model compressed as ``plan`` to ``path`` (atomically) and return it.
 
@@ -637,15 +654,49 @@ def build_onnx(
     _onnx()
     _check_format(fmt)
     _check_llama(handle)
-    resolved = unit_weights(handle, plan, weights=weights, sparse=sparse, symmetric=symmetric)
+    resolved, biases = resolve_weights(
+        handle, plan, weights=weights, sparse=sparse, symmetric=symmetric, structures=structures
+    )
     g, facts = _emit_llama(
         handle,
         resolved,
+        biases,
         plan.dropped,
         fmt=fmt,
         kv_cache=kv_cache,
         accuracy_level=accuracy_level,
     )
+    return write_graph(handle, plan, path, g, facts, fmt=fmt, kv_cache=kv_cache)
+
+
+def resolve_weights(
+    handle: ModelHandle,
+    plan: Plan,
+    *,
+    weights: WeightFn | None = None,
+    sparse: SparseFn | None = None,
+    symmetric: bool = False,
+    structures: Sequence[tuple[Structure, StructuredWeight]] = (),
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Each unit's weight in the graph (see :func:`unit_weights`; pruned heads and channels
+    sliced), and the sliced biases of pruned producers."""
+    resolved = unit_weights(handle, plan, weights=weights, sparse=sparse, symmetric=symmetric)
+    sliced, biases = _sliced(handle, plan, structures)
+    resolved.update(sliced)
+    return resolved, biases
+
+
+def write_graph(
+    handle: ModelHandle,
+    plan: Plan,
+    path: str | Path,
+    g: Graph,
+    facts: dict[str, dict[str, int]],
+    *,
+    fmt: str,
+    kv_cache: bool,
+) -> Path:
+    """Save graph ``g`` of ``plan`` with presso's metadata (see :func:`build_onnx`)."""
     for unit in plan.units:
         _, sparsity = _unit_levels(plan, unit)
         if unit in facts or sparsity:
@@ -659,6 +710,39 @@ def build_onnx(
         "presso.session_config": json.dumps(SESSION_CONFIG),
     }
     return save_model(g.model(metadata), Path(path))
+
+
+def _sliced(
+    handle: ModelHandle, plan: Plan, structures: Sequence[tuple[Structure, StructuredWeight]]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The smaller weights of pruned heads and FFN channels (see :func:`presso.surgery.shrink`):
+    producers' kept rows, the consumer's kept and updated columns; and the producers' biases'
+    kept rows."""
+    from presso.compress import structure_columns
+    from presso.spaces._structured import StructuredKind
+
+    given = {s.consumer for s, _ in structures}
+    missing = sorted(set(plan.compressed(StructuredKind.name)) - given)
+    if missing:
+        raise PressoError(
+            f"ONNX graph: {len(missing)} units have structured levels but no kept weights were "
+            f"given ({missing[0]}, ...); build it through presso.runtimes"
+        )
+    out: dict[str, torch.Tensor] = {}
+    biases: dict[str, torch.Tensor] = {}
+    gone = tuple(f"{name}." for name in plan.dropped)
+    for structure, kept in structures:
+        if structure.consumer.startswith(gone):
+            continue
+        kv_rows = structure_columns(kept.kept, structure.kv_rows)
+        for names, rows in ((structure.producers, kept.kept_columns()), (structure.kv, kv_rows)):
+            for name in names:
+                out[name] = handle.dense_weight(name)[rows]
+                bias = handle.linear(name).bias
+                if bias is not None:
+                    biases[name] = bias.detach()[rows]
+        out[structure.consumer] = kept.weight
+    return out, biases
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> Path:

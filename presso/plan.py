@@ -27,6 +27,8 @@ PLAN_VERSION = 1
 #: What a plan says about where it came from, in the order a plan file writes it (the budget
 #: metrics of the candidate follow ``budget``).
 _HEAD = ("run", "candidate", "strategy", "model", "budget")
+#: The per-unit kinds every plan digest holds (those there were when digests were first stored).
+_DIGEST_KINDS = ("bits", "sparsity")
 
 
 def _kinds() -> Any:
@@ -129,7 +131,14 @@ class Plan:
         size): the key of cached builds and timings of this candidate."""
         from presso.paths import digest
 
-        kinds = [k.name for k in _kinds().values() if k.per_unit]
+        # The kinds the first digests held always count; a later kind only when the plan uses
+        # it, so that the digests of plans without it (cached timings, graphs) stay as they were.
+        used = self.kinds()
+        kinds = [
+            k.name
+            for k in _kinds().values()
+            if k.per_unit and (k.name in _DIGEST_KINDS or k.name in used)
+        ]
         units = sorted((u, tuple(self.level(u, k) for k in kinds)) for u in self.units)
         return digest([units, self.dropped, self.group_size], length)
 

@@ -227,8 +227,9 @@ class OnnxRuntimeProfiler(Profiler):
                 runtime = load(path, handle.kind, device=self.device, threads=options["threads"])
         # The session as the runtime built it, fed a seeded prompt (prefill) or one token per
         # sequence against a seeded KV cache of seq_len tokens (decode): only the logits are
-        # fetched, as a deployment's sampler reads them.
+        # fetched, as a deployment's sampler reads them (an encoder's: its last hidden states).
         session = runtime.session
+        output = session.get_outputs()[0].name
         feed = _model_inputs(session, handle, workload)
         carried = {
             u: f["carrier_bits"]
@@ -236,7 +237,7 @@ class OnnxRuntimeProfiler(Profiler):
             if f.get("carrier_bits", 0) != f.get("bits", 0)
         }
         return self._timed(
-            lambda: session.run(["logits"], feed),
+            lambda: session.run([output], feed),
             op="model",
             workload=workload,
             build_s=round(build_s, 3),

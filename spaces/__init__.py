@@ -16,6 +16,9 @@ from presso.spaces._depth import DROPPED, KEPT, MinDropped, depth_dims, depth_sp
 from presso.spaces._steps import MaxSteps, ScheduleConfig, steps_dims
 
 # isort: split
+from presso.spaces._structured import MaxKept, StructuredConfig, structured_dims
+
+# isort: split
 from presso.spaces._base import Budget, Config, Constraint, Dimension, SearchSpace
 from presso.spaces._kinds import KINDS, Kind, kind, unit_kinds
 from presso.spaces._latency import MaxLatency
@@ -46,9 +49,11 @@ __all__ = [
     "MeanSparsity",
     "MinDropped",
     "MaxSteps",
+    "MaxKept",
     "ScheduleConfig",
     "SearchSpace",
     "SparsityConfig",
+    "StructuredConfig",
     "bits_dims",
     "bits_space",
     "depth_dims",
@@ -57,5 +62,6 @@ __all__ = [
     "sparsity_dims",
     "sparsity_space",
     "steps_dims",
+    "structured_dims",
     "unit_kinds",
 ]

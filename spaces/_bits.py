@@ -186,7 +186,7 @@ class BitsKind(Kind):
                 f"no configuration can meet mean_bits <= {limit:g}: the lowest level is "
                 f"{min(c.levels)} bits; raise mean_bits or add a lower level to compress.levels",
             )
-        if c.calibration > experiment.data.calibration:
+        if active and c.calibration > experiment.data.calibration:
             fail(
                 ("compress", "calibration"),
                 f"{c.calibration} windows asked for, but the "

@@ -121,9 +121,16 @@ class Kind(ABC):
             f"{layer_list(used)}; export it with --format plan, or choose another candidate"
         )
 
-    def show(self, targets: Sequence[str], values: Sequence[float]) -> str | None:
+    def show(
+        self,
+        targets: Sequence[str],
+        values: Sequence[float],
+        *,
+        model: Callable[[], Any] | None = None,
+    ) -> str | None:
         """How ``presso show`` prints the search's best levels of this kind (``targets`` and
-        ``values``: its dimensions'), or None for the per-layer grid."""
+        ``values``: its dimensions'; ``model``: loads the run's model, a ModelHandle), or None
+        for the per-layer grid."""
         return None
 
     def realise(

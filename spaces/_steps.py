@@ -8,7 +8,7 @@ skipped steps as ``timestep.T`` targets, as depth drops blocks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -136,7 +136,13 @@ class StepsKind(Kind):
                 "steps or more candidates",
             )
 
-    def show(self, targets: Sequence[str], values: Sequence[float]) -> str | None:
+    def show(
+        self,
+        targets: Sequence[str],
+        values: Sequence[float],
+        *,
+        model: Callable[[], Any] | None = None,
+    ) -> str | None:
         kept = [timestep_of(t) for t, v in zip(targets, values) if v == KEPT]
         steps = ", ".join(map(str, sorted(kept, reverse=True)))
         return f"sampling schedule of the search's best ({len(kept)} time steps): {steps}"

@@ -15,6 +15,7 @@ from presso.cost_models._campaign import (
     model_key,
     profile_model,
     random_assignment,
+    random_structured,
     rank_correlation,
     structure_probes,
     unit_ops,
@@ -114,6 +115,51 @@ def test_validation_measures_candidates_for_real_once(handle, profiled) -> None:
     before = len(db.measurements(machine_id(profiler), "torch"))
     validate(handle, profiler, db, {"lookup_ms": model}, W, cands)  # reused, not re-measured
     assert len(db.measurements(machine_id(profiler), "torch")) == before
+
+
+def test_structured_candidates_are_priced_at_their_smaller_shapes(handle, tmp_path) -> None:  # noqa: ANN001
+    from presso.plan import Plan
+    from presso.structures import model_structures
+
+    profiler = make_profiler("torch", threads=1, repeats=3, warmup=1)
+    db = ProfileDatabase(tmp_path / "p.sqlite")
+    ops = unit_ops(handle, [], [0], 32, structured=[50, 25])
+    # tiny-llama: q/o (64, 64), k/v (32, 64), gate/up (128, 64), down (64, 128); at 50 % one of
+    # two KV groups and 64 of 128 channels: q (32, 64), k/v (16, 64), o (64, 32), up (64, 64),
+    # down (64, 64); at 25 % one group and 32 channels: up (32, 64), down (64, 32).
+    assert {(op.out_features, op.in_features) for op in ops} == {
+        (64, 64), (32, 64), (128, 64), (64, 128), (16, 64), (64, 32)}  # fmt: skip
+    assert profile_model(handle, profiler, db, [W], ops).failed == []
+    model = latency_model(handle, profiler, db, W, group_size=32)
+    structures = model_structures(handle)
+    half = Plan({s.consumer: {"structured": 50} for s in structures})
+    dense = model.predict(levels_plan())
+    smaller = {
+        "q_proj": (32, 64), "k_proj": (16, 64), "v_proj": (16, 64), "o_proj": (64, 32),
+        "gate_proj": (64, 64), "up_proj": (64, 64), "down_proj": (64, 64)}  # fmt: skip
+    saved = sum(
+        model._ms(u, 16, 0) - model._ms(u, 16, 0, smaller[u.name.rsplit(".", 1)[1]])  # noqa: SLF001
+        for u in model.units
+    )
+    positive = [o for o in (model.attn_overhead, model.mlp_overhead) if o > 0]
+    overheads = len(handle.blocks) * sum(positive) / 2
+    assert model.predict(half) == pytest.approx(dense - saved - overheads)
+    # With the lowest structured level named, its uniform model is timed too, and calibrates
+    # the layer timings as a uniform bit width does (where its saving is plausible).
+    report = profile_model(handle, profiler, db, [W], ops, structured=25)
+    assert report.measured == 1 and not report.failed
+    probe = db.get(
+        machine_id(profiler), "torch", f"{model_key(handle)}/uniform-structured-25", W.key
+    )
+    assert probe is not None and probe.ok
+    calibrated = latency_model(handle, profiler, db, W, group_size=32)
+    assert calibrated.scale == 1.0 or calibrated.predict(
+        Plan({s.consumer: {"structured": 25} for s in structures})
+    ) == pytest.approx(probe.median_ms, rel=0.3)
+    rng = np.random.default_rng(0)
+    cands = [half, random_structured(handle, rng, [100, 50, 25])]
+    result = validate(handle, profiler, db, {"lookup_ms": model}, W, cands)
+    assert all(r["measured_ms"] > 0 and math.isfinite(r["lookup_ms"]) for r in result.rows)
 
 
 def test_validation_candidates_span_the_range_of_bits(handle) -> None:  # noqa: ANN001

@@ -90,7 +90,8 @@ def make_space(
 
 def contract_space(kind: str, slack: bool = False) -> SearchSpace:
     """A space of ``kind`` over 6 blocks named ``layer{i}``; ``slack``: a budget the uniform
-    configuration does not meet exactly (for depth: a space of sublayers instead)."""
+    configuration does not meet exactly (for depth: a space of sublayers instead; for
+    structured: levels that round to the same KV groups, 30 and 50 % of 3 keep 1 and 2)."""
     if kind == "bits":
         return make_space(target=3.4 if slack else 3.0)
     units = [(f"layer{i}.{g}", shape) for i in range(6) for g, shape in enumerate(SHAPES)]
@@ -101,6 +102,16 @@ def contract_space(kind: str, slack: bool = False) -> SearchSpace:
 
         n = 30 if slack else 20
         return SearchSpace(steps_dims(range(999, 0, -(1000 // n))), [MaxSteps(5 if slack else 4)])
+    if kind == "structured":  # an attention of 3 KV groups and an FFN of 256 channels a block
+        from presso.spaces import MaxKept, structured_dims
+
+        structures = [
+            (f"layer{i}.{name}", count, params)
+            for i in range(6)
+            for name, count, params in (("o_proj", 3, 3 * 4096), ("down_proj", 256, 256 * 192))
+        ]
+        levels = (30, 50, 75) if slack else (25, 50, 75)
+        return SearchSpace(structured_dims(structures, levels), [MaxKept(57.3 if slack else 50)])
     if not slack:
         return depth_space([(f"layer{i}", 4096) for i in range(6)], 2)
     sublayers = [(f"layer{i}.{part}", 4096) for i in range(6) for part in ("self_attn", "mlp")]

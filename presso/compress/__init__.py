@@ -11,7 +11,12 @@ ZipLM's OBS update and return a :class:`StructuredWeight` (a smaller weight and 
 from __future__ import annotations
 
 # Importing the operator modules registers them with make_operator.
-from presso.compress import _gptq_operator, _rtn, _sparse_operators  # noqa: F401
+from presso.compress import (  # noqa: F401
+    _gptq_operator,
+    _rtn,
+    _sparse_operators,
+    _structured_operator,
+)
 from presso.compress._base import Compressed, Operator, Quantizer, make_operator
 from presso.compress._gptq import gptq_quantize
 from presso.compress._hessian import HessianAccumulator, hessian_hooks

@@ -74,6 +74,15 @@ class Operator(ABC):
         """:meth:`compress` at each of ``levels``; operators override it when sharing work pays."""
         return [self.compress(weight, level, hessian) for level in levels]
 
+    def units(self, handle: Any) -> list[str]:
+        """The units of ``handle`` this operator compresses (default: every unit)."""
+        return handle.unit_names
+
+    def for_unit(self, handle: Any, unit: str) -> Operator:
+        """The operator that compresses ``unit`` of ``handle``: itself, unless what a level
+        means depends on the unit (structured pruning: which columns form one head)."""
+        return self
+
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.key().items() if k not in ("name",))
         return f"{type(self).__name__}({options})"

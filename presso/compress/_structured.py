@@ -77,8 +77,10 @@ class StructuredWeight:
         return structure_columns(self.kept, self.group_size)
 
     def dequantize(self) -> torch.Tensor:
-        """The float32 ``[out, kept in]`` weight of the smaller Linear."""
-        return self.weight
+        """The float32 ``[out, in]`` weight a model of the dense shapes runs with (what the
+        level database and the evaluator read, as of every operator): :meth:`masked`. The
+        smaller Linear's own weight is :attr:`weight`."""
+        return self.masked()
 
     def masked(self) -> torch.Tensor:
         """The float32 ``[out, in]`` dense-shaped weight: removed columns zero, kept ones updated."""
@@ -220,6 +222,9 @@ def obs_prune_structures(
     hinv = upper.T @ upper  # (H + λI)⁻¹
 
     wanted = set(kept)
+    if group_size == 1:
+        channels = _greedy_columns(w, hinv, wanted)
+        return [channels[level] for level in kept]
     snapshots: dict[int, StructuredWeight] = {}
     alive = torch.ones(n_struct, dtype=torch.bool, device=device)
     columns = torch.arange(in_features, device=device).reshape(n_struct, group_size)
@@ -254,6 +259,56 @@ def obs_prune_structures(
         if n_alive in wanted:
             snapshot()
     return [snapshots[level] for level in kept]
+
+
+#: Single-column structures removed per greedy step: this fraction of the alive ones (at least
+#: one). ZipLM removes one per step; with SmolLM2's 1536 FFN channels that is 1152 full passes
+#: over a 1536² inverse Hessian to reach 25 %, minutes per layer on a loaded 2-core CPU.
+CHUNK = 1 / 64
+
+
+def _greedy_columns(
+    w: torch.Tensor, hinv: torch.Tensor, wanted: set[int]
+) -> dict[int, StructuredWeight]:
+    """The greedy loop for single-column structures (FFN channels), in chunks: each step
+    removes the ``max(1, alive * CHUNK)`` columns of lowest single-column error together, with
+    the exact joint OBS update of that set (so the weights are still the least-squares optimum
+    of the kept columns, and the predicted error exact; only the choice is coarser than
+    ZipLM's one-at-a-time greedy, and identical below 128 alive columns). ``w`` float64
+    ``[out, in]``, ``hinv`` its damped inverse Hessian; both are compacted to the alive
+    columns as they go (ten times fewer passes on SmolLM2's 1536 channels)."""
+    in_features = w.shape[1]
+    alive = torch.arange(in_features, device=w.device)
+    snapshots: dict[int, StructuredWeight] = {}
+    error = 0.0
+
+    def snapshot() -> None:
+        snapshots[alive.numel()] = StructuredWeight(
+            w.to(torch.float32).contiguous(), alive.clone(), 1, in_features, error
+        )
+
+    if in_features in wanted:
+        snapshot()
+    while alive.numel() > min(wanted):
+        n = alive.numel()
+        target = max(level for level in wanted if level < n)  # never step past a level
+        k = min(max(1, int(n * CHUNK)), n - target)
+        errors = 0.5 * w.pow(2).sum(dim=0) / torch.diagonal(hinv)
+        gone = torch.topk(errors, k, largest=False).indices
+        mask = torch.ones(n, dtype=torch.bool, device=w.device)
+        mask[gone] = False
+        keep = mask.nonzero().reshape(-1)
+        # The joint update of the removed set S: W_S (Hi_SS)⁻¹ moves onto the kept columns.
+        lower = torch.linalg.cholesky(hinv[gone[:, None], gone[None, :]])
+        solved = torch.cholesky_solve(w[:, gone].T, lower)  # (Hi_SS)⁻¹ W_Sᵀ, [k, out]
+        error += 0.5 * float((w[:, gone].T * solved).sum())
+        cross = hinv[gone[:, None], keep[None, :]]  # Hi_S,kept [k, A-k]
+        w = w[:, keep] - solved.T @ cross
+        hinv = hinv[keep[:, None], keep[None, :]] - cross.T @ torch.cholesky_solve(cross, lower)
+        alive = alive[keep]
+        if alive.numel() in wanted:
+            snapshot()
+    return snapshots
 
 
 def _check_weight_dims(weight: torch.Tensor) -> int:

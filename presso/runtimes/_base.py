@@ -11,13 +11,15 @@ from presso.errors import PressoError
 from presso.registry import Registry
 from presso.spaces._bits import DENSE_BITS, BitsKind
 from presso.spaces._sparsity import SparsityKind
+from presso.spaces._structured import StructuredKind
 
 if TYPE_CHECKING:
     import torch
 
-    from presso.compress import QuantizedWeight
+    from presso.compress import QuantizedWeight, StructuredWeight
     from presso.models import ModelHandle
     from presso.plan import Plan
+    from presso.structures import Structure
 
 
 @runtime_checkable
@@ -50,11 +52,15 @@ class Levels:
 
     quantized: ``(unit, bits) -> QuantizedWeight``. sparse: ``(unit, percent) -> the pruned
     fp32 weight``. Either None: made here from the dense weight (RTN at the plan's group size;
-    magnitude pruning) — right for latency, not the weights a search scored.
+    magnitude pruning) — right for latency, not the weights a search scored. structured: see
+    the field.
     """
 
     quantized: Callable[[str, int], QuantizedWeight] | None = None
     sparse: Callable[[str, int], torch.Tensor] | None = None
+    #: ``(consumer unit, percent kept) -> StructuredWeight`` (the ZipLM levels); None: the
+    #: structures with the largest weights kept, not updated (right for latency only).
+    structured: Callable[[str, int], StructuredWeight] | None = None
 
     @classmethod
     def of(cls, levels: Any) -> Levels:
@@ -107,14 +113,59 @@ def quantized_level(
     return qw
 
 
+def structured_weights(
+    handle: ModelHandle, plan: Plan, levels: Levels
+) -> list[tuple[Structure, StructuredWeight]]:
+    """The structures ``plan`` prunes (a level under 100 % on their consumer unit), each with
+    its consumer's kept, updated weight: what a runtime slices its Linears by."""
+    from presso.structures import consumers
+
+    pruned = plan.compressed(StructuredKind.name)
+    if not pruned:
+        return []
+    out = []
+    for unit, structure in consumers(handle).items():
+        if unit in pruned:
+            percent = int(pruned[unit])
+            if levels.structured is not None:
+                kept = levels.structured(unit, percent)
+            else:
+                kept = largest_structures(handle.dense_weight(unit), structure, percent)
+            out.append((structure, kept))
+    return out
+
+
+def largest_structures(
+    weight: torch.Tensor, structure: Structure, percent: int
+) -> StructuredWeight:
+    """The structures of ``weight`` (a consumer's) with the largest norms at ``percent`` kept, not
+    updated: the shapes a level runs at, without calibration data."""
+    import torch
+
+    from presso.compress import StructuredWeight, structure_columns
+
+    g = structure.group_size
+    norms = weight.detach().float().pow(2).reshape(weight.shape[0], -1, g).sum(dim=(0, 2))
+    kept = torch.sort(torch.argsort(norms, descending=True)[: structure.kept(percent)]).values
+    columns = structure_columns(kept, g)
+    return StructuredWeight(weight[:, columns].float().contiguous(), kept, g, weight.shape[1])
+
+
 def unit_weight(
     handle: ModelHandle, plan: Plan, unit: str, levels: Levels
 ) -> QuantizedWeight | torch.Tensor | None:
-    """What ``unit`` runs with: a QuantizedWeight (2..8 bits), its pruned fp32 weight (dense
-    bits, sparse), or None (dense: the handle's dense weight). The one place every runtime
-    takes a unit's weight from, so that they all run the same numbers."""
+    """What ``unit`` runs with in a model of the dense shapes: a QuantizedWeight (2..8 bits),
+    its pruned fp32 weight (dense bits, sparse; pruned structures: masked and updated), or
+    None (dense: the handle's dense weight). The one place every runtime takes a unit's weight
+    from, so that they all run the same numbers."""
     from presso.compress import magnitude_prune
 
+    percent = plan.level(unit, StructuredKind.name)
+    if StructuredKind().compressed(percent):
+        if levels.structured is not None:
+            return levels.structured(unit, int(percent)).masked()
+        (kept,) = [k for s, k in structured_weights(handle, plan, levels) if s.consumer == unit]
+        return kept.masked()
     bits, sparsity = unit_levels(plan, unit)
     if bits < DENSE_BITS:
         try:
@@ -137,6 +188,26 @@ def check_plan(handle: ModelHandle, plan: Plan) -> None:
         if name not in units:
             raise PressoError(f"plan: {name!r} is not a unit of model {handle.name}")
         check_level(f"unit {name}", *unit_levels(plan, name))
+    pruned = plan.compressed(StructuredKind.name)
+    if not pruned:
+        return
+    from presso.structures import consumers
+
+    structures = consumers(handle)
+    for unit, percent in pruned.items():
+        if unit not in structures:
+            raise PressoError(
+                f"plan: unit {unit} has a structured level ({percent}%), but only attention "
+                "output and FFN down projections have one"
+            )
+        s = structures[unit]
+        for member in (s.consumer, *s.producers, *s.kv):
+            if unit_levels(plan, member) != (DENSE_BITS, 0):
+                raise PressoError(
+                    f"unit {member}: its {s.what} are pruned to {percent}% and it also has "
+                    "bits or sparsity; runtimes build structured pruning of dense weights "
+                    "only, so give it 16 bits and 0% sparsity"
+                )
 
 
 class ModuleRuntime:

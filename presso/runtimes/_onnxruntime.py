@@ -1,6 +1,7 @@
 """The ONNX Runtime runtime: the candidate written as one ONNX graph
-(:func:`presso.onnx_model.build_onnx`: MatMulNBits for quantized units, dropped modules not in
-the graph at all) and run by an ``InferenceSession``. The KV cache is graph inputs and outputs
+(:func:`presso.onnx_model.build_onnx`, a BERT encoder :func:`presso.onnx_bert.build_bert_onnx`:
+MatMulNBits for quantized units, dropped modules not in
+the graph at all, pruned heads and FFN channels as smaller MatMuls and fewer KV heads) and run by an ``InferenceSession``. The KV cache is graph inputs and outputs
 (``past_*`` / ``present_*``), one pair per attention layer that runs."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from presso.errors import PressoError
-from presso.runtimes._base import Levels
+from presso.runtimes._base import Levels, structured_weights
 from presso.runtimes._skip import dropped_modules
 
 if TYPE_CHECKING:
@@ -30,7 +31,9 @@ class OrtRuntime:
         self.kind = kind
         self.detail: dict[str, Any] = detail
         self._pasts = [a for a in session.get_inputs() if a.name.startswith("past_")]
-        self._outputs = ["logits"] + [a.name.replace("past_", "present_") for a in self._pasts]
+        # logits (a causal LM) or last_hidden_state (an encoder): the graph's first output.
+        self._output = session.get_outputs()[0].name
+        self._outputs = [self._output] + [a.name.replace("past_", "present_") for a in self._pasts]
         self._state: dict[str, Any] | None = None
 
     def _empty(self, batch: int) -> dict[str, Any]:
@@ -45,7 +48,7 @@ class OrtRuntime:
         import torch
 
         feed = {"input_ids": ids.cpu().numpy().astype("int64"), **self._empty(ids.shape[0])}
-        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+        return torch.from_numpy(self.session.run([self._output], feed)[0])
 
     def start(self, ids: torch.Tensor) -> torch.Tensor:
         if not self._pasts:
@@ -87,16 +90,22 @@ def build(
     from presso.onnx_model import build_onnx
 
     dropped_modules(handle, plan)  # refuses a name that is no block or sublayer
+    options: dict[str, Any] = {
+        "weights": levels.quantized,
+        "sparse": levels.sparse,
+        "accuracy_level": accuracy_level,
+        "structures": structured_weights(handle, plan, levels),
+    }
     with tempfile.TemporaryDirectory(prefix="presso-runtime-") as tmp:
-        written = build_onnx(
-            handle,
-            plan,
-            Path(path) if path is not None else Path(tmp) / "model.onnx",
-            weights=levels.quantized,
-            sparse=levels.sparse,
-            kv_cache=kv_cache and handle.kind == "causal-lm",
-            accuracy_level=accuracy_level,
-        )
+        out = Path(path) if path is not None else Path(tmp) / "model.onnx"
+        if getattr(handle.model.config, "model_type", None) == "bert" and handle.kind == "encoder":
+            from presso.onnx_bert import build_bert_onnx
+
+            written = build_bert_onnx(handle, plan, out, **options)
+        else:
+            written = build_onnx(
+                handle, plan, out, kv_cache=kv_cache and handle.kind == "causal-lm", **options
+            )
         return load(written, handle.kind, device=device, threads=threads)
 
 

@@ -10,7 +10,9 @@
   (``packed_dtype="float32"``: exact, slow, CPU only);
 * unstructured sparsity (dense bits): CSR sparse x dense (:class:`SparseLinear`), or the dense
   GEMM of the pruned weight, or whichever a chooser picks (the profiler times both);
-  with low bits, sparsity is not exploited.
+  with low bits, sparsity is not exploited;
+* pruned heads and FFN channels (the structured kind): smaller ``nn.Linear`` shapes
+  (:func:`presso.surgery.shrink`), and under GQA fewer KV heads in the cache.
 
 torch is imported when a runtime is built, not when this module is: the ``nn.Module`` classes
 are built on first access through the module's ``__getattr__``.
@@ -27,8 +29,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from presso.errors import PressoError
-from presso.runtimes._base import DENSE_BITS, Levels, ModuleRuntime, unit_levels, unit_weight
+from presso.runtimes._base import (
+    DENSE_BITS,
+    Levels,
+    ModuleRuntime,
+    structured_weights,
+    unit_levels,
+    unit_weight,
+)
 from presso.runtimes._skip import apply_drops, removed, replace
+from presso.surgery import shrink
 
 if TYPE_CHECKING:
     import torch
@@ -287,9 +297,15 @@ def build(
                 modules[name].weight.data = handle.dense_weight(name).clone()
         model.to(device, dtype)
         kernels: Counter[str] = Counter()
+        shrunk: set[str] = set()  # units of pruned heads / FFN channels: smaller, dense
+        for structure, kept in structured_weights(handle, plan, levels):
+            if not removed(handle, plan, structure.consumer):
+                shrink(model, structure, kept)
+                shrunk |= {structure.consumer, *structure.producers, *structure.kv}
+                kernels[f"structured-{structure.what}"] += 1
         for name in handle.unit_names:
-            if removed(handle, plan, name):
-                continue  # removed with what it is in
+            if removed(handle, plan, name) or name in shrunk:
+                continue  # removed with what it is in, or already built smaller
             weight = unit_weight(handle, plan, name, levels)
             bits, sparsity = unit_levels(plan, name)
             linear = modules[name]
