@@ -99,13 +99,18 @@ def build_store(path: Path | str, *, candidates: int, seed_trials: int, units: i
     copies = candidates // seed_trials
     copied = _replicate(store.url, copies) if copies > 1 else 0
     file = sqlite_path(str(path))
+    if file is not None:
+        size = file.stat().st_size
+    else:
+        with ResultsStore(str(path)).storage.engine.connect() as con:
+            size = con.exec_driver_sql("SELECT pg_database_size(current_database())").scalar()
     return {
         "units": len(space),
         "recorded_through_api": seed_trials,
         "record_s": round(recorded_s, 2),
         "copied_in_sql": copied,
         "build_s": round(time.perf_counter() - start, 2),
-        "store_mb": round(file.stat().st_size / 2**20, 1) if file and copied else None,
+        "store_mb": round(size / 2**20, 1),
     }
 
 
