@@ -19,7 +19,15 @@ from typing import Any
 
 from presso.errors import PressoError
 from presso.spaces import KIND_BUDGETS, KINDS
-from presso.store import CHUNK, Record, check_attrs, sqlite_path, sqlite_read_only, storage_url
+from presso.store import (
+    CHUNK,
+    Record,
+    check_attrs,
+    run_rows,
+    sqlite_path,
+    sqlite_read_only,
+    storage_url,
+)
 from presso.summary import RunSummary, unit_columns
 from presso.summary import json_safe as json_safe  # the page's JSON, as --json writes it
 
@@ -61,22 +69,17 @@ class StoreReader:
     # ------------------------------------------------------------------ queries
 
     def runs(self) -> list[dict[str, Any]]:
-        """One row per run: name, status, evaluations, model, strategy, times, summary."""
-        counts = self._rows(
-            "SELECT s.study_id, s.study_name, COUNT(t.trial_id), MIN(t.datetime_start),"
-            " MAX(t.datetime_complete) FROM studies s LEFT JOIN trials t"
-            " ON t.study_id = s.study_id GROUP BY s.study_id, s.study_name ORDER BY s.study_id"
-        )
-        attrs: dict[int, dict[str, Any]] = {}
-        for study_id, key, value in self._rows(
-            "SELECT study_id, key, value_json FROM study_user_attributes"
-            " WHERE key IN ('status', 'experiment', 'summary', 'answers', 'sweep')"
-        ):
-            attrs.setdefault(study_id, {})[key] = self._loads(value)
-        return [
-            _run_row(name, n, started, updated, self._checked(name, attrs.get(study_id, {})))
-            for study_id, name, n, started, updated in counts
-        ]
+        """One row per run: the store's row (see presso.store.run_rows), with the run's
+        sweep by name, budget, candidates and how to name its metrics."""
+        try:
+            rows = run_rows(self._rows, self.label)
+        except StoreUnavailable:
+            raise
+        except PressoError as err:  # a damaged run's attributes
+            raise StoreUnavailable(str(err)) from None
+        except ValueError as err:  # an attribute that is not JSON
+            raise self._damaged(err) from None
+        return [_run_row(row, attrs) for row, attrs in rows]
 
     def attrs(self, run: str) -> dict[str, Any]:
         """The run's study user attributes (experiment, units, levels, status, summary)."""
@@ -218,10 +221,13 @@ class StoreReader:
         try:
             return json.loads(value) if value is not None else None
         except ValueError as err:
-            raise StoreUnavailable(
-                f"results store {self.label} is damaged: a stored attribute is not JSON "
-                f"({err.args[0].split(':')[0]}); restore the store from a copy"
-            ) from None
+            raise self._damaged(err) from None
+
+    def _damaged(self, err: ValueError) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"results store {self.label} is damaged: a stored attribute is not JSON "
+            f"({err.args[0].split(':')[0]}); restore the store from a copy"
+        )
 
     def _checked(self, run: str, attrs: dict[str, Any]) -> dict[str, Any]:
         """``attrs`` if shaped as presso writes them, else the damage as the store's error."""
@@ -309,10 +315,6 @@ def _state(value: Any) -> str:
     return str(getattr(value, "name", value) or "")
 
 
-def _time(value: Any) -> str:
-    return str(value)[:19].replace(" ", "T") if value else ""
-
-
 def _evaluation(a: dict[str, Any], state: Any, value: Any, value_type: Any) -> Record | None:
     """The Record of a finished trial (as ``ResultsStore.records`` builds it), or None for a
     trial that is no evaluation (the run's answers, trials not written by presso)."""
@@ -322,19 +324,13 @@ def _evaluation(a: dict[str, Any], state: Any, value: Any, value_type: Any) -> R
     return Record.from_attrs(a, value if ok else None)
 
 
-def _run_row(name: str, n: int, started: Any, updated: Any, attrs: dict) -> dict[str, Any]:
+def _run_row(row: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any]:
     exp = attrs.get("experiment") or {}
-    summary = RunSummary.from_attrs(name, attrs)
+    summary = RunSummary.from_attrs(row["name"], attrs)
     return {
-        "name": name,
-        "status": attrs.get("status") or "?",
-        "evaluations": n - (attrs.get("answers") or 0),  # a finished run's answers are trials too
-        "started": _time(started),
-        "updated": _time(updated),
-        "model": exp.get("model", "?"),
-        "strategy": (exp.get("search") or {}).get("strategy", "?"),
+        **row,
+        "sweep": (row["sweep"] or {}).get("name"),  # the sweep that made the run, if any
         "budget": {k: v for k, v in (exp.get("space") or {}).items() if _finite(v)},
-        "sweep": (attrs.get("sweep") or {}).get("name"),  # the sweep that made the run, if any
         "candidates": {
             phase: {"strategy": c.strategy, "heldout": c.heldout}
             for phase, c in summary.candidates.items()

@@ -32,7 +32,7 @@ import re
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -244,35 +244,9 @@ class ResultsStore:
             ) from None
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run, in the order they were made: name, evaluations, status, start, model.
-
-        Counted in SQL: Optuna's study summaries load every trial of every study (its
-        parameters and attributes), minutes for a store of 100,000 evaluations."""
+        """Every run, in the order they were made (see ``run_rows``)."""
         with self._reading():
-            studies = self._sql(
-                "SELECT s.study_id, s.study_name, COUNT(t.trial_id), MIN(t.datetime_start)"
-                " FROM studies s LEFT JOIN trials t ON t.study_id = s.study_id"
-                " GROUP BY s.study_id, s.study_name ORDER BY s.study_id"
-            )
-            by_study: dict[int, dict[str, Any]] = {}
-            for study_id, key, value in self._sql(
-                "SELECT study_id, key, value_json FROM study_user_attributes"
-            ):
-                by_study.setdefault(study_id, {})[key] = json.loads(value)
-        out = []
-        for study_id, name, n_trials, started in studies:
-            attrs = check_attrs(self.label, name, by_study.get(study_id, {}))
-            out.append(
-                {
-                    "name": name,
-                    "trials": n_trials - attrs.get("answers", 0),  # evaluations
-                    "status": attrs.get("status", "?"),
-                    "started": _seconds(started),
-                    "model": attrs.get("experiment", {}).get("model", "?"),
-                    "sweep": attrs.get("sweep"),  # {name, fields, file} for a sweep's run
-                }
-            )
-        return out
+            return [row for row, _ in run_rows(self._sql, self.label)]
 
     def summary(self, run: str) -> RunSummary:
         """Run ``run`` as every view reads it (its candidates once it has finished)."""
@@ -556,6 +530,52 @@ class ResultsStore:
 
                 save_note(study, note)
         study.set_user_attr("status", "finished")
+
+
+#: The study attributes a run's row is made of (see ``run_rows``).
+ROW_ATTRS = ("status", "experiment", "summary", "answers", "sweep")
+
+
+def run_rows(
+    query: Callable[..., list[tuple]], label: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every run of a store, in the order they were made, as ``(row, attributes)``: the row is
+    what `presso runs` and the dashboard list (name, evaluations, status, started, updated,
+    model, strategy, sweep: ``{name, fields, file}`` for a sweep's run), the attributes the
+    run's ROW_ATTRS, checked (for readers that show more of it).
+
+    ``query(sql)``: the store's rows for ``sql`` (each reader queries through its own
+    connection). Counted in SQL: Optuna's study summaries load every trial of every study (its
+    parameters and attributes), minutes for a store of 100,000 evaluations.
+    """
+    studies = query(
+        "SELECT s.study_id, s.study_name, COUNT(t.trial_id), MIN(t.datetime_start),"
+        " MAX(t.datetime_complete) FROM studies s LEFT JOIN trials t ON t.study_id = s.study_id"
+        " GROUP BY s.study_id, s.study_name ORDER BY s.study_id"
+    )
+    by_study: dict[int, dict[str, Any]] = {}
+    keys = ", ".join(f"'{key}'" for key in ROW_ATTRS)
+    for study_id, key, value in query(
+        f"SELECT study_id, key, value_json FROM study_user_attributes WHERE key IN ({keys})"
+    ):
+        by_study.setdefault(study_id, {})[key] = json.loads(value)
+    out = []
+    for study_id, name, n_trials, started, updated in studies:
+        attrs = check_attrs(label, name, by_study.get(study_id, {}))
+        exp = attrs.get("experiment") or {}
+        row = {
+            "name": name,
+            # A finished run's answers are trials too, not evaluations.
+            "evaluations": n_trials - (attrs.get("answers") or 0),
+            "status": attrs.get("status") or "?",
+            "started": _seconds(started),
+            "updated": _seconds(updated),
+            "model": exp.get("model", "?"),
+            "strategy": (exp.get("search") or {}).get("strategy", "?"),
+            "sweep": attrs.get("sweep"),
+        }
+        out.append((row, attrs))
+    return out
 
 
 def check_attrs(store: str, run: str, attrs: Any) -> dict[str, Any]:

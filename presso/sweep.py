@@ -359,7 +359,7 @@ def sweep_rows(store: str, sweep: str) -> list[dict[str, Any]]:
                 attrs["sweep"]["fields"],
                 RunSummary.from_attrs(info["name"], attrs),
                 info["status"],
-                info["trials"],
+                info["evaluations"],
             )
         )
     return rows

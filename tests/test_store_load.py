@@ -164,7 +164,9 @@ def test_runs_and_overview_agree_with_optuna_and_the_records(big: Path) -> None:
     store = ResultsStore(str(big), read_only=True)
     (run,) = store.runs()
     (summary,) = optuna.get_all_study_summaries(store.storage, include_best_trial=False)
-    assert run["name"] == summary.study_name == "big" and run["trials"] == summary.n_trials == 240
+    assert (
+        run["name"] == summary.study_name == "big" and run["evaluations"] == summary.n_trials == 240
+    )
     assert run["started"] == summary.datetime_start.isoformat(timespec="seconds")
     assert run["status"] == "running" and run["model"] == "smollm2-135m"
 
@@ -223,7 +225,7 @@ def test_runs_and_overview_on_postgres(server: str) -> None:  # noqa: F811
     store = ResultsStore(url, read_only=True)
     (run,) = store.runs()
     (summary,) = optuna.get_all_study_summaries(store.storage, include_best_trial=False)
-    assert run["trials"] == summary.n_trials == 30
+    assert run["evaluations"] == summary.n_trials == 30
     assert run["started"] == summary.datetime_start.isoformat(timespec="seconds")
     records = store.records(store.open("big"))
     evaluations, failed, best = store.overview("big")
