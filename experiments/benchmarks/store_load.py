@@ -177,14 +177,24 @@ def _shifted(table: str, column: str) -> str:
     return column
 
 
-#: A fresh ``presso`` process that says, last on stderr, the most memory it held.
+def peak_rss_mb() -> int:
+    """The most memory this process has held resident (Linux's VmHWM), MB. Not getrusage's
+    ru_maxrss: Linux carries that over from the parent through fork and exec, so a child of a
+    large benchmark process would report the parent's size."""
+    status = Path("/proc/self/status").read_text()
+    (kb,) = (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return round(kb / 1024)
+
+
+#: A fresh ``presso`` process that says, last on stderr, the most memory it held (VmHWM).
 _CHILD = (
-    "import resource, sys\n"
+    "import sys\n"
     "from presso.cli import main\n"
     "try:\n"
     "    code = main(sys.argv[1:])\n"
     "finally:\n"
-    "    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "    status = open('/proc/self/status').read().splitlines()\n"
+    "    kb = next(int(s.split()[1]) for s in status if s.startswith('VmHWM:'))\n"
     "    print(f'max_rss_kb={kb}', file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
@@ -229,8 +239,6 @@ def time_resume(store: str, units: int) -> dict:
 
 def _replay(store: str, units: int) -> None:
     """The child of ``time_resume``: prints its figures as JSON."""
-    import resource
-
     from presso.replay import resume_state
     from presso.store import ResultsStore
 
@@ -247,7 +255,7 @@ def _replay(store: str, units: int) -> None:
         "replayed": sum(len(p) for p in replay.values()),
         "retried": retried,
         "records_held_at_most": max(p.most_held for p in replay.values()),
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "max_rss_mb": peak_rss_mb(),
     }
     print(json.dumps(out))
 
