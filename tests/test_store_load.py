@@ -72,8 +72,12 @@ def _pairs(records: list[Record], space: Any) -> dict[tuple[str, int, int], tupl
     }
 
 
+def _space() -> Any:
+    return _benchmark().smollm2_space(14)
+
+
 def test_resume_replays_what_the_records_say_a_chunk_at_a_time(big: Path) -> None:
-    space = _benchmark().smollm2_space(14)
+    space = _space()
     store = ResultsStore(str(big), read_only=True)
     every = [r for _, r in _data.StoreReader(str(big)).records("big")[0]]
     replay, retried = resume_state(store, "big", space, chunk=7)
@@ -217,10 +221,32 @@ def test_the_page_gathers_every_page(
 
 
 def test_runs_and_overview_on_postgres(server: str) -> None:  # noqa: F811
-    """The same SQL counts on a real PostgreSQL server (CASE, CAST, SUM as Decimal there)."""
+    """The same SQL on a real PostgreSQL server (CASE, CAST, SUM as Decimal, window functions,
+    a server-side cursor): counts, the resume's chunks, the report's sample."""
     import optuna
 
     url = fresh_database(server, "load")
+    _benchmark().build_store(url, candidates=60, seed_trials=30, units=14)
+    reader = _data.StoreReader(url)
+    every = [r for _, r in reader.records("big")[0]]
+    replay, retried = resume_state(ResultsStore(url, read_only=True), "big", _space(), chunk=8)
+    got = {
+        (phase, *key): (request, result.fitness, result.metrics)
+        for phase, stored in replay.items()
+        for key, (request, result) in stored.items()
+    }
+    assert got == _pairs(every, _space()) and retried == 2
+    sample = _data.report_run_json(reader, "big", limit=10)
+    assert sample["sample"] == {"evaluations": 60, "failed": 2, "shown": len(sample["records"])}
+    assert sample["records"][0]["n"] == 0 and len(sample["records"]) < 60
+    store = ResultsStore(url)
+    assert not store.forget_if_empty("big")  # it holds evaluations: kept
+    answer = {"candidate": "search", "levels": every[0].levels, "values": [0.5]}
+    store.add_answers(store.open("big"), _space(), [answer, answer])  # stored once
+    assert store.runs()[0]["evaluations"] == 60 and store._candidates("big") == ["search"]
+    store.close()
+
+    url = fresh_database(server, "load30")
     _benchmark().build_store(url, candidates=30, seed_trials=30, units=14)
     store = ResultsStore(url, read_only=True)
     (run,) = store.runs()

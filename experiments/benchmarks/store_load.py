@@ -1,21 +1,29 @@
-"""How long a large results store takes to open: ``presso runs``, ``presso show RUN`` and the
-dashboard's first page, on a store holding 100,000 evaluated candidates.
+"""How long a large results store takes to open: ``presso runs``, ``presso show RUN``, the
+dashboard's first page, resuming the run and ``presso report``, on a store holding 100,000
+evaluated candidates, SQLite or (``--postgres``) PostgreSQL.
 
 The store is made through presso's own store API (``ResultsStore.create`` / ``record``): the
 first ``--seed-trials`` evaluations are recorded one by one, as a search records them, with
 SmolLM2-sized plans (210 units, 2/3/4/8 bits) and a few failures among them; those rows are
-then copied in one SQL transaction (with new trial ids and numbers) up to ``--candidates``,
-because recording 100,000 trials one commit at a time takes an hour and says nothing more
-about reading them. Before `presso runs` and `presso show` counted in SQL, they took
-141 s and 362 s on a store of 10,000 of these evaluations (Optuna's study summaries and
-``get_trials`` load every parameter row); the dashboard's first reply held every evaluation. The run is left as a live search leaves it (status ``running``, no
-summary), which is the reading path that looks at every evaluation (best so far).
+then copied in one SQL transaction (with new trial ids, numbers and search steps: each copy
+later evaluations of the same run) up to ``--candidates``, because recording 100,000 trials
+one commit at a time takes an hour and says nothing more about reading them. Before `presso
+runs` and `presso show` counted in SQL, they took 141 s and 362 s on a store of 10,000 of these
+evaluations (Optuna's study summaries and ``get_trials`` load every parameter row, as resuming
+and `presso report` also did); the dashboard's first reply held every evaluation. The run is
+left as a live search leaves it (status ``running``, no summary), which is the reading path
+that looks at every evaluation (best so far).
 
 Each command is run as a user runs it, a fresh ``presso`` process (imports included, which
-this script also times alone as ``import_s``); the dashboard is served in this process and its
-first page's requests (the page, ``/api/runs``, the first ``/api/run``) are timed one by one.
+this script also times alone as ``import_s``), with its peak memory; the dashboard is served in
+this process and its first page's requests (the page, ``/api/runs``, the first ``/api/run``)
+are timed one by one. Resuming is timed up to where evaluating would start: the run's
+evaluation list, then every stored result read back in the order the runner replays them.
+``--postgres`` starts a throwaway PostgreSQL server (presso.postgres_cluster, as the tests do)
+and writes its figures to the output's ``postgres`` section, keeping the others.
 
-    python experiments/benchmarks/store_load.py            # writes store_load.json beside it
+    python experiments/benchmarks/store_load.py              # writes store_load.json beside it
+    python experiments/benchmarks/store_load.py --postgres   # adds the PostgreSQL figures
 """
 
 from __future__ import annotations
