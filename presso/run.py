@@ -189,6 +189,12 @@ def run_search(
             summary["candidates"], key=lambda p: summary["candidates"][p]["heldout"][fitness]
         )
     summary["dense"] = evaluator.heldout_dense()
+    if (check := _check_latency(setup, winners, echo)) is not None:
+        summary["latency_check"] = check
+        for phase, ms in check.pop("candidates").items():
+            if ms is not None and check["dense_ms"]:  # else `presso show` says it failed
+                speedup = check["dense_ms"] / ms
+                summary["candidates"][phase].update(measured_ms=ms, measured_speedup=speedup)
     summary["evaluations"] = evaluations
     stored = store.evaluations(run)
     summary.update(failures(store, stored))
@@ -197,6 +203,33 @@ def run_search(
     typed = RunSummary.from_attrs(run, {**study.user_attrs, "summary": summary})
     store.set_summary(study, summary, summary_note(typed))
     return RunSummary.from_attrs(run, study.user_attrs)
+
+
+def _check_latency(setup: Setup, winners: dict[str, Any], echo: Printer) -> dict | None:
+    """Under a latency budget, every chosen candidate built on the backend and timed end to
+    end beside the dense model: the budget was met on the cost model's prediction, the user
+    asked for a measured speedup. None without a latency budget."""
+    from presso.cost_models._campaign import time_end_to_end
+
+    space = setup.space
+    budget = [c for c in space.constraints if c.metric == "latency_ms"]
+    if not budget:
+        return None
+    hw = setup.experiment.hardware
+    echo(f"timing the chosen candidates end to end on {hw.backend} {setup.workload.key} ...")
+    plans = {phase: space.plan(config) for phase, (_, config) in winners.items()}
+    measured = time_end_to_end(setup.handle, setup.profiler, setup.workload, plans)
+    dense = measured.pop("dense")
+    sp = setup.experiment.space
+    return {
+        "backend": hw.backend,
+        "workload": setup.workload.key,
+        "limit_ms": budget[0].limit,
+        "target_speedup": sp.speedup,
+        "dense_ms": dense,
+        "predicted_dense_ms": setup.latency.structure.dense_ms,
+        "candidates": measured,
+    }
 
 
 def _answers(summary: dict[str, Any], fitness: str, multi: bool) -> list[dict[str, Any]]:

@@ -87,6 +87,8 @@ class RunSummary:
     failed: int = 0
     first_failure: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: Under a latency budget: the chosen candidates timed end to end (see presso.run).
+    latency_check: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ reading
 
@@ -139,6 +141,7 @@ class RunSummary:
             failed=s.get("failed", 0),
             first_failure=s.get("first_failure"),
             timings=dict(s.get("timings") or {}),
+            latency_check=dict(s.get("latency_check") or {}),
         )
 
     @property
@@ -263,7 +266,36 @@ def summary_lines(summary: RunSummary) -> list[str]:
         lines.append(f"{name:<22} {strategy or '-':<14}{values} {ppl:>13} {div_value:>12.5f}")
     if summary.winner:
         lines.append(f"winner (lowest held-out {_name(summary.fitness)}): {summary.winner}")
-    return lines + _versus_baselines(summary)
+    return lines + _versus_baselines(summary) + latency_lines(summary)
+
+
+def latency_lines(summary: RunSummary) -> list[str]:
+    """The chosen candidates' end-to-end times against the dense model's, measured after the
+    search, beside the budget the cost model held them to."""
+    check = summary.latency_check
+    if not check:
+        return []
+    dense = check.get("dense_ms")
+    target = check.get("target_speedup")
+    goal = f"target {target:g}x" if target else f"limit {check['limit_ms']:.3f} ms predicted"
+    lines = [
+        f"measured end to end on {check['backend']} {check['workload']}: dense "
+        + (f"{dense:.3f} ms" if dense else "failed")
+        + f" ({goal})"
+    ]
+    for name, c in summary.candidates.items():
+        ms, speedup = c.metrics.get("measured_ms"), c.metrics.get("measured_speedup")
+        if ms is None:
+            lines.append(f"  {name:<22} could not be timed")
+            continue
+        predicted = c.metrics.get("latency_ms")
+        pred = f", predicted {predicted:.3f} ms" if predicted is not None else ""
+        gain = f" = {speedup:.2f}x" if speedup else ""
+        met = ""
+        if target and speedup:
+            met = "  meets it" if speedup >= target else f"  short of {target:g}x"
+        lines.append(f"  {name:<22} {ms:.3f} ms{gain}{pred}{met}")
+    return lines
 
 
 def _name(metric: str) -> str:
