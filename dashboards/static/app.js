@@ -125,7 +125,7 @@
   /** One run's metadata and evaluations, fetched incrementally (`next` = first number to ask). */
   class Run {
     constructor(store, name) {
-      Object.assign(this, { store, name, meta: null, records: new Map(), next: 0,
+      Object.assign(this, { store, name, meta: null, sample: null, records: new Map(), next: 0,
         error: null, version: 0, _list: null });
     }
 
@@ -141,6 +141,8 @@
         this.meta.finals.length !== reply.meta.finals.length;
       this.error = null;
       this.meta = reply.meta;
+      // A report of a large run holds a sample of its evaluations, with the run's counts.
+      this.sample = reply.sample || null;
       for (const r of reply.records) {
         if (!this.records.has(r.n)) changed = true;
         this.records.set(r.n, r);
@@ -530,13 +532,19 @@
       const meta = this.run.meta;
       const exp = meta.experiment || {};
       const list = this.run.list();
-      const failed = list.filter((r) => r.fitness == null).length;
+      const sample = this.run.sample;
+      const sampled = sample && sample.shown < sample.evaluations;
+      const failed = sampled ? sample.failed : list.filter((r) => r.fitness == null).length;
+      const evaluations = sampled
+        ? `${sample.evaluations} evaluations` + (failed ? ` (${failed} failed)` : "") +
+          `; this report holds ${list.length} of them: every new best and an even sample`
+        : `${list.length} evaluations` + (failed ? ` (${failed} failed, not plotted)` : "");
       document.getElementById("run-status").replaceChildren(h("span", { class: `badge ${meta.status}` }, meta.status));
       const budget = Object.entries(exp.space || {}).filter(([, v]) => finite(v))
         .map(([k, v]) => `${label(k)} ≤ ${fmt(v)}`).join(", ");
       document.getElementById("run-facts").textContent =
         `${exp.model || "?"} · ${(exp.search || {}).strategy || "?"} · ${meta.units.length} units · ` +
-        `${budget || "no budget"} · ${list.length} evaluations` + (failed ? ` (${failed} failed, not plotted)` : "");
+        `${budget || "no budget"} · ${evaluations}`;
       this.renderControls();
       this.renderPareto();
       this.renderConvergence();
