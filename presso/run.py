@@ -100,6 +100,16 @@ def run_search(
     phases += [(f"baseline:{b}", b, {}) for b in exp.baselines if b != exp.search.strategy]
     multi = "objectives" in phases[0][2]
     fitness = default_objectives(setup)[0]
+    # Every strategy is made before the first evaluation: a baseline that cannot work on this
+    # space is said now, before the store is touched, not after the search's minutes.
+    strategies = {}
+    for phase, name, options in phases:
+        try:
+            strategies[phase] = make_strategy(
+                name, space, seed=exp.search.seed, context=context, **options
+            )
+        except (TypeError, ValueError) as err:
+            raise PressoError(f"{phase}: strategy {name!r}: {err}") from None
 
     created = [] if resume else _missing_paths(exp.store)
     if resume:
@@ -120,13 +130,8 @@ def run_search(
     recorder = _Recorder(store, study, space)
     failed = False
     try:
-        for phase, name, options in phases:
-            try:
-                strategy = make_strategy(
-                    name, space, seed=exp.search.seed, context=context, **options
-                )
-            except (TypeError, ValueError) as err:
-                raise PressoError(f"{phase}: strategy {name!r}: {err}") from None
+        for phase, name, _ in phases:
+            strategy = strategies[phase]
             bar = _StepBar(
                 phase, show_progress, strategy.planned, len(stored_by_phase.get(phase, {}))
             )
