@@ -22,15 +22,24 @@ from presso.spaces import Config, SearchSpace
 STEPS = "steps"
 
 
-def uniform_schedule(space: SearchSpace) -> Config:
-    """Uniform DDIM under the space's steps budget: every ``candidates / steps``-th candidate
-    time step from the top kept (diffusers' trailing DDIM schedule)."""
+def uniform_schedule(space: SearchSpace, solver: str = "ddim") -> Config:
+    """The uniform schedule under the space's steps budget: every ``candidates / steps``-th
+    candidate time step from the top kept (diffusers' trailing DDIM schedule), sampled by
+    ``solver`` (``ddim``, or ``dpm-solver`` where the space has a solver dimension)."""
+    from presso.spaces._steps import SOLVER, is_timestep
+
     limit = next((c.limit for c in space.constraints if c.metric == STEPS), None)
     if limit is None:
         raise ValueError("a schedule search needs a steps space with a steps budget")
-    steps = [d for d, dim in enumerate(space.dims) if dim.kind == STEPS]
+    steps = [d for d, dim in enumerate(space.dims) if is_timestep(dim)]
     k = int(limit)
     kept = {steps[(i * len(steps)) // k] for i in range(k)}
+    if SOLVER in space.names:  # kept: DDIM; dropped: DPM-Solver (presso.spaces._steps)
+        kept.add(space.names.index(SOLVER))
+    if solver != "ddim":
+        if SOLVER not in space.names:
+            raise ValueError(f"{solver}: this steps space has no solver dimension ({SOLVER})")
+        kept.discard(space.names.index(SOLVER))
     return tuple(
         dim.levels.index(1) if d in kept else dim.levels.index(0)
         for d, dim in enumerate(space.dims)
@@ -88,8 +97,19 @@ class DDIM(OneShot):
 
     name = "ddim"
     kinds = (STEPS,)
+    solver = "ddim"
 
     def __init__(
         self, space: SearchSpace, *, seed: int = 0, context: Context | None = None
     ) -> None:
-        super().__init__(space, uniform_schedule(space), seed=seed, context=context)
+        super().__init__(space, uniform_schedule(space, self.solver), seed=seed, context=context)
+
+
+@register
+class DPMSolver(DDIM):
+    """diffusers' DPM-Solver++ (2M, DPMSolverMultistepScheduler) over the uniform schedule at
+    the budget's steps: the baseline a fast solver gives without a search. Scored like DDIM,
+    on the same seeded noise."""
+
+    name = "dpm-solver"
+    solver = "dpm-solver"

@@ -13,7 +13,7 @@ from presso.spaces._sparsity import MeanSparsity, SparsityConfig, sparsity_dims,
 from presso.spaces._depth import DROPPED, KEPT, MinDropped, depth_dims, depth_space
 
 # isort: split
-from presso.spaces._steps import MaxSteps, ScheduleConfig, steps_dims
+from presso.spaces._steps import MaxSteps, ScheduleConfig, solver_dim, solver_of, steps_dims
 
 # isort: split
 from presso.spaces._base import Budget, Config, Constraint, Dimension, SearchSpace
@@ -56,6 +56,8 @@ __all__ = [
     "kind",
     "sparsity_dims",
     "sparsity_space",
+    "solver_dim",
+    "solver_of",
     "steps_dims",
     "unit_kinds",
 ]

@@ -76,6 +76,7 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "gp": KINDS,
     "autodiffusion": ("steps",),
     "ddim": ("steps",),
+    "dpm-solver": ("steps",),
 }
 #: Strategies that need a Context (the synthetic one below).
 NEEDS_CONTEXT = {"error-greedy", "owl", "shortgpt", "dp", "evopress"}
@@ -97,10 +98,11 @@ def contract_space(kind: str, slack: bool = False) -> SearchSpace:
     if kind == "sparsity":
         return sparsity_space(units, (70, 60, 50, 40, 0), 45.0 if slack else 50.0)
     if kind == "steps":  # a diffusion schedule: 4 (5) of 20 (30) candidate time steps
-        from presso.spaces import MaxSteps, steps_dims
+        from presso.spaces import MaxSteps, solver_dim, steps_dims
 
         n = 30 if slack else 20
-        return SearchSpace(steps_dims(range(999, 0, -(1000 // n))), [MaxSteps(5 if slack else 4)])
+        dims = [*steps_dims(range(999, 0, -(1000 // n))), solver_dim()]
+        return SearchSpace(dims, [MaxSteps(5 if slack else 4)])
     if not slack:
         return depth_space([(f"layer{i}", 4096) for i in range(6)], 2)
     sublayers = [(f"layer{i}.{part}", 4096) for i in range(6) for part in ("self_attn", "mlp")]

@@ -32,6 +32,13 @@ def schedule_of(plan: Plan, grid: Sequence[int]) -> list[int]:
     return [t for t in grid if f"timestep.{t}" not in dropped]
 
 
+def solver_of(plan: Plan) -> str:
+    """The solver ``plan`` samples its schedule with (``ddim`` or ``dpm-solver``)."""
+    from presso.spaces._steps import solver_of
+
+    return solver_of(plan.dropped)
+
+
 class DiffusionEvaluator:
     """Scores configurations of ``space`` (a steps space) for one diffusion model.
 
@@ -67,31 +74,48 @@ class DiffusionEvaluator:
     def schedule(self, config: Any) -> list[int]:
         return schedule_of(self.space.plan(config), self.grid)
 
-    def images(self, timesteps: Sequence[int], n: int, seed: int) -> torch.Tensor:
-        """``n`` images sampled over ``timesteps`` from the noise of ``seed``."""
+    def solver(self, config: Any) -> str:
+        return solver_of(self.space.plan(config))
+
+    def images(
+        self, timesteps: Sequence[int], n: int, seed: int, solver: str = "ddim"
+    ) -> torch.Tensor:
+        """``n`` images sampled by ``solver`` over ``timesteps`` from the noise of ``seed``."""
         from presso.diffusion._sample import sample, seeded_noise
 
         noise = seeded_noise(seed, n, self.model.shape)
         m = self.model
-        return sample(m.unet, m.scheduler, timesteps, noise, batch_size=self.batch_size)
+        return sample(
+            m.unet, m.scheduler_config, timesteps, noise, solver=solver, batch_size=self.batch_size
+        )
 
     def evaluate(self, request: Request) -> Result:
         start = time.perf_counter()
         try:
-            timesteps = self.schedule(request.config)
+            timesteps, solver = self.schedule(request.config), self.solver(request.config)
             n = self.pool if request.tokens is None else min(request.tokens, self.pool)
-            scores = self._search(self.images(timesteps, n, request.sample_seed))
+            scores = self._search(self.images(timesteps, n, request.sample_seed, solver))
         except Exception as err:  # failure is data: the run goes on
             return Result(None, error=f"{type(err).__name__}: {err}")
         metrics = {**scores, "images": float(n)}
         return Result(scores["fid"], metrics, seconds=time.perf_counter() - start)
 
     def heldout(self, config: Any) -> dict[str, float]:
-        return self.heldout_schedule(self.schedule(config))
+        return self.heldout_schedule(self.schedule(config), self.solver(config))
 
-    def heldout_schedule(self, timesteps: Sequence[int]) -> dict[str, float]:
+    def heldout_schedule(self, timesteps: Sequence[int], solver: str = "ddim") -> dict[str, float]:
         """Held-out FID and KID of a schedule (images from the held-out noise)."""
-        images = self.images(timesteps, self.heldout_images, self.seed + HELDOUT_SEED)
+        images = self.images(timesteps, self.heldout_images, self.heldout_seed, solver)
+        return self.heldout_score(images)
+
+    @property
+    def heldout_seed(self) -> int:
+        """The seed of the held-out noise (``heldout_images`` images of the model's shape)."""
+        return self.seed + HELDOUT_SEED
+
+    def heldout_score(self, images: torch.Tensor) -> dict[str, float]:
+        """FID and KID of ``images`` (in [-1, 1]) against the held-out real images: how an
+        export's own samples are checked against the score presso stored."""
         return self._heldout(images)
 
     def heldout_dense(self) -> dict[str, float]:

@@ -53,6 +53,8 @@ def sample_grid(
 
     model = DiffusionModel(folder, name=name, classifier=folder / "classifier.safetensors")
     schedule = list(timesteps or trailing_grid(model.train_steps, steps))
-    images = sample(model.unet, model.scheduler, schedule, seeded_noise(seed, n, model.shape))
+    images = sample(
+        model.unet, model.scheduler_config, schedule, seeded_noise(seed, n, model.shape)
+    )
     grid_png(images, out)
     return schedule
