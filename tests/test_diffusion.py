@@ -130,6 +130,44 @@ def test_fid_is_deterministic_and_near_zero_on_itself(tiny) -> None:
     assert fid_of([999, 600, 200]) == fid_of([999, 600, 200])
 
 
+def test_kid_reads_standardised_features(tiny) -> None:
+    """KID's cubic kernel assumes unit-scale features: on the classifier's standardised
+    features it is ~0 for a set against itself, grows with noise, and stays of order one (on
+    the raw features it reached the tens of thousands)."""
+    from presso.diffusion._digits import load_digits
+    from presso.diffusion._fid import FIDScorer
+
+    data = load_digits(tiny.size)
+    scorer = FIDScorer(tiny.features, data.heldout)
+    with torch.no_grad():
+        z = scorer._standardised(data.heldout)
+    std = z.std(0)  # 1, or 0 for a feature constant on the real images (a dead ReLU)
+    assert z.mean(0).abs().max() < 1e-4 and (((std - 1).abs() < 1e-3) | (std < 1e-6)).all()
+    gen = torch.Generator().manual_seed(0)
+
+    def noisy(sigma: float) -> torch.Tensor:
+        noise = torch.randn(data.heldout.shape, generator=gen)
+        return (data.heldout + sigma * noise).clamp(-1, 1)
+
+    kids = [scorer(data.heldout)["kid"], scorer(noisy(0.3))["kid"], scorer(noisy(1.0))["kid"]]
+    assert abs(kids[0]) < 0.1 and kids[0] < kids[1] < kids[2] < 50, kids
+
+
+def test_diffusers_loads_without_torchao_noise() -> None:
+    """Loading diffusers' models through presso prints nothing (torchao's import-time log
+    lines are silenced at the import site), and leaves the loggers as they were."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; from presso.diffusion import require; require(); import sys; "
+        "assert 'diffusers.models.unets' in sys.modules; "
+        "assert logging.getLogger('torchao').level == logging.NOTSET"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr
+
+
 def test_the_steps_kind_refuses_bad_config(write_experiment) -> None:
     from presso.config import load_experiment
 
