@@ -10,6 +10,7 @@ earlier runs)."""
 from __future__ import annotations
 
 import warnings
+
 import torch
 from torch import nn
 
@@ -55,7 +56,6 @@ class FIDScorer:
                 torch.manual_seed(0)
                 kid_mean, _ = kid.compute()
         return {"fid": max(fid, 0.0), "kid": float(kid_mean)}
-
 
 
 class Standardised(nn.Module):
