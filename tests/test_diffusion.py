@@ -105,6 +105,47 @@ def test_dpm_solver_is_diffusers_dpm_solver_at_the_same_steps(tiny) -> None:
     assert (ddim - ours).abs().max() > 1e-3  # a different solver, not DDIM renamed
 
 
+def test_skipping_nothing_is_the_identity(tiny) -> None:
+    from presso.diffusion._sample import sample, seeded_noise
+
+    noise = seeded_noise(2, 4, tiny.shape)
+    plain = sample(tiny.unet, tiny.scheduler_config, [999, 600, 300], noise)
+    for skips in ({}, {1: [], 2: []}):
+        again = sample(tiny.unet, tiny.scheduler_config, [999, 600, 300], noise, skips=skips)
+        assert torch.equal(plain, again)
+    skipped = sample(
+        tiny.unet, tiny.scheduler_config, [999, 600, 300], noise, skips={2: ["mid_block"]}
+    )
+    assert (skipped - plain).abs().max() > 1e-4
+
+
+def test_a_skipped_block_reuses_its_last_output(tiny) -> None:
+    """Skipping every block at a step gives the UNet output of the step before (only the
+    input and output convolutions lie outside the blocks, and the output one reads the last
+    block's reused output); skipping one block gives something else again."""
+    from presso.diffusion._pipeline import BlockReuse, unet_blocks
+
+    blocks = list(unet_blocks(tiny.unet))
+    assert blocks[0] == "down_blocks.0" and "mid_block" in blocks and blocks[-1].startswith("up_")
+    x0, x1 = torch.randn(2, *tiny.shape), torch.randn(2, *tiny.shape)
+    with torch.no_grad():
+        full = tiny.unet(x1, torch.tensor(500)).sample
+        reuse = BlockReuse(tiny.unet, {1: blocks, 2: ["mid_block"]})
+        with reuse.step(0):
+            e0 = tiny.unet(x0, torch.tensor(900)).sample
+        with reuse.step(1):
+            e1 = tiny.unet(x1, torch.tensor(500)).sample
+        with reuse.step(2):
+            e2 = tiny.unet(x1, torch.tensor(500)).sample
+    assert torch.equal(e0, e1)
+    assert (e2 - full).abs().max() > 1e-5 and (e2 - e1).abs().max() > 1e-5
+    assert all("forward" not in b.__dict__ for b in unet_blocks(tiny.unet).values())  # restored
+    with pytest.raises(ValueError, match="step 0 cannot skip"):
+        BlockReuse(tiny.unet, {0: ["mid_block"]})
+    with pytest.raises(ValueError, match="no such UNet blocks"):
+        BlockReuse(tiny.unet, {1: ["up_blocks.9"]})
+
+
 def test_a_schedule_must_descend(tiny) -> None:
     from presso.diffusion._sample import sample, seeded_noise
 

@@ -74,21 +74,29 @@ def sample(
     noise: torch.Tensor,
     *,
     solver: str = "ddim",
+    skips: dict[int, Sequence[str]] | None = None,
     batch_size: int = 256,
 ) -> torch.Tensor:
     """Images in [-1, 1] from ``noise`` ``[n, C, H, W]`` by ``solver`` over ``timesteps``
     (strictly descending training time steps), in batches of ``batch_size``; ``config``: the
-    model's scheduler config."""
+    model's scheduler config; ``skips``: per step, the UNet blocks it skips (reusing their
+    output of the last step that ran them, see presso.diffusion._pipeline.BlockReuse)."""
     import torch
 
+    from presso.diffusion._pipeline import BlockReuse
+
     scheduler = scheduler_for(config, timesteps, solver)
+    reuse = BlockReuse(unet, skips)
     out = []
     with torch.no_grad():
-        for i in range(0, len(noise), batch_size):
-            x = noise[i : i + batch_size]
+        for b in range(0, len(noise), batch_size):
+            x = noise[b : b + batch_size]
             scheduler.set_timesteps()  # a multistep solver starts each batch afresh
-            for t in scheduler.timesteps:
-                x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+            reuse.reset()
+            for i, t in enumerate(scheduler.timesteps):
+                with reuse.step(i):
+                    eps = unet(x, t).sample
+                x = scheduler.step(eps, t, x).prev_sample
             out.append(x)
     return torch.cat(out)
 
