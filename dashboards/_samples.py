@@ -1,7 +1,7 @@
 """Sample grids of a diffusion run's configurations, for the dashboard's candidate view.
 
 A grid is ``IMAGES`` images sampled from fixed noise (seed ``SEED``) with the configuration's
-time steps and solver, as the search sampled them: every configuration of a run is shown on
+time steps, solver and skipped blocks, as the search sampled them: every configuration of a run is shown on
 the same draws, so grids compare image by image. The model is loaded once per run, from the
 cache only (a dashboard never trains a model), and the last ``KEPT`` grids are kept.
 """
@@ -58,7 +58,7 @@ class SampleGrids:
             return png
 
     def _draw(self, summary: Any, levels: list[float]) -> bytes:
-        from presso.diffusion._evaluator import schedule_of, solver_of
+        from presso.diffusion._evaluator import schedule_of, skips_of, solver_of
         from presso.diffusion._grid import grid_png_bytes
         from presso.diffusion._sample import sample, seeded_noise, trailing_grid
         from presso.plan import Plan
@@ -72,7 +72,12 @@ class SampleGrids:
             raise ValueError("levels: this configuration samples no time step")
         noise = seeded_noise(SEED, IMAGES, model.shape)
         images = sample(
-            model.unet, model.scheduler_config, timesteps, noise, solver=solver_of(plan)
+            model.unet,
+            model.scheduler_config,
+            timesteps,
+            noise,
+            solver=solver_of(plan),
+            skips=skips_of(plan),
         )
         return grid_png_bytes(images)
 

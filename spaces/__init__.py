@@ -16,12 +16,16 @@ from presso.spaces._depth import DROPPED, KEPT, MinDropped, depth_dims, depth_sp
 from presso.spaces._steps import MaxSteps, ScheduleConfig, solver_dim, solver_of, steps_dims
 
 # isort: split
+from presso.spaces._skips import MaxBlocks, skips_dims, skips_of
+
+# isort: split
 from presso.spaces._base import Budget, Config, Constraint, Dimension, SearchSpace
 from presso.spaces._kinds import KINDS, Kind, kind, unit_kinds
 from presso.spaces._latency import MaxLatency
 from presso.spaces._size import MaxParams, MaxSize
 
-#: The kinds' budget metrics (``mean_bits``, ``mean_sparsity``, ``dropped``, ``steps``).
+#: The kinds' budget metrics (``mean_bits``, ``mean_sparsity``, ``dropped``, ``steps``,
+#: ``blocks``).
 KIND_BUDGETS = tuple(k.budget for k in KINDS.values())
 #: Every budget metric a candidate may have: the kinds', then the whole model's.
 BUDGET_METRICS = (*KIND_BUDGETS, MaxParams.metric, MaxSize.metric, MaxLatency.metric)
@@ -40,6 +44,7 @@ __all__ = [
     "Constraint",
     "Dimension",
     "MaxLatency",
+    "MaxBlocks",
     "MaxParams",
     "MaxSize",
     "MeanBits",
@@ -58,6 +63,8 @@ __all__ = [
     "sparsity_space",
     "solver_dim",
     "solver_of",
+    "skips_dims",
+    "skips_of",
     "steps_dims",
     "unit_kinds",
 ]

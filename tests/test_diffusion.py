@@ -226,6 +226,21 @@ def test_the_steps_kind_refuses_bad_config(write_experiment) -> None:
         load_experiment(path)
 
 
+def test_the_skips_kind_refuses_bad_config(write_experiment, capsys) -> None:
+    from presso.config import load_experiment
+
+    path = write_experiment({**tiny_steps_experiment(), "space": {"kind": "skips", "blocks": 10}})
+    with pytest.raises(PressoError, match=r"space\.blocks: blocks are skipped per sampling step"):
+        load_experiment(path)
+    path = write_experiment(tiny_steps_experiment(space={"kind": "skips", "blocks": 10}))
+    with pytest.raises(PressoError, match=r"space\.kind: .* or kind: joint with steps and blocks"):
+        load_experiment(path)
+    joint = {"kind": "joint", "steps": 3, "blocks": 15}  # 3 steps of 5 blocks: nothing to skip
+    path = write_experiment(tiny_steps_experiment(space=joint))
+    assert main(["search", str(path), "--quiet"]) == 2
+    assert "space.blocks: 15, but the schedule's first step runs all 5" in capsys.readouterr().err
+
+
 def test_candidates_must_divide_the_training_steps(write_experiment, capsys) -> None:
     path = write_experiment(tiny_steps_experiment(schedule={"candidates": 30}))
     assert main(["search", str(path), "--quiet"]) == 2

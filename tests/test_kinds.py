@@ -16,8 +16,8 @@ from presso.spaces import BUDGET_METRICS, KINDS, Kind
 
 
 def test_the_kinds_in_experiment_file_order() -> None:
-    assert KINDS.available() == ["bits", "sparsity", "depth", "steps"]
-    assert BUDGET_METRICS[:4] == ("mean_bits", "mean_sparsity", "dropped", "steps")
+    assert KINDS.available() == ["bits", "sparsity", "depth", "steps", "skips"]
+    assert BUDGET_METRICS[:5] == ("mean_bits", "mean_sparsity", "dropped", "steps", "blocks")
 
 
 def test_each_kind_owns_its_section_budget_and_operators() -> None:

@@ -2,8 +2,9 @@
 
 The folder holds the UNet (``unet/``, as trained), a scheduler whose config holds the
 candidate's time steps and solver (``scheduler/``: presso.diffusion._schedulers, copied as
-``scheduling_presso.py``), presso's pipeline (``pipeline_presso.py``, the sampling loop) and
-``model_index.json`` naming them, plus the candidate's plan. diffusers loads it alone:
+``scheduling_presso.py``), presso's pipeline (``pipeline_presso.py``: the sampling loop, with
+the UNet blocks skipped per step) and ``model_index.json`` naming them and holding the skipped
+blocks, plus the candidate's plan. diffusers loads it alone:
 
     DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
 
@@ -36,7 +37,7 @@ class DiffusersExporter(Exporter):
     folder = True
     requires = ("diffusers",)
     extra = "diffusion"
-    kinds = ("steps",)
+    kinds = ("steps", "skips")
 
     def check(self, plan: Plan) -> None:
         from presso.diffusion import is_diffusion_model
@@ -53,7 +54,7 @@ class DiffusersExporter(Exporter):
         import diffusers
 
         from presso.diffusion import _pipeline, _schedulers
-        from presso.diffusion._evaluator import schedule_of, solver_of
+        from presso.diffusion._evaluator import schedule_of, skips_of, solver_of
         from presso.diffusion._sample import scheduler_for
 
         setup = source.setup
@@ -65,6 +66,8 @@ class DiffusersExporter(Exporter):
             "_diffusers_version": diffusers.__version__,
             "unet": ["diffusers", type(model.unet).__name__],
             "scheduler": [SCHEDULER, type(scheduler).__name__],
+            # The pipeline's own setting: per step, the UNet blocks it skips (keys as JSON has).
+            "skips": {str(i): blocks for i, blocks in sorted(skips_of(plan).items())},
         }
         with export_dir(out, self.name, plan) as tmp:
             model.unet.save_pretrained(tmp / "unet")
