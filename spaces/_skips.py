@@ -114,9 +114,7 @@ class SkipsKind(Kind):
     def dims(
         self, setup: Any, block: str, units: list[tuple[str, tuple[int, int]]], *, suffix: str
     ) -> list[Dimension]:
-        from presso.diffusion._pipeline import unet_blocks
-
-        return skips_dims(setup.experiment.space.steps, list(unet_blocks(setup.handle.unet)))
+        return skips_dims(setup.experiment.space.steps, setup.handle.unet_blocks())
 
     def constraint(self, limit: float, dims: Sequence[Dimension]) -> Constraint:
         from presso.errors import PressoError
