@@ -468,26 +468,36 @@ def test_stored_names_are_text_in_the_plots(browser: Any, tmp_path: Path) -> Non
             assert HOSTILE in page.evaluate(legend)
 
 
-@pytest.fixture(scope="module")
-def steps_store(tmp_path_factory: pytest.TempPathFactory, presso_cache: Path) -> Path:
+def diffusion_store(folder: Path, presso_cache: Path, **overrides: Any) -> Path:
     """A store holding run ``steps``: a tiny time-step search with DDIM and DPM-Solver."""
     pytest.importorskip("diffusers")
     pytest.importorskip("torchmetrics")
     from .test_diffusion import tiny_steps_experiment
 
-    folder = tmp_path_factory.mktemp("dashboard-steps")
     path = folder / "runs.db"
     exp_path = folder / "exp.yaml"
-    exp_path.write_text(yaml.safe_dump({"store": str(path), **tiny_steps_experiment()}))
+    exp_path.write_text(yaml.safe_dump({"store": str(path), **tiny_steps_experiment(**overrides)}))
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
         mp.setenv("PRESSO_CACHE", str(presso_cache))
         assert main(["search", str(exp_path), "--quiet"]) == 0
     return path
 
 
+@pytest.fixture(scope="module")
+def steps_store(tmp_path_factory: pytest.TempPathFactory, presso_cache: Path) -> Path:
+    return diffusion_store(tmp_path_factory.mktemp("dashboard-steps"), presso_cache)
+
+
+@pytest.fixture(scope="module")
+def skips_store(tmp_path_factory: pytest.TempPathFactory, presso_cache: Path) -> Path:
+    """The same search with UNet blocks skipped per step (3 steps, at most 11 of 15 blocks)."""
+    joint = {"kind": "joint", "steps": 3, "blocks": 11}
+    return diffusion_store(tmp_path_factory.mktemp("dashboard-skips"), presso_cache, space=joint)
+
+
 def expected_grid(store: Path, phase: str) -> bytes:
     """The PNG grid presso itself samples for a final candidate (seed 0, 32 images)."""
-    from presso.diffusion._evaluator import schedule_of, solver_of
+    from presso.diffusion._evaluator import schedule_of, skips_of, solver_of
     from presso.diffusion._grid import grid_png_bytes
     from presso.diffusion._model import load_diffusion
     from presso.diffusion._sample import sample, seeded_noise, trailing_grid
@@ -499,15 +509,22 @@ def expected_grid(store: Path, phase: str) -> bytes:
     model = load_diffusion("tiny-ddpm")
     schedule = schedule_of(plan, trailing_grid(model.train_steps, 20))
     noise = seeded_noise(0, 32, model.shape)
-    images = sample(model.unet, model.scheduler_config, schedule, noise, solver=solver_of(plan))
+    solver, skips = solver_of(plan), skips_of(plan)
+    images = sample(model.unet, model.scheduler_config, schedule, noise, solver=solver, skips=skips)
     return grid_png_bytes(images)
 
 
-def test_a_diffusion_candidate_shows_its_sample_grid(browser: Any, steps_store: Path) -> None:
+@pytest.mark.parametrize("skips", [False, True])
+def test_a_diffusion_candidate_shows_its_sample_grid(
+    browser: Any, request: pytest.FixtureRequest, skips: bool
+) -> None:
+    steps_store = request.getfixturevalue("skips_store" if skips else "steps_store")
     shown = {}
     for phase in ("search", "baseline:dpm-solver"):
         sel = urllib.parse.quote(f"final:{phase}")
         with serving(steps_store) as url, page_at(browser, f"{url}#/run/0/steps?sel={sel}") as page:
+            if skips:  # the per-step skipped blocks are drawn like any kind's levels
+                page.wait_for_selector("#heatmap-skips .main-svg", timeout=WAIT_MS)
             page.wait_for_selector("#samples-grid", timeout=WAIT_MS)
             assert page.inner_text("#config-title").startswith(f"Final candidate: {phase}")
             b64 = page.evaluate(
