@@ -39,6 +39,9 @@ class BlockReuse:
 
     skips: per step of the schedule (0: the first, which runs every block: nothing is cached
         yet), the names of the blocks it skips. With none, the UNet runs untouched.
+
+    A step replaces the blocks' ``forward`` on the UNet itself, and puts them back after it:
+    one sampling at a time per UNet (presso evaluates one request at a time per process).
     """
 
     def __init__(self, unet, skips=None):  # noqa: ANN001
