@@ -449,12 +449,14 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             "and no such file or folder exists; give a built-in name or a local path",
         )
     diffusion = exp.model in BUILTIN_DIFFUSION or is_diffusion_model(str(_resolve(path, exp.model)))
-    if diffusion != (kinds == ["steps"]):
+    schedule = "steps" in kinds and set(kinds) <= {"steps", "skips"}
+    if diffusion != schedule:
         fail(
             ("space", "kind"),
-            "a diffusion model's space is kind: steps (its sampling time steps)"
+            "a diffusion model's space is kind: steps (its sampling time steps), or kind: "
+            "joint with steps and blocks (and the UNet blocks skipped per step)"
             if diffusion
-            else f"kind: steps needs a diffusion model ({', '.join(BUILTIN_DIFFUSION)} or a "
+            else f"kind: {'/'.join(kinds)} needs a diffusion model ({', '.join(BUILTIN_DIFFUSION)} or a "
             "diffusers folder with unet/ and scheduler/); "
             f"{shown(exp.model)} is not one",
         )

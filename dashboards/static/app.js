@@ -100,6 +100,21 @@
       }
       return getJSON(`api/run?store=${store}&run=${encodeURIComponent(name)}&since=${since}`);
     },
+    /** A diffusion run's sample grid of one configuration: {url} of the PNG, or {error}. */
+    async samples(store, name, levels) {
+      if (DATA) return { error: "sample grids are drawn by the live dashboard (presso dashboard), not in a saved report" };
+      const q = `store=${store}&run=${encodeURIComponent(name)}&levels=${levels.join(",")}`;
+      try {
+        const reply = await fetch(`api/samples?${q}`, { cache: "no-store" });
+        if (!reply.ok) {
+          const json = (reply.headers.get("Content-Type") || "").startsWith("application/json");
+          return json ? await reply.json() : { error: `the dashboard server answered ${reply.status}` };
+        }
+        return { url: URL.createObjectURL(await reply.blob()) };
+      } catch (err) {
+        return { error: "the dashboard server is not answering (was it stopped?)" };
+      }
+    },
     async download(store, name, candidate, file) {
       if (DATA) {
         const entry = ((DATA.exports || {})[candidate] || {})[file];
@@ -767,6 +782,7 @@
         h("div", { class: "config-plots", id: "config-plots" }))];
       const latency = latencySection(this.run, p);
       if (latency) parts.push(latency);
+      if (meta.kinds.includes("steps")) parts.push(samplesSection(this.run, p));
       box.replaceChildren(...parts);
       const plots = document.getElementById("config-plots");
       const kinds = [...new Set(meta.kinds)];
@@ -888,6 +904,18 @@
       xaxis: { type: "category", tickangle: -60, tickfont: { size: 9 } },
       yaxis: { title: { text: esc(kindLabel(meta, kind)) }, range: [0, Math.max(...levelsOfKind, ...values) * 1.05] }, font: { size: 11 },
     }, { responsive: true, displaylogo: false });
+  }
+
+  /** A diffusion configuration's samples: a grid the server draws from fixed noise, the same
+   * draws for every configuration of the run, so that grids compare image by image. */
+  function samplesSection(run, p) {
+    const title = h("h3", {}, "Samples of this configuration (32 images, the same noise for every configuration)");
+    const section = h("div", { id: "samples" }, title, message("sampling…", "info"));
+    api.samples(run.store, run.name, p.levels).then((got) => {
+      if (got.error) section.replaceChildren(title, message(got.error, "error"));
+      else section.replaceChildren(title, h("img", { id: "samples-grid", src: got.url, alt: "sample grid" }));
+    });
+    return section;
   }
 
   /** "Predicted vs measured latency", shown only when the run stores latency metrics. */
