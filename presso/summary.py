@@ -288,8 +288,9 @@ def latency_lines(summary: RunSummary) -> list[str]:
         if ms is None:
             lines.append(f"  {name:<22} could not be timed")
             continue
-        predicted = c.metrics.get("latency_ms")
-        pred = f", predicted {predicted:.3f} ms" if predicted is not None else ""
+        # Predicted as a speedup: the profile's absolute times may come from another load.
+        predicted, base = c.metrics.get("latency_ms"), check.get("predicted_dense_ms")
+        pred = f" (predicted {base / predicted:.2f}x)" if predicted and base else ""
         gain = f" = {speedup:.2f}x" if speedup else ""
         met = ""
         if target and speedup:
