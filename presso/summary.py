@@ -250,20 +250,20 @@ def summary_lines(summary: RunSummary) -> list[str]:
     budget = [m for m in BUDGET_METRICS if any(m in c.metrics for c in cands.values())]
     head = "".join(f"{m:>14}" for m in budget)
     div = "held-out KL" if summary.fitness == "kl" else f"held-out {summary.fitness}"
-    lines = [
-        "",
-        f"{'candidate':<22} {'strategy':<14}{head} {'held-out ppl':>13} {div:>12}",
-    ]
     rows = [(name, c.strategy, c.metrics, c.heldout) for name, c in cands.items()]
+    # Perplexity only where there is one (a causal LM): an encoder or a diffusion model has none.
+    has_ppl = any("ppl" in h for *_, h in rows)
+    ppl_head = f" {'held-out ppl':>13}" if has_ppl else ""
+    lines = ["", f"{'candidate':<22} {'strategy':<14}{head}{ppl_head} {div:>12}"]
     if summary.dense:  # the reference every candidate is compared with
         # A divergence from the dense model is 0 there by definition; FID is measured.
         own = {} if summary.fitness == "fid" else {summary.fitness: 0.0}
         rows.insert(0, ("dense", "-", {}, {**summary.dense, **own}))
     for name, strategy, metrics, h in rows:
-        ppl = f"{h['ppl']:.3f}" if "ppl" in h else "-"
+        ppl = (f" {h['ppl']:>13.3f}" if "ppl" in h else f" {'-':>13}") if has_ppl else ""
         div_value = h.get(summary.fitness, float("nan"))
         values = "".join(f"{metrics[m]:>14.3f}" if m in metrics else f"{'-':>14}" for m in budget)
-        lines.append(f"{name:<22} {strategy or '-':<14}{values} {ppl:>13} {div_value:>12.5f}")
+        lines.append(f"{name:<22} {strategy or '-':<14}{values}{ppl} {div_value:>12.5f}")
     if summary.winner:
         lines.append(f"winner (lowest held-out {_name(summary.fitness)}): {summary.winner}")
     return lines + _versus_baselines(summary) + latency_lines(summary)
