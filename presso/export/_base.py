@@ -58,6 +58,10 @@ class Source:
         """The stored pruned weight of ``unit`` at ``sparsity`` percent."""
         return self.setup.level_db(SparsityKind.name).load(unit, sparsity)
 
+    def structured(self, unit: str, percent: int):  # noqa: ANN201 - StructuredWeight
+        """The stored kept, OBS-updated weight of consumer ``unit`` at ``percent`` kept."""
+        return self.setup.level_db("structured").load(unit, percent)
+
     def evaluator(self):  # noqa: ANN201 - an Evaluator with this candidate applied
         """presso's own evaluation of the candidate: the model with exactly the weights (and
         dropped blocks) the search scored. Exports are checked against its outputs."""
