@@ -46,6 +46,7 @@ def generate(
     levels = Levels(
         quantized=source.quantized,
         sparse=lambda unit, pct: source.sparse(unit, pct).dequantize(),
+        structured=source.structured,
     )
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
