@@ -258,6 +258,16 @@ def interleaved(
     return out
 
 
+def time_end_to_end(
+    handle: Any, profiler: Profiler, workload: Workload, plans: dict[str, Plan]
+) -> dict[str, float | None]:
+    """Each plan built for real on the backend and timed end to end, beside the dense model
+    (key ``dense``), round-robin so that load drifts hit all alike: ms, None where it failed.
+    What a latency target is verified with — the cost model only predicted it."""
+    todo = [("dense", workload, levels_plan()), *((k, workload, p) for k, p in plans.items())]
+    return {m.op: (m.median_ms if m.ok else None) for m in interleaved(handle, profiler, todo)}
+
+
 def latency_model(
     handle: Any,
     profiler: Profiler,

@@ -19,7 +19,15 @@ from typing import Any
 
 from presso.errors import PressoError
 from presso.spaces import KIND_BUDGETS, KINDS
-from presso.store import Record, check_attrs, sqlite_path, sqlite_read_only, storage_url
+from presso.store import (
+    CHUNK,
+    Record,
+    check_attrs,
+    run_rows,
+    sqlite_path,
+    sqlite_read_only,
+    storage_url,
+)
 from presso.summary import RunSummary, unit_columns
 from presso.summary import json_safe as json_safe  # the page's JSON, as --json writes it
 
@@ -61,22 +69,17 @@ class StoreReader:
     # ------------------------------------------------------------------ queries
 
     def runs(self) -> list[dict[str, Any]]:
-        """One row per run: name, status, evaluations, model, strategy, times, summary."""
-        counts = self._rows(
-            "SELECT s.study_id, s.study_name, COUNT(t.trial_id), MIN(t.datetime_start),"
-            " MAX(t.datetime_complete) FROM studies s LEFT JOIN trials t"
-            " ON t.study_id = s.study_id GROUP BY s.study_id, s.study_name ORDER BY s.study_id"
-        )
-        attrs: dict[int, dict[str, Any]] = {}
-        for study_id, key, value in self._rows(
-            "SELECT study_id, key, value_json FROM study_user_attributes"
-            " WHERE key IN ('status', 'experiment', 'summary', 'answers', 'sweep')"
-        ):
-            attrs.setdefault(study_id, {})[key] = self._loads(value)
-        return [
-            _run_row(name, n, started, updated, self._checked(name, attrs.get(study_id, {})))
-            for study_id, name, n, started, updated in counts
-        ]
+        """One row per run: the store's row (see presso.store.run_rows), with the run's
+        sweep by name, budget, candidates and how to name its metrics."""
+        try:
+            rows = run_rows(self._rows, self.label)
+        except StoreUnavailable:
+            raise
+        except PressoError as err:  # a damaged run's attributes
+            raise StoreUnavailable(str(err)) from None
+        except ValueError as err:  # an attribute that is not JSON
+            raise self._damaged(err) from None
+        return [_run_row(row, attrs) for row, attrs in rows]
 
     def attrs(self, run: str) -> dict[str, Any]:
         """The run's study user attributes (experiment, units, levels, status, summary)."""
@@ -116,27 +119,101 @@ class StoreReader:
         )
         more = limit is not None and len(trials) == limit
         until = trials[-1][1] if trials else since
-        attrs: dict[int, dict[str, Any]] = {}
-        for trial_id, key, value in self._rows(
-            "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a"
+        attrs = self._attrs(
             " JOIN trials t ON t.trial_id = a.trial_id JOIN studies s ON s.study_id = t.study_id"
             " WHERE s.study_name = :run AND t.number >= :since AND t.number <= :until",
             run=run,
             since=since,
             until=until,
-        ):
-            attrs.setdefault(trial_id, {})[key] = self._loads(value)
+        )
         out, pending = [], None
         for trial_id, number, state, value, value_type in trials:
             if _state(state) not in DONE_STATES:
                 pending = number if pending is None else min(pending, number)
                 continue
-            a = attrs.get(trial_id, {})
-            if "phase" in a:  # trials not written by presso are not evaluations
-                ok = _state(state) == "COMPLETE" and _state(value_type) == "FINITE"
-                out.append((number, _record(a, value if ok else None)))
+            if record := _evaluation(attrs.get(trial_id, {}), state, value, value_type):
+                out.append((number, record))
         last = trials[-1][1] + 1 if trials else since
         return out, pending if pending is not None else last, more and pending is None
+
+    def sample(self, run: str, limit: int) -> tuple[list[tuple[int, Record]], dict[str, int]]:
+        """At most about ``limit`` of the run's evaluations, chosen by the database, and the
+        run's counts (``evaluations``, ``failed``, ``shown``): all of them where there are no
+        more, else every one that set a new best of its phase and calibration size (the
+        best-so-far lines stay exact) and an even sample of the others. What a report holds."""
+        # One row per finished evaluation: its number, phase, calibration size and finite
+        # fitness (NULL where it failed); JSON's non-finite numbers are no fitness.
+        evaluations = (
+            "SELECT t.number AS n,"
+            " MAX(CASE WHEN a.key = 'phase' THEN a.value_json END) AS phase,"
+            " MAX(CASE WHEN a.key = 'tokens' THEN a.value_json END) AS tokens,"
+            " MAX(CASE WHEN a.key = 'fitness' AND a.value_json NOT IN"
+            " ('null', 'NaN', 'Infinity', '-Infinity')"
+            " THEN CAST(a.value_json AS DOUBLE PRECISION) END) AS fitness"
+            " FROM trials t JOIN studies s ON s.study_id = t.study_id"
+            " JOIN trial_user_attributes a ON a.trial_id = t.trial_id"
+            " WHERE s.study_name = :run AND a.key IN ('phase', 'tokens', 'fitness')"
+            f" AND t.state IN {DONE_STATES!r} GROUP BY t.trial_id, t.number"
+        )
+        # Each with its place among them (k) and the best fitness of its phase and calibration
+        # size before it: it set a new best where it beats that.
+        ranked = (
+            "SELECT n, fitness, ROW_NUMBER() OVER (ORDER BY n) AS k,"
+            " MIN(fitness) OVER (PARTITION BY phase, tokens ORDER BY n"
+            " ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before"
+            f" FROM ({evaluations}) e WHERE phase IS NOT NULL"
+        )
+        best = "fitness IS NOT NULL AND (before IS NULL OR fitness < before)"
+        ((total, ok, bests),) = self._rows(
+            f"SELECT COUNT(*), COUNT(fitness), COALESCE(SUM(CASE WHEN {best} THEN 1 ELSE 0 END),"
+            f" 0) FROM ({ranked}) r",
+            run=run,
+        )
+        total, ok, bests = int(total), int(ok), int(bests)
+        # Every k-th evaluation beside the bests, so that about ``limit`` are shown in all.
+        stride = 1 if total <= limit else -(-total // max(1, limit - bests))
+        numbers = [
+            n
+            for (n,) in self._rows(
+                f"SELECT n FROM ({ranked}) r WHERE ({best}) OR k % :stride = 0 ORDER BY n",
+                run=run,
+                stride=stride,
+            )
+        ]
+        records = self.numbered(run, numbers)
+        return records, {"evaluations": total, "failed": total - ok, "shown": len(records)}
+
+    def numbered(self, run: str, numbers: list[int]) -> list[tuple[int, Record]]:
+        """The run's evaluations of these trial numbers (read in chunks), in number order."""
+        out = []
+        for start in range(0, len(numbers), CHUNK):
+            chunk = {"run": run, "numbers": numbers[start : start + CHUNK]}
+            trials = self._rows(
+                "SELECT t.trial_id, t.number, t.state, v.value, v.value_type FROM trials t"
+                " JOIN studies s ON s.study_id = t.study_id"
+                " LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0"
+                " WHERE s.study_name = :run AND t.number IN :numbers ORDER BY t.number",
+                **chunk,
+            )
+            attrs = self._attrs(
+                " JOIN trials t ON t.trial_id = a.trial_id JOIN studies s"
+                " ON s.study_id = t.study_id WHERE s.study_name = :run AND t.number IN :numbers",
+                **chunk,
+            )
+            for trial_id, number, state, value, value_type in trials:
+                if record := _evaluation(attrs.get(trial_id, {}), state, value, value_type):
+                    out.append((number, record))
+        return out
+
+    def _attrs(self, where: str, **params: Any) -> dict[int, dict[str, Any]]:
+        """Trial user attributes by trial id, of the trials ``where`` (joined to ``a``) picks."""
+        attrs: dict[int, dict[str, Any]] = {}
+        for trial_id, key, value in self._rows(
+            "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a" + where,
+            **params,
+        ):
+            attrs.setdefault(trial_id, {})[key] = self._loads(value)
+        return attrs
 
     # ------------------------------------------------------------------ plumbing
 
@@ -144,10 +221,13 @@ class StoreReader:
         try:
             return json.loads(value) if value is not None else None
         except ValueError as err:
-            raise StoreUnavailable(
-                f"results store {self.label} is damaged: a stored attribute is not JSON "
-                f"({err.args[0].split(':')[0]}); restore the store from a copy"
-            ) from None
+            raise self._damaged(err) from None
+
+    def _damaged(self, err: ValueError) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"results store {self.label} is damaged: a stored attribute is not JSON "
+            f"({err.args[0].split(':')[0]}); restore the store from a copy"
+        )
 
     def _checked(self, run: str, attrs: dict[str, Any]) -> dict[str, Any]:
         """``attrs`` if shaped as presso writes them, else the damage as the store's error."""
@@ -159,9 +239,13 @@ class StoreReader:
     def _rows(self, sql: str, **params: Any) -> list[tuple]:
         import sqlalchemy
 
+        query = sqlalchemy.text(sql)
+        # A list parameter is an IN list (``IN :numbers``).
+        lists = [k for k, v in params.items() if isinstance(v, list)]
+        query = query.bindparams(*(sqlalchemy.bindparam(k, expanding=True) for k in lists))
         try:
             with self._connect().connect() as conn:
-                return [tuple(r) for r in conn.execute(sqlalchemy.text(sql), params)]
+                return [tuple(r) for r in conn.execute(query, params)]
         except sqlalchemy.exc.SQLAlchemyError as err:
             raise self._unavailable(err) from None
 
@@ -231,28 +315,22 @@ def _state(value: Any) -> str:
     return str(getattr(value, "name", value) or "")
 
 
-def _time(value: Any) -> str:
-    return str(value)[:19].replace(" ", "T") if value else ""
+def _evaluation(a: dict[str, Any], state: Any, value: Any, value_type: Any) -> Record | None:
+    """The Record of a finished trial (as ``ResultsStore.records`` builds it), or None for a
+    trial that is no evaluation (the run's answers, trials not written by presso)."""
+    if "phase" not in a:
+        return None
+    ok = _state(state) == "COMPLETE" and _state(value_type) == "FINITE"
+    return Record.from_attrs(a, value if ok else None)
 
 
-def _record(a: dict[str, Any], value: float | None) -> Record:
-    """A Record as ``ResultsStore.records`` builds it from a trial's attributes and value."""
-    return Record.from_attrs(a, value)
-
-
-def _run_row(name: str, n: int, started: Any, updated: Any, attrs: dict) -> dict[str, Any]:
+def _run_row(row: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any]:
     exp = attrs.get("experiment") or {}
-    summary = RunSummary.from_attrs(name, attrs)
+    summary = RunSummary.from_attrs(row["name"], attrs)
     return {
-        "name": name,
-        "status": attrs.get("status") or "?",
-        "evaluations": n - (attrs.get("answers") or 0),  # a finished run's answers are trials too
-        "started": _time(started),
-        "updated": _time(updated),
-        "model": exp.get("model", "?"),
-        "strategy": (exp.get("search") or {}).get("strategy", "?"),
+        **row,
+        "sweep": (row["sweep"] or {}).get("name"),  # the sweep that made the run, if any
         "budget": {k: v for k, v in (exp.get("space") or {}).items() if _finite(v)},
-        "sweep": (attrs.get("sweep") or {}).get("name"),  # the sweep that made the run, if any
         "candidates": {
             phase: {"strategy": c.strategy, "heldout": c.heldout}
             for phase, c in summary.candidates.items()
@@ -384,6 +462,26 @@ def run_json(
         "records": [record_json(n, r) for n, r in records],
         "next": next_number,
         "more": more,
+    }
+
+
+#: Evaluations a report holds at most (about): a larger run's report holds a sample, chosen by
+#: the database (see ``StoreReader.sample``), not every evaluation (tens of MB of page).
+REPORT_EVALUATIONS = 5000
+
+
+def report_run_json(reader: StoreReader, run: str, limit: int = REPORT_EVALUATIONS) -> dict:
+    """``run_json`` of a whole run for a report: at most about ``limit`` evaluations, with the
+    run's counts (``sample``: evaluations, failed, shown) for the page to say so."""
+    attrs = reader.attrs(run)
+    records, counts = reader.sample(run, limit)
+    return {
+        "run": run,
+        "meta": meta_json(attrs, run),
+        "records": [record_json(n, r) for n, r in records],
+        "next": records[-1][0] + 1 if records else 0,
+        "more": False,
+        "sample": counts,
     }
 
 

@@ -32,7 +32,7 @@ def report_data(store: str, run: str) -> dict[str, Any]:
     return {
         "generated": datetime.datetime.now().isoformat(timespec="seconds").replace("T", " "),
         "runs": {"stores": [{"id": 0, "label": store, "runs": runs, "error": None}]},
-        "run": {"store": 0, **_data.run_json(reader, run)},
+        "run": {"store": 0, **_data.report_run_json(reader, run)},
         "exports": {
             phase: {
                 choice: {"name": _data.export_filename(run, phase, choice), "text": text}

@@ -7,6 +7,8 @@ Routes (all GET):
                             convergence benchmarks given with --curves (re-read each time)
   /api/run?store=I&run=NAME&since=N   a run's metadata and its evaluations numbered >= N
   /api/export?store=I&run=NAME&candidate=PHASE&file=plan.json|plan.yaml|evopress.txt
+  /api/samples?store=I&run=NAME&levels=V,V,...   a PNG sample grid of a diffusion run's
+                            configuration (its level values, as stored), see _samples.py
 
 The page polls the API every two seconds, which is how a running search updates live. A
 failure is a one-line ``{"error": ...}`` in the page, never a traceback, with its HTTP status:
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import sys
 import threading
 from collections.abc import Callable
@@ -28,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from presso.dashboards import _curves, _data, _page
+from presso.dashboards._samples import NoSamples as _NoSamples
 from presso.errors import PressoError
 
 
@@ -51,6 +55,7 @@ class Dashboard:
     ) -> None:
         self.readers = [_data.StoreReader(s, busy_timeout_s=busy_timeout_s) for s in stores]
         self.curves = list(curves or [])
+        self._grids: Any = None
 
     def runs(self) -> dict[str, Any]:
         stores = []
@@ -77,6 +82,14 @@ class Dashboard:
             raise BadRequest(str(err)) from None
         return _data.export_filename(run, candidate, choice), text
 
+    def samples(self, store: int, run: str, levels: list[float]) -> bytes:
+        """A PNG sample grid of one configuration of a diffusion run."""
+        if self._grids is None:  # torch and diffusers only once a grid is asked for
+            from presso.dashboards._samples import SampleGrids
+
+            self._grids = SampleGrids()
+        return self._grids.png((store, run), self._reader(store).attrs(run), levels)
+
     def _reader(self, store: int) -> _data.StoreReader:
         if not 0 <= store < len(self.readers):
             raise NotFound(f"no store number {store}; the dashboard serves {len(self.readers)}")
@@ -100,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
             route(self, query)
         except (BadRequest, KeyError, ValueError) as err:
             self._json({"error": _one_line(err)}, 400)
-        except (NotFound, _data.NoSuchRun) as err:
+        except (NotFound, _data.NoSuchRun, _NoSamples) as err:
             self._json({"error": _one_line(err)}, 404)
         except PressoError as err:  # a store that cannot be read now (busy, damaged, gone)
             self._json({"error": _one_line(err)}, 503)
@@ -139,6 +152,12 @@ class _Handler(BaseHTTPRequestHandler):
         )
         headers = {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"}
         self._send(200, "text/plain; charset=utf-8", text.encode(), headers)
+
+    def _api_samples(self, query: dict[str, str]) -> None:
+        png = self.server.app.samples(
+            _count(query, "store"), query["run"], _levels(query.get("levels", ""))
+        )
+        self._send(200, "image/png", png)
 
     # ------------------------------------------------------------------ replies
 
@@ -180,6 +199,7 @@ _ROUTES: dict[str, Callable[[_Handler, dict[str, str]], None]] = {
     "/api/runs": _Handler._api_runs,
     "/api/run": _Handler._api_run,
     "/api/export": _Handler._api_export,
+    "/api/samples": _Handler._api_samples,
 }
 
 
@@ -282,6 +302,17 @@ def _count(query: dict[str, str], name: str, default: int | None = None) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) > 2**31:
         raise BadRequest(f"{name} must be a whole number 0..{2**31}, got {text[:40]!r}")
     return int(text)
+
+
+def _levels(text: str) -> list[float]:
+    """Query parameter ``levels``: comma-separated finite level values."""
+    try:
+        values = [float(v) for v in text.split(",")] if text else []
+    except ValueError:
+        raise BadRequest(f"levels must be numbers separated by commas, got {text[:40]!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise BadRequest("levels: give the configuration's finite level values")
+    return values
 
 
 def _one_line(err: BaseException) -> str:

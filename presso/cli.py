@@ -440,7 +440,7 @@ def _runs(args: argparse.Namespace) -> int:
     print(f"{'run':<{w}} {'status':<9} {'evals':>6}  {'started':<20} model")
     for r in runs:
         print(
-            f"{r['name']:<{w}} {r['status']:<9} {r['trials']:>6}  {r['started']:<20} {r['model']}"
+            f"{r['name']:<{w}} {r['status']:<9} {r['evaluations']:>6}  {r['started']:<20} {r['model']}"
         )
     return 0
 

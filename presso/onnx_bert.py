@@ -157,6 +157,7 @@ def build_bert_onnx(
     *,
     weights: Any = None,
     sparse: Any = None,
+    symmetric: bool = False,
     fmt: str = "matmulnbits",
     accuracy_level: int = 0,
     structures: Sequence[tuple[Structure, StructuredWeight]] = (),
@@ -168,7 +169,7 @@ def build_bert_onnx(
     if sublayers:  # BERT blocks have no self_attn / mlp modules to drop
         raise PressoError(f"ONNX graph: a BERT block is dropped whole, not {sorted(sublayers)[0]}")
     resolved, biases = resolve_weights(
-        handle, plan, weights=weights, sparse=sparse, structures=structures
+        handle, plan, weights=weights, sparse=sparse, symmetric=symmetric, structures=structures
     )
     g, facts = emit_bert(
         handle, resolved, biases, gone_blocks, fmt=fmt, accuracy_level=accuracy_level

@@ -20,7 +20,8 @@ from typing import Any
 from presso.config import Experiment
 from presso.errors import PressoError
 from presso.experiment import EvaluatorFactory, Setup, default_threads
-from presso.store import ResultsStore, sqlite_path
+from presso.replay import failures, resume_state
+from presso.store import CHUNK, Evaluation, ResultsStore, sqlite_path
 from presso.summary import RunSummary, summary_note
 
 Printer = Callable[[str], None]
@@ -99,11 +100,21 @@ def run_search(
     phases += [(f"baseline:{b}", b, {}) for b in exp.baselines if b != exp.search.strategy]
     multi = "objectives" in phases[0][2]
     fitness = default_objectives(setup)[0]
+    # Every strategy is made before the first evaluation: a baseline that cannot work on this
+    # space is said now, before the store is touched, not after the search's minutes.
+    strategies = {}
+    for phase, name, options in phases:
+        try:
+            strategies[phase] = make_strategy(
+                name, space, seed=exp.search.seed, context=context, **options
+            )
+        except (TypeError, ValueError) as err:
+            raise PressoError(f"{phase}: strategy {name!r}: {err}") from None
 
     created = [] if resume else _missing_paths(exp.store)
     if resume:
         study = store.open(run)
-        stored_by_phase, retried = _stored_results(store.records(study), space)
+        stored_by_phase, retried = resume_state(store, run, space)
         n = sum(len(v) for v in stored_by_phase.values())
         again = f"; {retried} that failed will be evaluated again" if retried else ""
         echo(f"resuming {run!r}: {n} evaluations already stored{again}")
@@ -119,13 +130,8 @@ def run_search(
     recorder = _Recorder(store, study, space)
     failed = False
     try:
-        for phase, name, options in phases:
-            try:
-                strategy = make_strategy(
-                    name, space, seed=exp.search.seed, context=context, **options
-                )
-            except (TypeError, ValueError) as err:
-                raise PressoError(f"{phase}: strategy {name!r}: {err}") from None
+        for phase, name, _ in phases:
+            strategy = strategies[phase]
             bar = _StepBar(
                 phase, show_progress, strategy.planned, len(stored_by_phase.get(phase, {}))
             )
@@ -188,14 +194,47 @@ def run_search(
             summary["candidates"], key=lambda p: summary["candidates"][p]["heldout"][fitness]
         )
     summary["dense"] = evaluator.heldout_dense()
+    if (check := _check_latency(setup, winners, echo)) is not None:
+        summary["latency_check"] = check
+        for phase, ms in check.pop("candidates").items():
+            if ms is not None and check["dense_ms"]:  # else `presso show` says it failed
+                speedup = check["dense_ms"] / ms
+                summary["candidates"][phase].update(measured_ms=ms, measured_speedup=speedup)
     summary["evaluations"] = evaluations
-    records = store.records(study)
-    summary.update(_failures(records))
-    summary["pareto"] = _pareto(records, objectives, space, evaluator if multi else None)
+    stored = store.evaluations(run)
+    summary.update(failures(store, stored))
+    summary["pareto"] = _pareto(store, stored, objectives, space, evaluator if multi else None)
     store.add_answers(study, space, _answers(summary, fitness, multi))
     typed = RunSummary.from_attrs(run, {**study.user_attrs, "summary": summary})
     store.set_summary(study, summary, summary_note(typed))
     return RunSummary.from_attrs(run, study.user_attrs)
+
+
+def _check_latency(setup: Setup, winners: dict[str, Any], echo: Printer) -> dict | None:
+    """Under a latency budget, every chosen candidate built on the backend and timed end to
+    end beside the dense model: the budget was met on the cost model's prediction, the user
+    asked for a measured speedup. None without a latency budget."""
+    from presso.cost_models._campaign import time_end_to_end
+
+    space = setup.space
+    budget = [c for c in space.constraints if c.metric == "latency_ms"]
+    if not budget:
+        return None
+    hw = setup.experiment.hardware
+    echo(f"timing the chosen candidates end to end on {hw.backend} {setup.workload.key} ...")
+    plans = {phase: space.plan(config) for phase, (_, config) in winners.items()}
+    measured = time_end_to_end(setup.handle, setup.profiler, setup.workload, plans)
+    dense = measured.pop("dense")
+    sp = setup.experiment.space
+    return {
+        "backend": hw.backend,
+        "workload": setup.workload.key,
+        "limit_ms": budget[0].limit,
+        "target_speedup": sp.speedup,
+        "dense_ms": dense,
+        "predicted_dense_ms": setup.latency.structure.dense_ms,
+        "candidates": measured,
+    }
 
 
 def _answers(summary: dict[str, Any], fitness: str, multi: bool) -> list[dict[str, Any]]:
@@ -345,40 +384,66 @@ def _with_objectives(strategy: str, options: dict, objectives: list[str], explic
 MAX_FRONT_HELDOUT = 12
 
 
-def _pareto(records: list, objectives: list[str], space: Any, evaluator: Any) -> dict[str, Any]:
+def _pareto(
+    store: ResultsStore,
+    evaluations: list[Evaluation],
+    objectives: list[str],
+    space: Any,
+    evaluator: Any,
+) -> dict[str, Any]:
     """The search's Pareto front over ``objectives`` (minimised; ``-name`` maximises), among its
     evaluations at the largest calibration size (smaller ones are screening, not comparable).
-    With an evaluator, up to MAX_FRONT_HELDOUT front points are also scored held-out."""
+    With an evaluator, up to MAX_FRONT_HELDOUT front points are also scored held-out.
+
+    The records are read a chunk at a time and only the front so far is kept (with each
+    objective's range, for the reference point): a front of a large run costs a front's memory.
+    """
+    import hashlib
+
     import numpy as np
 
     from presso.pareto import hypervolume, non_dominated, reference_point
 
-    search = [r for r in records if r.phase == "search" and r.fitness is not None]
-    sizes = {r.tokens for r in search}
+    search = [e for e in evaluations if e.phase == "search" and e.fitness is not None]
+    sizes = {e.tokens for e in search}
     top = None if None in sizes else max(sizes, default=None)
-    rows, seen = [], set()
-    for r in search:
+    front: list[tuple[list[float], list]] = []
+    seen: set[bytes] = set()  # digests of the levels seen: a configuration counts once
+    bounds = None  # each objective's finite minimum and maximum so far
+    keep = 2 * CHUNK  # points held before the dominated ones are dropped
+    for r in store.load(e for e in search if e.tokens == top):
         values = [_objective(r.metrics, o) for o in objectives]
-        if r.tokens == top and None not in values and tuple(r.levels) not in seen:
-            seen.add(tuple(r.levels))
-            rows.append((values, r.levels))
-    if not rows:
+        digest = hashlib.blake2b(np.asarray(r.levels, dtype=float).tobytes(), digest_size=16)
+        if None in values or digest.digest() in seen:
+            continue
+        seen.add(digest.digest())
+        point = np.asarray(values, dtype=float)
+        if np.isfinite(point).all():
+            bounds = np.vstack([point, point]) if bounds is None else bounds
+            bounds = np.vstack([np.minimum(bounds[0], point), np.maximum(bounds[1], point)])
+        front.append((values, r.levels))
+        if len(front) >= keep:  # what a point dominates now it dominates for good
+            front = [front[i] for i in np.flatnonzero(non_dominated([v for v, _ in front]))]
+            keep = max(keep, 2 * len(front))
+    if not front:
         return {"objectives": objectives, "points": [], "levels": [], "hypervolume": 0.0}
-    points = np.asarray([v for v, _ in rows], dtype=float)
+    points = np.asarray([v for v, _ in front], dtype=float)
     mask = non_dominated(points)
-    front = sorted((tuple(points[i]), rows[i][1]) for i in np.flatnonzero(mask))
-    ref = reference_point(points)
+    chosen = sorted((tuple(points[i]), front[i][1]) for i in np.flatnonzero(mask))
+    # The range decides the reference point (see presso.pareto.reference_point): its ends
+    # stand for every point seen.
+    ref = reference_point(bounds if bounds is not None else points)
     result = {
         "objectives": objectives,
-        "points": [list(p) for p, _ in front],
-        "levels": [lv for _, lv in front],
+        "points": [list(p) for p, _ in chosen],
+        "levels": [lv for _, lv in chosen],
         "hypervolume": float(hypervolume(points[mask], ref)) if len(objectives) in (2, 3) else None,
         "reference": [float(x) for x in ref],
         "heldout": [],
     }
-    step = max(1, -(-len(front) // MAX_FRONT_HELDOUT))
-    for i in range(0, len(front), step) if evaluator is not None else ():
-        config = space.from_dict(dict(zip(space.names, front[i][1])))
+    step = max(1, -(-len(chosen) // MAX_FRONT_HELDOUT))
+    for i in range(0, len(chosen), step) if evaluator is not None else ():
+        config = space.from_dict(dict(zip(space.names, chosen[i][1])))
         result["heldout"].append({"index": i, **evaluator.heldout(config)})
     return result
 
@@ -387,51 +452,6 @@ def _objective(metrics: dict, name: str) -> float | None:
     from presso.evaluation import Objective
 
     return Objective.parse(name).of(metrics)
-
-
-def _stored_results(records: list, space: Any) -> tuple[dict[str, dict], int]:
-    """What a resumed run replays, per phase: ``{(step, index): (request, result)}``, the
-    latest record of each evaluation; and how many stored failures are left out of it.
-
-    A failure with an error (a corrupt or missing file, memory, a dead worker) may have a cause
-    that is gone now: replaying it would keep it forever, so it is evaluated again. A finite
-    measurement, even a useless one, is replayed.
-    """
-    from presso.evaluation import Request
-
-    latest = {(r.phase, r.step, r.index): r for r in records}  # stored in order: later wins
-    by_phase: dict[str, dict] = {}
-    retried = 0
-    for (phase, step, index), rec in latest.items():
-        if rec.error is not None:
-            retried += 1
-            continue
-        request = Request(
-            config=space.from_dict(dict(zip(space.names, rec.levels))),
-            tokens=rec.tokens,
-            sample_seed=rec.sample_seed,
-            tag=rec.tag,
-        )
-        by_phase.setdefault(phase, {})[(step, index)] = (request, _result(rec))
-    return by_phase, retried
-
-
-def _failures(records: list) -> dict[str, Any]:
-    """How many of the run's evaluations failed (the latest record of each; one evaluated again
-    on resume counts as what it gave then), out of how many, and the first failure's message:
-    a run that lost evaluations must say so, not look like a clean one."""
-    latest = list({(r.phase, r.step, r.index): r for r in records}.values())
-    failed = [r for r in latest if r.fitness is None]
-    first = next((r.error or "no finite fitness" for r in failed), None)
-    if first:
-        first = (first.strip().splitlines() or ["?"])[0][:200]
-    return {"failed": len(failed), "evaluated": len(latest), "first_failure": first}
-
-
-def _result(rec: Any) -> Any:
-    from presso.evaluation import Result
-
-    return Result(fitness=rec.fitness, metrics=rec.metrics, error=rec.error, seconds=rec.seconds)
 
 
 def _check_same_experiment(old: dict, new: dict, run: str) -> None:

@@ -32,10 +32,10 @@ import re
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from presso.errors import DiskFullError, PressoError, no_room
 from presso.summary import RunSummary
@@ -184,6 +184,24 @@ class Record:
         )
 
 
+class Evaluation(NamedTuple):
+    """One stored evaluation without its levels and metrics: what resuming, counting failures
+    and choosing records to read need about every evaluation of a run (a few numbers each,
+    where a :class:`Record` holds a value per unit)."""
+
+    trial_id: int
+    phase: str
+    step: int
+    index: int
+    tokens: int | None
+    fitness: float | None  # finite, else None
+    error: bool  # it failed with an error (a cause that may be gone on resume)
+
+
+#: Records read per query when a run is read in chunks (``ResultsStore.load``).
+CHUNK = 2000
+
+
 class ResultsStore:
     """Runs and their evaluations in one Optuna storage."""
 
@@ -226,35 +244,9 @@ class ResultsStore:
             ) from None
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run, in the order they were made: name, evaluations, status, start, model.
-
-        Counted in SQL: Optuna's study summaries load every trial of every study (its
-        parameters and attributes), minutes for a store of 100,000 evaluations."""
+        """Every run, in the order they were made (see ``run_rows``)."""
         with self._reading():
-            studies = self._sql(
-                "SELECT s.study_id, s.study_name, COUNT(t.trial_id), MIN(t.datetime_start)"
-                " FROM studies s LEFT JOIN trials t ON t.study_id = s.study_id"
-                " GROUP BY s.study_id, s.study_name ORDER BY s.study_id"
-            )
-            by_study: dict[int, dict[str, Any]] = {}
-            for study_id, key, value in self._sql(
-                "SELECT study_id, key, value_json FROM study_user_attributes"
-            ):
-                by_study.setdefault(study_id, {})[key] = json.loads(value)
-        out = []
-        for study_id, name, n_trials, started in studies:
-            attrs = check_attrs(self.label, name, by_study.get(study_id, {}))
-            out.append(
-                {
-                    "name": name,
-                    "trials": n_trials - attrs.get("answers", 0),  # evaluations
-                    "status": attrs.get("status", "?"),
-                    "started": _seconds(started),
-                    "model": attrs.get("experiment", {}).get("model", "?"),
-                    "sweep": attrs.get("sweep"),  # {name, fields, file} for a sweep's run
-                }
-            )
-        return out
+            return [row for row, _ in run_rows(self._sql, self.label)]
 
     def summary(self, run: str) -> RunSummary:
         """Run ``run`` as every view reads it (its candidates once it has finished)."""
@@ -296,10 +288,16 @@ class ResultsStore:
         return int(evaluations), int(failed), Record.from_attrs(attrs, None)
 
     def _sql(self, sql: str, **params: Any) -> list[tuple]:
+        return list(self._stream(sql, **params))
+
+    def _stream(self, sql: str, **params: Any) -> Iterator[tuple]:
+        """The rows of ``sql``, fetched as they are used (a server-side cursor on PostgreSQL)."""
         from sqlalchemy import text
 
         with self.storage.engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(text(sql), params)]
+            rows = conn.execution_options(stream_results=True, yield_per=CHUNK)
+            for row in rows.execute(text(sql), params):
+                yield tuple(row)
 
     def exists(self, run: str) -> bool:
         return any(r["name"] == run for r in self.runs())
@@ -396,7 +394,7 @@ class ResultsStore:
         stored (a finished run resumed after it wrote them) is not added twice."""
         import optuna
 
-        stored = {t.user_attrs.get("candidate") for t in study.get_trials(deepcopy=False)}
+        stored = set(self._candidates(study.study_name))
         for answer in answers:
             if answer["candidate"] in stored or len(answer["values"]) != len(study.directions):
                 continue  # stored already, or a study made before answers had their objectives
@@ -410,24 +408,108 @@ class ResultsStore:
             study.add_trial(trial)
             stored.add(answer["candidate"])
         # Not evaluations: what `presso runs` and the dashboard count leaves them out.
-        study.set_user_attr("answers", len(stored - {None}))
+        study.set_user_attr("answers", len(stored))
+
+    def _candidates(self, run: str) -> list[str]:
+        """The candidates the run's answers hold (by SQL: the evaluations are not read)."""
+        with self._reading():
+            rows = self._sql(
+                "SELECT a.value_json FROM trial_user_attributes a"
+                " JOIN trials t ON t.trial_id = a.trial_id"
+                " JOIN studies s ON s.study_id = t.study_id"
+                " WHERE s.study_name = :run AND a.key = 'candidate'",
+                run=run,
+            )
+        return [json.loads(value) for (value,) in rows]
 
     def records(self, study: optuna.Study) -> list[Record]:
+        """Every evaluation of the run, in the order they were stored (all in memory: a large
+        run is better read with ``evaluations`` and ``load``)."""
+        return list(self.load(self.evaluations(study.study_name)))
+
+    def evaluations(self, run: str) -> list[Evaluation]:
+        """The run's evaluations in the order they were stored, without their levels and
+        metrics: one query, its rows streamed (Optuna's ``get_trials`` would load every
+        parameter row, 210 per evaluation of SmolLM2)."""
+        pick = lambda key: f"MAX(CASE WHEN a.key = '{key}' THEN a.value_json END)"  # noqa: E731
+        sql = (
+            f"SELECT t.trial_id, {pick('phase')}, {pick('step')}, {pick('index')},"
+            f" {pick('tokens')}, {pick('fitness')}, {pick('error')}, MAX(v.value)"
+            " FROM trials t JOIN studies s ON s.study_id = t.study_id"
+            " JOIN trial_user_attributes a ON a.trial_id = t.trial_id"
+            " LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0"
+            " WHERE s.study_name = :run"
+            " AND a.key IN ('phase', 'step', 'index', 'tokens', 'fitness', 'error')"
+            " GROUP BY t.trial_id, t.number ORDER BY t.number"
+        )
+        out = []
         with self._reading():
-            trials = study.get_trials(deepcopy=False)
-        return [
-            Record.from_attrs(t.user_attrs, t.values[0] if t.values else None)
-            for t in trials
-            if "phase" in t.user_attrs  # evaluations, not the run's answers
-        ]
+            for trial_id, phase, step, index, tokens, fitness, error, value in self._stream(
+                sql, run=run
+            ):
+                if phase is None:
+                    continue  # the run's answers, not evaluations
+                # Stores from before the fitness was an attribute hold it as the trial's value.
+                fit = json.loads(fitness) if fitness is not None else value
+                tokens = json.loads(tokens) if tokens is not None else None
+                out.append(
+                    Evaluation(
+                        trial_id=trial_id,
+                        phase=json.loads(phase),
+                        step=json.loads(step),
+                        index=json.loads(index),
+                        tokens=tokens,
+                        fitness=fit if fit is not None and math.isfinite(fit) else None,
+                        error=error is not None and json.loads(error) is not None,
+                    )
+                )
+        return out
+
+    def load(self, evaluations: Iterable[Evaluation], chunk: int = CHUNK) -> Iterator[Record]:
+        """The records of ``evaluations``, in their order, read ``chunk`` at a time: a caller
+        that keeps only what it needs holds one chunk, however large the run."""
+        batch: list[int] = []
+        for e in evaluations:
+            batch.append(e.trial_id)
+            if len(batch) == chunk:
+                yield from self._records_of(batch)
+                batch = []
+        if batch:
+            yield from self._records_of(batch)
+
+    def _records_of(self, trial_ids: list[int]) -> list[Record]:
+        from sqlalchemy import bindparam, text
+
+        attrs: dict[int, dict[str, Any]] = {t: {} for t in trial_ids}
+        select = text(
+            "SELECT trial_id, key, value_json FROM trial_user_attributes WHERE trial_id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True))
+        with self._reading(), self.storage.engine.connect() as conn:
+            for trial_id, key, value in conn.execute(select, {"ids": trial_ids}):
+                attrs[trial_id][key] = json.loads(value)
+            old = [t for t in trial_ids if "fitness" not in attrs[t]]
+            values: dict[int, float] = {}
+            if old:  # a store from before the fitness was an attribute
+                select = text(
+                    "SELECT trial_id, value FROM trial_values"
+                    " WHERE objective = 0 AND trial_id IN :ids"
+                ).bindparams(bindparam("ids", expanding=True))
+                values = dict(conn.execute(select, {"ids": old}).all())
+        return [Record.from_attrs(attrs[t], values.get(t)) for t in trial_ids]
 
     def forget_if_empty(self, run: str) -> bool:
         """Delete run ``run`` if it holds no evaluation (it failed before its first); returns
         whether it was deleted."""
         import optuna
 
-        study = self.open(run)
-        if study.get_trials(deepcopy=False):
+        self.open(run)
+        with self._reading():
+            ((trials,),) = self._sql(
+                "SELECT COUNT(t.trial_id) FROM trials t JOIN studies s"
+                " ON s.study_id = t.study_id WHERE s.study_name = :run",
+                run=run,
+            )
+        if trials:
             return False
         optuna.delete_study(study_name=run, storage=self.storage)
         return True
@@ -448,6 +530,52 @@ class ResultsStore:
 
                 save_note(study, note)
         study.set_user_attr("status", "finished")
+
+
+#: The study attributes a run's row is made of (see ``run_rows``).
+ROW_ATTRS = ("status", "experiment", "summary", "answers", "sweep")
+
+
+def run_rows(
+    query: Callable[..., list[tuple]], label: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every run of a store, in the order they were made, as ``(row, attributes)``: the row is
+    what `presso runs` and the dashboard list (name, evaluations, status, started, updated,
+    model, strategy, sweep: ``{name, fields, file}`` for a sweep's run), the attributes the
+    run's ROW_ATTRS, checked (for readers that show more of it).
+
+    ``query(sql)``: the store's rows for ``sql`` (each reader queries through its own
+    connection). Counted in SQL: Optuna's study summaries load every trial of every study (its
+    parameters and attributes), minutes for a store of 100,000 evaluations.
+    """
+    studies = query(
+        "SELECT s.study_id, s.study_name, COUNT(t.trial_id), MIN(t.datetime_start),"
+        " MAX(t.datetime_complete) FROM studies s LEFT JOIN trials t ON t.study_id = s.study_id"
+        " GROUP BY s.study_id, s.study_name ORDER BY s.study_id"
+    )
+    by_study: dict[int, dict[str, Any]] = {}
+    keys = ", ".join(f"'{key}'" for key in ROW_ATTRS)
+    for study_id, key, value in query(
+        f"SELECT study_id, key, value_json FROM study_user_attributes WHERE key IN ({keys})"
+    ):
+        by_study.setdefault(study_id, {})[key] = json.loads(value)
+    out = []
+    for study_id, name, n_trials, started, updated in studies:
+        attrs = check_attrs(label, name, by_study.get(study_id, {}))
+        exp = attrs.get("experiment") or {}
+        row = {
+            "name": name,
+            # A finished run's answers are trials too, not evaluations.
+            "evaluations": n_trials - (attrs.get("answers") or 0),
+            "status": attrs.get("status") or "?",
+            "started": _seconds(started),
+            "updated": _seconds(updated),
+            "model": exp.get("model", "?"),
+            "strategy": (exp.get("search") or {}).get("strategy", "?"),
+            "sweep": attrs.get("sweep"),
+        }
+        out.append((row, attrs))
+    return out
 
 
 def check_attrs(store: str, run: str, attrs: Any) -> dict[str, Any]:

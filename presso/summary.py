@@ -87,6 +87,8 @@ class RunSummary:
     failed: int = 0
     first_failure: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: Under a latency budget: the chosen candidates timed end to end (see presso.run).
+    latency_check: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ reading
 
@@ -139,6 +141,7 @@ class RunSummary:
             failed=s.get("failed", 0),
             first_failure=s.get("first_failure"),
             timings=dict(s.get("timings") or {}),
+            latency_check=dict(s.get("latency_check") or {}),
         )
 
     @property
@@ -247,23 +250,53 @@ def summary_lines(summary: RunSummary) -> list[str]:
     budget = [m for m in BUDGET_METRICS if any(m in c.metrics for c in cands.values())]
     head = "".join(f"{m:>14}" for m in budget)
     div = "held-out KL" if summary.fitness == "kl" else f"held-out {summary.fitness}"
-    lines = [
-        "",
-        f"{'candidate':<22} {'strategy':<14}{head} {'held-out ppl':>13} {div:>12}",
-    ]
     rows = [(name, c.strategy, c.metrics, c.heldout) for name, c in cands.items()]
+    # Perplexity only where there is one (a causal LM): an encoder or a diffusion model has none.
+    has_ppl = any("ppl" in h for *_, h in rows)
+    ppl_head = f" {'held-out ppl':>13}" if has_ppl else ""
+    lines = ["", f"{'candidate':<22} {'strategy':<14}{head}{ppl_head} {div:>12}"]
     if summary.dense:  # the reference every candidate is compared with
         # A divergence from the dense model is 0 there by definition; FID is measured.
         own = {} if summary.fitness == "fid" else {summary.fitness: 0.0}
         rows.insert(0, ("dense", "-", {}, {**summary.dense, **own}))
     for name, strategy, metrics, h in rows:
-        ppl = f"{h['ppl']:.3f}" if "ppl" in h else "-"
+        ppl = (f" {h['ppl']:>13.3f}" if "ppl" in h else f" {'-':>13}") if has_ppl else ""
         div_value = h.get(summary.fitness, float("nan"))
         values = "".join(f"{metrics[m]:>14.3f}" if m in metrics else f"{'-':>14}" for m in budget)
-        lines.append(f"{name:<22} {strategy or '-':<14}{values} {ppl:>13} {div_value:>12.5f}")
+        lines.append(f"{name:<22} {strategy or '-':<14}{values}{ppl} {div_value:>12.5f}")
     if summary.winner:
         lines.append(f"winner (lowest held-out {_name(summary.fitness)}): {summary.winner}")
-    return lines + _versus_baselines(summary)
+    return lines + _versus_baselines(summary) + latency_lines(summary)
+
+
+def latency_lines(summary: RunSummary) -> list[str]:
+    """The chosen candidates' end-to-end times against the dense model's, measured after the
+    search, beside the budget the cost model held them to."""
+    check = summary.latency_check
+    if not check:
+        return []
+    dense = check.get("dense_ms")
+    target = check.get("target_speedup")
+    goal = f"target {target:g}x" if target else f"limit {check['limit_ms']:.3f} ms predicted"
+    lines = [
+        f"measured end to end on {check['backend']} {check['workload']}: dense "
+        + (f"{dense:.3f} ms" if dense else "failed")
+        + f" ({goal})"
+    ]
+    for name, c in summary.candidates.items():
+        ms, speedup = c.metrics.get("measured_ms"), c.metrics.get("measured_speedup")
+        if ms is None:
+            lines.append(f"  {name:<22} could not be timed")
+            continue
+        # Predicted as a speedup: the profile's absolute times may come from another load.
+        predicted, base = c.metrics.get("latency_ms"), check.get("predicted_dense_ms")
+        pred = f" (predicted {base / predicted:.2f}x)" if predicted and base else ""
+        gain = f" = {speedup:.2f}x" if speedup else ""
+        met = ""
+        if target and speedup:
+            met = "  meets it" if speedup >= target else f"  short of {target:g}x"
+        lines.append(f"  {name:<22} {ms:.3f} ms{gain}{pred}{met}")
+    return lines
 
 
 def _name(metric: str) -> str:

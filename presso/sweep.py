@@ -84,7 +84,7 @@ def load_sweep(path: str | Path) -> Sweep:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=,+-]*", name):
         raise PressoError(f"{where('name')}: name: letters, digits and _ . = , + - (got {name!r})")
-    base, base_file = _base(path, raw, lines)
+    base = _base(path, raw, lines)
     if "store" in raw:
         if not isinstance(raw["store"], str) or not raw["store"]:
             raise PressoError(f"{where('store')}: store: a path or URL (got {raw['store']!r})")
@@ -112,23 +112,30 @@ def load_sweep(path: str | Path) -> Sweep:
             exp = validate_experiment(exp_raw, path, run_lines, default_name=run_name)
         except PressoError as err:
             raise PressoError(f"{err} (in run {run_name})") from None
-        runs.append(SweepRun(run_name, fields, _resolved(exp, base_file, path, fields)))
+        runs.append(SweepRun(run_name, fields, resolve_paths(path, exp)))
     return Sweep(name, path, runs[0].experiment.store, runs)
 
 
-def _base(path: Path, raw: dict, lines: dict) -> tuple[dict[str, Any], Path]:
-    """The base experiment's mapping (validated alone: a mistake in it is the base file's) and
-    the file its paths are relative to."""
+def _base(path: Path, raw: dict, lines: dict) -> dict[str, Any]:
+    """The base experiment's mapping (validated alone: a mistake in it is the base file's),
+    with its model and corpus paths made absolute."""
     given = raw.get("experiment")
     if isinstance(given, str):
         base_file = (path.parent / given).expanduser()
         base, base_lines = read_yaml(base_file)
-        validate_experiment(copy.deepcopy(base), base_file, base_lines, default_name="base")
-        return base, base_file
+        exp = validate_experiment(copy.deepcopy(base), base_file, base_lines, default_name="base")
+        # The base's own paths are relative to its folder: resolved now, they stay right once
+        # its runs are validated and resolved as the sweep file's (what the sweep sets is).
+        resolved = resolve_paths(base_file, exp)
+        if "model" in base:
+            base["model"] = resolved.model
+        if isinstance(base.get("data"), dict) and "corpus" in base["data"]:
+            base["data"]["corpus"] = resolved.data.corpus
+        return base
     if isinstance(given, dict):
         inner = {k[1:]: v for k, v in lines.items() if k[:1] == ("experiment",)}
         validate_experiment(copy.deepcopy(given), path, inner, default_name="base")
-        return copy.deepcopy(given), path
+        return copy.deepcopy(given)
     raise PressoError(
         f"{path}:{lines.get(('experiment',), 1)}: experiment: required: the base experiment, "
         "a file (relative to the sweep file) or a mapping; add it"
@@ -217,21 +224,6 @@ def _labels(all_fields: list[dict[str, Any]]) -> list[str]:
         return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
 
     return [",".join(f"{short[k]}={text(f[k])}" for k in varying if k in f) for f in all_fields]
-
-
-def _resolved(exp: Experiment, base_file: Path, path: Path, fields: dict[str, Any]) -> Experiment:
-    """Model and corpus paths relative to the file that gave them: the sweep file for a
-    field the sweep sets, else the base experiment's file."""
-    by_base = resolve_paths(base_file, exp)
-    if base_file == path:
-        return by_base
-    by_sweep = resolve_paths(path, exp)  # from the unresolved paths, not the base's result
-    updates: dict[str, Any] = {}
-    if "model" in fields:
-        updates["model"] = by_sweep.model
-    if "data.corpus" in fields or "data" in fields:
-        updates["data"] = by_sweep.data
-    return by_base.model_copy(update=updates)
 
 
 # ---------------------------------------------------------------------- running
@@ -367,7 +359,7 @@ def sweep_rows(store: str, sweep: str) -> list[dict[str, Any]]:
                 attrs["sweep"]["fields"],
                 RunSummary.from_attrs(info["name"], attrs),
                 info["status"],
-                info["trials"],
+                info["evaluations"],
             )
         )
     return rows

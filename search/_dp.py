@@ -56,15 +56,22 @@ def knapsack(budget: Budget, scores: Sequence[Sequence[float]]) -> Config | None
 
 
 def the_budget(space: SearchSpace, strategy: str) -> Budget:
-    """The one budget of ``space`` that a knapsack can hold, or a ValueError saying why not."""
-    budgets = [c.budget(space) for c in space.constraints]
-    additive = [b for b in budgets if b is not None]
-    if len(space.constraints) != 1 or not additive:
+    """The one budget of ``space`` that a knapsack can hold, or a ValueError saying why not.
+
+    Constraints that even the costliest configuration meets bind nothing and are left out
+    (``mean_bits: 8`` beside a latency target): the knapsack needs the one that binds."""
+    top = tuple(len(d.levels) - 1 for d in space.dims)
+    binding = [c for c in space.constraints if not c.feasible(space, top)]
+    if not binding:  # every configuration fits: a budget of nothing
+        return Budget(tuple((0,) * len(d.levels) for d in space.dims), 0)
+    budgets = [c.budget(space) for c in binding]
+    if len(binding) != 1 or budgets[0] is None:
         raise ValueError(
-            f"{strategy} solves spaces with one budget that is a sum over units (mean_bits, "
-            f"mean_sparsity or dropped); this space has {space.describe()}: use evopress"
+            f"{strategy} solves spaces with one binding budget that is a sum over units "
+            "(mean_bits, mean_sparsity, dropped, or a latency budget on one kind of knob, "
+            f"which is additive); this space has {space.describe()}: use evopress"
         )
-    return additive[0]
+    return budgets[0]
 
 
 def solve(space: SearchSpace, sensitivity: Sequence[Sequence[float]]) -> Config:

@@ -3,7 +3,8 @@ Than You Expect"): drop the blocks with the lowest Block Influence.
 
 Block Influence ``BI_i = 1 - mean cos(h_in, h_out)`` (:func:`presso.importance.block_influence`)
 is low for a block that barely changes the hidden states. The number dropped is the space's
-``MinDropped`` limit, so the result uses exactly the depth budget. A space with a depth
+``MinDropped`` limit, so the result uses exactly the depth budget; under another budget (a
+latency or speedup target) the fewest lowest-BI blocks whose removal meets it. A space with a depth
 dimension per sublayer (a block's attention and MLP apart) ranks each sublayer by its block's
 BI, ties broken by dimension order: the lowest-BI block's sublayers go first, in the order the
 space lists them (``depth_dims``: attention before MLP when built that way).
@@ -25,10 +26,8 @@ def shortgpt_config(space: SearchSpace, context: Context) -> Config:
     if not depth:
         raise ValueError(f"shortgpt needs a space with depth dimensions: {space.describe()}")
     limits = [c.limit for c in space.constraints if isinstance(c, MinDropped)]
-    if not limits:
-        raise ValueError(f"shortgpt needs a dropped-blocks constraint: {space.describe()}")
-    k = math.ceil(max(limits) - 1e-9)
-    if k > len(depth):
+    k = math.ceil(max(limits) - 1e-9) if limits else None
+    if k is not None and k > len(depth):
         raise ValueError(f"cannot drop {k} of {len(depth)} depth dimensions")
     importance, blocks = context.block_importance, context.dim_blocks
     if importance is None or blocks is None:
@@ -41,13 +40,20 @@ def shortgpt_config(space: SearchSpace, context: Context) -> Config:
     if not all(0 <= blocks[d] < len(importance) for d in depth):
         raise ValueError(f"dim_blocks names blocks outside the {len(importance)} importances")
 
-    config = list(space.best_uniform() or space.lowest())
+    base = list(space.best_uniform() or space.lowest())
     ranked = sorted(depth, key=lambda d: (importance[blocks[d]], d))
-    for rank, d in enumerate(ranked):
-        config[d] = space.dims[d].levels.index(DROPPED if rank < k else KEPT)
-    if not space.is_feasible(tuple(config)):
-        raise ValueError(f"the ShortGPT configuration is infeasible: {space.describe()}")
-    return tuple(config)
+
+    def dropping(count: int) -> Config:
+        config = list(base)
+        for rank, d in enumerate(ranked):
+            config[d] = space.dims[d].levels.index(DROPPED if rank < count else KEPT)
+        return tuple(config)
+
+    counts = [k] if k is not None else range(len(depth) + 1)
+    for count in counts:
+        if space.is_feasible(config := dropping(count)):
+            return config
+    raise ValueError(f"the ShortGPT configuration is infeasible: {space.describe()}")
 
 
 @register

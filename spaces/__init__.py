@@ -13,7 +13,10 @@ from presso.spaces._sparsity import MeanSparsity, SparsityConfig, sparsity_dims,
 from presso.spaces._depth import DROPPED, KEPT, MinDropped, depth_dims, depth_space
 
 # isort: split
-from presso.spaces._steps import MaxSteps, ScheduleConfig, steps_dims
+from presso.spaces._steps import MaxSteps, ScheduleConfig, solver_dim, solver_of, steps_dims
+
+# isort: split
+from presso.spaces._skips import MaxBlocks, skips_dims, skips_of
 
 # isort: split
 from presso.spaces._structured import MaxKept, StructuredConfig, structured_dims
@@ -24,7 +27,8 @@ from presso.spaces._kinds import KINDS, Kind, kind, unit_kinds
 from presso.spaces._latency import MaxLatency
 from presso.spaces._size import MaxParams, MaxSize
 
-#: The kinds' budget metrics (``mean_bits``, ``mean_sparsity``, ``dropped``, ``steps``).
+#: The kinds' budget metrics (``mean_bits``, ``mean_sparsity``, ``dropped``, ``steps``,
+#: ``blocks``).
 KIND_BUDGETS = tuple(k.budget for k in KINDS.values())
 #: Every budget metric a candidate may have: the kinds', then the whole model's.
 BUDGET_METRICS = (*KIND_BUDGETS, MaxParams.metric, MaxSize.metric, MaxLatency.metric)
@@ -43,6 +47,7 @@ __all__ = [
     "Constraint",
     "Dimension",
     "MaxLatency",
+    "MaxBlocks",
     "MaxParams",
     "MaxSize",
     "MeanBits",
@@ -61,6 +66,10 @@ __all__ = [
     "kind",
     "sparsity_dims",
     "sparsity_space",
+    "solver_dim",
+    "solver_of",
+    "skips_dims",
+    "skips_of",
     "steps_dims",
     "structured_dims",
     "unit_kinds",

@@ -53,9 +53,10 @@ class Kind(ABC):
     settings: ClassVar[dict[str, str]] = {}
     timing_key: ClassVar[str] = ""
     colorscale: ClassVar[Any] = "Viridis"
-    #: The prefix of the targets a plan drops for a kind that removes (``timestep.``); None:
-    #: the modules no other kind's prefix names (depth's blocks and sublayers).
-    prefix: ClassVar[str | None] = None
+    #: The prefix (or prefixes) of the targets a plan drops for a kind that removes
+    #: (``timestep.``); None: the modules no other kind's prefix names (depth's blocks and
+    #: sublayers).
+    prefix: ClassVar[str | tuple[str, ...] | None] = None
 
     # ------------------------------------------------------------ the search space
 

@@ -4,6 +4,10 @@ One keep/skip dimension per candidate time step (the model's training steps on a
 of ``schedule.candidates``); a candidate's schedule is its kept steps in descending order, and
 the budget ``space.steps`` bounds how many (AutoDiffusion's first stage). A plan drops the
 skipped steps as ``timestep.T`` targets, as depth drops blocks.
+
+One more keep/skip dimension, ``solver.ddim``, says how the schedule is sampled: kept, by DDIM
+(every plan that does not name it); dropped, by DPM-Solver instead (the ``dpm-solver``
+baseline). It costs no steps.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ SKIPPED, KEPT = 0, 1
 
 #: The prefix of a time step's target (``timestep.999``).
 PREFIX = "timestep."
+
+#: The target of the solver dimension: kept, DDIM samples the schedule; dropped, DPM-Solver.
+SOLVER = "solver.ddim"
 
 
 class ScheduleConfig(Strict):
@@ -50,17 +57,12 @@ class MaxSteps(Constraint):
 
     def value(self, space: SearchSpace, config: Config) -> float:
         return float(
-            sum(
-                1
-                for d, i in zip(space.dims, config)
-                if d.kind == StepsKind.name and d.levels[i] == KEPT
-            )
+            sum(1 for d, i in zip(space.dims, config) if is_timestep(d) and d.levels[i] == KEPT)
         )
 
     def budget(self, space: SearchSpace) -> Budget | None:
         costs = tuple(
-            tuple(1 if d.kind == StepsKind.name and v == KEPT else 0 for v in d.levels)
-            for d in space.dims
+            tuple(1 if is_timestep(d) and v == KEPT else 0 for v in d.levels) for d in space.dims
         )
         return Budget(costs, int(self.limit))
 
@@ -82,6 +84,24 @@ def steps_dims(timesteps: Sequence[int]) -> list[Dimension]:
     ]
 
 
+def solver_dim() -> Dimension:
+    """The solver dimension (see the module doc): its own group, so that no level switch of
+    a time step trades with it."""
+    return Dimension(
+        name=SOLVER, levels=(SKIPPED, KEPT), weight=1, group="solver", kind=StepsKind.name
+    )
+
+
+def is_timestep(dim: Dimension) -> bool:
+    """Whether ``dim`` keeps or skips a time step (not the solver)."""
+    return dim.kind == StepsKind.name and dim.target.startswith(PREFIX)
+
+
+def solver_of(dropped: Sequence[str]) -> str:
+    """The solver a plan samples its schedule with, from its dropped targets."""
+    return "dpm-solver" if SOLVER in dropped else "ddim"
+
+
 def timestep_of(target: str) -> int:
     """The time step a dimension's target names (``timestep.999`` -> 999)."""
     return int(target[len(PREFIX) :])
@@ -99,7 +119,7 @@ class StepsKind(Kind):
     config = ScheduleConfig
     budget = BUDGET
     colorscale = [[0, "#dddddd"], [1, "#1f77b4"]]
-    prefix = PREFIX
+    prefix = (PREFIX, "solver.")
     space_fields = {
         BUDGET: (
             int | None,
@@ -112,12 +132,12 @@ class StepsKind(Kind):
     def dims(
         self, setup: Any, block: str, units: list[tuple[str, tuple[int, int]]], *, suffix: str
     ) -> list[Dimension]:
-        return steps_dims(setup.timestep_grid)
+        return [*steps_dims(setup.timestep_grid), solver_dim()]
 
     def constraint(self, limit: float, dims: Sequence[Dimension]) -> Constraint:
         from presso.errors import PressoError
 
-        n = len([d for d in dims if d.kind == self.name])
+        n = len([d for d in dims if is_timestep(d)])
         if not 1 <= limit < n:
             raise PressoError(
                 f"space.steps: {limit:g}, but schedules choose from {n} candidate time steps; "
@@ -143,14 +163,15 @@ class StepsKind(Kind):
         *,
         model: Callable[[], Any] | None = None,
     ) -> str | None:
-        kept = [timestep_of(t) for t, v in zip(targets, values) if v == KEPT]
+        kept = [timestep_of(t) for t, v in zip(targets, values) if v == KEPT and t != SOLVER]
         steps = ", ".join(map(str, sorted(kept, reverse=True)))
-        return f"sampling schedule of the search's best ({len(kept)} time steps): {steps}"
+        solver = solver_of([t for t, v in zip(targets, values) if v != KEPT])
+        return f"sampling schedule of the search's best ({len(kept)} time steps, {solver}): {steps}"
 
     def refusal(self, plan: Any, fmt: str) -> str | None:
         if not self.dropped(plan.dropped):
             return None
         return (
-            f"--format {fmt} cannot hold a sampling schedule; export it with --format plan "
-            "(the plan lists the skipped time steps)"
+            f"--format {fmt} cannot hold a sampling schedule; export it with --format "
+            "diffusers (a pipeline folder) or --format plan (the skipped time steps)"
         )

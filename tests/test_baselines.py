@@ -257,3 +257,18 @@ def test_shortgpt_refuses_what_it_cannot_use() -> None:
     bits = bits_space([("a", (64, 64))], (2, 4), 3.0)
     with pytest.raises(ValueError, match="depth"):
         ShortGPT(bits, context=Context(dim_blocks=(0,), block_importance=(0.1,)))
+
+
+def test_a_baseline_that_cannot_run_is_refused_before_the_search(
+    write_experiment, tmp_path, capsys
+) -> None:  # noqa: ANN001
+    """Every strategy is made before the first evaluation: a baseline the space cannot take
+    is one line at once, and no store is left behind (not an error after the search)."""
+    from presso.cli import main
+    from tests.conftest import tiny_experiment
+
+    exp = tiny_experiment(baselines=["uniform", "shortgpt"])  # a bits space: no blocks to drop
+    assert main(["search", str(write_experiment(exp)), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "baseline:shortgpt" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs.db").exists()

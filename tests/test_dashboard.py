@@ -468,6 +468,99 @@ def test_stored_names_are_text_in_the_plots(browser: Any, tmp_path: Path) -> Non
             assert HOSTILE in page.evaluate(legend)
 
 
+def diffusion_store(folder: Path, presso_cache: Path, **overrides: Any) -> Path:
+    """A store holding run ``steps``: a tiny time-step search with DDIM and DPM-Solver."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("torchmetrics")
+    from .test_diffusion import tiny_steps_experiment
+
+    path = folder / "runs.db"
+    exp_path = folder / "exp.yaml"
+    exp_path.write_text(yaml.safe_dump({"store": str(path), **tiny_steps_experiment(**overrides)}))
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
+        mp.setenv("PRESSO_CACHE", str(presso_cache))
+        assert main(["search", str(exp_path), "--quiet"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def steps_store(tmp_path_factory: pytest.TempPathFactory, presso_cache: Path) -> Path:
+    return diffusion_store(tmp_path_factory.mktemp("dashboard-steps"), presso_cache)
+
+
+@pytest.fixture(scope="module")
+def skips_store(tmp_path_factory: pytest.TempPathFactory, presso_cache: Path) -> Path:
+    """The same search with UNet blocks skipped per step (3 steps, at most 11 of 15 blocks)."""
+    joint = {"kind": "joint", "steps": 3, "blocks": 11}
+    return diffusion_store(tmp_path_factory.mktemp("dashboard-skips"), presso_cache, space=joint)
+
+
+def expected_grid(store: Path, phase: str) -> bytes:
+    """The PNG grid presso itself samples for a final candidate (seed 0, 32 images)."""
+    from presso.diffusion._evaluator import schedule_of, skips_of, solver_of
+    from presso.diffusion._grid import grid_png_bytes
+    from presso.diffusion._model import load_diffusion
+    from presso.diffusion._sample import sample, seeded_noise, trailing_grid
+    from presso.plan import Plan
+
+    attrs = ResultsStore(str(store)).open("steps").user_attrs
+    levels = attrs["summary"]["candidates"][phase]["levels"]
+    plan = Plan.from_levels(attrs["targets"], attrs["kinds"], levels)
+    model = load_diffusion("tiny-ddpm")
+    schedule = schedule_of(plan, trailing_grid(model.train_steps, 20))
+    noise = seeded_noise(0, 32, model.shape)
+    solver, skips = solver_of(plan), skips_of(plan)
+    images = sample(model.unet, model.scheduler_config, schedule, noise, solver=solver, skips=skips)
+    return grid_png_bytes(images)
+
+
+@pytest.mark.parametrize("skips", [False, True])
+def test_a_diffusion_candidate_shows_its_sample_grid(
+    browser: Any, request: pytest.FixtureRequest, skips: bool
+) -> None:
+    steps_store = request.getfixturevalue("skips_store" if skips else "steps_store")
+    shown = {}
+    for phase in ("search", "baseline:dpm-solver"):
+        sel = urllib.parse.quote(f"final:{phase}")
+        with serving(steps_store) as url, page_at(browser, f"{url}#/run/0/steps?sel={sel}") as page:
+            if skips:  # the per-step skipped blocks are drawn like any kind's levels
+                page.wait_for_selector("#heatmap-skips .main-svg", timeout=WAIT_MS)
+            page.wait_for_selector("#samples-grid", timeout=WAIT_MS)
+            assert page.inner_text("#config-title").startswith(f"Final candidate: {phase}")
+            b64 = page.evaluate(
+                """async () => {
+                  const img = document.getElementById('samples-grid');
+                  const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+                  let s = ''; for (const b of bytes) s += String.fromCharCode(b);
+                  return btoa(s);
+                }"""
+            )
+            shown[phase] = base64.b64decode(b64)
+        assert shown[phase] == expected_grid(steps_store, phase)
+    assert shown["search"] != shown["baseline:dpm-solver"]  # the selected candidate's own
+
+
+def test_sample_grids_refuse_what_they_cannot_draw(store: Path, steps_store: Path) -> None:
+    pytest.importorskip("plotly", reason="the dashboard extra: pip install 'presso[dashboard]'")
+    attrs = ResultsStore(str(steps_store)).open("steps").user_attrs
+    levels = ",".join(str(v) for v in attrs["summary"]["candidates"]["search"]["levels"])
+    with serving(store, steps_store) as url:
+        base = url.removesuffix(POLL) + "api/samples?"
+        for query, status, message in [
+            (f"store=0&run=tiny&levels={levels}", 404, "not a diffusion run"),
+            ("store=1&run=steps&levels=1,0", 400, "levels: 2 values, but the run has 21"),
+            ("store=1&run=steps&levels=a,b", 400, "levels must be numbers"),
+            ("store=1&run=steps&levels=", 400, "finite level values"),
+            (f"store=1&run=steps&levels={'0,' * 20}1", 400, "samples no time step"),
+        ]:
+            code, body = _get(base + query)
+            assert (code, message in body.get("error", "")) == (status, True), (query, body)
+        request = urllib.request.Request(base + f"store=1&run=steps&levels={levels}")
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            assert reply.headers["Content-Type"] == "image/png"
+            assert reply.read() == expected_grid(steps_store, "search")
+
+
 def _get(url: str, host: str | None = None) -> tuple[int, dict]:
     """Status and JSON body of a GET (an error status too)."""
     request = urllib.request.Request(url, headers={"Host": host} if host else {})

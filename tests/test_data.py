@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,42 @@ def test_changed_corpus_misses_the_cache(tokenizer, tmp_path: Path, _private_cac
     _jsonl(path, ["alpha beta delta"])
     load_token_stream(tokenizer, str(path))
     assert len(list((_private_cache / "tokens").glob("*.npy"))) == 2
+
+
+def test_a_cached_corpus_is_not_read_again_until_it_changes(
+    tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An evaluator's calibration set, built again (each Ray worker does), reads no corpus
+    while its files are unchanged; a changed file is read again, and gives its own windows."""
+    path = _numbered_corpus(tmp_path / "c.jsonl")
+    os.utime(path, ns=(10**18, 10**18))  # settled: written long before it is read
+    build = lambda: build_calibration(tokenizer, str(path), seq_len=32, n_calibration=8, n_eval=4)  # noqa: E731
+    first = build()
+    reads, load = [], data.load_texts
+    monkeypatch.setattr(data, "load_texts", lambda *a, **k: reads.append(a) or load(*a, **k))
+    second = build()
+    assert reads == [] and torch.equal(first.calibration, second.calibration)
+    assert first.fingerprint == second.fingerprint
+
+    _numbered_corpus(path, n_docs=41)
+    os.utime(path, ns=(10**18 + 1, 10**18 + 1))
+    changed = build()
+    assert len(reads) == 1 and changed.fingerprint != first.fingerprint
+    build()
+    assert len(reads) == 1
+
+
+def test_a_corpus_written_just_now_is_read_every_time(
+    tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file changed within its modification time's tick may change again unseen (same size,
+    same time): its digest is not kept until it has settled."""
+    path = _jsonl(tmp_path / "c.jsonl", ["alpha beta gamma"])
+    reads, load = [], data.load_texts
+    monkeypatch.setattr(data, "load_texts", lambda *a, **k: reads.append(a) or load(*a, **k))
+    load_token_stream(tokenizer, str(path))
+    load_token_stream(tokenizer, str(path))
+    assert len(reads) == 2
 
 
 def test_tokenizer_identity_tells_tokenizers_apart(tokenizer) -> None:

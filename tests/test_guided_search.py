@@ -97,8 +97,65 @@ def test_dp_needs_the_table_and_one_sum_budget() -> None:
     with pytest.raises(ValueError, match="sensitivity table"):
         DP(space)
     joint = SearchSpace(space.dims, [*space.constraints, *space.constraints])
-    with pytest.raises(ValueError, match="one budget"):
+    with pytest.raises(ValueError, match="one binding budget"):
         DP(joint, context=synthetic_context(space))
+
+
+def latency_space(ms: np.ndarray, limit: float, *extra: object) -> SearchSpace:
+    """A bits space priced by a table: unit d at level l costs ``ms[d, l]`` plus 1 ms fixed."""
+    from presso.spaces import MaxLatency
+
+    dims = small_space("bits", 8.0).dims
+
+    def predict(space: SearchSpace, config: tuple[int, ...]) -> float:
+        return 1.0 + float(sum(ms[d, lv] for d, lv in enumerate(config)))
+
+    return SearchSpace(dims, [*extra, MaxLatency(limit, predict)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("exact", [True, False])
+def test_dp_under_a_measured_latency_target_matches_brute_force(seed: int, exact: bool) -> None:
+    """SPDY's dynamic program: the most accurate configuration under an additive latency
+    prediction. On a 1 µs grid the solver is exact; off the grid costs are rounded up, so the
+    solution still fits and gives away at most 1 µs per unit."""
+    rng = np.random.default_rng(seed)
+    ms = np.sort(rng.uniform(0.05, 0.5, size=(6, 4)), axis=1)
+    if exact:
+        ms = np.round(ms, 3)
+    space = latency_space(ms, limit=1.0 + 0.6 * ms[:, -1].sum())
+    table = [list(rng.normal(size=4)) for _ in range(6)]
+    config = solve(space, table)
+    assert space.is_feasible(config)
+    found = sum(table[d][lv] for d, lv in enumerate(config))
+    if exact:
+        assert found == pytest.approx(brute_force(space, table), abs=1e-12)
+    else:  # no worse than the best configuration with 6 µs of headroom to spare
+        tight = latency_space(ms, limit=space.constraints[0].limit - 6e-3)
+        assert found <= brute_force(tight, table) + 1e-12
+
+
+def test_dp_leaves_out_a_budget_that_binds_nothing() -> None:
+    """``mean_bits: 8`` beside a latency target binds nothing: the latency is solved."""
+    from presso.spaces import MeanBits
+
+    ms = np.tile(np.array([0.1, 0.2, 0.3, 0.4]), (6, 1))
+    space = latency_space(ms, 1.0 + 6 * 0.25, MeanBits(8.0))
+    table = [[3.0, 2.0, 1.0, 0.0] for _ in range(6)]
+    config = solve(space, table)
+    assert space.is_feasible(config) and sum(config) == 9  # 6 x 0.25 ms spent exactly
+
+
+def test_a_latency_that_is_not_a_sum_over_units_is_refused() -> None:
+    """A prediction with interactions (here the slowest unit decides) has no knapsack."""
+    from presso.spaces import MaxLatency
+
+    dims = small_space("bits", 8.0).dims
+    slowest = MaxLatency(0.2, lambda space, config: 0.1 * max(config))
+    space = SearchSpace(dims, [slowest])
+    assert slowest.budget(space) is None
+    with pytest.raises(ValueError, match="one binding budget"):
+        solve(space, [[0.0] * 4 for _ in dims])
 
 
 @pytest.mark.parametrize("target", [2.3, 2.5, 3.0, 3.5, 4.0, 5.0])

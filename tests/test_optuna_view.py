@@ -59,7 +59,7 @@ def test_best_trial_is_the_winner_presso_shows(
     answers = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.user_attrs["candidate"] for t in answers) == sorted(summary["candidates"])
     evaluations = [t for t in trials if "phase" in t.user_attrs]
-    assert ResultsStore(str(store)).runs()[0]["trials"] == len(evaluations)  # `presso runs`
+    assert ResultsStore(str(store)).runs()[0]["evaluations"] == len(evaluations)  # `presso runs`
     assert {t.state for t in evaluations} == {TrialState.PRUNED}
     steps = {t.user_attrs["phase"]: set() for t in evaluations}
     for t in evaluations:

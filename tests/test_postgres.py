@@ -7,15 +7,11 @@ would hold; runs write to one database concurrently."""
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,59 +20,23 @@ import yaml
 
 from presso.cli import main
 from presso.errors import PressoError
+from presso.postgres_cluster import new_database, throwaway_cluster, unavailable
 from presso.store import ResultsStore, storage_url
 
 from .conftest import tiny_experiment
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found if isinstance(found, str) else (found[-1] if found else None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """A fresh PostgreSQL cluster; yields the base URL (no database name)."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        pytest.skip("no PostgreSQL server binaries: apt-get install postgresql (see .ci/install)")
-    pytest.importorskip("psycopg", reason="pip install 'presso[postgres]'")
-    # PostgreSQL refuses to run as root: the cluster then belongs to the package's own user.
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        if (
-            shutil.which("runuser") is None
-            or subprocess.run(["id", "postgres"], capture_output=True).returncode
-        ):
-            pytest.skip("running as root without a `postgres` user to own the test cluster")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    folder = Path(tempfile.mkdtemp(prefix="presso-pg-"))
-    if as_user:
-        shutil.chown(folder, "postgres")
-    data, port = folder / "data", _free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
-    run(initdb, "-D", str(data), "-U", "presso", "--auth=trust", "-E", "UTF8")
-    options = f"-k {folder} -p {port} -c listen_addresses=127.0.0.1 -F"
-    run(pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start")
-    try:
-        yield f"postgresql://presso@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], check=False)
-        shutil.rmtree(folder, ignore_errors=True)
+    if why := unavailable():
+        pytest.skip(why)
+    with throwaway_cluster() as url:
+        yield url
 
 
 def fresh_database(server: str, name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as con:
-        con.execute(f'CREATE DATABASE "{name}"')
-    return f"{server}/{name}"
+    return new_database(server, name)
 
 
 def search(tmp_path: Path, store: str, name: str = "exp.yaml", **overrides: object) -> None:

@@ -245,3 +245,67 @@ def test_op_timings_cycle_weights_past_the_cache() -> None:
     assert weight_copies(1) == 512  # capped
     m = make_profiler("torch", threads=1, repeats=3, warmup=1).measure(LinearOp(64, 64), W)
     assert m.ok and m.detail["copies"] == weight_copies(64 * 64 * 4)
+
+
+@pytest.mark.parametrize("kind", ["depth", "structured"])
+def test_a_speedup_target_is_solved_on_measured_latency_and_timed_end_to_end(
+    write_experiment, capsys, kind: str
+) -> None:  # noqa: ANN001
+    """``space.speedup`` alone (no kind budget): the latency budget is the knapsack dp solves
+    (SPDY), evopress starts there, and every chosen candidate is then built and timed end to
+    end beside the dense model — what `presso show` reports against the target."""
+    from presso.config import load_experiment
+    from presso.experiment import Setup
+    from presso.search._dp import the_budget
+    from presso.store import ResultsStore
+    from presso.summary import RunSummary
+
+    hardware = {"backend": "torch", "workload": {"seq_len": 8}, "repeats": 3}
+    exp = tiny_experiment(
+        hardware=hardware,
+        space={"kind": kind, "mean_bits": None, "speedup": 1.0},
+        baselines=["dp"],
+    )
+    if kind == "structured":  # heads and FFN channels (ZipLM), timed as smaller Linears
+        exp["structured"] = {"levels": [100, 50, 25], "calibration": 4}
+    exp["search"]["options"] = {"generations": 2, "offspring": 2, "stages": [[128, 1]]}
+    # The target halfway between dense and the fastest depth this machine measured.
+    setup = Setup(load_experiment(write_experiment(exp)))
+    setup.prepare()
+    dense, fastest = (
+        setup.space.metrics(c)["latency_ms"]
+        for c in (tuple(len(d.levels) - 1 for d in setup.space.dims), setup.space.lowest())
+    )
+    if not fastest < 0.95 * dense:
+        pytest.skip(
+            f"timings too noisy here to leave a target: dense {dense} ms, fastest {fastest} ms"
+        )
+    exp["space"]["speedup"] = round(2 * dense / (dense + fastest), 3)
+    path = write_experiment(exp)
+    assert main(["search", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "measured end to end on torch" in out and f"target {exp['space']['speedup']:g}x" in out
+    setup = Setup(load_experiment(path))
+    setup.prepare()
+    space = setup.space
+    (latency,) = space.constraints
+    assert latency.metric == "latency_ms"
+    assert latency.limit == pytest.approx(
+        setup.latency.structure.dense_ms / exp["space"]["speedup"]
+    )
+    assert the_budget(space, "dp").limit > 0  # the latency is the knapsack
+    store = ResultsStore(str(path.parent / "runs.db"))
+    summary = RunSummary.from_attrs("tiny", store.open("tiny").user_attrs)
+    check = summary.latency_check
+    assert check["backend"] == "torch" and check["dense_ms"] > 0
+    assert check["target_speedup"] == exp["space"]["speedup"]
+    for name in ("search", "baseline:dp"):
+        c = summary.candidates[name]
+        assert c.metrics["latency_ms"] <= latency.limit + 1e-9
+        assert c.metrics["measured_ms"] > 0
+        assert c.metrics["measured_speedup"] == pytest.approx(
+            check["dense_ms"] / c.metrics["measured_ms"]
+        )
+        assert min(c.levels) < (1 if kind == "depth" else 100)  # something was removed
+    assert main(["show", "tiny", "--store", str(path.parent / "runs.db")]) == 0
+    assert "measured end to end" in capsys.readouterr().out

@@ -14,7 +14,14 @@ from presso.store import ResultsStore
 
 from .conftest import tiny_experiment
 
-OPTIONS = {"generations": 2, "offspring": 4, "stages": [[128, 2], [256, 1]]}
+# The paper's EvoPress: no sensitivity table, so every evaluation the tests count is the search's.
+OPTIONS = {
+    "generations": 2,
+    "offspring": 4,
+    "stages": [[128, 2], [256, 1]],
+    "start": "uniform",
+    "screen": 0,
+}
 
 
 def _records(store: Path, run: str) -> list:
@@ -73,26 +80,20 @@ def test_resume_evaluates_stored_failures_again(
 
 
 def test_a_non_finite_measurement_is_replayed_not_retried() -> None:
-    from presso.run import _stored_results
-    from presso.store import Record
+    from presso.replay import to_replay
+    from presso.store import Evaluation
 
-    def record(step: int, fitness: float | None, error: str | None) -> Record:
-        return Record("search", step, 0, [4.0], "t", 128, 0, fitness, {}, 0.1, error)
-
-    class Space:
-        names = ["u"]
-
-        @staticmethod
-        def from_dict(values: dict) -> tuple:
-            return (values["u"],)
+    def stored(n: int, step: int, fitness: float | None, error: bool) -> Evaluation:
+        return Evaluation(n, "search", step, 0, 128, fitness, error)
 
     # step 0: failed, then evaluated again (the later record wins); step 1: NaN, no error
-    records = [record(0, None, "OSError: gone"), record(0, 0.5, None), record(1, None, None)]
-    stored, retried = _stored_results(records, Space())
-    assert retried == 0 and set(stored["search"]) == {(0, 0), (1, 0)}
-    assert stored["search"][(0, 0)][1].fitness == 0.5
-    stored, retried = _stored_results([record(2, None, "RuntimeError: out of memory")], Space())
-    assert retried == 1 and stored == {}
+    replay, retried = to_replay(
+        [stored(1, 0, None, True), stored(2, 0, 0.5, False), stored(3, 1, None, False)]
+    )
+    assert retried == 0 and set(replay["search"]) == {(0, 0), (1, 0)}
+    assert replay["search"][(0, 0)].trial_id == 2
+    replay, retried = to_replay([stored(4, 2, None, True)])
+    assert retried == 1 and replay == {}
 
 
 def test_a_run_with_failed_evaluations_says_so(

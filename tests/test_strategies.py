@@ -60,6 +60,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "gp": {"trials": 5, "batch": 4, "startup": 3},
     "autodiffusion": {"generations": 4, "offspring": 6, "stages": ((64, 3), (256, 1))},
 }
+#: The kinds whose contract spaces have one budget: a skips space has two (steps and blocks),
+#: which the exact solver cannot hold.
+ONE_BUDGET = tuple(k for k in KINDS.available() if k != "skips")
 #: The space kinds a strategy applies to; the contract suite skips the others. A strategy not
 #: listed is held to bits spaces only.
 APPLIES: dict[str, tuple[str, ...]] = {
@@ -69,13 +72,14 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "error-greedy": ("bits",),
     "owl": ("sparsity",),
     "shortgpt": ("depth",),
-    "dp": KINDS,
-    "uniform-fill": KINDS,
+    "dp": ONE_BUDGET,
+    "uniform-fill": ONE_BUDGET,
     "nsga2": KINDS,
     "tpe": KINDS,
     "gp": KINDS,
-    "autodiffusion": ("steps",),
-    "ddim": ("steps",),
+    "autodiffusion": ("steps", "skips"),
+    "ddim": ("steps", "skips"),
+    "dpm-solver": ("steps", "skips"),
 }
 #: Strategies that need a Context (the synthetic one below).
 NEEDS_CONTEXT = {"error-greedy", "owl", "shortgpt", "dp", "evopress"}
@@ -98,10 +102,11 @@ def contract_space(kind: str, slack: bool = False) -> SearchSpace:
     if kind == "sparsity":
         return sparsity_space(units, (70, 60, 50, 40, 0), 45.0 if slack else 50.0)
     if kind == "steps":  # a diffusion schedule: 4 (5) of 20 (30) candidate time steps
-        from presso.spaces import MaxSteps, steps_dims
+        from presso.spaces import MaxSteps, solver_dim, steps_dims
 
         n = 30 if slack else 20
-        return SearchSpace(steps_dims(range(999, 0, -(1000 // n))), [MaxSteps(5 if slack else 4)])
+        dims = [*steps_dims(range(999, 0, -(1000 // n))), solver_dim()]
+        return SearchSpace(dims, [MaxSteps(5 if slack else 4)])
     if kind == "structured":  # an attention of 3 KV groups and an FFN of 256 channels a block
         from presso.spaces import MaxKept, structured_dims
 
@@ -112,6 +117,13 @@ def contract_space(kind: str, slack: bool = False) -> SearchSpace:
         ]
         levels = (30, 50, 75) if slack else (25, 50, 75)
         return SearchSpace(structured_dims(structures, levels), [MaxKept(57.3 if slack else 50)])
+    if kind == "skips":  # a schedule of 4 (5) steps with 3 UNet blocks each, 9 (12) run
+        from presso.spaces import MaxBlocks, MaxSteps, skips_dims, solver_dim, steps_dims
+
+        steps = 5 if slack else 4
+        dims = [*steps_dims(range(999, 0, -50)), solver_dim()]
+        dims += skips_dims(steps, ["down_blocks.0", "mid_block", "up_blocks.0"])
+        return SearchSpace(dims, [MaxSteps(steps), MaxBlocks(12 if slack else 9, 3)])
     if not slack:
         return depth_space([(f"layer{i}", 4096) for i in range(6)], 2)
     sublayers = [(f"layer{i}.{part}", 4096) for i in range(6) for part in ("self_attn", "mlp")]
@@ -569,3 +581,32 @@ def test_error_greedy_needs_unit_errors() -> None:
         ErrorGreedy(space)
     with pytest.raises(ValueError, match="units"):
         ErrorGreedy(space, context=Context(unit_errors=((0.1, 0.01),)))
+
+
+def test_autodiffusion_searches_steps_then_steps_and_skips() -> None:
+    """Two stages on a space that skips blocks: the first moves only time steps, under the
+    fixed skip pattern (the deepest block skipped at every step after the first); the second
+    moves skips too, from the first stage's best; every request meets both budgets."""
+    from presso.search._autodiffusion import skip_pattern, uniform_schedule
+
+    space = contract_space("skips")
+    skips = [d for d, dim in enumerate(space.dims) if dim.kind == "skips"]
+    executed = set(skip_pattern(space))
+    skipped = {space.dims[d].name for d in skips if d not in executed}
+    assert skipped == {"skip.1.mid_block", "skip.2.mid_block", "skip.3.mid_block"}
+    start = uniform_schedule(space)
+    assert space.metrics(start) == {"steps": 4.0, "blocks": 9.0}
+
+    options = {"generations": 3, "offspring": 4, "stages": ((64, 2), (256, 1))}
+    strategy = make_strategy("autodiffusion", space, seed=0, skip_generations=3, **options)
+    steps = drive(strategy, synthetic_fitness(space))
+    requests = [r for batch in requests_of(steps) for r in batch]
+    first = [r for r in requests if not r.tag.startswith("skips/")]
+    second = [r for r in requests if r.tag.startswith("skips/")]
+    assert first and second and requests == first + second
+    assert all([r.config[d] for d in skips] == [start[d] for d in skips] for r in first)
+    assert any([r.config[d] for d in skips] != [start[d] for d in skips] for r in second)
+    assert len({tuple(r.config[d] for d in skips) for r in first}) == 1
+    assert all(space.is_feasible(r.config) for r in requests)
+    assert strategy.best() is not None and space.is_feasible(strategy.best())
+    assert [g for g, _ in strategy.history] == list(range(1, 7))

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from presso.cli import main
+from presso.errors import PressoError
 from presso.store import ResultsStore
 from presso.sweep import load_sweep
 
@@ -51,6 +52,32 @@ def test_example_sweep_makes_eight_runs() -> None:
     starts = {r.experiment.search.options["start"] for r in sweep.runs}
     assert starts == {"dp", "uniform"}
     assert all(Path(r.experiment.store).name == "presso.db" for r in sweep.runs)
+
+
+def test_paths_are_relative_to_the_file_that_gives_them(tmp_path: Path) -> None:
+    """A base in another folder names its corpus relative to itself; a run's corpus set by the
+    sweep is relative to the sweep file."""
+    base_dir, sweep_dir = tmp_path / "experiments" / "base", tmp_path / "sweeps"
+    base_dir.mkdir(parents=True)
+    sweep_dir.mkdir()
+    words = "the quick brown fox jumps over the lazy dog. " * 50
+    (base_dir / "mine.txt").write_text(words)
+    (sweep_dir / "theirs.txt").write_text(words)
+    exp = tiny_experiment()
+    exp["data"]["corpus"] = "mine.txt"
+    (base_dir / "base.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    sweep = sweep_dir / "sweep.yaml"
+    sweep.write_text(
+        "name: sw\nexperiment: ../experiments/base/base.yaml\n"
+        "runs:\n  - {space.mean_bits: 2.5}\n  - {data.corpus: theirs.txt}\n"
+    )
+    first, second = load_sweep(sweep).runs
+    assert Path(first.experiment.data.corpus) == (base_dir / "mine.txt").resolve()
+    assert Path(second.experiment.data.corpus) == (sweep_dir / "theirs.txt").resolve()
+    # Where the sweep's own path is wrong, it is the sweep file's line that says so.
+    sweep.write_text(sweep.read_text().replace("theirs.txt", "mine.txt"))
+    with pytest.raises(PressoError, match=r"sweep.yaml:5: data.corpus: .*mine.txt"):
+        load_sweep(sweep)
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,21 @@
       }
       return getJSON(`api/run?store=${store}&run=${encodeURIComponent(name)}&since=${since}`);
     },
+    /** A diffusion run's sample grid of one configuration: {url} of the PNG, or {error}. */
+    async samples(store, name, levels) {
+      if (DATA) return { error: "sample grids are drawn by the live dashboard (presso dashboard), not in a saved report" };
+      const q = `store=${store}&run=${encodeURIComponent(name)}&levels=${levels.join(",")}`;
+      try {
+        const reply = await fetch(`api/samples?${q}`, { cache: "no-store" });
+        if (!reply.ok) {
+          const json = (reply.headers.get("Content-Type") || "").startsWith("application/json");
+          return json ? await reply.json() : { error: `the dashboard server answered ${reply.status}` };
+        }
+        return { url: URL.createObjectURL(await reply.blob()) };
+      } catch (err) {
+        return { error: "the dashboard server is not answering (was it stopped?)" };
+      }
+    },
     async download(store, name, candidate, file) {
       if (DATA) {
         const entry = ((DATA.exports || {})[candidate] || {})[file];
@@ -125,7 +140,7 @@
   /** One run's metadata and evaluations, fetched incrementally (`next` = first number to ask). */
   class Run {
     constructor(store, name) {
-      Object.assign(this, { store, name, meta: null, records: new Map(), next: 0,
+      Object.assign(this, { store, name, meta: null, sample: null, records: new Map(), next: 0,
         error: null, version: 0, _list: null });
     }
 
@@ -141,6 +156,8 @@
         this.meta.finals.length !== reply.meta.finals.length;
       this.error = null;
       this.meta = reply.meta;
+      // A report of a large run holds a sample of its evaluations, with the run's counts.
+      this.sample = reply.sample || null;
       for (const r of reply.records) {
         if (!this.records.has(r.n)) changed = true;
         this.records.set(r.n, r);
@@ -530,13 +547,19 @@
       const meta = this.run.meta;
       const exp = meta.experiment || {};
       const list = this.run.list();
-      const failed = list.filter((r) => r.fitness == null).length;
+      const sample = this.run.sample;
+      const sampled = sample && sample.shown < sample.evaluations;
+      const failed = sampled ? sample.failed : list.filter((r) => r.fitness == null).length;
+      const evaluations = sampled
+        ? `${sample.evaluations} evaluations` + (failed ? ` (${failed} failed)` : "") +
+          `; this report holds ${list.length} of them: every new best and an even sample`
+        : `${list.length} evaluations` + (failed ? ` (${failed} failed, not plotted)` : "");
       document.getElementById("run-status").replaceChildren(h("span", { class: `badge ${meta.status}` }, meta.status));
       const budget = Object.entries(exp.space || {}).filter(([, v]) => finite(v))
         .map(([k, v]) => `${label(k)} ≤ ${fmt(v)}`).join(", ");
       document.getElementById("run-facts").textContent =
         `${exp.model || "?"} · ${(exp.search || {}).strategy || "?"} · ${meta.units.length} units · ` +
-        `${budget || "no budget"} · ${list.length} evaluations` + (failed ? ` (${failed} failed, not plotted)` : "");
+        `${budget || "no budget"} · ${evaluations}`;
       this.renderControls();
       this.renderPareto();
       this.renderConvergence();
@@ -759,6 +782,7 @@
         h("div", { class: "config-plots", id: "config-plots" }))];
       const latency = latencySection(this.run, p);
       if (latency) parts.push(latency);
+      if (meta.kinds.includes("steps")) parts.push(samplesSection(this.run, p));
       box.replaceChildren(...parts);
       const plots = document.getElementById("config-plots");
       const kinds = [...new Set(meta.kinds)];
@@ -880,6 +904,18 @@
       xaxis: { type: "category", tickangle: -60, tickfont: { size: 9 } },
       yaxis: { title: { text: esc(kindLabel(meta, kind)) }, range: [0, Math.max(...levelsOfKind, ...values) * 1.05] }, font: { size: 11 },
     }, { responsive: true, displaylogo: false });
+  }
+
+  /** A diffusion configuration's samples: a grid the server draws from fixed noise, the same
+   * draws for every configuration of the run, so that grids compare image by image. */
+  function samplesSection(run, p) {
+    const title = h("h3", {}, "Samples of this configuration (32 images, the same noise for every configuration)");
+    const section = h("div", { id: "samples" }, title, message("sampling…", "info"));
+    api.samples(run.store, run.name, p.levels).then((got) => {
+      if (got.error) section.replaceChildren(title, message(got.error, "error"));
+      else section.replaceChildren(title, h("img", { id: "samples-grid", src: got.url, alt: "sample grid" }));
+    });
+    return section;
   }
 
   /** "Predicted vs measured latency", shown only when the run stores latency metrics. */

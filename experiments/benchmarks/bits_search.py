@@ -35,7 +35,8 @@ PLAIN = {**MAIN, "start": "uniform", "screen": 0}
 BASELINES = ["uniform", "uniform-fill", "random", "error-greedy", "dp"]
 
 
-def experiment(model: str, mean_bits: float) -> Experiment:
+def experiment(model: str, mean_bits: float, windows: int | None = None) -> Experiment:
+    """The benchmark's experiment; ``windows``: calibration windows (default 32)."""
     encoder = model == "minilm-l6"
     return Experiment.model_validate(
         {
@@ -44,7 +45,7 @@ def experiment(model: str, mean_bits: float) -> Experiment:
             "data": {
                 "corpus": "bible",
                 "seq_len": 128 if encoder else 256,
-                "calibration": 32,
+                "calibration": windows or 32,
                 "evaluation": 8,
             },
             "compress": {
@@ -189,6 +190,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="*", default=[2.5, 3.0, 3.5, 4.0])
     parser.add_argument("--encoder", action="store_true", help="also MiniLM at 3.0 bits")
+    parser.add_argument(
+        "--encoder-windows",
+        type=int,
+        default=None,
+        help="MiniLM's calibration windows (default 32 of 128 tokens; 64 gives it SmolLM2's "
+        "8192 calibration tokens)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--plain-at",
@@ -230,7 +238,8 @@ def main() -> None:
         cases.append(("minilm-l6", 3.0))
     first: dict[str, Setup] = {}
     for model, budget in cases:
-        setup = Setup(experiment(model, budget))
+        windows = args.encoder_windows if model == "minilm-l6" else None
+        setup = Setup(experiment(model, budget, windows))
         if model in first:  # same model, data and levels: only the budget differs
             setup.handle, setup.data = first[model].handle, first[model].data
         else:

@@ -2,7 +2,7 @@
 
 For each number of steps (default 4, 6, 10): the searched schedule (strategy ``autodiffusion``:
 EvoPress from uniform DDIM, staged FID selection on 64 then 256 images) against uniform DDIM
-(trailing spacing, diffusers' schedule) at the same steps, both scored held-out (360 images
+(trailing spacing, diffusers' schedule) and DPM-Solver++ (2M) at the same steps, all scored held-out (360 images
 from held-out noise against the 360 held-out digits, FID and KID on the digits classifier's
 features), and the 100-step DDIM reference. Writes ``diffusion_steps.json`` beside this file
 and a PNG sample grid per schedule under ``--grids``.
@@ -68,12 +68,14 @@ def main() -> None:
         evaluations = drive(strategy, LocalPool(evaluator))
         searched = evaluator.schedule(strategy.best())
         baseline = evaluator.schedule(make_strategy("ddim", setup.space, seed=0).ask()[0].config)
+        dpm = make_strategy("dpm-solver", setup.space, seed=0).ask()[0].config
         row = {
             "steps": steps,
             "searched": searched,
             "uniform": baseline,
             "searched_heldout": evaluator.heldout_schedule(searched),
             "uniform_heldout": evaluator.heldout_schedule(baseline),
+            "dpm_solver_heldout": evaluator.heldout(dpm),
             "evaluations": evaluations,
             "search_s": round(time.perf_counter() - start, 1),
         }

@@ -1,36 +1,45 @@
-"""How long a large results store takes to open: ``presso runs``, ``presso show RUN`` and the
-dashboard's first page, on a store holding 100,000 evaluated candidates.
+"""How long a large results store takes to open: ``presso runs``, ``presso show RUN``, the
+dashboard's first page, resuming the run and ``presso report``, on a store holding 100,000
+evaluated candidates, SQLite or (``--postgres``) PostgreSQL.
 
 The store is made through presso's own store API (``ResultsStore.create`` / ``record``): the
 first ``--seed-trials`` evaluations are recorded one by one, as a search records them, with
 SmolLM2-sized plans (210 units, 2/3/4/8 bits) and a few failures among them; those rows are
-then copied in one SQL transaction (with new trial ids and numbers) up to ``--candidates``,
-because recording 100,000 trials one commit at a time takes an hour and says nothing more
-about reading them. Before `presso runs` and `presso show` counted in SQL, they took
-141 s and 362 s on a store of 10,000 of these evaluations (Optuna's study summaries and
-``get_trials`` load every parameter row); the dashboard's first reply held every evaluation. The run is left as a live search leaves it (status ``running``, no
-summary), which is the reading path that looks at every evaluation (best so far).
+then copied in one SQL transaction (with new trial ids, numbers and search steps: each copy
+later evaluations of the same run) up to ``--candidates``, because recording 100,000 trials
+one commit at a time takes an hour and says nothing more about reading them. Before `presso
+runs` and `presso show` counted in SQL, they took 141 s and 362 s on a store of 10,000 of these
+evaluations (Optuna's study summaries and ``get_trials`` load every parameter row, as resuming
+and `presso report` also did); the dashboard's first reply held every evaluation. The run is
+left as a live search leaves it (status ``running``, no summary), which is the reading path
+that looks at every evaluation (best so far).
 
 Each command is run as a user runs it, a fresh ``presso`` process (imports included, which
-this script also times alone as ``import_s``); the dashboard is served in this process and its
-first page's requests (the page, ``/api/runs``, the first ``/api/run``) are timed one by one.
+this script also times alone as ``import_s``), with its peak memory; the dashboard is served in
+this process and its first page's requests (the page, ``/api/runs``, the first ``/api/run``)
+are timed one by one. Resuming is timed up to where evaluating would start: the run's
+evaluation list, then every stored result read back in the order the runner replays them.
+``--postgres`` starts a throwaway PostgreSQL server (presso.postgres_cluster, as the tests do)
+and writes its figures to the output's ``postgres`` section, keeping the others.
 
-    python experiments/benchmarks/store_load.py            # writes store_load.json beside it
+    python experiments/benchmarks/store_load.py              # writes store_load.json beside it
+    python experiments/benchmarks/store_load.py --postgres   # adds the PostgreSQL figures
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,18 +59,26 @@ SMOLLM2_UNITS = [
 ]
 
 
+def smollm2_space(units: int) -> Any:
+    """The bits space of SmolLM2's first ``units`` linear layers, levels 2, 3, 4 and 8, under
+    a mean of 3 bits (each evaluation's metrics hold its mean bits, as a search's do)."""
+    from presso.spaces import MeanBits
+    from presso.spaces._base import SearchSpace, unit_dims
+
+    dims = unit_dims(SMOLLM2_UNITS[:units], [2, 3, 4, 8], kind="bits")
+    return SearchSpace(dims, [MeanBits(3.0)])
+
+
 def build_store(path: Path | str, *, candidates: int, seed_trials: int, units: int) -> dict:
     """A store at ``path`` with one run, ``big``, of ``candidates`` evaluations; returns what
-    building it took (seconds, size). Copying in SQL needs an SQLite file; any store URL
-    takes ``candidates == seed_trials`` (all recorded through the API)."""
+    building it took (seconds, size). ``path``: an SQLite file or a store URL (PostgreSQL)."""
     import numpy as np
 
     from presso.search._base import Request, Result
-    from presso.spaces._base import SearchSpace, unit_dims
-    from presso.store import ResultsStore
+    from presso.store import ResultsStore, sqlite_path
 
     start = time.perf_counter()
-    space = SearchSpace(unit_dims(SMOLLM2_UNITS[:units], [2, 3, 4, 8], kind="bits"))
+    space = smollm2_space(units)
     experiment = {
         "name": "big",
         "model": "smollm2-135m",
@@ -88,83 +105,167 @@ def build_store(path: Path | str, *, candidates: int, seed_trials: int, units: i
     recorded_s = time.perf_counter() - start
 
     copies = candidates // seed_trials
-    copied = _replicate(Path(path), copies) if copies > 1 else 0
+    copied = _replicate(store.url, copies) if copies > 1 else 0
+    file = sqlite_path(str(path))
+    if file is not None:
+        size = file.stat().st_size
+    else:
+        with ResultsStore(str(path)).storage.engine.connect() as con:
+            size = con.exec_driver_sql("SELECT pg_database_size(current_database())").scalar()
     return {
         "units": len(space),
         "recorded_through_api": seed_trials,
         "record_s": round(recorded_s, 2),
         "copied_in_sql": copied,
         "build_s": round(time.perf_counter() - start, 2),
-        "store_mb": round(Path(path).stat().st_size / 2**20, 1) if copied else None,
+        "store_mb": round(size / 2**20, 1),
     }
 
 
-def _replicate(path: Path, copies: int) -> int:
+def _replicate(url: str, copies: int) -> int:
     """Copy every trial (and its rows in every trial_* table) ``copies - 1`` times, in one
-    transaction; returns the trials added."""
-    con = sqlite3.connect(path)
+    transaction, each copy a later part of the run (its trial numbers and search steps after
+    the last ones); returns the trials added. SQLite or PostgreSQL."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
     try:
-        tables = [
-            name
-            for (name,) in con.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'trial_%'"
-            )
-            if name != "trials" and "trial_id" in _columns(con, name)
-        ]
-        last_id, last_number, n = con.execute(
-            "SELECT MAX(trial_id), MAX(number), COUNT(*) FROM trials"
-        ).fetchone()
-        trial_cols = _columns(con, "trials")
-        with con:
+        names = sqlalchemy.inspect(engine).get_table_names()
+        columns = {n: [c["name"] for c in sqlalchemy.inspect(engine).get_columns(n)] for n in names}
+        keys = {
+            n: sqlalchemy.inspect(engine).get_pk_constraint(n)["constrained_columns"] for n in names
+        }
+        tables = [n for n in names if n.startswith("trial_") and "trial_id" in columns[n]]
+        with engine.begin() as con:
+            sql = lambda q, **p: con.execute(sqlalchemy.text(q), p)  # noqa: E731
+            last_id, last_number, n = sql(
+                "SELECT MAX(trial_id), MAX(number), COUNT(*) FROM trials"
+            ).one()
+            (last_step,) = sql(
+                "SELECT MAX(CAST(value_json AS INTEGER)) FROM trial_user_attributes"
+                " WHERE key = 'step'"
+            ).one()
             for k in range(1, copies):
-                cols = ", ".join(trial_cols)
-                shifted = ", ".join(
-                    "trial_id + :id" if c == "trial_id" else "number + :num" if c == "number" else c
-                    for c in trial_cols
-                )
-                params = {"id": k * last_id, "num": k * (last_number + 1), "last": last_id}
-                con.execute(
-                    f"INSERT INTO trials ({cols}) SELECT {shifted} FROM trials "
-                    "WHERE trial_id <= :last",
-                    params,
-                )
-                for table in tables:
-                    pk = _primary_key(con, table)
-                    keep = [c for c in _columns(con, table) if c != pk]
-                    select = ", ".join("trial_id + :id" if c == "trial_id" else c for c in keep)
-                    con.execute(
+                params = {
+                    "id": k * last_id,
+                    "num": k * (last_number + 1),
+                    "step": k * (last_step + 1),
+                    "last": last_id,
+                }
+                for table in ["trials", *tables]:
+                    # A copied row gets a new id of its own, except a trial (ids shifted).
+                    keep = [c for c in columns[table] if table == "trials" or c not in keys[table]]
+                    select = ", ".join(_shifted(table, c) for c in keep)
+                    sql(
                         f"INSERT INTO {table} ({', '.join(keep)}) SELECT {select} FROM {table} "
                         "WHERE trial_id <= :last",
-                        params,
+                        **params,
                     )
+            if engine.dialect.name == "postgresql":  # the next ids after the copied ones
+                sql(
+                    "SELECT setval(pg_get_serial_sequence('trials', 'trial_id'),"
+                    " (SELECT MAX(trial_id) FROM trials))"
+                )
         return (copies - 1) * n
     finally:
-        con.close()
+        engine.dispose()
 
 
-def _columns(con: sqlite3.Connection, table: str) -> list[str]:
-    return [row[1] for row in con.execute(f"PRAGMA table_info({table})")]
+def _shifted(table: str, column: str) -> str:
+    """What a copied row's ``column`` is: ids, numbers and search steps moved past the last."""
+    if column == "trial_id":
+        return "trial_id + :id"
+    if table == "trials" and column == "number":
+        return "number + :num"
+    if table == "trial_user_attributes" and column == "value_json":
+        return (
+            "CASE WHEN key = 'step' THEN CAST(CAST(value_json AS INTEGER) + :step AS TEXT)"
+            " ELSE value_json END"
+        )
+    return column
 
 
-def _primary_key(con: sqlite3.Connection, table: str) -> str | None:
-    return next((row[1] for row in con.execute(f"PRAGMA table_info({table})") if row[5]), None)
+def peak_rss_mb() -> int:
+    """The most memory this process has held resident (Linux's VmHWM), MB. Not getrusage's
+    ru_maxrss: Linux carries that over from the parent through fork and exec, so a child of a
+    large benchmark process would report the parent's size."""
+    status = Path("/proc/self/status").read_text()
+    (kb,) = (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return round(kb / 1024)
+
+
+#: A fresh ``presso`` process that says, last on stderr, the most memory it held (VmHWM).
+_CHILD = (
+    "import sys\n"
+    "from presso.cli import main\n"
+    "try:\n"
+    "    code = main(sys.argv[1:])\n"
+    "finally:\n"
+    "    status = open('/proc/self/status').read().splitlines()\n"
+    "    kb = next(int(s.split()[1]) for s in status if s.startswith('VmHWM:'))\n"
+    "    print(f'max_rss_kb={kb}', file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
 
 
 def time_command(*argv: str) -> dict:
-    """Wall seconds of a fresh ``presso`` process, and its exit status and output size."""
+    """Wall seconds of a fresh ``presso`` process, its exit status, output size and peak
+    memory (MB resident)."""
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "presso.cli", *argv], capture_output=True, text=True, timeout=3600
+        [sys.executable, "-c", _CHILD, *argv], capture_output=True, text=True, timeout=3600
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         print(done.stderr[-2000:], file=sys.stderr)
+    rss = [line for line in done.stderr.splitlines() if line.startswith("max_rss_kb=")]
     return {
         "seconds": round(seconds, 2),
         "exit": done.returncode,
+        "max_rss_mb": round(int(rss[-1].split("=")[1]) / 1024) if rss else None,
         "stdout_lines": done.stdout.count("\n"),
         "first_line": done.stdout.splitlines()[0] if done.stdout else done.stderr.strip()[:200],
     }
+
+
+def time_resume(store: str, units: int) -> dict:
+    """What resuming the run reads before anything is evaluated again, in a fresh process: the
+    run's evaluation list, then every stored result in the order the runner replays them
+    (``presso.replay``), with the records held at most and the process's peak memory."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, __file__, "--replay", store, "--units", str(units)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+        return {"exit": done.returncode}
+    return {"seconds": round(time.perf_counter() - start, 2), **json.loads(done.stdout)}
+
+
+def _replay(store: str, units: int) -> None:
+    """The child of ``time_resume``: prints its figures as JSON."""
+    from presso.replay import resume_state
+    from presso.store import ResultsStore
+
+    start = time.perf_counter()
+    stored = ResultsStore(store, read_only=True)
+    replay, retried = resume_state(stored, "big", smollm2_space(units))
+    listed = time.perf_counter() - start
+    for phase in replay.values():
+        for key in phase:
+            phase[key]
+    out = {
+        "list_s": round(listed, 2),
+        "replay_s": round(time.perf_counter() - start, 2),
+        "replayed": sum(len(p) for p in replay.values()),
+        "retried": retried,
+        "records_held_at_most": max(p.most_held for p in replay.values()),
+        "max_rss_mb": peak_rss_mb(),
+    }
+    print(json.dumps(out))
 
 
 def time_import() -> float:
@@ -173,14 +274,14 @@ def time_import() -> float:
     return round(time.perf_counter() - start, 2)
 
 
-def time_dashboard(store: Path) -> dict:
+def time_dashboard(store: str) -> dict:
     """The dashboard's first page: the HTML, the runs list, and the first fetch of the run
     the page opens (``since=0``), each timed alone."""
     from presso.dashboards._server import DashboardServer
 
     out = {}
     start = time.perf_counter()
-    server = DashboardServer([str(store)], port=0).start()
+    server = DashboardServer([store], port=0).start()
     out["start_s"] = round(time.perf_counter() - start, 3)
     try:
         for name, route in (
@@ -202,6 +303,24 @@ def time_dashboard(store: Path) -> dict:
     return out
 
 
+def measure(store: str, units: int, out: Path) -> dict:
+    """Every reading command on ``store``, as a user runs it."""
+    figures: dict = {}
+    figures["presso_runs"] = time_command("runs", "--store", store)
+    print(f"presso runs: {figures['presso_runs']}", flush=True)
+    figures["presso_show"] = time_command("show", "big", "--store", store)
+    print(f"presso show: {figures['presso_show']}", flush=True)
+    figures["dashboard"] = time_dashboard(store)
+    print(f"dashboard: {figures['dashboard']}", flush=True)
+    figures["resume"] = time_resume(store, units)
+    print(f"resume: {figures['resume']}", flush=True)
+    report = out / "big-report.html"
+    figures["presso_report"] = time_command("report", "big", "--store", store, "--out", str(report))
+    figures["presso_report"]["mb"] = round(report.stat().st_size / 2**20, 1)
+    print(f"presso report: {figures['presso_report']}", flush=True)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--candidates", type=int, default=100_000)
@@ -210,29 +329,45 @@ def main() -> None:
     parser.add_argument(
         "--store", help="keep the store here (made if missing; reused as it is if present)"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="on a throwaway PostgreSQL server instead (presso.postgres_cluster); the figures "
+        "go to the output's `postgres` section, the others are kept",
+    )
     parser.add_argument("--out", default=str(HERE / "store_load.json"))
+    parser.add_argument("--replay", help=argparse.SUPPRESS)  # time_resume's child
     args = parser.parse_args()
+    if args.replay:
+        _replay(args.replay, args.units)
+        return
 
-    with tempfile.TemporaryDirectory(prefix="presso-load-") as tmp:
-        store = Path(args.store) if args.store else Path(tmp) / "big.db"
-        report: dict = {
-            "machine": f"{platform.node()} ({os.cpu_count()} CPUs, shared with other work)",
-            "python": platform.python_version(),
-        }
-        if not store.exists():
-            report["build"] = build_store(
+    out = Path(args.out)
+    report: dict = json.loads(out.read_text()) if out.exists() else {}
+    figures: dict = {
+        "machine": f"{platform.node()} ({os.cpu_count()} CPUs, shared with other work)",
+        "python": platform.python_version(),
+    }
+    with tempfile.TemporaryDirectory(prefix="presso-load-") as tmp, contextlib.ExitStack() as on:
+        if args.postgres:
+            from presso.postgres_cluster import new_database, throwaway_cluster
+
+            store = new_database(on.enter_context(throwaway_cluster()), "load")
+        else:
+            store = args.store or str(Path(tmp) / "big.db")
+        if args.postgres or not Path(store).exists():
+            figures["build"] = build_store(
                 store, candidates=args.candidates, seed_trials=args.seed_trials, units=args.units
             )
-            print(f"built: {report['build']}", flush=True)
-        report["import_s"] = time_import()
-        report["presso_runs"] = time_command("runs", "--store", str(store))
-        print(f"presso runs: {report['presso_runs']}", flush=True)
-        report["presso_show"] = time_command("show", "big", "--store", str(store))
-        print(f"presso show: {report['presso_show']}", flush=True)
-        report["dashboard"] = time_dashboard(store)
-        print(f"dashboard: {report['dashboard']}", flush=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+            print(f"built: {figures['build']}", flush=True)
+        figures["import_s"] = time_import()
+        figures.update(measure(store, args.units, Path(tmp)))
+    if args.postgres:
+        report["postgres"] = {"server": "PostgreSQL (throwaway cluster, fsync off)", **figures}
+    else:
+        report = {**figures, **({"postgres": report["postgres"]} if "postgres" in report else {})}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def is_diffusion_model(spec: str) -> bool:
 
 
 def require(purpose: str = "a diffusion model") -> None:
-    """Raise MissingExtraError naming the ``diffusion`` extra when a package it needs is absent."""
+    """Raise MissingExtraError naming the ``diffusion`` extra when a package it needs is absent;
+    then load diffusers' models quietly (see :func:`load_diffusers`)."""
     import importlib.util
 
     from presso.errors import MissingExtraError
@@ -47,6 +48,38 @@ def require(purpose: str = "a diffusion model") -> None:
         if importlib.util.find_spec(package) is None:
             name = package.replace("sklearn", "scikit-learn")
             raise MissingExtraError(name, "diffusion", purpose)
+    load_diffusers()
 
 
-__all__ = ["BUILTIN_DIFFUSION", "KIND", "is_diffusion_model", "require"]
+#: Loggers that speak when diffusers' models first import torchao (see load_diffusers).
+_TORCHAO_NOISE = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao")
+
+
+def load_diffusers() -> None:
+    """Import diffusers' model classes, silencing what torchao logs as they first import it.
+
+    Where torchao is installed (presso's export extra brings it), ``from diffusers import
+    UNet2DModel`` imports it, and three things are logged, none of which concerns presso:
+    torchao's CUDA kernels (``_C*.so``) do not load on a CPU build of torch; torch says
+    torchao's enums need no pytree registration any more; and diffusers cannot find torchao's
+    old tensor classes, which it registers only to unpickle torchao-quantized checkpoints
+    (presso loads safetensors, never pickle). Other warnings, and everything after the
+    import, are left alone.
+    """
+    import logging
+    import sys
+
+    if "diffusers.models.unets" in sys.modules:
+        return
+    loggers = [logging.getLogger(name) for name in _TORCHAO_NOISE]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        from diffusers import UNet2DModel  # noqa: F401
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+__all__ = ["BUILTIN_DIFFUSION", "KIND", "is_diffusion_model", "load_diffusers", "require"]

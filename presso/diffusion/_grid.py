@@ -12,10 +12,17 @@ if TYPE_CHECKING:
 
 def grid_png(images: torch.Tensor, out: Path, *, columns: int = 8, scale: int = 4) -> None:
     """Write images ``[n, 1, H, W]`` in [-1, 1] as one PNG grid (each pixel ``scale``x)."""
+    from presso.paths import atomic_write_bytes
+
+    atomic_write_bytes(Path(out), grid_png_bytes(images, columns=columns, scale=scale))
+
+
+def grid_png_bytes(images: torch.Tensor, *, columns: int = 8, scale: int = 4) -> bytes:
+    """Images ``[n, 1, H, W]`` in [-1, 1] as the bytes of one PNG grid (each pixel ``scale``x)."""
+    import io
+
     import numpy as np
     from PIL import Image
-
-    from presso.paths import atomic_write_bytes
 
     n, _, h, w = images.shape
     rows = -(-n // columns)
@@ -29,11 +36,9 @@ def grid_png(images: torch.Tensor, out: Path, *, columns: int = 8, scale: int = 
     image = Image.fromarray(canvas).resize(
         (canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST
     )
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    atomic_write_bytes(Path(out), buffer.getvalue())
+    return buffer.getvalue()
 
 
 def sample_grid(
@@ -53,6 +58,8 @@ def sample_grid(
 
     model = DiffusionModel(folder, name=name, classifier=folder / "classifier.safetensors")
     schedule = list(timesteps or trailing_grid(model.train_steps, steps))
-    images = sample(model.unet, model.scheduler, schedule, seeded_noise(seed, n, model.shape))
+    images = sample(
+        model.unet, model.scheduler_config, schedule, seeded_noise(seed, n, model.shape)
+    )
     grid_png(images, out)
     return schedule

@@ -56,6 +56,13 @@ class DiffusionModel:
     def block_names(self) -> list[str]:
         return [SCHEDULE]
 
+    def unet_blocks(self) -> list[str]:
+        """The UNet's blocks a sampling step may skip, in the order it runs them
+        (``down_blocks.0`` ... ``mid_block`` ... ``up_blocks.N``)."""
+        from presso.diffusion._pipeline import unet_blocks
+
+        return list(unet_blocks(self.unet))
+
     def restore_dense(self) -> None:
         return None
 

@@ -1,10 +1,7 @@
-"""Sampling with a time-step schedule: DDIM (eta 0) over any descending subset of the
-model's training time steps.
-
-diffusers' ``DDIMScheduler.step`` assumes evenly spaced steps (it derives the previous time
-step from ``num_inference_steps``); :func:`ddim_step` is the same update with the previous time
-step given, so a searched, non-uniform schedule samples exactly as DDIM would. With the
-uniform schedule it equals diffusers' ``DDIMPipeline`` (tests/test_diffusion.py).
+"""Sampling with a time-step schedule: DDIM (eta 0) or DPM-Solver over any descending subset
+of the model's training time steps, with the schedulers of presso.diffusion._schedulers (the
+ones an export ships). With the uniform schedule DDIM equals diffusers' ``DDIMPipeline``
+(tests/test_diffusion.py).
 """
 
 from __future__ import annotations
@@ -45,50 +42,61 @@ def ddim_scheduler(config: dict[str, Any]) -> Any:
     return DDIMScheduler.from_config(config)
 
 
-def ddim_step(
-    scheduler: Any, eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor
-) -> torch.Tensor:
-    """One deterministic DDIM step from time step ``t`` to ``t_prev`` (-1: the end), as
-    ``DDIMScheduler.step`` computes it with ``eta=0``."""
-    config = scheduler.config
-    a_t = scheduler.alphas_cumprod[t]
-    a_prev = scheduler.alphas_cumprod[t_prev] if t_prev >= 0 else scheduler.final_alpha_cumprod
-    b_t = 1 - a_t
-    if config.prediction_type == "epsilon":
-        x0, eps_hat = (x - b_t**0.5 * eps) / a_t**0.5, eps
-    elif config.prediction_type == "v_prediction":
-        x0, eps_hat = a_t**0.5 * x - b_t**0.5 * eps, a_t**0.5 * eps + b_t**0.5 * x
-    else:  # "sample"
-        x0, eps_hat = eps, (x - a_t**0.5 * eps) / b_t**0.5
-    if config.thresholding:
-        x0 = scheduler._threshold_sample(x0)
-    elif config.clip_sample:
-        x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
-    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps_hat
+#: How a schedule is sampled: a candidate's solver (presso.spaces._steps), the first the default.
+SOLVERS = ("ddim", "dpm-solver")
+
+
+def scheduler_for(config: dict[str, Any], timesteps: Sequence[int], solver: str = "ddim") -> Any:
+    """A diffusers scheduler that samples ``timesteps`` with ``solver`` (``ddim``: DDIM, eta 0;
+    ``dpm-solver``: diffusers' DPM-Solver++ 2M), from the model's (DDPM) scheduler config."""
+    from presso.diffusion._schedulers import (
+        SearchedDDIMScheduler,
+        SearchedDPMSolverMultistepScheduler,
+    )
+
+    steps = [int(t) for t in timesteps]
+    if solver == "ddim":
+        return SearchedDDIMScheduler.from_config(config, timesteps=steps)
+    if solver != "dpm-solver":
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    options: dict[str, Any] = {}
+    if config.get("clip_sample", True) and not config.get("thresholding"):
+        # DPM-Solver has no clip_sample; dynamic thresholding with s clamped to [1, range] is
+        # the same clip of the predicted image (exactly so for the usual range 1).
+        options = {"thresholding": True, "sample_max_value": config.get("clip_sample_range", 1.0)}
+    return SearchedDPMSolverMultistepScheduler.from_config(config, timesteps=steps, **options)
 
 
 def sample(
     unet: Any,
-    scheduler: Any,
+    config: dict[str, Any],
     timesteps: Sequence[int],
     noise: torch.Tensor,
     *,
+    solver: str = "ddim",
+    skips: dict[int, Sequence[str]] | None = None,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Images in [-1, 1] from ``noise`` ``[n, C, H, W]`` by DDIM over ``timesteps`` (strictly
-    descending training time steps), in batches of ``batch_size``."""
+    """Images in [-1, 1] from ``noise`` ``[n, C, H, W]`` by ``solver`` over ``timesteps``
+    (strictly descending training time steps), in batches of ``batch_size``; ``config``: the
+    model's scheduler config; ``skips``: per step, the UNet blocks it skips (reusing their
+    output of the last step that ran them, see presso.diffusion._pipeline.BlockReuse)."""
     import torch
 
-    steps = [int(t) for t in timesteps]
-    if not steps or any(a <= b for a, b in zip(steps, steps[1:])):
-        raise ValueError(f"timesteps must be strictly descending, got {steps}")
+    from presso.diffusion._pipeline import BlockReuse
+
+    scheduler = scheduler_for(config, timesteps, solver)
+    reuse = BlockReuse(unet, skips)
     out = []
     with torch.no_grad():
-        for i in range(0, len(noise), batch_size):
-            x = noise[i : i + batch_size]
-            for t, t_prev in zip(steps, [*steps[1:], -1]):
-                eps = unet(x, torch.tensor(t)).sample
-                x = ddim_step(scheduler, eps, t, t_prev, x)
+        for b in range(0, len(noise), batch_size):
+            x = noise[b : b + batch_size]
+            scheduler.set_timesteps()  # a multistep solver starts each batch afresh
+            reuse.reset()
+            for i, t in enumerate(scheduler.timesteps):
+                with reuse.step(i):
+                    eps = unet(x, t).sample
+                x = scheduler.step(eps, t, x).prev_sample
             out.append(x)
     return torch.cat(out)
 

@@ -115,13 +115,19 @@ def unet_config(recipe: Recipe) -> dict[str, Any]:
     )
 
 
+def cached_folder(name: str, root: Path | None = None) -> Path | None:
+    """The cached folder of built-in model ``name``; None where it has not been trained yet."""
+    folder = Path(root or cache_dir()) / "diffusion" / f"{name}-{RECIPES[name].key()}"
+    return folder if (folder / "presso.json").is_file() else None
+
+
 def builtin_folder(name: str, root: Path | None = None, *, progress: bool = False) -> Path:
     """The cached folder of built-in model ``name``, trained first if it is missing."""
     from presso.checksum import verify
 
     recipe = RECIPES[name]
     folder = Path(root or cache_dir()) / "diffusion" / f"{name}-{recipe.key()}"
-    if (folder / "presso.json").is_file():
+    if cached_folder(name, root) is not None:
         verify(folder / "unet" / "diffusion_pytorch_model.safetensors")
         verify(folder / "classifier.safetensors")
         return folder

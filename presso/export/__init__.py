@@ -80,6 +80,7 @@ def _under(filename: object, out: Path) -> bool:
 
 
 from presso.export import (  # noqa: F401,E402  (registers the formats)
+    _diffusers,
     _gptqmodel,
     _hf,
     _llamacpp,

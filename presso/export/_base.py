@@ -59,8 +59,15 @@ class Source:
         return self.setup.level_db(SparsityKind.name).load(unit, sparsity)
 
     def structured(self, unit: str, percent: int):  # noqa: ANN201 - StructuredWeight
-        """The stored kept, OBS-updated weight of consumer ``unit`` at ``percent`` kept."""
+        """The stored ZipLM level of consumer ``unit`` with ``percent`` of its structures kept."""
         return self.setup.level_db("structured").load(unit, percent)
+
+    def structures(self, plan: Plan) -> list:
+        """``(Structure, StructuredWeight)`` of every head set or FFN ``plan`` prunes, with the
+        stored (OBS-updated) weights the search scored."""
+        from presso.runtimes._base import Levels, structured_weights
+
+        return structured_weights(self.handle, plan, Levels(structured=self.structured))
 
     def evaluator(self):  # noqa: ANN201 - an Evaluator with this candidate applied
         """presso's own evaluation of the candidate: the model with exactly the weights (and

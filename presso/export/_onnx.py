@@ -39,7 +39,7 @@ class OnnxExporter(Exporter):
     requires = ("onnx",)
     extra = "onnx"
     fmt: ClassVar[str] = "matmulnbits"
-    kinds = ("bits", "sparsity", "depth")
+    kinds = ("bits", "sparsity", "depth", "structured")
 
     def check(self, plan: Plan) -> None:
         super().check(plan)
@@ -78,15 +78,20 @@ class OnnxExporter(Exporter):
         symmetric = {
             bool(e.get("symmetric", False)) for e in plan.entries().values() if "bits" in e
         }
-        build_onnx(
-            source.handle,
-            plan,
-            out,
-            weights=source.quantized,
-            sparse=lambda unit, percent: source.sparse(unit, percent).weight,
-            symmetric=symmetric.pop() if symmetric else False,
-            fmt=self.fmt,
-        )
+        options: dict[str, Any] = {
+            "weights": source.quantized,
+            "sparse": lambda unit, percent: source.sparse(unit, percent).weight,
+            "symmetric": symmetric.pop() if symmetric else False,
+            "fmt": self.fmt,
+            "structures": source.structures(plan),  # pruned heads and channels: smaller MatMuls
+        }
+        handle = source.handle
+        if getattr(handle.model.config, "model_type", None) == "bert":  # an encoder's graph
+            from presso.onnx_bert import build_bert_onnx
+
+            build_bert_onnx(handle, plan, out, **options)
+        else:
+            build_onnx(handle, plan, out, **options)
 
 
 @register

@@ -12,6 +12,13 @@ tokenizer and the plan, and loads with ``AutoModelForCausalLM.from_pretrained`` 
 A dropped sublayer (``...self_attn`` or ``...mlp`` alone) has no place in a standard config,
 where every block has both, so such candidates are refused.
 
+Structured candidates (heads and FFN channels kept) are written with smaller Linears where
+the config can say so: one ``intermediate_size`` for every block, and for a Llama one
+``num_attention_heads`` / ``num_key_value_heads`` (``head_dim`` kept explicit). Widths that
+differ per block, and pruned BERT heads (transformers 5 dropped ``pruned_heads``, and BERT
+derives the head size from ``hidden_size / num_attention_heads``), have no config: those are
+refused, naming ``--format onnx``, which holds any shape.
+
 The helpers here (the weight presso evaluated for a unit, the candidate as a standalone model)
 are shared with the ``hf`` format.
 """
@@ -92,11 +99,12 @@ def unit_weight(source: Source, name: str, entry: dict[str, Any]) -> torch.Tenso
 
 
 def standalone_model(
-    source: Source, plan: Plan, weights: dict[str, torch.Tensor]
+    source: Source, plan: Plan, weights: dict[str, torch.Tensor], structures: list | None = None
 ) -> tuple[nn.Module, dict[str, str]]:
-    """A copy of the model with ``weights`` (unit name -> tensor) set and the plan's blocks
-    removed, and the new name of every kept unit (later blocks are renumbered)."""
-    from presso.surgery import drop_blocks
+    """A copy of the model with ``weights`` (unit name -> tensor) set, the heads and channels
+    of ``structures`` (:meth:`Source.structures`) removed, and the plan's blocks removed; and
+    the new name of every kept unit (later blocks are renumbered)."""
+    from presso.surgery import drop_blocks, shrink
 
     handle = source.handle
     handle.restore_dense()
@@ -104,6 +112,8 @@ def standalone_model(
     for name, weight in weights.items():
         linear = model.get_submodule(name)
         linear.weight.data = weight.to(linear.weight.dtype).contiguous()
+    for structure, kept in structures or ():
+        shrink(model, structure, kept)
     dropped = sorted(handle.block_of(name) for name in plan.dropped)
     drop_blocks(model, handle.blocks_prefix, dropped)
     prefix = handle.blocks_prefix + "."
@@ -132,13 +142,15 @@ class PrunedExporter(Exporter):
         "a smaller plain Hugging Face folder: dropped blocks removed, pruned weights as zeros "
         "(quantized units stored dequantized: use hf for those)"
     )
-    kinds = ("bits", "sparsity", "depth")
+    kinds = ("bits", "sparsity", "depth", "structured")
 
     def check(self, plan: Plan) -> None:
         super().check(plan)
         refuse_sublayer_drops(plan, self.name)
 
     def write(self, plan: Plan, out: Path, source: Source) -> None:
+        structures = source.structures(plan)
+        widths = uniform_widths(source, plan, structures, self.name)  # before anything is written
         units = kept_units(plan, source)
         quantized = [name for name, entry in units.items() if "bits" in entry]
         if quantized:
@@ -147,7 +159,63 @@ class PrunedExporter(Exporter):
                 "--format hf keeps them compressed",
                 len(quantized),
             )
-        weights = {name: unit_weight(source, name, entry) for name, entry in units.items()}
-        model, _ = standalone_model(source, plan, weights)
+        pruned = {s.consumer for s, _ in structures}
+        weights = {
+            name: unit_weight(source, name, entry)
+            for name, entry in units.items()
+            if name not in pruned  # its kept, updated columns come with the structure
+        }
+        model, _ = standalone_model(source, plan, weights, structures)
+        for key, value in widths.items():
+            setattr(model.config, key, value)
         with export_dir(out, self.name, plan) as tmp:
             save_folder(tmp, model, source, plan)
+
+
+def uniform_widths(source: Source, plan: Plan, structures: list, fmt: str) -> dict[str, int]:
+    """The config fields that say how wide the kept blocks' attentions and FFNs are after the
+    plan's structured pruning (none without it), or a refusal where one field cannot hold them."""
+    if not structures:
+        return {}
+    from presso.structures import FFN, HEADS, model_structures
+
+    handle = source.handle
+    config = handle.model.config
+    gone = {handle.block_of(name) for name in plan.dropped}
+    pruned = {s.consumer: kept for s, kept in structures}
+    kept: dict[str, dict[int, int]] = {HEADS: {}, FFN: {}}
+    for s in model_structures(handle):
+        if s.block not in gone:
+            k = pruned[s.consumer].kept.numel() if s.consumer in pruned else s.count
+            kept[s.what][s.block] = k * (s.heads_per if s.what == HEADS else 1)
+    bert = getattr(config, "model_type", None) == "bert"
+    if bert and any(s.what == HEADS for s, _ in structures):
+        raise PressoError(
+            f"--format {fmt}: this candidate prunes BERT attention heads, which a transformers "
+            "config cannot express (transformers 5 has no pruned_heads, and BERT's head size is "
+            "hidden_size / num_attention_heads); export it with --format onnx, which ONNX "
+            "Runtime runs with the smaller heads"
+        )
+    for what, per_block in kept.items():
+        if len(set(per_block.values())) > 1:
+            noun = "query heads" if what == HEADS else "FFN channels"
+            shown = ", ".join(f"block {b}: {k}" for b, k in sorted(per_block.items()))
+            raise PressoError(
+                f"--format {fmt}: this candidate keeps a different number of {noun} per block "
+                f"({shown}); a transformers config has one width for every block, so export it "
+                "with --format onnx (any width per block), or choose a candidate with uniform "
+                "widths"
+            )
+    fields: dict[str, int] = {}
+    if kept[FFN]:
+        fields["intermediate_size"] = next(iter(kept[FFN].values()))
+    if kept[HEADS] and not bert:
+        heads = next(iter(kept[HEADS].values()))
+        ratio = config.num_attention_heads // config.num_key_value_heads
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        fields.update(
+            num_attention_heads=heads, num_key_value_heads=heads // ratio, head_dim=head_dim
+        )
+    return fields
