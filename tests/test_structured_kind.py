@@ -99,8 +99,8 @@ def test_params_and_size_count_only_the_kept_heads_and_channels() -> None:
     assert space.metrics(half)["size_mb"] < space.metrics(top)["size_mb"]
 
 
-def test_level_database_holds_only_the_pruned_units_checksummed_and_addressed() -> None:
-    s = _setup()
+def test_level_database_holds_only_the_pruned_units_checksummed_and_addressed(tmp_path) -> None:  # noqa: ANN001
+    s = Setup(_setup().experiment, cache_root=str(tmp_path))  # built here, not by another test
     db = s.level_db("structured")
     assert [u.name for u in db.units] == [x.consumer for x in model_structures(s.handle)]
     assert db.build(s.data.calibration[:4]) > 0 and db.is_complete()
