@@ -291,7 +291,7 @@ def latency_lines(summary: RunSummary) -> list[str]:
         # Predicted as a speedup: the profile's absolute times may come from another load.
         predicted, base = c.metrics.get("latency_ms"), check.get("predicted_dense_ms")
         pred = f" (predicted {base / predicted:.2f}x)" if predicted and base else ""
-        gain = f" = {speedup:.2f}x" if speedup else ""
+        gain = f" = {speedup:.3f}x" if speedup else ""
         met = ""
         if target and speedup:
             met = "  meets it" if speedup >= target else f"  short of {target:g}x"
