@@ -42,7 +42,9 @@ class MaxLatency(Constraint):
         self.predictor = predictor
         self.label = label
         self._cache: dict[Config, float] = {}
-        self._budgets: dict[int, Budget | None] = {}
+        # The knapsack of the one space this constraint prices (as ``_cache`` assumes too),
+        # with that space held, so a later space is never served a stale table.
+        self._budget: tuple[SearchSpace, Budget | None] | None = None
 
     def value(self, space: SearchSpace, config: Config) -> float:
         config = tuple(config)
@@ -60,10 +62,9 @@ class MaxLatency(Constraint):
         a limit that is only reported."""
         if not math.isfinite(self.limit):
             return None
-        key = id(space)
-        if key not in self._budgets:
-            self._budgets[key] = self._knapsack(space)
-        return self._budgets[key]
+        if self._budget is None or self._budget[0] is not space:
+            self._budget = (space, self._knapsack(space))
+        return self._budget[1]
 
     def _knapsack(self, space: SearchSpace) -> Budget | None:
         base = tuple(0 for _ in space.dims)
