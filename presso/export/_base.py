@@ -64,9 +64,13 @@ class Source:
 
     def structures(self, plan: Plan) -> list:
         """``(Structure, StructuredWeight)`` of every head set or FFN ``plan`` prunes, with the
-        stored (OBS-updated) weights the search scored."""
-        from presso.runtimes._base import Levels, structured_weights
+        stored (OBS-updated) weights the search scored; a PressoError, as the runtimes give,
+        for a pruned structure whose units also have bits or sparsity (an export would
+        otherwise write them dense)."""
+        from presso.runtimes._base import Levels, check_plan, structured_weights
 
+        if plan.compressed("structured"):  # refuse what no runtime builds: bits on pruned units
+            check_plan(self.handle, plan)
         return structured_weights(self.handle, plan, Levels(structured=self.structured))
 
     def evaluator(self):  # noqa: ANN201 - an Evaluator with this candidate applied
