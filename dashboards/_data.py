@@ -408,13 +408,17 @@ def meta_json(attrs: dict[str, Any], run: str = "") -> dict[str, Any]:
     }
 
 
+#: End-to-end timings of a chosen candidate or front point (see presso.run).
+MEASURED = ("measured_ms", "measured_speedup")
+
+
 def finals_json(summary: RunSummary) -> list[dict[str, Any]]:
     """The run's finally chosen configurations with their held-out metrics (``heldout_ppl``,
     ``heldout_kl``, ``heldout_cos_dist``) beside their budget metrics: each phase's winner
     (``kind: candidate``) and the Pareto-front points the run scored held-out (``kind: front``)."""
     out = []
     for phase, c in summary.candidates.items():
-        metrics = {k: v for k, v in c.metrics.items() if k in KIND_BUDGETS}
+        metrics = {k: v for k, v in c.metrics.items() if k in KIND_BUDGETS or k in MEASURED}
         metrics.update({f"heldout_{k}": v for k, v in c.heldout.items()})
         out.append(_final(f"final:{phase}", phase, "candidate", c.strategy, c.levels, metrics))
     front = summary.front
@@ -427,6 +431,7 @@ def finals_json(summary: RunSummary) -> list[dict[str, Any]]:
         # as the evaluation it came from.
         metrics = {k: v for k, v in front.metrics(i).items() if k in KIND_BUDGETS and _finite(v)}
         metrics.update({f"heldout_{k}": v for k, v in heldout.items()})
+        metrics.update(front.measured.get(i, {}))  # timed end to end (a latency objective)
         out.append(_final(f"front:{i}", "search", "front", None, front.levels[i], metrics))
     return out
 

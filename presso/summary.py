@@ -48,6 +48,10 @@ class Front:
     heldout: dict[int, dict[str, float]] = field(default_factory=dict)
     reference: list[float] | None = None
     hypervolume: float | None = None
+    #: Over predicted latency: the held-out points timed end to end (``measured_ms``,
+    #: ``measured_speedup``) beside the dense model (``dense_ms``; see presso.run).
+    measured: dict[int, dict[str, float]] = field(default_factory=dict)
+    dense_ms: float | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -56,6 +60,11 @@ class Front:
         """Point ``i``'s objectives as measured (a maximised one negated back)."""
         parsed = [Objective.parse(o) for o in self.objectives]
         return {o.metric: o.minimised(v) for o, v in zip(parsed, self.points[i])}
+
+
+#: A front point's end-to-end timing, stored beside its held-out metrics.
+_MEASURED = ("measured_ms", "measured_speedup")
+_NOT_HELDOUT = ("index", *_MEASURED)
 
 
 @dataclass
@@ -116,11 +125,17 @@ class RunSummary:
                 points=[list(p) for p in pareto.get("points") or []],
                 levels=[list(lv) for lv in pareto.get("levels") or []],
                 heldout={
-                    h["index"]: {k: v for k, v in h.items() if k != "index"}
+                    h["index"]: {k: v for k, v in h.items() if k not in _NOT_HELDOUT}
                     for h in pareto.get("heldout") or []
                 },
                 reference=pareto.get("reference"),
                 hypervolume=pareto.get("hypervolume"),
+                measured={
+                    h["index"]: {k: h[k] for k in _MEASURED if k in h}
+                    for h in pareto.get("heldout") or []
+                    if "measured_ms" in h
+                },
+                dense_ms=pareto.get("dense_ms"),
             )
         return cls(
             run=s.get("run") or run,
@@ -197,7 +212,7 @@ class RunSummary:
             name=name,
             strategy=search.strategy if search else "search",
             levels=front[i],
-            metrics=self.front.metrics(i),
+            metrics={**self.front.metrics(i), **self.front.measured.get(i, {})},
             heldout=dict(self.front.heldout.get(i, {})),
         )
 
@@ -335,21 +350,41 @@ def _versus_baselines(summary: RunSummary) -> list[str]:
 
 
 def pareto_lines(summary: RunSummary) -> list[str]:
-    """The Pareto front (objectives as minimised: ``-name`` negated), held-out ppl where
-    measured, and its hypervolume."""
+    """The Pareto front (objectives as minimised: ``-name`` negated), the held-out metric
+    (perplexity, or cosine distance for an encoder) and end-to-end timings where measured, and
+    its hypervolume."""
     front = summary.front
     if front is None or not front.points:
         return ["", "no Pareto front: no evaluation has every objective"]
     objectives = front.objectives
+    metric = summary.heldout_metric
+    heading = f"held-out {_name(metric)}"
+    timed = bool(front.measured)
     lines = [
         "",
         f"Pareto front over {', '.join(objectives)}: {len(front)} points",
-        f"{'candidate':<11}" + "".join(f"{o:>16}" for o in objectives) + f"{'held-out ppl':>14}",
+        f"{'candidate':<11}"
+        + "".join(f"{o:>16}" for o in objectives)
+        + f"{heading:>22}"
+        + (f"{'measured ms':>13}{'speedup':>9}" if timed else ""),
     ]
     for i, point in enumerate(front.points):
-        ppl = front.heldout.get(i, {}).get("ppl")
+        value = front.heldout.get(i, {}).get(metric)
         cells = "".join(f"{v:>16.5f}" for v in point)
-        lines.append(f"{f'pareto:{i}':<11}{cells}" + (f"{ppl:>14.3f}" if ppl else f"{'-':>14}"))
+        line = f"{f'pareto:{i}':<11}{cells}" + (
+            f"{value:>22.5g}" if value is not None else f"{'-':>22}"
+        )
+        if timed:
+            m = front.measured.get(i)
+            line += (
+                f"{m['measured_ms']:>13.3f}{m['measured_speedup']:>8.2f}x" if m else f"{'-':>13}"
+            )
+        lines.append(line)
+    if timed:
+        lines.append(
+            f"measured end to end on {summary.experiment.get('hardware', {}).get('backend')}, "
+            f"beside the dense model at {front.dense_ms:.3f} ms"
+        )
     lines.append("(export one: presso export RUN --candidate pareto:I --format ...)")
     if front.hypervolume is not None:
         ref = ", ".join(f"{r:.4g}" for r in front.reference or [])

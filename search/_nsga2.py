@@ -9,13 +9,23 @@ the strategy's seed), so objective values of different generations compare.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from presso.evaluation import default_objectives
 from presso.pareto import crowding_distance, non_dominated, non_dominated_sort
-from presso.search._base import Context, Request, Result, Strategy, check_told, register
+from presso.search._base import (
+    Context,
+    Request,
+    Result,
+    Strategy,
+    check_told,
+    register,
+    require,
+)
 from presso.search._objectives import Objectives
 from presso.search._operators import (
     BinaryTournament,
@@ -24,7 +34,7 @@ from presso.search._operators import (
     UniformCrossover,
     drained_fill,
 )
-from presso.spaces import Config, SearchSpace
+from presso.spaces import Budget, Config, Constraint, SearchSpace
 
 # Draws per wanted member before a generation settles for fewer distinct candidates.
 _RETRIES = 20
@@ -45,9 +55,13 @@ class NSGA2(Strategy):
     crossover_prob: chance that a child mixes its parents rather than copying the first.
     mutation_prob: chance per dimension of a ±1-level move (None: 1 / dimensions).
 
-    The initial population is ``space.best_uniform()`` plus random configurations spread in
-    cost from the full budget down to the lowest levels (:func:`drained_fill`), so the front
-    is searched along its whole length from the start.
+    start: the initial population besides ``space.best_uniform()``:
+        ``random``: configurations spread in cost from the full budget down to the lowest
+        levels (:func:`drained_fill`), so the front is searched along its whole length;
+        ``dp``: the sensitivity table's optimum at costs spread from the cheapest to the
+        costliest (:func:`table_front`, SPDY's dynamic program once per cost), random ones
+        where it gives fewer distinct configurations — the front starts where the per-unit
+        errors say it is, instead of at random (the table is measured first).
     """
 
     name = "nsga2"
@@ -58,6 +72,8 @@ class NSGA2(Strategy):
         "crossover_prob": (0, 1),
         "mutation_prob": (0, 1),
     }
+    #: Values of the ``start`` option.
+    starts = ("random", "dp")
 
     def __init__(
         self,
@@ -71,8 +87,15 @@ class NSGA2(Strategy):
         tokens: int | None = None,
         crossover_prob: float = 0.9,
         mutation_prob: float | None = None,
+        start: str = "random",
     ) -> None:
         super().__init__(space, seed=seed, context=context)
+        require(
+            start in self.starts, "start", f"must be one of {', '.join(self.starts)}, got {start!r}"
+        )
+        if start == "dp" and self.context.sensitivity is None:
+            raise ValueError("start: dp needs the per-unit sensitivity table")
+        self.start = start
         self.check_values(
             dict(
                 population=population,
@@ -84,6 +107,7 @@ class NSGA2(Strategy):
         )
         self.population, self.generations, self.tokens = population, generations, tokens
         self.objectives = Objectives(objectives or default_objectives(space.constraints))
+        self._cost = _cost_constraint(space, self.objectives) if start == "dp" else None
         self.selection = BinaryTournament()
         self.crossover = UniformCrossover(crossover_prob)
         self.mutation = LevelMutation(mutation_prob)
@@ -150,11 +174,23 @@ class NSGA2(Strategy):
         mask = non_dominated(np.stack([v for _, v in usable]))
         return [m for m, keep in zip(usable, mask) if keep]
 
+    @classmethod
+    def needs(cls, options: dict[str, Any]) -> frozenset[str]:
+        return frozenset({"sensitivity"}) if options.get("start") == "dp" else frozenset()
+
     def _initial(self) -> list[Config]:
-        """``best_uniform`` and random configurations spread in cost (stratified fractions of
-        the filled budget drained again)."""
+        """``best_uniform``, the table's optimum along the cost axis (``start: dp``), and
+        random configurations spread in cost (stratified fractions of the filled budget drained
+        again)."""
         uniform = self.space.best_uniform()
         configs = [] if uniform is None else [uniform]
+        if self.start == "dp":
+            assert self.context.sensitivity is not None and self._cost is not None
+            for config in table_front(
+                self.space, self.context.sensitivity, self._cost, self.population - len(configs)
+            ):
+                if self.space.is_feasible(config) and config not in configs:
+                    configs.append(config)
         self._seen.update(configs)
         spread = self.population - len(configs)
         for i in range(spread):
@@ -182,6 +218,65 @@ class NSGA2(Strategy):
                 self._seen.add(child)
                 children.append(child)
         return children
+
+
+def _cost_constraint(space: SearchSpace, objectives: Objectives) -> Constraint:
+    """The constraint (or report: latency with no limit) whose metric is the objectives' cost
+    axis (``latency_ms``, ``mean_bits`` ...): the first objective after the fitness that the
+    space measures."""
+    metrics = {c.metric: c for c in (*space.reports, *space.constraints)}
+    for metric in objectives.metrics[1:]:
+        if metric in metrics:
+            return metrics[metric]
+    raise ValueError(
+        "start: dp spreads the table's optimum along a cost objective that the space "
+        f"measures ({', '.join(metrics) or 'none here'}); the objectives are "
+        f"{', '.join(objectives.names)}"
+    )
+
+
+#: Integer cost units the table front spreads over (the knapsack's resolution).
+_COST_STATES = 4000
+
+
+def table_front(
+    space: SearchSpace,
+    table: Sequence[Sequence[float]],
+    cost: Constraint,
+    count: int,
+) -> list[Config]:
+    """Up to ``count`` distinct configurations of least summed table error at costs evenly
+    spread from the cheapest configuration to the costliest one the constraint allows: each a knapsack solved
+    (:func:`presso.search._dp.knapsack`) on each level's cost change from the costliest
+    configuration alone — additive even where the cost is not (a dropped block takes its
+    other knobs' cost with it), so the seeds are guides; the search prices them exactly."""
+    from presso.search._dp import knapsack
+
+    sign = -1.0 if cost.sense == ">=" else 1.0  # a minimum (mean sparsity) is a cost maximised
+    top = tuple(len(d.levels) - 1 for d in space.dims)
+    at_top = sign * cost.value(space, top)
+    deltas = [
+        [
+            sign * cost.value(space, top[:d] + (lv,) + top[d + 1 :]) - at_top
+            for lv in range(len(dim.levels))
+        ]
+        for d, dim in enumerate(space.dims)
+    ]
+    low = [min(row) for row in deltas]
+    span = sum(max(row) - m for row, m in zip(deltas, low))
+    if not span > 0 or count < 1:
+        return []
+    unit = span / _COST_STATES
+    costs = tuple(tuple(int(math.ceil((c - m) / unit)) for c in row) for row, m in zip(deltas, low))
+    full = sum(max(row) for row in costs)
+    if math.isfinite(cost.limit):  # spread up to the budget, not past it
+        full = min(full, math.floor((sign * cost.limit - at_top - sum(low)) / unit))
+    out: list[Config] = []
+    for i in range(count):
+        config = knapsack(Budget(costs, int(full * (i + 1) / count)), table)
+        if config is not None and config not in out:
+            out.append(config)
+    return out
 
 
 def rank_and_crowding(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -309,3 +309,42 @@ def test_a_speedup_target_is_solved_on_measured_latency_and_timed_end_to_end(
         assert min(c.levels) < (1 if kind == "depth" else 100)  # something was removed
     assert main(["show", "tiny", "--store", str(path.parent / "runs.db")]) == 0
     assert "measured end to end" in capsys.readouterr().out
+
+
+def test_a_joint_structured_and_depth_front_over_latency_is_timed_end_to_end(
+    write_experiment, capsys
+) -> None:  # noqa: ANN001
+    """NSGA-II over (KL, predicted latency) on heads/FFN widths and dropped blocks together:
+    the front's held-out points are built on the backend and timed beside the dense model,
+    and `presso show --pareto` prints the measured trade-off next to the held-out metric."""
+    from presso.store import ResultsStore
+
+    exp = tiny_experiment(
+        hardware={"backend": "torch", "workload": {"seq_len": 8}, "repeats": 3},
+        structured={"levels": [100, 50, 25], "calibration": 4},
+        space={"kind": "joint", "mean_bits": None, "kept_params": 100, "dropped": 0},
+        objectives=["kl", "latency_ms"],
+        baselines=[],
+    )
+    exp["search"] = {
+        "strategy": "nsga2",
+        "seed": 0,
+        "options": {"population": 6, "generations": 2, "tokens": 128, "start": "dp"},
+    }
+    path = write_experiment(exp)
+    assert main(["search", str(path), "--quiet"]) == 0
+    summary = ResultsStore(str(path.parent / "runs.db")).summary("tiny")
+    front = summary.front
+    assert front is not None and front.measured and front.dense_ms > 0
+    assert set(front.measured) == set(front.heldout)  # every held-out point was timed
+    kinds = set(summary.kinds)
+    assert kinds == {"structured", "depth"}
+    for i, m in front.measured.items():
+        assert m["measured_speedup"] == pytest.approx(front.dense_ms / m["measured_ms"])
+        assert "measured_ms" not in front.heldout[i] and "ppl" in front.heldout[i]
+        assert summary.candidate(f"pareto:{i}").metrics["measured_ms"] == m["measured_ms"]
+    capsys.readouterr()
+    assert main(["show", "tiny", "--store", str(path.parent / "runs.db"), "--pareto"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out perplexity" in out and "measured ms" in out
+    assert "measured end to end on torch" in out
