@@ -107,3 +107,16 @@ def seeded_noise(seed: int, n: int, shape: Sequence[int]) -> torch.Tensor:
 
     gen = torch.Generator().manual_seed(int(seed) % (2**63))
     return torch.randn((n, *shape), generator=gen)
+
+
+def plan_sampling(plan: Any, train_steps: int) -> tuple[list[int], str, dict[int, list[str]]]:
+    """How ``plan`` samples a model of ``train_steps`` training time steps: its schedule
+    (descending), solver, and per step the UNet blocks it skips. The candidate grid is the
+    plan's ``steps`` setting ``candidates`` (presso.spaces._steps; 100 when it has none)."""
+    from presso.spaces._skips import skips_of
+    from presso.spaces._steps import solver_of
+
+    candidates = int(plan.settings.get("steps", {}).get("candidates") or 100)
+    dropped = set(plan.dropped)
+    kept = [t for t in trailing_grid(train_steps, candidates) if f"timestep.{t}" not in dropped]
+    return kept, solver_of(plan.dropped), skips_of(plan.dropped)

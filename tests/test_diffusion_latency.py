@@ -1,0 +1,133 @@
+"""Measured sampling latency of diffusion candidates: the parts timed on the torch backend,
+the cost model that adds them up, latency budgets on steps / skips spaces, the winners timed
+end to end, and NSGA-II's (FID, latency) front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("torchmetrics")
+
+from presso.cli import main  # noqa: E402
+from presso.plan import Plan  # noqa: E402
+
+TINY = "tiny-ddpm"
+SETTINGS = {"steps": {"candidates": 20}}
+GRID = [999 - 50 * j for j in range(20)]
+
+
+def schedule_plan(kept: list[int], skips: tuple[str, ...] = (), solver: str = "ddim") -> Plan:
+    """The plan sampling ``kept`` (time steps of GRID) with ``skips`` (``skip.I.BLOCK``)."""
+    dropped = tuple(f"timestep.{t}" for t in GRID if t not in kept) + skips
+    return Plan({}, dropped + (("solver.ddim",) if solver != "ddim" else ()), SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    from presso.diffusion._model import load_diffusion
+
+    return load_diffusion(TINY, cache_root=tmp_path_factory.mktemp("ddpm-cache"))
+
+
+@pytest.fixture(scope="module")
+def timed(tiny, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model's sampling parts profiled at batch 4: (profiler, db, workload, model)."""
+    from presso.cost_models._sampling import SamplingLatency, profile_sampling
+    from presso.profilers import ProfileDatabase, Workload, make_profiler
+
+    profiler = make_profiler("torch", threads=1, repeats=9)
+    db = ProfileDatabase(str(tmp_path_factory.mktemp("profiles") / "profiles.db"))
+    workload = Workload(batch=4, seq_len=tiny.size**2)
+    measured, reused = profile_sampling(tiny, profiler, db, workload)
+    assert measured > 0 and reused == 0
+    assert profile_sampling(tiny, profiler, db, workload) == (0, measured)  # kept, not redone
+    model = SamplingLatency.from_db(tiny, profiler, db, workload, candidates=20)
+    return profiler, db, workload, model
+
+
+def test_the_parts_are_every_block_and_the_step(tiny, timed) -> None:
+    _, _, _, model = timed
+    assert model.blocks == tuple(tiny.unet_blocks())
+    assert all(model.run[b] > 0 and model.copy[b] >= 0 for b in model.blocks)
+    assert model.unet > 0 and set(model.step) >= {"ddim", "dpm-solver"}
+    assert 0.5 <= model.alpha <= 2.0
+
+
+def test_predicted_latency_follows_the_candidate(timed) -> None:
+    _, _, _, model = timed
+    three, six = schedule_plan(GRID[::7]), schedule_plan(GRID[::4][:6])
+    assert model.predict(six) > 1.5 * model.predict(three)
+    every = tuple(f"skip.{i}.{b}" for i in (1, 2) for b in model.blocks)
+    assert model.predict(schedule_plan(GRID[::7], every)) < 0.8 * model.predict(three)
+    # Skips past the schedule's end never run, but turn output copies on.
+    late = schedule_plan(GRID[::7], ("skip.5.mid_block",))
+    assert model.predict(three) < model.predict(late) < model.predict(six)
+    assert model.dense_ms == pytest.approx(model.predict(schedule_plan(GRID)))
+    assert model.predict(schedule_plan(GRID[::7], solver="dpm-solver")) != model.predict(three)
+
+
+def test_predictions_match_end_to_end_timings(tiny, timed) -> None:
+    """Held-out candidates timed for real (round-robin): predictions close and in order."""
+    from presso.cost_models._campaign import validate
+
+    profiler, db, workload, model = timed
+    plans = [
+        schedule_plan(GRID[::7]),
+        schedule_plan(GRID[::2]),
+        schedule_plan(GRID[::3], ("skip.1.mid_block", "skip.2.up_blocks.0", "skip.4.down_blocks.1")),
+        schedule_plan(GRID[:4], solver="dpm-solver"),
+    ]
+    check = validate(tiny, profiler, db, {"predicted_ms": model}, workload, plans)
+    summary = check.summary()
+    assert summary["n"] == 4
+    # Under load on a shared machine: a loose bound here; the benchmark reports the MAPE.
+    assert summary["mape"] < 0.35
+    measured = [r["measured_ms"] for r in check.rows]
+    assert measured[1] > measured[0]  # 10 steps against 3
+
+
+def _latency_experiment(**space: object) -> dict:
+    return {
+        "name": "fast",
+        "model": TINY,
+        "data": {"calibration": 16, "evaluation": 16},
+        "schedule": {"candidates": 20},
+        "space": {"kind": "steps", **space},
+        "search": {
+            "strategy": "autodiffusion",
+            "options": {"generations": 2, "offspring": 2, "stages": [[8, 2], [16, 1]]},
+        },
+        "baselines": ["ddim"],
+        "runner": {"kind": "local", "threads": 1},
+        "hardware": {"backend": "torch", "workload": {"batch": 4}, "repeats": 6},
+    }
+
+
+def test_a_speedup_budget_on_steps_is_timed_end_to_end(
+    write_experiment, tmp_path: Path, capsys
+) -> None:
+    from presso.store import ResultsStore
+
+    path = write_experiment(_latency_experiment(steps=4, speedup=3))
+    assert main(["search", str(path), "--quiet"]) == 0
+    summary = ResultsStore(str(tmp_path / "runs.db")).open("fast").user_attrs["summary"]
+    check = summary["latency_check"]
+    assert check["backend"] == "torch" and check["workload"] == "b4-s64-prefill"
+    assert check["dense_ms"] > 0 and check["predicted_dense_ms"] > 0
+    search = summary["candidates"]["search"]
+    assert search["measured_ms"] > 0 and search["latency_ms"] <= check["limit_ms"]
+    assert search["measured_speedup"] > 1.5  # 4 of 20 steps: about 5x, loosely under load
+    assert main(["show", "fast", "--store", str(tmp_path / "runs.db")]) == 0
+    out = capsys.readouterr().out
+    assert "measured" in out and "predicted" in out
+
+
+def test_a_latency_budget_needs_the_torch_backend(write_experiment, capsys) -> None:
+    exp = _latency_experiment(steps=4, speedup=3)
+    exp["hardware"]["backend"] = "onnxruntime"
+    assert main(["search", str(write_experiment(exp)), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "hardware.backend" in err and "torch" in err and "Traceback" not in err
