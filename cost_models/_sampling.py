@@ -180,6 +180,8 @@ class SamplingLatency:
         from presso.diffusion._sample import plan_sampling
 
         timesteps, solver, skips = plan_sampling(plan, self.train_steps)
+        if not timesteps:  # the starting noise, given back (presso.diffusion._sample.sample)
+            return 0.0
         reuse = bool(skips)  # BlockReuse keeps outputs only when something is skipped
         total = self.setup[solver]
         for i in range(len(timesteps)):

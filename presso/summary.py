@@ -335,19 +335,22 @@ def _versus_baselines(summary: RunSummary) -> list[str]:
 
 
 def pareto_lines(summary: RunSummary) -> list[str]:
-    """The Pareto front (objectives as minimised: ``-name`` negated), held-out ppl where
-    measured, and its hypervolume."""
+    """The Pareto front (objectives as minimised: ``-name`` negated), the held-out metric
+    (perplexity, or the fitness: FID of a diffusion model) where measured, and its
+    hypervolume."""
     front = summary.front
     if front is None or not front.points:
         return ["", "no Pareto front: no evaluation has every objective"]
-    objectives = front.objectives
+    objectives, metric = front.objectives, summary.heldout_metric
     lines = [
         "",
         f"Pareto front over {', '.join(objectives)}: {len(front)} points",
-        f"{'candidate':<11}" + "".join(f"{o:>16}" for o in objectives) + f"{'held-out ppl':>14}",
+        f"{'candidate':<11}"
+        + "".join(f"{o:>16}" for o in objectives)
+        + f"{f'held-out {metric}':>14}",
     ]
     for i, point in enumerate(front.points):
-        ppl = front.heldout.get(i, {}).get("ppl")
+        ppl = front.heldout.get(i, {}).get(metric)
         cells = "".join(f"{v:>16.5f}" for v in point)
         lines.append(f"{f'pareto:{i}':<11}{cells}" + (f"{ppl:>14.3f}" if ppl else f"{'-':>14}"))
     lines.append("(export one: presso export RUN --candidate pareto:I --format ...)")

@@ -131,3 +131,30 @@ def test_a_latency_budget_needs_the_torch_backend(write_experiment, capsys) -> N
     assert main(["search", str(write_experiment(exp)), "--quiet"]) != 0
     err = capsys.readouterr().err
     assert "hardware.backend" in err and "torch" in err and "Traceback" not in err
+
+
+def test_nsga2_gives_a_fid_latency_front_over_steps_and_skips(
+    write_experiment, tmp_path: Path, capsys
+) -> None:
+    from presso.store import ResultsStore
+
+    exp = _latency_experiment(kind="joint", steps=4, blocks=14)
+    exp.update(
+        name="front",
+        objectives=["fid", "latency_ms"],
+        search={"strategy": "nsga2", "options": {"population": 6, "generations": 3}},
+    )
+    path = write_experiment(exp)
+    assert main(["search", str(path), "--quiet"]) == 0
+    summary = ResultsStore(str(tmp_path / "runs.db")).open("front").user_attrs["summary"]
+    front = summary["pareto"]
+    assert front["objectives"] == ["fid", "latency_ms"] and len(front["points"]) >= 2
+    points = sorted(front["points"], key=lambda p: p[1])
+    # A front: the slower points have the better FID (configurations that sample alike, such
+    # as the schedules of no step whatever they skip, may tie).
+    assert all(a[0] >= b[0] and a[1] <= b[1] for a, b in zip(points, points[1:]))
+    assert points[0][0] > points[-1][0] and points[0][1] < points[-1][1]
+    assert {"fid", "kid"} <= set(front["heldout"][0])
+    assert main(["show", "front", "--store", str(tmp_path / "runs.db"), "--pareto"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front over fid, latency_ms" in out and "held-out fid" in out

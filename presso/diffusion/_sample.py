@@ -80,11 +80,14 @@ def sample(
     """Images in [-1, 1] from ``noise`` ``[n, C, H, W]`` by ``solver`` over ``timesteps``
     (strictly descending training time steps), in batches of ``batch_size``; ``config``: the
     model's scheduler config; ``skips``: per step, the UNet blocks it skips (reusing their
-    output of the last step that ran them, see presso.diffusion._pipeline.BlockReuse)."""
+    output of the last step that ran them, see presso.diffusion._pipeline.BlockReuse). No
+    time steps at all give the noise back."""
     import torch
 
     from presso.diffusion._pipeline import BlockReuse
 
+    if not len(timesteps):  # a schedule of no steps (the cheapest point of a front): the noise
+        return noise.clone()
     scheduler = scheduler_for(config, timesteps, solver)
     reuse = BlockReuse(unet, skips)
     out = []
