@@ -50,9 +50,7 @@ def probe_plans(handle: Any) -> dict[str, Plan]:
     grid = trailing_grid(handle.train_steps, handle.train_steps)
     kept = set(uniform_schedule(grid, PROBE_STEPS))
     steps = tuple(f"timestep.{t}" for t in grid if t not in kept)
-    skips = tuple(
-        skip_target(i, b) for i in range(1, PROBE_STEPS) for b in handle.unet_blocks()
-    )
+    skips = tuple(skip_target(i, b) for i in range(1, PROBE_STEPS) for b in handle.unet_blocks())
     settings = {"steps": {"candidates": handle.train_steps}}
     return {
         "probe:plain": Plan({}, steps, settings),
@@ -72,7 +70,9 @@ def profile_sampling(
     names = part_names(handle)
 
     def missing(names: Any) -> list[str]:
-        return [n for n in names if db.get(fp, profiler.name, _key(handle, n), workload.key) is None]
+        return [
+            n for n in names if db.get(fp, profiler.name, _key(handle, n), workload.key) is None
+        ]
 
     measured = 0
     if missing(names):
@@ -82,7 +82,9 @@ def profile_sampling(
         measured += len(names)
     if todo := missing(PROBES):
         plans = probe_plans(handle)
-        for m in interleaved(handle, profiler, [(_key(handle, n), workload, plans[n]) for n in todo]):
+        for m in interleaved(
+            handle, profiler, [(_key(handle, n), workload, plans[n]) for n in todo]
+        ):
             db.put(fp, m)
         measured += len(todo)
     return measured, len(names) + len(PROBES) - measured

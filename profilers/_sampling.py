@@ -97,11 +97,15 @@ def time_parts(profiler: Profiler, handle: Any, workload: Workload) -> dict[str,
     return timings
 
 
-def _measure(profiler: Profiler, run: Callable[[], Any], name: str, workload: Workload) -> Measurement:
+def _measure(
+    profiler: Profiler, run: Callable[[], Any], name: str, workload: Workload
+) -> Measurement:
     try:
         return profiler._timed(run, op=name, workload=workload, calls=getattr(run, "calls", 1))
     except Exception as err:  # noqa: BLE001 - a failed timing is data
-        return Measurement(profiler.name, name, workload.key, None, error=f"{type(err).__name__}: {err}")
+        return Measurement(
+            profiler.name, name, workload.key, None, error=f"{type(err).__name__}: {err}"
+        )
 
 
 def _part_runs(handle: Any, workload: Workload) -> dict[str, Callable[[], Any]]:

@@ -77,7 +77,9 @@ def test_predictions_match_end_to_end_timings(tiny, timed) -> None:
     plans = [
         schedule_plan(GRID[::7]),
         schedule_plan(GRID[::2]),
-        schedule_plan(GRID[::3], ("skip.1.mid_block", "skip.2.up_blocks.0", "skip.4.down_blocks.1")),
+        schedule_plan(
+            GRID[::3], ("skip.1.mid_block", "skip.2.up_blocks.0", "skip.4.down_blocks.1")
+        ),
         schedule_plan(GRID[:4], solver="dpm-solver"),
     ]
     check = validate(tiny, profiler, db, {"predicted_ms": model}, workload, plans)
