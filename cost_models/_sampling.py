@@ -157,8 +157,9 @@ class SamplingLatency:
 
     def calibrated(self, plain: float, reuse: float, probes: dict[str, Plan]) -> SamplingLatency:
         """These parts with α and the per-step overhead that reproduce the two calibration
-        schedules' measured ``plain`` and ``reuse`` ms (see the module doc); left as they are
-        where the fit is implausible (α outside [0.5, 2]: a probe disturbed by load)."""
+        schedules' measured ``plain`` and ``reuse`` ms (see the module doc). Where that fit is
+        implausible (α outside [0.25, 4]: a probe disturbed by load), α stays 1 and the
+        per-step overhead alone reproduces the plain schedule."""
         from dataclasses import replace
 
         a, b = probes["probe:plain"], probes["probe:reuse"]
@@ -169,12 +170,10 @@ class SamplingLatency:
         ra, rb = runs.predict(a) - pa, runs.predict(b) - pb
         n = float(PROBE_STEPS)
         # plain - pa = (α-1) ra + n s;  reuse - pb = (α-1) rb + n s
-        if ra - rb <= 0:
-            return self
-        alpha = 1.0 + ((plain - pa) - (reuse - pb)) / (ra - rb)
+        alpha = 1.0 + ((plain - pa) - (reuse - pb)) / (ra - rb) if ra > rb else float("nan")
+        if not 0.25 <= alpha <= 4.0:
+            alpha = 1.0
         step_ms = ((plain - pa) - (alpha - 1.0) * ra) / n
-        if not 0.5 <= alpha <= 2.0:
-            return self
         return replace(self, alpha=alpha, step_ms=step_ms)
 
     def predict(self, plan: Plan) -> float:
