@@ -108,20 +108,28 @@ def _latency_experiment(**space: object) -> dict:
     }
 
 
+@pytest.mark.parametrize("space", [{"steps": 4, "speedup": 3}, {"speedup": 5}])
 def test_a_speedup_budget_on_steps_is_timed_end_to_end(
-    write_experiment, tmp_path: Path, capsys
+    space, write_experiment, tmp_path: Path, capsys
 ) -> None:
+    """With a steps budget, or a latency budget alone (AutoDiffusion then starts from the
+    uniform schedule of the most steps it admits)."""
     from presso.store import ResultsStore
 
-    path = write_experiment(_latency_experiment(steps=4, speedup=3))
+    path = write_experiment(_latency_experiment(**space))
     assert main(["search", str(path), "--quiet"]) == 0
     summary = ResultsStore(str(tmp_path / "runs.db")).open("fast").user_attrs["summary"]
     check = summary["latency_check"]
     assert check["backend"] == "torch" and check["workload"] == "b4-s64-prefill"
     assert check["dense_ms"] > 0 and check["predicted_dense_ms"] > 0
-    search = summary["candidates"]["search"]
-    assert search["measured_ms"] > 0 and search["latency_ms"] <= check["limit_ms"]
-    assert search["measured_speedup"] > 1.5  # 4 of 20 steps: about 5x, loosely under load
+    for phase in ("search", "baseline:ddim"):
+        c = summary["candidates"][phase]
+        assert c["measured_ms"] > 0 and c["latency_ms"] <= check["limit_ms"]
+        assert c["measured_speedup"] > 1.5  # about 5x or more: loosely, under load
+    if "steps" not in space:  # the most uniform steps under the budget: one more breaks it
+        steps = summary["candidates"]["baseline:ddim"]["levels"][:-1].count(1)
+        assert 1 <= steps < 20
+        assert check["limit_ms"] < check["predicted_dense_ms"] * (steps + 1) / 20 * 1.2
     assert main(["show", "fast", "--store", str(tmp_path / "runs.db")]) == 0
     out = capsys.readouterr().out
     assert "measured" in out and "predicted" in out
