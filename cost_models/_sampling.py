@@ -205,3 +205,22 @@ class SamplingLatency:
         from presso.plan import Plan
 
         return Plan({}, settings={"steps": {"candidates": self.candidates}})
+
+
+def random_schedule(handle: Any, rng: Any, *, candidates: int = 100, most_steps: int = 10) -> Plan:
+    """A random diffusion candidate for validation: 2 to ``most_steps`` of ``candidates``
+    time steps, DDIM or DPM-Solver, and each block skipped at each later step with a chance
+    drawn per candidate (from none to half), so candidates spread in latency."""
+    from presso.diffusion._sample import trailing_grid
+    from presso.plan import Plan
+    from presso.spaces._skips import skip_target
+
+    grid = trailing_grid(handle.train_steps, candidates)
+    k = int(rng.integers(2, min(most_steps, len(grid)) + 1))
+    kept = set(rng.choice(len(grid), size=k, replace=False).tolist())
+    dropped = [f"timestep.{t}" for j, t in enumerate(grid) if j not in kept]
+    dropped += ["solver.ddim"] if rng.random() < 0.5 else []
+    chance = rng.uniform(0.0, 0.5)
+    blocks = handle.unet_blocks()
+    dropped += [skip_target(i, b) for i in range(1, k) for b in blocks if rng.random() < chance]
+    return Plan({}, tuple(dropped), {"steps": {"candidates": candidates}})

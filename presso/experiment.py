@@ -184,8 +184,10 @@ class Setup:
         from presso.profilers import Workload
 
         w = self.experiment.hardware.workload
-        if self.diffusion:  # images sampled together, at the model's resolution (in pixels)
-            return Workload(batch=w.batch, seq_len=self.handle.size**2, phase="prefill")
+        if self.diffusion:  # images sampled together, at the model's resolution
+            from presso.profilers._sampling import sampling_workload
+
+            return sampling_workload(self.handle, w.batch)
         return Workload(batch=w.batch, seq_len=w.seq_len, phase=w.phase)
 
     def profile(self, progress: Progress | None = None) -> float:

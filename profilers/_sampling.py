@@ -31,6 +31,12 @@ PART_TIMESTEP = 500
 _SOLVER_STEPS = 10
 
 
+def sampling_workload(handle: Any, batch: int) -> Workload:
+    """The workload a diffusion model's sampling is timed under: ``batch`` images at its
+    resolution (``seq_len``: pixels per image)."""
+    return Workload(batch=int(batch), seq_len=int(handle.size) ** 2, phase="prefill")
+
+
 def noise(handle: Any, workload: Workload) -> Any:
     """The workload's batch of seeded starting images at the model's resolution."""
     from presso.diffusion._sample import seeded_noise
