@@ -70,8 +70,9 @@ def experiment(
     )
 
 
-def search(setup: Setup, args: argparse.Namespace, **extra: Any) -> tuple[Any, int, float]:
-    """AutoDiffusion on ``setup``'s space: its best configuration, evaluations, seconds."""
+def search(setup: Setup, args: argparse.Namespace, **extra: Any) -> tuple[Any, int, float, list]:
+    """AutoDiffusion on ``setup``'s space: its best configuration, evaluations, seconds, and
+    each generation's surviving parent's fitness (the second stage numbered on)."""
     start = time.perf_counter()
     options = {
         "generations": args.generations,
@@ -81,7 +82,8 @@ def search(setup: Setup, args: argparse.Namespace, **extra: Any) -> tuple[Any, i
     }
     strategy = make_strategy("autodiffusion", setup.space, seed=args.seed, **options)
     evaluations = drive(strategy, LocalPool(setup.evaluator()))
-    return strategy.best(), evaluations, round(time.perf_counter() - start, 1)
+    seconds = round(time.perf_counter() - start, 1)
+    return strategy.best(), evaluations, seconds, [f for _, f in strategy.history]
 
 
 def schedule_plan(
@@ -159,11 +161,11 @@ def main() -> None:
     rows = []
     for k in args.steps:
         steps_setup = Setup(experiment(k, args))
-        best, n, seconds = search(steps_setup, args)
+        best, n, seconds, history = search(steps_setup, args)
         searched = steps_setup.evaluator().schedule(best)
         blocks = round(args.blocks_share * per_step * k)
         joint = Setup(experiment(k, args, blocks))
-        best_joint, n_joint, seconds_joint = search(
+        best_joint, n_joint, seconds_joint, joint_history = search(
             joint, args, skip_generations=args.skip_generations
         )
         joint_eval = joint.evaluator()
@@ -180,6 +182,10 @@ def main() -> None:
                 "searched_skips": {"timesteps": joint_steps, "skips": joint_skips},
                 "skips_evaluations": n_joint,
                 "skips_search_s": seconds_joint,
+                # Each generation's parent's FID on its selection draw: steps alone; then
+                # the joint run, its first stage (generations) then its second (skips).
+                "history": history,
+                "skips_history": joint_history,
             }
         )
         print(f"{k} steps searched in {seconds + seconds_joint:.0f} s", flush=True)
