@@ -95,10 +95,10 @@ class SamplingLatency:
     """Predicted sampling latency (ms) of diffusion plans, from measured parts (ms each).
 
     blocks: the UNet's blocks in order; run / copy: each block's forward and output copy;
-    unet: a step's UNet outside its blocks; alpha, step_ms: the calibration (module doc);
-    step / setup: per solver, a scheduler step and
+    unet: a step's UNet outside its blocks; step / setup: per solver, a scheduler step and
     building the scheduler; train_steps: the model's training time steps; candidates: the
-    experiment's grid of them (``schedule.candidates``), the dense plan's schedule.
+    experiment's grid of them (``schedule.candidates``), the dense plan's schedule; alpha,
+    step_ms: the calibration (see the module doc).
     """
 
     blocks: tuple[str, ...]
@@ -133,7 +133,9 @@ class SamplingLatency:
             if m is None:
                 raise PressoError(
                     f"no sampling timings of {handle.name} on {profiler.name} at "
-                    f"{workload.key} on this machine; profile it first (presso search does)"
+                    f"{workload.key} on this machine; run `presso profile {handle.name} --backend "
+                    f"{profiler.name} --workload b{workload.batch}-s1-prefill` first (a search "
+                    "with a hardware: section does it too)"
                 )
             if not m.ok:
                 raise PressoError(
@@ -142,14 +144,19 @@ class SamplingLatency:
                 )
             ms[name] = float(m.median_ms)  # type: ignore[arg-type]
         blocks = tuple(handle.unet_blocks())
-        by = lambda what: {k.split(":")[1]: v for k, v in ms.items() if k.startswith(what)}  # noqa: E731
+
+        def per_solver(what: str) -> dict[str, float]:
+            from presso.diffusion._sample import SOLVERS
+
+            return {solver: ms[f"{what}:{solver}"] for solver in SOLVERS}
+
         parts = cls(
             blocks=blocks,
             run={b: ms[f"block:{b}:run"] for b in blocks},
             copy={b: ms[f"block:{b}:copy"] for b in blocks},
             unet=ms["step:unet"],
-            step=by("step:"),
-            setup=by("setup:"),
+            step=per_solver("step"),
+            setup=per_solver("setup"),
             train_steps=int(handle.train_steps),
             candidates=candidates,
         )

@@ -52,7 +52,7 @@ def test_the_parts_are_every_block_and_the_step(tiny, timed) -> None:
     _, _, _, model = timed
     assert model.blocks == tuple(tiny.unet_blocks())
     assert all(model.run[b] > 0 and model.copy[b] >= 0 for b in model.blocks)
-    assert model.unet > 0 and set(model.step) >= {"ddim", "dpm-solver"}
+    assert model.unet > 0 and set(model.step) == set(model.setup) == {"ddim", "dpm-solver"}
     assert 0.25 <= model.alpha <= 4.0  # blocks run slower in the loop than alone
 
 
