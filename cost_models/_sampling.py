@@ -165,8 +165,8 @@ class SamplingLatency:
     def calibrated(self, plain: float, reuse: float, probes: dict[str, Plan]) -> SamplingLatency:
         """These parts with α and the per-step overhead that reproduce the two calibration
         schedules' measured ``plain`` and ``reuse`` ms (see the module doc). Where that fit is
-        implausible (α outside [0.25, 4]: a probe disturbed by load), α stays 1 and the
-        per-step overhead alone reproduces the plain schedule."""
+        implausible (α outside [0.25, 4]: the load changed between the timings), one factor
+        on every per-step cost reproduces the plain schedule."""
         from dataclasses import replace
 
         a, b = probes["probe:plain"], probes["probe:reuse"]
@@ -178,10 +178,13 @@ class SamplingLatency:
         n = float(PROBE_STEPS)
         # plain - pa = (α-1) ra + n s;  reuse - pb = (α-1) rb + n s
         alpha = 1.0 + ((plain - pa) - (reuse - pb)) / (ra - rb) if ra > rb else float("nan")
-        if not 0.25 <= alpha <= 4.0:
-            alpha = 1.0
-        step_ms = ((plain - pa) - (alpha - 1.0) * ra) / n
-        return replace(self, alpha=alpha, step_ms=step_ms)
+        if 0.25 <= alpha <= 4.0:
+            return replace(self, alpha=alpha, step_ms=((plain - pa) - (alpha - 1.0) * ra) / n)
+        # Load changed between the parts' timings and the probes': one factor on every
+        # per-step cost (blocks and the rest alike) reproduces the plain schedule.
+        rest = n * (self.unet + self.step["ddim"])
+        scale = max(1.0 + (plain - pa) / (ra + rest), 0.1)
+        return replace(self, alpha=scale, step_ms=(scale - 1.0) * rest / n)
 
     def predict(self, plan: Plan) -> float:
         """Predicted ms of one sampling of ``plan`` (one batch of the workload)."""
