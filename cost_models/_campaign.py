@@ -43,7 +43,8 @@ def machine_id(profiler: Profiler, db: ProfileDatabase | None = None) -> str:
 
 def model_key(handle: Any) -> str:
     """Whole-model measurements are keyed by architecture (not weights: they do not change speed)."""
-    config = handle.model.config.to_dict()
+    config = handle.model.config
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # diffusers': a dict
     arch = {k: v for k, v in config.items() if not k.startswith(("_", "transformers_version"))}
     return f"model-{handle.name}-{digest(arch, 10)}"
 
@@ -259,12 +260,18 @@ def interleaved(
 
 
 def time_end_to_end(
-    handle: Any, profiler: Profiler, workload: Workload, plans: dict[str, Plan]
+    handle: Any,
+    profiler: Profiler,
+    workload: Workload,
+    plans: dict[str, Plan],
+    dense: Plan | None = None,
 ) -> dict[str, float | None]:
     """Each plan built for real on the backend and timed end to end, beside the dense model
-    (key ``dense``), round-robin so that load drifts hit all alike: ms, None where it failed.
-    What a latency target is verified with — the cost model only predicted it."""
-    todo = [("dense", workload, levels_plan()), *((k, workload, p) for k, p in plans.items())]
+    (key ``dense``; ``dense``: its plan, when not the plan of no levels), round-robin so that
+    load drifts hit all alike: ms, None where it failed. What a latency target is verified
+    with — the cost model only predicted it."""
+    dense = levels_plan() if dense is None else dense
+    todo = [("dense", workload, dense), *((k, workload, p) for k, p in plans.items())]
     return {m.op: (m.median_ms if m.ok else None) for m in interleaved(handle, profiler, todo)}
 
 
@@ -476,7 +483,11 @@ def validate(
         row: dict[str, Any] = {
             "candidate": name.rsplit("/", 1)[1],
             "dropped": len(plan.dropped),
-            "mean_bits": float(np.mean([unit_levels(plan, u)[0] for u in plan.units])),
+            "mean_bits": (
+                float(np.mean([unit_levels(plan, u)[0] for u in plan.units]))
+                if plan.units
+                else None
+            ),
             "measured_ms": m.median_ms,
             "error": m.error,
         }

@@ -181,6 +181,11 @@ class CandidateLatency:
             self._cache[key] = float(value)
         return self.scale * self._cache[key]
 
+    @property
+    def dense_ms(self) -> float:
+        """The dense model's measured end-to-end latency (what ``speedup`` divides)."""
+        return self.structure.dense_ms
+
     def unit_ms(self, levels: dict[str, tuple[int, int]]) -> dict[str, float]:
         """Predicted ms of each named unit at its ``(bits, sparsity)``."""
         return {u.name: self._ms(u, *levels[u.name]) for u in self.units if u.name in levels}

@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         "--workload",
         nargs="+",
         default=["b1-s128-prefill", "b1-s128-decode"],
-        help="bBATCH-sSEQ-PHASE, PHASE prefill or decode (default: b1-s128-prefill b1-s128-decode)",
+        help="bBATCH-sSEQ-PHASE, PHASE prefill or decode (default: b1-s128-prefill b1-s128-decode); "
+        "for a diffusion model only BATCH counts (images sampled together)",
     )
     pr.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8], help="bit levels")
     pr.add_argument("--sparsity", type=int, nargs="+", default=[0], help="sparsity levels, %%")
@@ -334,6 +335,10 @@ def _profile(args: argparse.Namespace) -> int:
     if bad := [s for s in args.sparsity if not sparsity_level(s)]:
         raise PressoError(f"--sparsity: levels are percent in 0..99, got {bad}")
     workloads = [Workload.parse(w) for w in args.workload]
+    from presso.diffusion import is_diffusion_model
+
+    if is_diffusion_model(args.model):
+        return _profile_diffusion(args, workloads)
     db = ProfileDatabase(args.db)
     profiler = make_profiler(
         args.backend,
@@ -402,6 +407,53 @@ def _profile(args: argparse.Namespace) -> int:
                     f"MAPE {s['mape']:.1%}, within ±10%: {s['within_10']:.0%}, "
                     f"rank correlation {s['spearman']:.2f}"
                 )
+    return 0
+
+
+def _profile_diffusion(args: argparse.Namespace, workloads: list) -> int:
+    """``presso profile`` of a diffusion model: its sampling's parts per batch (a workload's
+    batch, at the model's resolution), the cost model, and ``--validate K`` random schedules
+    timed end to end against it."""
+    import numpy as np
+
+    from presso.cost_models import validate
+    from presso.cost_models._sampling import SamplingLatency, profile_sampling, random_schedule
+    from presso.diffusion._model import load_diffusion
+    from presso.profilers import ProfileDatabase, make_profiler
+    from presso.profilers._sampling import sampling_workload
+    from presso.run import _tqdm
+
+    if args.backend != "torch":
+        raise PressoError(
+            f"--backend {args.backend}: a diffusion model's sampling is timed on torch only"
+        )
+    handle = load_diffusion(args.model)
+    db = ProfileDatabase(args.db)
+    profiler = make_profiler(
+        "torch", device=args.device, threads=args.threads, repeats=args.repeats
+    )
+    for batch in sorted({w.batch for w in workloads}):
+        w = sampling_workload(handle, batch)
+        measured, reused = profile_sampling(handle, profiler, db, w)
+        model = SamplingLatency.from_db(handle, profiler, db, w)
+        print(f"\n{handle.name} sampling at {w.key} on torch: {measured} timed, {reused} reused")
+        for b in model.blocks:
+            print(f"  {b:<16} {model.run[b]:8.3f} ms (copy {model.copy[b]:.3f})")
+        print(
+            f"  per step: UNet rest {model.unet:.3f} ms, overhead {model.step_ms:.3f} ms, blocks "
+            f"x{model.alpha:.2f} in the loop; 100-step DDIM {model.dense_ms:.1f} ms predicted"
+        )
+        if args.validate:
+            rng = np.random.default_rng(args.seed)
+            plans = [random_schedule(handle, rng) for _ in range(args.validate)]
+            progress = None if args.quiet else _tqdm
+            s = validate(handle, profiler, db, {"predicted": model}, w, plans, progress=progress)
+            s = s.summary("predicted")
+            print(
+                f"  validation ({s['n']} random schedules measured end to end): MAPE "
+                f"{s['mape']:.1%}, within ±10%: {s['within_10']:.0%}, rank correlation "
+                f"{s['spearman']:.2f}"
+            )
     return 0
 
 

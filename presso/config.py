@@ -476,6 +476,12 @@ def _check_semantics(path: Path, lines: dict[tuple, int], exp: Experiment) -> No
             "a latency budget needs a hardware: section saying where latency is measured "
             "(backend, workload); add one",
         )
+    if diffusion and exp.hardware is not None and exp.hardware.backend != "torch":
+        fail(
+            ("hardware", "backend"),
+            f"a diffusion model's sampling is timed on the torch backend only, not "
+            f"{shown(exp.hardware.backend)}; give backend: torch",
+        )
     if exp.hardware is not None:
         from presso.profilers import available
 

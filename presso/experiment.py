@@ -150,7 +150,7 @@ class Setup:
             raise PressoError(
                 f"space: even the cheapest levels are predicted at {lowest:.3f} ms on "
                 f"{latency[0].label}, over the limit {latency[0].limit:.3f} ms (dense: "
-                f"{self.latency.structure.dense_ms:.3f} ms): on this backend low levels are not "
+                f"{self.latency.dense_ms:.3f} ms): on this backend low levels are not "
                 "faster; raise the latency budget or choose another backend or workload"
             )
         if not space.is_feasible(space.lowest()):
@@ -184,6 +184,10 @@ class Setup:
         from presso.profilers import Workload
 
         w = self.experiment.hardware.workload
+        if self.diffusion:  # images sampled together, at the model's resolution
+            from presso.profilers._sampling import sampling_workload
+
+            return sampling_workload(self.handle, w.batch)
         return Workload(batch=w.batch, seq_len=w.seq_len, phase=w.phase)
 
     def profile(self, progress: Progress | None = None) -> float:
@@ -193,6 +197,14 @@ class Setup:
         from presso.spaces._sparsity import SparsityKind
         from presso.spaces._structured import StructuredKind
 
+        if self.diffusion:  # its UNet blocks and the per-step rest, at the workload's batch
+            import time
+
+            from presso.cost_models._sampling import profile_sampling
+
+            start = time.perf_counter()
+            profile_sampling(self.handle, self.profiler, self.profile_db, self.workload)
+            return time.perf_counter() - start
         # The backends time linear layers at (bits, sparsity) levels, and at the smaller shapes
         # pruned heads and FFN channels leave.
         bits, sparsity = self._levels(BitsKind), self._levels(SparsityKind)
@@ -221,6 +233,16 @@ class Setup:
         from presso.cost_models._campaign import latency_model
 
         hw = self.experiment.hardware
+        if self.diffusion:
+            from presso.cost_models._sampling import SamplingLatency
+
+            return SamplingLatency.from_db(
+                self.handle,
+                self.profiler,
+                self.profile_db,
+                self.workload,
+                candidates=self.experiment.schedule.candidates,
+            )
         return latency_model(
             self.handle,
             self.profiler,
@@ -242,9 +264,9 @@ class Setup:
         if sp.max_latency_ms is not None:
             limit = sp.max_latency_ms
         if sp.latency_ratio is not None:
-            limit = min(limit, sp.latency_ratio * latency.structure.dense_ms)
+            limit = min(limit, sp.latency_ratio * latency.dense_ms)
         if sp.speedup is not None:
-            limit = min(limit, latency.structure.dense_ms / sp.speedup)
+            limit = min(limit, latency.dense_ms / sp.speedup)
         label = f"{hw.backend} {self.workload.key}"
         return MaxLatency(limit, predict, label=label)
 

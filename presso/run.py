@@ -225,7 +225,8 @@ def _check_latency(setup: Setup, winners: dict[str, Any], echo: Printer) -> dict
     hw = setup.experiment.hardware
     echo(f"timing the chosen candidates end to end on {hw.backend} {setup.workload.key} ...")
     plans = {phase: space.plan(config) for phase, (_, config) in winners.items()}
-    measured = time_end_to_end(setup.handle, setup.profiler, setup.workload, plans)
+    dense = setup.latency.dense_plan() if setup.diffusion else None
+    measured = time_end_to_end(setup.handle, setup.profiler, setup.workload, plans, dense)
     dense = measured.pop("dense")
     sp = setup.experiment.space
     return {
@@ -234,7 +235,7 @@ def _check_latency(setup: Setup, winners: dict[str, Any], echo: Printer) -> dict
         "limit_ms": budget[0].limit,
         "target_speedup": sp.speedup,
         "dense_ms": dense,
-        "predicted_dense_ms": setup.latency.structure.dense_ms,
+        "predicted_dense_ms": setup.latency.dense_ms,
         "candidates": measured,
     }
 
@@ -437,14 +438,18 @@ def _pareto(
     top = None if None in sizes else max(sizes, default=None)
     front: list[tuple[list[float], list]] = []
     seen: set[bytes] = set()  # digests of the levels seen: a configuration counts once
+    # ... and so do configurations that score alike on every objective (schedules of no step,
+    # whatever they skip): one point of the front each, not one held-out score each.
+    scored: set[tuple[float, ...]] = set()
     bounds = None  # each objective's finite minimum and maximum so far
     keep = 2 * CHUNK  # points held before the dominated ones are dropped
     for r in store.load(e for e in search if e.tokens == top):
         values = [_objective(r.metrics, o) for o in objectives]
         digest = hashlib.blake2b(np.asarray(r.levels, dtype=float).tobytes(), digest_size=16)
-        if None in values or digest.digest() in seen:
+        if None in values or digest.digest() in seen or tuple(values) in scored:
             continue
         seen.add(digest.digest())
+        scored.add(tuple(values))
         point = np.asarray(values, dtype=float)
         if np.isfinite(point).all():
             bounds = np.vstack([point, point]) if bounds is None else bounds

@@ -351,8 +351,8 @@ def _versus_baselines(summary: RunSummary) -> list[str]:
 
 def pareto_lines(summary: RunSummary) -> list[str]:
     """The Pareto front (objectives as minimised: ``-name`` negated), the held-out metric
-    (perplexity, or cosine distance for an encoder) and end-to-end timings where measured, and
-    its hypervolume."""
+    (perplexity, cosine distance for an encoder, FID for a diffusion model) and end-to-end
+    timings where measured, and its hypervolume."""
     front = summary.front
     if front is None or not front.points:
         return ["", "no Pareto front: no evaluation has every objective"]

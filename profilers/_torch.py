@@ -153,6 +153,10 @@ class TorchProfiler(Profiler):
     def _time_model(self, handle: ModelHandle, plan: Plan, workload: Workload) -> Measurement:
         from presso.runtimes import build
 
+        if handle.kind == "diffusion":  # a candidate is a sampling schedule: time one sampling
+            from presso.profilers._sampling import time_sampling
+
+            return time_sampling(self, handle, plan, workload)
         if handle.kind != "causal-lm" and workload.phase == "decode":
             raise PressoError(
                 f"model {handle.name} is an {handle.kind}: it has no decode phase; "

@@ -36,14 +36,26 @@ def uniform_schedule(space: SearchSpace, solver: str = "ddim") -> Config:
     """The uniform schedule under the space's steps budget: every ``candidates / steps``-th
     candidate time step from the top kept (diffusers' trailing DDIM schedule), sampled by
     ``solver`` (``ddim``, or ``dpm-solver`` where the space has a solver dimension), with the
-    blocks :func:`skip_pattern` skips where the space has a blocks budget."""
+    blocks :func:`skip_pattern` skips where the space has a blocks budget. Without a steps
+    budget (a latency budget alone), the most steps whose uniform schedule the space admits."""
+    from presso.spaces._steps import is_timestep
+
+    steps = [d for d, dim in enumerate(space.dims) if is_timestep(dim)]
+    limit = next((c.limit for c in space.constraints if c.metric == STEPS), None)
+    if limit is not None:
+        return _uniform(space, int(limit), solver)
+    for k in range(len(steps), 0, -1):
+        config = _uniform(space, k, solver)
+        if space.is_feasible(config):
+            return config
+    raise ValueError("no uniform schedule of one step or more meets the space's budget")
+
+
+def _uniform(space: SearchSpace, k: int, solver: str) -> Config:
+    """The uniform ``k``-step schedule of :func:`uniform_schedule`."""
     from presso.spaces._steps import SOLVER, is_timestep
 
-    limit = next((c.limit for c in space.constraints if c.metric == STEPS), None)
-    if limit is None:
-        raise ValueError("a schedule search needs a steps space with a steps budget")
     steps = [d for d, dim in enumerate(space.dims) if is_timestep(dim)]
-    k = int(limit)
     kept = {steps[(i * len(steps)) // k] for i in range(k)}
     if SOLVER in space.names:  # kept: DDIM; dropped: DPM-Solver (presso.spaces._steps)
         kept.add(space.names.index(SOLVER))

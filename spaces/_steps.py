@@ -120,6 +120,8 @@ class StepsKind(Kind):
     budget = BUDGET
     colorscale = [[0, "#dddddd"], [1, "#1f77b4"]]
     prefix = (PREFIX, "solver.")
+    # A plan carries its grid, so a backend can sample it without the experiment.
+    settings = {"candidates": "candidates"}
     space_fields = {
         BUDGET: (
             int | None,

@@ -124,7 +124,8 @@ class DiffusionEvaluator:
             scores = self._search(self.images(timesteps, n, request.sample_seed, solver, skips))
         except Exception as err:  # failure is data: the run goes on
             return Result(None, error=f"{type(err).__name__}: {err}")
-        metrics = {**scores, "images": float(n)}
+        # What the constraints measure (steps, latency_ms): objectives for Pareto fronts.
+        metrics = {**scores, **self.space.metrics(request.config), "images": float(n)}
         return Result(scores["fid"], metrics, seconds=time.perf_counter() - start)
 
     def heldout(self, config: Any) -> dict[str, float]:

@@ -80,11 +80,14 @@ def sample(
     """Images in [-1, 1] from ``noise`` ``[n, C, H, W]`` by ``solver`` over ``timesteps``
     (strictly descending training time steps), in batches of ``batch_size``; ``config``: the
     model's scheduler config; ``skips``: per step, the UNet blocks it skips (reusing their
-    output of the last step that ran them, see presso.diffusion._pipeline.BlockReuse)."""
+    output of the last step that ran them, see presso.diffusion._pipeline.BlockReuse). No
+    time steps at all give the noise back."""
     import torch
 
     from presso.diffusion._pipeline import BlockReuse
 
+    if not len(timesteps):  # a schedule of no steps (the cheapest point of a front): the noise
+        return noise.clone()
     scheduler = scheduler_for(config, timesteps, solver)
     reuse = BlockReuse(unet, skips)
     out = []
@@ -107,3 +110,16 @@ def seeded_noise(seed: int, n: int, shape: Sequence[int]) -> torch.Tensor:
 
     gen = torch.Generator().manual_seed(int(seed) % (2**63))
     return torch.randn((n, *shape), generator=gen)
+
+
+def plan_sampling(plan: Any, train_steps: int) -> tuple[list[int], str, dict[int, list[str]]]:
+    """How ``plan`` samples a model of ``train_steps`` training time steps: its schedule
+    (descending), solver, and per step the UNet blocks it skips. The candidate grid is the
+    plan's ``steps`` setting ``candidates`` (presso.spaces._steps; 100 when it has none)."""
+    from presso.spaces._skips import skips_of
+    from presso.spaces._steps import solver_of
+
+    candidates = int(plan.settings.get("steps", {}).get("candidates") or 100)
+    dropped = set(plan.dropped)
+    kept = [t for t in trailing_grid(train_steps, candidates) if f"timestep.{t}" not in dropped]
+    return kept, solver_of(plan.dropped), skips_of(plan.dropped)
