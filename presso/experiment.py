@@ -147,11 +147,14 @@ class Setup:
         latency = [c for c in constraints if c.metric == "latency_ms"]
         if latency and not latency[0].feasible(space, space.lowest()):
             lowest = latency[0].value(space, space.lowest())
+            dense = self.latency.dense_ms
             raise PressoError(
                 f"space: even the cheapest levels are predicted at {lowest:.3f} ms on "
                 f"{latency[0].label}, over the limit {latency[0].limit:.3f} ms (dense: "
-                f"{self.latency.dense_ms:.3f} ms): on this backend low levels are not "
-                "faster; raise the latency budget or choose another backend or workload"
+                f"{dense:.3f} ms): this space can run at most {dense / lowest:.2f}x faster; "
+                "raise the latency budget (a lower speedup), add a knob that saves more "
+                "(lower levels, or kind: joint with dropped blocks), or choose another "
+                "backend or workload"
             )
         if not space.is_feasible(space.lowest()):
             raise PressoError(f"space: no configuration meets {space.describe()}")

@@ -348,3 +348,19 @@ def test_a_joint_structured_and_depth_front_over_latency_is_timed_end_to_end(
     out = capsys.readouterr().out
     assert "held-out perplexity" in out and "measured ms" in out
     assert "measured end to end on torch" in out
+
+
+def test_an_unreachable_speedup_says_how_fast_the_space_can_run(write_experiment, capsys) -> None:  # noqa: ANN001
+    """A target beyond what the cheapest configuration is predicted to reach is one line,
+    before any search: the most this space can give, and what to change; no store is left."""
+    exp = tiny_experiment(
+        hardware={"backend": "torch", "workload": {"seq_len": 8}, "repeats": 3},
+        space={"kind": "depth", "mean_bits": None, "speedup": 1000},
+        baselines=["dp"],
+    )
+    path = write_experiment(exp)
+    assert main(["search", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "this space can run at most" in err and "kind: joint" in err
+    assert "Traceback" not in err
+    assert not (path.parent / "runs.db").exists()
