@@ -199,6 +199,18 @@ def profile_model(
             report.reused += 1
         else:
             pending.append((op_key, w, what))
+    # New layer timings are taken now; the structure probes (dense, blocks removed, the
+    # calibration model) are timed again with them. A prediction divides the dense model's
+    # time by the target: probes from another day (another load, another clock) against
+    # layers timed today put the target off by that drift.
+    fresh = {w.key for _, w, what in pending if isinstance(what, LinearOp)}
+    stale = [
+        (k, w, what)
+        for k, w, what in todo
+        if not isinstance(what, LinearOp) and w.key in fresh and (k, w, what) not in pending
+    ]
+    pending += stale
+    report.reused -= len(stale)
     ops_todo = [(k, w, what) for k, w, what in pending if isinstance(what, LinearOp)]
     models_todo = [(k, w, what) for k, w, what in pending if not isinstance(what, LinearOp)]
     items: Iterable = ops_todo

@@ -4,6 +4,7 @@ and latency inside a search — with real torch measurements on the tiny Llama."
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import numpy as np
 import pytest
@@ -57,6 +58,30 @@ def test_profile_fills_the_database_and_resumes(handle, profiled) -> None:  # no
     stored = db.measurements(fp, "torch", W.key)
     assert all(m.ok and m.median_ms > 0 and m.repeats >= 3 for m in stored)
     assert {m.op for m in stored} >= {f"{model_key(handle)}/dense"}
+
+
+def test_new_layer_timings_retime_the_structure_probes(handle, tmp_path) -> None:  # noqa: ANN001
+    """Levels added later (3 bits) are timed with the model's structure probes again, so the
+    dense time a speedup target divides is from the same session as the layers it sums."""
+    profiler = make_profiler("torch", threads=1, repeats=3, warmup=1)
+    db = ProfileDatabase(tmp_path / "p.sqlite")
+    profile_model(handle, profiler, db, [W], unit_ops(handle, [4], [0], 32))
+    dense = f"{model_key(handle)}/dense"
+
+    def created() -> float:
+        with sqlite3.connect(tmp_path / "p.sqlite") as con:
+            sql = "SELECT created FROM measurements WHERE op = ?"
+            return con.execute(sql, (dense,)).fetchone()[0]
+
+    first = created()
+    same = profile_model(handle, profiler, db, [W], unit_ops(handle, [4], [0], 32))
+    assert same.measured == 0 and created() == first
+    more = profile_model(handle, profiler, db, [W], unit_ops(handle, [3, 4], [0], 32))
+    shapes = {u.shape for u in handle.units}
+    # Every probe again: dense, a block removed, attention and MLP removed, and the model at
+    # the new lowest width (3 bits), which now calibrates the layer timings.
+    assert more.measured == len(shapes) + 5 and not more.failed
+    assert created() > first
 
 
 def test_failed_measurements_are_stored_not_raised(handle, profiled) -> None:  # noqa: ANN001
