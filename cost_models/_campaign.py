@@ -204,10 +204,11 @@ def profile_model(
     # time by the target: probes from another day (another load, another clock) against
     # layers timed today put the target off by that drift.
     fresh = {w.key for _, w, what in pending if isinstance(what, LinearOp)}
+    missing = {(k, w.key) for k, w, _ in pending}
     stale = [
         (k, w, what)
         for k, w, what in todo
-        if not isinstance(what, LinearOp) and w.key in fresh and (k, w, what) not in pending
+        if not isinstance(what, LinearOp) and w.key in fresh and (k, w.key) not in missing
     ]
     pending += stale
     report.reused -= len(stale)

@@ -28,7 +28,7 @@ from presso.store import (
     sqlite_read_only,
     storage_url,
 )
-from presso.summary import RunSummary, unit_columns
+from presso.summary import MEASURED, RunSummary, unit_columns
 from presso.summary import json_safe as json_safe  # the page's JSON, as --json writes it
 
 #: Trial states presso writes (it adds finished trials only); anything else is still running.
@@ -406,10 +406,6 @@ def meta_json(attrs: dict[str, Any], run: str = "") -> dict[str, Any]:
         "fitness": summary.fitness,
         "labels": summary.labels,
     }
-
-
-#: End-to-end timings of a chosen candidate or front point (see presso.run).
-MEASURED = ("measured_ms", "measured_speedup")
 
 
 def finals_json(summary: RunSummary) -> list[dict[str, Any]]:

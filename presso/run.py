@@ -216,8 +216,6 @@ def _check_latency(setup: Setup, winners: dict[str, Any], echo: Printer) -> dict
     """Under a latency budget, every chosen candidate built on the backend and timed end to
     end beside the dense model: the budget was met on the cost model's prediction, the user
     asked for a measured speedup. None without a latency budget."""
-    from presso.cost_models._campaign import time_end_to_end
-
     space = setup.space
     budget = [c for c in space.constraints if c.metric == "latency_ms"]
     if not budget:
@@ -225,9 +223,7 @@ def _check_latency(setup: Setup, winners: dict[str, Any], echo: Printer) -> dict
     hw = setup.experiment.hardware
     echo(f"timing the chosen candidates end to end on {hw.backend} {setup.workload.key} ...")
     plans = {phase: space.plan(config) for phase, (_, config) in winners.items()}
-    dense = setup.latency.dense_plan() if setup.diffusion else None
-    measured = time_end_to_end(setup.handle, setup.profiler, setup.workload, plans, dense)
-    dense = measured.pop("dense")
+    dense, measured = _time_beside_dense(setup, plans)
     sp = setup.experiment.space
     return {
         "backend": hw.backend,
@@ -240,12 +236,23 @@ def _check_latency(setup: Setup, winners: dict[str, Any], echo: Printer) -> dict
     }
 
 
+def _time_beside_dense(
+    setup: Setup, plans: dict[str, Any]
+) -> tuple[float | None, dict[str, float | None]]:
+    """``plans`` built on the experiment's backend and timed end to end, round-robin beside
+    the dense model (for a diffusion model, DDIM over every candidate step): the dense ms and
+    each plan's (None where it failed)."""
+    from presso.cost_models._campaign import time_end_to_end
+
+    dense = setup.latency.dense_plan() if setup.diffusion else None
+    measured = time_end_to_end(setup.handle, setup.profiler, setup.workload, plans, dense)
+    return measured.pop("dense"), measured
+
+
 def _measure_front(setup: Setup, pareto: dict[str, Any], echo: Printer) -> None:
     """A front over predicted latency, its held-out points built on the backend and timed end
     to end beside the dense model (into each held-out entry: ``measured_ms``,
     ``measured_speedup``; the front: ``dense_ms``), so the trade-off shown is a measured one."""
-    from presso.cost_models._campaign import time_end_to_end
-
     space = setup.space
     points = {
         str(h["index"]): space.from_dict(dict(zip(space.names, pareto["levels"][h["index"]])))
@@ -255,11 +262,8 @@ def _measure_front(setup: Setup, pareto: dict[str, Any], echo: Printer) -> None:
         return
     hw = setup.experiment.hardware
     echo(f"timing {len(points)} points of the front end to end on {hw.backend} ...")
-    plans = {i: space.plan(config) for i, config in points.items()}
-    measured = time_end_to_end(setup.handle, setup.profiler, setup.workload, plans)
-    dense = measured.pop("dense")
+    dense, measured = _time_beside_dense(setup, {i: space.plan(c) for i, c in points.items()})
     pareto["dense_ms"] = dense
-    pareto["workload"] = setup.workload.key
     for h in pareto["heldout"]:
         ms = measured.get(str(h["index"]))
         if ms is not None and dense:

@@ -62,9 +62,10 @@ class Front:
         return {o.metric: o.minimised(v) for o, v in zip(parsed, self.points[i])}
 
 
-#: A front point's end-to-end timing, stored beside its held-out metrics.
-_MEASURED = ("measured_ms", "measured_speedup")
-_NOT_HELDOUT = ("index", *_MEASURED)
+#: A chosen candidate's or front point's end-to-end timing (see presso.run), stored beside
+#: its held-out metrics.
+MEASURED = ("measured_ms", "measured_speedup")
+_NOT_HELDOUT = ("index", *MEASURED)
 
 
 @dataclass
@@ -131,7 +132,7 @@ class RunSummary:
                 reference=pareto.get("reference"),
                 hypervolume=pareto.get("hypervolume"),
                 measured={
-                    h["index"]: {k: h[k] for k in _MEASURED if k in h}
+                    h["index"]: {k: h[k] for k in MEASURED if k in h}
                     for h in pareto.get("heldout") or []
                     if "measured_ms" in h
                 },
