@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from presso.errors import shown
 from presso.evaluation import default_objectives
 from presso.pareto import crowding_distance, non_dominated, non_dominated_sort
 from presso.search._base import (
@@ -90,12 +91,6 @@ class NSGA2(Strategy):
         start: str = "random",
     ) -> None:
         super().__init__(space, seed=seed, context=context)
-        require(
-            start in self.starts, "start", f"must be one of {', '.join(self.starts)}, got {start!r}"
-        )
-        if start == "dp" and self.context.sensitivity is None:
-            raise ValueError("start: dp needs the per-unit sensitivity table")
-        self.start = start
         self.check_values(
             dict(
                 population=population,
@@ -103,8 +98,12 @@ class NSGA2(Strategy):
                 tokens=tokens,
                 crossover_prob=crossover_prob,
                 mutation_prob=mutation_prob,
+                start=start,
             )
         )
+        if start == "dp" and self.context.sensitivity is None:
+            raise ValueError("start: dp needs the per-unit sensitivity table")
+        self.start = start
         self.population, self.generations, self.tokens = population, generations, tokens
         self.objectives = Objectives(objectives or default_objectives(space.constraints))
         self._cost = _cost_constraint(space, self.objectives) if start == "dp" else None
@@ -173,6 +172,16 @@ class NSGA2(Strategy):
             return []
         mask = non_dominated(np.stack([v for _, v in usable]))
         return [m for m, keep in zip(usable, mask) if keep]
+
+    @classmethod
+    def check_values(cls, options: dict[str, Any]) -> None:
+        super().check_values(options)
+        start = options["start"]
+        require(
+            start in cls.starts,
+            "start",
+            f"must be one of {', '.join(cls.starts)}, got {shown(start)}",
+        )
 
     @classmethod
     def needs(cls, options: dict[str, Any]) -> frozenset[str]:

@@ -176,11 +176,21 @@ def test_nsga2_results_without_the_objectives_leave_no_best() -> None:
 
 
 @pytest.mark.parametrize(
-    "options", [{"population": 1}, {"generations": 0}, {"tokens": 0}, {"crossover_prob": 2.0}]
+    "options",
+    [
+        {"population": 1},
+        {"generations": 0},
+        {"tokens": 0},
+        {"crossover_prob": 2.0},
+        {"start": "bogus"},
+    ],
 )
 def test_nsga2_refuses_bad_options(options: dict) -> None:
     with pytest.raises(ValueError):
         NSGA2(make_space(), **options)
+    # The experiment file's options are checked the same way, before any model is loaded.
+    with pytest.raises(ValueError, match=next(iter(options))):
+        NSGA2.check_options(options)
 
 
 # ---------------------------------------------------------------- objectives and survival
