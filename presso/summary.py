@@ -360,20 +360,21 @@ def pareto_lines(summary: RunSummary) -> list[str]:
     objectives = front.objectives
     metric = summary.heldout_metric
     heading = f"held-out {_name(metric)}"
+    width = len(heading) + 2  # "held-out cosine distance" is wider than the objectives' 16
     timed = bool(front.measured)
     lines = [
         "",
         f"Pareto front over {', '.join(objectives)}: {len(front)} points",
         f"{'candidate':<11}"
         + "".join(f"{o:>16}" for o in objectives)
-        + f"{heading:>22}"
+        + f"{heading:>{width}}"
         + (f"{'measured ms':>13}{'speedup':>9}" if timed else ""),
     ]
     for i, point in enumerate(front.points):
         value = front.heldout.get(i, {}).get(metric)
         cells = "".join(f"{v:>16.5f}" for v in point)
         line = f"{f'pareto:{i}':<11}{cells}" + (
-            f"{value:>22.5g}" if value is not None else f"{'-':>22}"
+            f"{value:>{width}.5g}" if value is not None else f"{'-':>{width}}"
         )
         if timed:
             m = front.measured.get(i)
