@@ -388,11 +388,17 @@ def _separator_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A hash that tells tokenizers apart: name, class, vocabulary size, ids of a probe string."""
+    """A hash that tells tokenizers apart by content: class, vocabulary, ids of a probe string.
+
+    Not by ``name_or_path``: for a packaged or local model that is an absolute path, so the
+    same tokenizer in a second checkout or venv would miss every cache keyed on it."""
     probe_ids = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    vocab = hashlib.sha256()
+    for token, index in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
+        vocab.update(f"{index}\t{token}\n".encode())
     return digest(
         {
-            "name": str(tokenizer.name_or_path),
+            "vocabulary": vocab.hexdigest()[:16],
             "class": type(tokenizer).__name__,
             "vocab": [len(tokenizer), tokenizer.vocab_size],
             "probe": list(probe_ids),

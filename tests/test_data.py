@@ -301,6 +301,22 @@ def test_tokenizer_identity_tells_tokenizers_apart(tokenizer) -> None:
     other = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
     assert tokenizer_identity(tokenizer) == tokenizer_identity(tokenizer)
     assert tokenizer_identity(other) != tokenizer_identity(tokenizer)
+    # One token renamed, same size and probe ids: still a different tokenizer.
+    renamed = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "earth": 2}, unk_token="[UNK]"))
+    renamed.pre_tokenizer = pre_tokenizers.Whitespace()
+    third = PreTrainedTokenizerFast(tokenizer_object=renamed, unk_token="[UNK]")
+    assert tokenizer_identity(third) != tokenizer_identity(other)
+
+
+def test_tokenizer_identity_does_not_depend_on_where_it_was_loaded_from(tokenizer, tmp_path):
+    """A copy of the tokenizer in another folder (a second checkout, another venv) has the same
+    identity, so the caches keyed on it are found again."""
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path / "copy")
+    copy = AutoTokenizer.from_pretrained(tmp_path / "copy")
+    assert copy.name_or_path != tokenizer.name_or_path
+    assert tokenizer_identity(copy) == tokenizer_identity(tokenizer)
 
 
 def test_corpus_digest_sees_document_boundaries() -> None:

@@ -126,6 +126,20 @@ def test_channels_in_chunks_cost_what_one_at_a_time_costs(monkeypatch):
         assert len(set(a.kept.tolist()) & set(b.kept.tolist())) >= 0.8 * b.kept.numel()
 
 
+def test_a_chunked_level_does_not_depend_on_the_levels_built_beside_it():
+    """A level inside a chunk is branched off the level-independent schedule, so asking for
+    more levels in the same pass leaves its weights bit for bit as they were."""
+    w = torch.randn(16, 384, generator=torch.Generator().manual_seed(3))
+    h = _hessian(_correlated(1024, 384, seed=4) + 0.1 * _correlated(1024, 384, seed=5))
+    (alone,) = obs_prune_channels(w, h, [200])
+    with_others = obs_prune_channels(w, h, [381, 300, 203, 200, 150])
+    assert torch.equal(with_others[3].weight, alone.weight)
+    assert torch.equal(with_others[3].kept, alone.kept)
+    assert with_others[3].error == alone.error
+    kept = [set(r.kept.tolist()) for r in with_others]
+    assert all(a >= b for a, b in zip(kept, kept[1:]))  # still nested
+
+
 def test_levels_in_any_order_are_prefixes_of_one_greedy_order():
     w = torch.randn(8, 20, generator=torch.Generator().manual_seed(5))
     h = _hessian(_correlated(100, 20, seed=6))

@@ -276,39 +276,56 @@ def _greedy_columns(
     of the kept columns, and the predicted error exact; only the choice is coarser than
     ZipLM's one-at-a-time greedy, and identical below 128 alive columns). ``w`` float64
     ``[out, in]``, ``hinv`` its damped inverse Hessian; both are compacted to the alive
-    columns as they go (ten times fewer passes on SmolLM2's 1536 channels)."""
+    columns as they go (ten times fewer passes on SmolLM2's 1536 channels).
+
+    The chunk schedule depends on the alive count only; a level that falls inside a chunk is
+    branched off the state before it by a partial step. So a level's weights are the same
+    whichever other levels are built in the same pass (stopping the schedule at each level,
+    as version 2 did, made a level depend on its neighbours)."""
     in_features = w.shape[1]
     alive = torch.arange(in_features, device=w.device)
     snapshots: dict[int, StructuredWeight] = {}
     error = 0.0
-
-    def snapshot() -> None:
-        snapshots[alive.numel()] = StructuredWeight(
+    if in_features in wanted:
+        snapshots[in_features] = StructuredWeight(
             w.to(torch.float32).contiguous(), alive.clone(), 1, in_features, error
         )
-
-    if in_features in wanted:
-        snapshot()
-    while alive.numel() > min(wanted):
+    lowest = min(wanted)
+    while alive.numel() > lowest:
         n = alive.numel()
-        target = max(level for level in wanted if level < n)  # never step past a level
-        k = min(max(1, int(n * CHUNK)), n - target)
+        k = min(max(1, int(n * CHUNK)), n - lowest)
         errors = 0.5 * w.pow(2).sum(dim=0) / torch.diagonal(hinv)
-        gone = torch.topk(errors, k, largest=False).indices
-        mask = torch.ones(n, dtype=torch.bool, device=w.device)
-        mask[gone] = False
-        keep = mask.nonzero().reshape(-1)
-        # The joint update of the removed set S: W_S (Hi_SS)⁻¹ moves onto the kept columns.
-        lower = torch.linalg.cholesky(hinv[gone[:, None], gone[None, :]])
-        solved = torch.cholesky_solve(w[:, gone].T, lower)  # (Hi_SS)⁻¹ W_Sᵀ, [k, out]
-        error += 0.5 * float((w[:, gone].T * solved).sum())
-        cross = hinv[gone[:, None], keep[None, :]]  # Hi_S,kept [k, A-k]
-        w = w[:, keep] - solved.T @ cross
-        hinv = hinv[keep[:, None], keep[None, :]] - cross.T @ torch.cholesky_solve(cross, lower)
-        alive = alive[keep]
+        order = torch.argsort(errors, stable=True)
+        for level in sorted((lv for lv in wanted if n - k < lv < n), reverse=True):
+            bw, _, balive, berror = _remove_columns(w, hinv, alive, order[: n - level])
+            snapshots[level] = StructuredWeight(
+                bw.to(torch.float32).contiguous(), balive, 1, in_features, error + berror
+            )
+        w, hinv, alive, step_error = _remove_columns(w, hinv, alive, order[:k])
+        error += step_error
         if alive.numel() in wanted:
-            snapshot()
+            snapshots[alive.numel()] = StructuredWeight(
+                w.to(torch.float32).contiguous(), alive.clone(), 1, in_features, error
+            )
     return snapshots
+
+
+def _remove_columns(
+    w: torch.Tensor, hinv: torch.Tensor, alive: torch.Tensor, gone: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Remove columns ``gone`` (positions among the alive ones) with their joint OBS update:
+    ``W_S (Hi_SS)⁻¹`` moves onto the kept columns. Returns the compacted ``w``, ``hinv``,
+    ``alive`` and the error the removal adds; the inputs are not modified."""
+    mask = torch.ones(alive.numel(), dtype=torch.bool, device=w.device)
+    mask[gone] = False
+    keep = mask.nonzero().reshape(-1)
+    lower = torch.linalg.cholesky(hinv[gone[:, None], gone[None, :]])
+    solved = torch.cholesky_solve(w[:, gone].T, lower)  # (Hi_SS)⁻¹ W_Sᵀ, [k, out]
+    error = 0.5 * float((w[:, gone].T * solved).sum())
+    cross = hinv[gone[:, None], keep[None, :]]  # Hi_S,kept [k, A-k]
+    w = w[:, keep] - solved.T @ cross
+    hinv = hinv[keep[:, None], keep[None, :]] - cross.T @ torch.cholesky_solve(cross, lower)
+    return w, hinv, alive[keep], error
 
 
 def _check_weight_dims(weight: torch.Tensor) -> int:

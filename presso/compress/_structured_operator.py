@@ -29,7 +29,9 @@ class ZipLMOperator(Operator):
     name = "ziplm"
     kind = "structured"
     needs_hessian = True
-    version = 2  # 2: FFN channels removed in chunks (presso.compress._structured.CHUNK)
+    # 2: FFN channels removed in chunks (presso.compress._structured.CHUNK); 3: a level's chunk
+    # schedule no longer depends on the other levels built beside it.
+    version = 3
 
     def __init__(self, *, damp: float = 0.01, structure: Structure | None = None) -> None:
         if not 0 < damp < 1:
