@@ -92,22 +92,22 @@ def structure_probes(
     handle: Any,
     sublayers: bool,
     low: tuple[int, int | None] | None = None,
-    structured: int | None = None,
+    structured: Sequence[int] = (),
 ) -> dict[str, Plan]:
     """The assembled models whose end-to-end times give the structure: dense; a quarter, half
     and three quarters of the inner blocks removed; half the attentions, half the MLPs; and,
     with ``low = (bits, group_size)``, every unit at ``bits`` (the in-model calibration of
     the layer timings, see :class:`presso.cost_models.CandidateLatency`); with
-    ``structured``, every attention and FFN at that percent kept (the same calibration, for a
-    model whose levels are shapes)."""
+    ``structured``, every attention and FFN at each of those percents kept (the same
+    calibration, for a model whose levels are shapes)."""
     inner = handle.block_names()[1:-1]  # the first and last blocks are never dropped
     probes = {"dense": levels_plan()}
     if low is not None:
         bits, group = low
         units = {u.name: (bits, 0) for u in handle.units}
         probes[uniform_probe(bits, group)] = levels_plan(units, group_size=group)
-    if structured is not None:
-        probes[structured_probe(structured)] = uniform_structured(handle, structured)
+    for percent in sorted(set(structured)):
+        probes[structured_probe(percent)] = uniform_structured(handle, percent)
     for k in sorted({max(1, len(inner) * q // 4) for q in (1, 2, 3)}):
         probes[f"drop-blocks-{k}"] = levels_plan(dropped=_spread(inner, k))
     if sublayers:
@@ -172,11 +172,11 @@ def profile_model(
     ops: Sequence[LinearOp],
     *,
     progress: Progress | None = None,
-    structured: int | None = None,
+    structured: Sequence[int] = (),
 ) -> ProfileReport:
     """Measure what the database lacks for ``ops`` and the model's structure under each
-    workload (``structured``: the lowest structured level, whose uniform model calibrates
-    the layer timings when no bit width does)."""
+    workload (``structured``: the structured levels below 100 %, whose uniform models
+    calibrate the layer timings when no bit width does)."""
     import time
 
     start = time.perf_counter()
@@ -189,7 +189,7 @@ def profile_model(
             todo.append((op.key, w, op))
         low = calibration_level(ops)
         probes = structure_probes(
-            handle, has_sublayers(handle), low, structured if low is None else None
+            handle, has_sublayers(handle), low, structured if low is None else ()
         )
         for name, plan in probes.items():
             todo.append((f"{key}/{name}", w, plan))
@@ -340,17 +340,17 @@ def latency_model(
         units.append(
             UnitSlot(u.name, u.shape, u.block, part if part in ("self_attn", "mlp") else "")
         )
-    calibration: tuple[Any, float] | None = None
+    calibration: tuple[int, float] | None = None
     for bits in range(2, 9):  # the lowest uniform model measured with this group size
         m = db.get(fp, profiler.name, f"{key}/{uniform_probe(bits, group_size)}", workload.key)
         if m is not None and m.ok:
             calibration = (bits, m.median_ms)
             break
+    structured: list[tuple[Plan, float]] = []
     for percent in range(1, 100) if calibration is None else ():
         m = db.get(fp, profiler.name, f"{key}/{structured_probe(percent)}", workload.key)
-        if m is not None and m.ok:  # the lowest structured level measured
-            calibration = (uniform_structured(handle, percent), m.median_ms)
-            break
+        if m is not None and m.ok:  # every uniform structured level measured
+            structured.append((uniform_structured(handle, percent), m.median_ms))
     ops = make_cost_model(cost_model).fit(measurements)
     fallback = None
     if isinstance(ops, LookupTable):
@@ -368,6 +368,7 @@ def latency_model(
         fallback=fallback,
         calibration=calibration,
         structures=_structures(handle),
+        structured_calibration=structured,
     )
 
 

@@ -157,3 +157,54 @@ def test_structure_is_a_line_through_the_removal_probes() -> None:
     # One noisy probe moves the per-block cost by a third of its error, not all of it.
     noisy = Structure.fit(30.0, {5: 20.0, 10: 10.0, 15: 3.0})
     assert abs(noisy.block_ms - 2.0) < abs((30.0 - 3.0) / 15 - 2.0)
+
+
+def test_structured_calibration_fits_the_factor_and_how_overheads_shrink() -> None:
+    """In the model a pruned layer saves 0.7x what it saves timed alone, and the sublayers'
+    overheads (norms, rotary, each op's call) stay whole as heads and channels go: fitted to
+    the uniform structured models, the prediction of a mixed candidate is right too. The
+    earlier fit (α from one probe's unit savings, overheads in proportion) missed this."""
+    from presso.cost_models._campaign import (
+        random_structured,
+        structured_shapes,
+        uniform_structured,
+    )
+    from presso.models import load_model
+    from presso.structures import model_structures
+
+    handle = load_model("tiny-llama")
+    shapes = structured_shapes(handle, [75, 50, 25]) | {u.shape for u in handle.units}
+    # A layer's time: a fixed part and a part in proportion to its weights.
+    table = LookupTable().fit([_m(LinearOp(n, k), 0.02 + n * k / 4e4) for n, k in shapes])
+    prefix = handle.blocks_prefix + "."
+    units = [
+        UnitSlot(u.name, u.shape, u.block, u.name[len(prefix) :].split(".")[1])
+        for u in handle.units
+    ]
+    one_block = [u for u in units if u.block == 0]
+    attn = sum(
+        table.predict([LinearOp(*u.shape)], W)[0] for u in one_block if u.part == "self_attn"
+    )
+    mlp = sum(table.predict([LinearOp(*u.shape)], W)[0] for u in one_block if u.part == "mlp")
+    n = len(handle.block_names())
+    structure = Structure(0.1 + n * (attn + mlp + 0.12), attn + mlp + 0.12, attn + 0.05, mlp + 0.05)
+
+    def model(**kw) -> CandidateLatency:  # noqa: ANN003
+        return CandidateLatency(
+            table, units, handle.block_names(), structure, W, group_size=None,
+            structures=model_structures(handle), **kw)  # fmt: skip
+
+    truth = model()
+    truth.overhead_scaling = 0.0
+    truth._set_scale(0.7)  # noqa: SLF001
+    probes = [(uniform_structured(handle, p), truth.predict(uniform_structured(handle, p)))
+              for p in (75, 50, 25)]  # fmt: skip
+    fitted = model(structured_calibration=probes)
+    assert fitted.overhead_scaling == 0.0
+    assert fitted.scale == pytest.approx(0.7, rel=1e-4)
+    mixed = random_structured(handle, np.random.default_rng(0), [100, 75, 50, 25])
+    assert fitted.predict(mixed) == pytest.approx(truth.predict(mixed), rel=1e-4)
+    assert fitted.predict(levels_plan()) == pytest.approx(structure.dense_ms)
+    # A probe slower than dense says nothing believable: α stays 1.
+    slow = model(structured_calibration=[(probes[0][0], structure.dense_ms * 1.1)])
+    assert slow.scale == 1.0

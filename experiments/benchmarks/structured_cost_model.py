@@ -62,7 +62,7 @@ def main() -> None:
     pruned = [p for p in args.levels if p < 100]
     start = time.perf_counter()
     ops = unit_ops(handle, [], [0], None, structured=pruned)
-    report = profile_model(handle, profiler, db, [workload], ops, structured=min(pruned))
+    report = profile_model(handle, profiler, db, [workload], ops, structured=pruned)
     profile_s = time.perf_counter() - start
     print(f"== {args.model} on {args.backend} at {workload.key}, {args.threads} thread(s) ==")
     print(
