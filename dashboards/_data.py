@@ -393,6 +393,11 @@ def meta_json(attrs: dict[str, Any], run: str = "") -> dict[str, Any]:
         "status": summary.status,
         "experiment": summary.experiment,
         "level_values": {kind: sorted(v) for kind, v in values.items()},
+        # Per unit, level value -> what it keeps (heads and FFN widths), where values say less.
+        "level_names": [
+            {f"{v:g}": n for v, n in zip(levels, names) if n is not None}
+            for levels, names in zip(summary.space_levels, summary.level_names)
+        ],
         "units": summary.units,
         "kinds": summary.kinds,
         # How the page names and colours each kind's levels, and which metrics are budgets.

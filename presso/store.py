@@ -332,6 +332,9 @@ class ResultsStore:
         study.set_user_attr("kinds", [d.kind for d in space.dims])
         study.set_user_attr("targets", [d.target for d in space.dims])
         study.set_user_attr("levels", [list(d.levels) for d in space.dims])
+        names = [[d.level_name(i) for i in range(len(d.levels))] for d in space.dims]
+        if any(n is not None for row in names for n in row):  # e.g. heads and FFN widths
+            study.set_user_attr("level_names", names)
         study.set_user_attr("status", "running")
         return study
 

@@ -77,6 +77,8 @@ class RunSummary:
     units / kinds / targets / space_levels: the search dimensions (``model.layers.0.mlp.up_proj``
         or ``...:bits`` in a joint space), their knob kind, the module each acts on, and the
         values each may take.
+    level_names: per dimension, what each of its levels keeps in the model's terms (``6/9
+        heads (2/3 KV)``), None where the value says it; empty when no dimension has names.
     """
 
     run: str
@@ -86,6 +88,7 @@ class RunSummary:
     kinds: list[str]
     targets: list[str]
     space_levels: list[list[float]]
+    level_names: list[list[str | None]] = field(default_factory=list)
     fitness: str = "kl"
     finished: bool = False
     candidates: dict[str, Candidate] = field(default_factory=dict)
@@ -146,6 +149,7 @@ class RunSummary:
             kinds=list(attrs.get("kinds") or ["bits"] * len(units)),
             targets=list(attrs.get("targets") or [u.split(":")[0] for u in units]),
             space_levels=[list(lv) for lv in attrs.get("levels") or []],
+            level_names=[list(n) for n in attrs.get("level_names") or []],
             fitness=s.get("fitness") or _fitness_of(s),
             finished=bool(s),
             candidates=candidates,

@@ -58,6 +58,11 @@ class Dimension:
         if not self.target:
             object.__setattr__(self, "target", self.name)
 
+    def level_name(self, index: int) -> str | None:
+        """What level ``index`` keeps, in the model's own terms, where a percent or a bit
+        width does not say it (``6/9 heads (2/3 KV)``); None: the level value says it."""
+        return None
+
 
 def unit_dims(
     units: Sequence[tuple[str, tuple[int, int]]],

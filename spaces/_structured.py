@@ -63,6 +63,11 @@ class StructureDimension(Dimension):
     structures: int = 1
     #: Every unit whose weights the structures span (consumer, producers, k/v).
     members: tuple[str, ...] = ()
+    #: What each level keeps (``6/9 heads (2/3 KV)``, ``768/1536``), for the views.
+    names: tuple[str, ...] = ()
+
+    def level_name(self, index: int) -> str | None:
+        return self.names[index] if self.names else None
 
     def kept_params(self, index: int) -> int:
         """Weights kept at level index ``index`` (exact: every structure holds as many)."""
@@ -114,10 +119,12 @@ def structured_dims(
     *,
     suffix: str = "",
     members: Sequence[tuple[str, ...]] = (),
+    describe: Sequence[Callable[[int], str]] = (),
 ) -> list[StructureDimension]:
     """One dimension per ``(consumer unit, structures, weights)``, levels ascending (cheapest
     first), with the full level (100) always among them; ``members``: per structure, the units
-    its weights are in (for the size and parameter budgets)."""
+    its weights are in (for the size and parameter budgets); ``describe``: per structure, what
+    a level keeps (:meth:`presso.structures.Structure.describe`)."""
     ordered = tuple(sorted({*(int(p) for p in levels), ALL}))
     return [
         StructureDimension(
@@ -129,6 +136,7 @@ def structured_dims(
             target=name,
             structures=count,
             members=tuple(members[i]) if members else (name,),
+            names=tuple(describe[i](p) for p in ordered) if describe else (),
         )
         for i, (name, count, params) in enumerate(structures)
     ]
@@ -178,6 +186,7 @@ class StructuredKind(Kind):
             setup.experiment.structured.levels,
             suffix=suffix,
             members=[(s.consumer, *s.producers, *s.kv) for s in mine],
+            describe=[s.describe for s in mine],
         )
         return list(dims)
 

@@ -709,3 +709,36 @@ def test_import_presso_cli_stays_light() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])
+def test_a_structured_run_shows_heads_and_widths_kept(
+    browser: Any, tmp_path: Path, presso_cache: Path, model: str
+) -> None:
+    """A structured configuration's heatmap names what each attention and FFN keeps (heads,
+    KV groups under GQA, FFN channels out of the model's), for a causal LM and an encoder."""
+    from presso.models import load_model
+    from presso.structures import model_structures
+
+    path = tmp_path / "s.db"
+    exp_path = tmp_path / "s.yaml"
+    exp = tiny_experiment(
+        name="st",
+        model=model,
+        structured={"levels": [100, 75, 50, 25], "calibration": 4},
+        space={"kind": "structured", "kept_params": 60},
+    )
+    exp_path.write_text(yaml.safe_dump({"store": str(path), **exp}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["search", str(exp_path), "--quiet"]) == 0
+    records = stored(path, "st")
+    n = max(range(len(records)), key=lambda i: len(set(records[i].levels)))  # the most mixed
+    structures = {s.consumer: s for s in model_structures(load_model(model))}
+    targets = ResultsStore(str(path)).open("st").user_attrs["targets"]
+    expected = [structures[t].describe(v) for t, v in zip(targets, records[n].levels)]
+    assert all("/" in e for e in expected) and len(set(expected)) > 1  # counts, not percents
+    with serving(path) as url, page_at(browser, url + f"#/run/0/st?sel={n}") as page:
+        page.wait_for_selector("#config-title", timeout=WAIT_MS)
+        heat = page.evaluate("document.getElementById('heatmap-structured').data[0]")
+        cells = [t for row in heat["text"] for t in row if t]
+        assert sorted(cells) == sorted(expected)

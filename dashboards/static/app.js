@@ -852,10 +852,14 @@
     const idx = meta.kinds.map((k, i) => (k === kind ? i : -1)).filter((i) => i >= 0);
     const sums = g.rows.map(() => g.cols.map(() => 0));
     const counts = g.rows.map(() => g.cols.map(() => 0));
+    // What a cell's one unit keeps in the model's terms (heads, FFN width), where the run
+    // names its levels; a cell averaging several units shows the mean value instead.
+    const named = g.rows.map(() => g.cols.map(() => null));
     for (const i of idx) {
       const [r, c] = g.cells[i];
       sums[r][c] += levels[i];
       counts[r][c] += 1;
+      named[r][c] = ((meta.level_names || [])[i] || {})[String(levels[i])] || null;
     }
     const usedCols = g.cols.map((_, c) => counts.some((row) => row[c] > 0));
     const cols = g.cols.filter((_, c) => usedCols[c]);
@@ -879,7 +883,11 @@
     Plotly.react(heat, [{
       type: "heatmap", z: z.map((row) => row.map(position)), x: cols.map(esc), y: rows.map(esc), colorscale: scale,
       zmin: 0, zmax: Math.max(1, levelsOfKind.length - 1), customdata: z,
-      text: z.map((row) => row.map((v) => (v == null ? "" : fmt(v, 3)))), texttemplate: "%{text}",
+      text: z.map((row, r) => row.map((v, j) => {
+        if (v == null) return "";
+        const c = g.cols.indexOf(cols[j]);
+        return counts[r][c] === 1 && named[r][c] ? esc(named[r][c]) : fmt(v, 3);
+      })), texttemplate: "%{text}",
       hovertemplate: "%{y}, %{x}: %{text}<extra></extra>", xgap: 2, ygap: 2,
       colorbar: { title: { text: esc(kindLabel(meta, kind)) }, thickness: 12,
         tickvals: levelsOfKind.map((_, k) => k), ticktext: levelsOfKind.map((v) => fmt(v, 3)) },
