@@ -57,8 +57,8 @@ def unit_ops(
     structured: Sequence[int] = (),
 ) -> list[LinearOp]:
     """Each distinct linear shape of the model at each level (bits × sparsity), dense included;
-    and, dense, each smaller shape a ``structured`` level (percent of heads / FFN channels
-    kept) gives a unit."""
+    and, dense and at each bit width, each smaller shape a ``structured`` level (percent of
+    heads / FFN channels kept) gives a unit."""
     shapes = sorted({u.shape for u in handle.units})
     ops = []
     for out, inp in shapes:
@@ -66,7 +66,9 @@ def unit_ops(
             for s in sorted(set(sparsity) | {0}):
                 ops.append(LinearOp(out, inp, b, s, group_size if b < DENSE_BITS else None))
     smaller = sorted(structured_shapes(handle, structured) - set(shapes))
-    ops += [LinearOp(out, inp, DENSE_BITS, 0, None) for out, inp in smaller]
+    for out, inp in smaller:  # pruned units run dense or at their bits (not sparse)
+        for b in sorted(set(bits) | {DENSE_BITS}):
+            ops.append(LinearOp(out, inp, b, 0, group_size if b < DENSE_BITS else None))
     return ops
 
 
@@ -188,9 +190,7 @@ def profile_model(
         for op in ops:
             todo.append((op.key, w, op))
         low = calibration_level(ops)
-        probes = structure_probes(
-            handle, has_sublayers(handle), low, structured if low is None else ()
-        )
+        probes = structure_probes(handle, has_sublayers(handle), low, structured)
         for name, plan in probes.items():
             todo.append((f"{key}/{name}", w, plan))
     pending = []
@@ -347,7 +347,7 @@ def latency_model(
             calibration = (bits, m.median_ms)
             break
     structured: list[tuple[Plan, float]] = []
-    for percent in range(1, 100) if calibration is None else ():
+    for percent in range(1, 100):
         m = db.get(fp, profiler.name, f"{key}/{structured_probe(percent)}", workload.key)
         if m is not None and m.ok:  # every uniform structured level measured
             structured.append((uniform_structured(handle, percent), m.median_ms))

@@ -33,7 +33,7 @@ import numpy as np
 
 from presso.cost_models._base import CostModel
 from presso.errors import PressoError
-from presso.profilers._base import DENSE_BITS, LinearOp, Workload
+from presso.profilers._base import DENSE_BITS, LinearOp, Workload, levels_plan
 from presso.runtimes._base import unit_levels
 
 if TYPE_CHECKING:
@@ -117,10 +117,15 @@ class CandidateLatency:
         self._cache: dict[tuple, float] = {}
         self.overhead_scaling = 1.0
         self._set_scale(1.0)
-        if calibration is not None:
+        probes = list(structured_calibration)
+        if calibration is not None and probes:  # bits and shapes: one fit to every probe
+            bits, ms = calibration
+            uniform = levels_plan({u.name: (bits, 0) for u in self.units}, group_size=group_size)
+            probes.append((uniform, ms))
+        elif calibration is not None:
             self._set_scale(self._fit_scale(*calibration))
-        elif structured_calibration:  # a structured model: its levels are smaller shapes
-            self._set_scale(self._fit_structured_scale(structured_calibration))
+        if probes:  # a model whose levels are smaller shapes
+            self._set_scale(self._fit_structured_scale(probes))
 
     def _set_scale(self, alpha: float) -> None:
         """Scale every unit term by ``alpha`` and re-derive what the structure probes leave

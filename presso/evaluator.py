@@ -282,11 +282,15 @@ class Evaluator:
     def _weight(self, unit: str, kinds: list[str], plan: Plan) -> torch.Tensor:
         """The weight of ``unit`` at its levels of ``kinds`` in ``plan``, each kind realising
         its level on what the kinds before it made."""
+        from presso.compress import StructuredWeight
+
         weight = None
         for name in kinds:
             kind, level = KINDS.get(name), plan.level(unit, name)
             if kind.compressed(level):
                 weight = kind.realise(self.dbs[name], unit, level, weight)
+        if isinstance(weight, StructuredWeight):  # pruned heads or channels: dense-shaped
+            return weight.masked()
         return self.handle.dense_weight(unit) if weight is None else weight
 
     def _skip_for(self, target: str) -> Any:

@@ -681,7 +681,7 @@ def resolve_weights(
     """Each unit's weight in the graph (see :func:`unit_weights`; pruned heads and channels
     sliced), and the sliced biases of pruned producers."""
     resolved = unit_weights(handle, plan, weights=weights, sparse=sparse, symmetric=symmetric)
-    sliced, biases = _sliced(handle, plan, structures)
+    sliced, biases = _sliced(handle, plan, structures, resolved, symmetric)
     resolved.update(sliced)
     return resolved, biases
 
@@ -713,12 +713,17 @@ def write_graph(
 
 
 def _sliced(
-    handle: ModelHandle, plan: Plan, structures: Sequence[tuple[Structure, StructuredWeight]]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    handle: ModelHandle,
+    plan: Plan,
+    structures: Sequence[tuple[Structure, StructuredWeight]],
+    resolved: dict[str, Any],
+    symmetric: bool,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The smaller weights of pruned heads and FFN channels (see :func:`presso.surgery.shrink`):
-    producers' kept rows, the consumer's kept and updated columns; and the producers' biases'
-    kept rows."""
-    from presso.compress import structure_columns
+    producers' kept rows (of their quantized level in ``resolved`` when they have bits), the
+    consumer's kept and updated columns (rounded to its bits with RTN on the plan's grid, as
+    the evaluator rounds them); and the producers' biases' kept rows."""
+    from presso.compress import QuantizedWeight, QuantSpec, quantize_rtn, structure_columns
     from presso.spaces._structured import StructuredKind
 
     given = {s.consumer for s, _ in structures}
@@ -737,11 +742,28 @@ def _sliced(
         kv_rows = structure_columns(kept.kept, structure.kv_rows)
         for names, rows in ((structure.producers, kept.kept_columns()), (structure.kv, kv_rows)):
             for name in names:
-                out[name] = handle.dense_weight(name)[rows]
+                q = resolved.get(name)
+                if isinstance(q, QuantizedWeight):
+                    out[name] = q.rows(rows)
+                elif q is not None:
+                    raise PressoError(
+                        f"unit {name}: its {structure.what} are pruned and it is also sparse; "
+                        "pruned heads and channels are built dense or quantized"
+                    )
+                else:
+                    out[name] = handle.dense_weight(name)[rows]
                 bias = handle.linear(name).bias
                 if bias is not None:
                     biases[name] = bias.detach()[rows]
-        out[structure.consumer] = kept.weight
+        bits = _unit_levels(plan, structure.consumer)[0]
+        if bits < DENSE_BITS:
+            spec = QuantSpec(bits=int(bits), group_size=plan.group_size, symmetric=symmetric)
+            try:
+                out[structure.consumer] = quantize_rtn(kept.weight, spec)
+            except ValueError as err:
+                raise PressoError(f"unit {structure.consumer}: {err}") from None
+        else:
+            out[structure.consumer] = kept.weight
     return out, biases
 
 

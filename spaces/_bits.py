@@ -222,9 +222,12 @@ class BitsKind(Kind):
         if weight is None:
             return db.weight(unit, int(level))
         # Already pruned: round the kept weights to ``level`` bits on the fly (RTN on the
-        # operator's grid); pruned weights stay zero.
-        from presso.compress import QuantSpec, quantize_rtn
+        # operator's grid); pruned weights stay zero. Pruned heads or channels: the kept
+        # columns are rounded as the smaller Linear the runtimes build (its own groups).
+        from presso.compress import QuantSpec, StructuredWeight, quantize_rtn
 
         op = db.operator
         spec = QuantSpec(bits=int(level), group_size=op.group_size, symmetric=op.symmetric)
+        if isinstance(weight, StructuredWeight):
+            return weight.quantized(spec)
         return quantize_rtn(weight, spec).dequantize() * (weight != 0)

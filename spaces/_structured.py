@@ -195,6 +195,13 @@ class StructuredKind(Kind):
 
     def check(self, experiment: Any, fail: Any, active: bool) -> None:
         c, limit = experiment.structured, getattr(experiment.space, BUDGET)
+        if active and "sparsity" in experiment.space.kinds():
+            fail(
+                ("space", "kind"),
+                "structured pruning and unstructured sparsity cannot share the attentions and "
+                "FFNs: runtimes build pruned heads and channels dense or quantized, not sparse; "
+                "leave out mean_sparsity (or kept_params)",
+            )
         if active and limit < min(c.levels):
             fail(
                 ("space", BUDGET),
@@ -212,9 +219,29 @@ class StructuredKind(Kind):
         return {"damp": section.damp}
 
     def check_model(self, experiment: Any, handle: Any) -> None:
+        from presso.errors import PressoError
         from presso.structures import model_structures
 
-        model_structures(handle)  # refuses an architecture it cannot prune
+        structures = model_structures(handle)  # refuses an architecture it cannot prune
+        group = experiment.compress.group_size
+        if "bits" not in experiment.space.kinds() or group is None:
+            return
+
+        def fits(percent: int) -> bool:  # every kept width a whole number of groups
+            return all(s.kept(percent) * s.group_size % group == 0 for s in structures)
+
+        bad = [p for p in experiment.structured.levels if not fits(p)]
+        if bad:
+            s = next(s for s in structures if s.kept(bad[0]) * s.group_size % group)
+            good = [p for p in range(100, 0, -1) if fits(p)]
+            raise PressoError(
+                f"structured.levels: {bad[0]}% keeps {s.describe(bad[0])} "
+                f"{'heads' if s.what == 'heads' else 'channels'} of "
+                f"{s.consumer}, {s.kept(bad[0]) * s.group_size} input columns, which "
+                f"compress.group_size {group} does not divide, so bits cannot round them; "
+                f"use levels whose widths are whole groups (for {experiment.model}: "
+                f"{', '.join(map(str, _spread_levels(good)))}, ...) or group_size: null"
+            )
 
     def show(
         self,
@@ -240,5 +267,13 @@ class StructuredKind(Kind):
         return "heads and FFN widths of the search's best:\n" + "\n".join(lines)
 
     def realise(self, db: Any, unit: str, level: int, weight: Any) -> Any:
-        # First of the kinds (order): the masked, OBS-updated weight of the dense shape.
-        return db.weight(unit, int(level))
+        # First of the kinds (order): the kept, OBS-updated columns, which bits may round
+        # next (the evaluator runs the masked weight of the dense shape).
+        return db.load(unit, int(level))
+
+
+def _spread_levels(levels: Sequence[int], k: int = 6) -> list[int]:
+    """Up to ``k`` of ``levels`` (descending), evenly spaced: examples for a message."""
+    if len(levels) <= k:
+        return list(levels)
+    return [levels[round(i * (len(levels) - 1) / (k - 1))] for i in range(k)]

@@ -154,6 +154,11 @@ def test_structured_candidates_are_priced_at_their_smaller_shapes(handle, tmp_pa
     # down (64, 64); at 25 % one group and 32 channels: up (32, 64), down (64, 32).
     assert {(op.out_features, op.in_features) for op in ops} == {
         (64, 64), (32, 64), (128, 64), (64, 128), (16, 64), (64, 32)}  # fmt: skip
+    # With bits in the space too, every smaller shape is also timed at each bit width.
+    both = unit_ops(handle, [4], [0], 32, structured=[50, 25])
+    shapes = {(op.out_features, op.in_features) for op in ops}
+    assert {(op.out_features, op.in_features) for op in both if op.bits == 4} == shapes
+    assert all(op.group_size == 32 for op in both if op.bits == 4)
     assert profile_model(handle, profiler, db, [W], ops).failed == []
     model = latency_model(handle, profiler, db, W, group_size=32)
     structures = model_structures(handle)
@@ -298,9 +303,15 @@ def test_a_speedup_target_is_solved_on_measured_latency_and_timed_end_to_end(
     # The target halfway between dense and the fastest depth this machine measured.
     setup = Setup(load_experiment(write_experiment(exp)))
     setup.prepare()
+    try:
+        space = setup.space
+    except PressoError as err:  # under load, removing blocks can time slower than dense
+        if "can run at most" not in str(err):
+            raise
+        pytest.skip(f"timings too noisy here: {setup.latency.structure}")
     dense, fastest = (
-        setup.space.metrics(c)["latency_ms"]
-        for c in (tuple(len(d.levels) - 1 for d in setup.space.dims), setup.space.lowest())
+        space.metrics(c)["latency_ms"]
+        for c in (tuple(len(d.levels) - 1 for d in space.dims), space.lowest())
     )
     if not fastest < 0.95 * dense:
         pytest.skip(

@@ -128,3 +128,42 @@ def test_widths_no_config_holds_are_refused_naming_onnx(
     err = capsys.readouterr().err
     assert "--format onnx" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_bits_on_pruned_heads_and_channels_export_as_presso_scored_them(
+    write_experiment, tmp_path: Path
+) -> None:
+    """A joint search (bits x structured widths on the same layers): the ONNX graph runs the
+    smaller MatMulNBits layers, and the uniform candidate's transformers folder holds the
+    rounded kept weights; both give presso's outputs."""
+    from transformers import AutoModelForCausalLM
+
+    from presso.onnx_model import make_session
+
+    exp = tiny_experiment(
+        name="jt",
+        compress={"operator": "rtn", "levels": [4, 8], "group_size": 32, "calibration": 4},
+        structured={"levels": [100, 75, 50, 25], "calibration": 4},
+        space={"kind": "joint", "mean_bits": 6.0, "kept_params": 70},
+        search={"options": FEW},
+        baselines=["uniform"],
+    )
+    assert main(["search", str(write_experiment(exp, "jt.yaml")), "--quiet"]) == 0
+    attrs = ResultsStore(str(tmp_path / "runs.db")).open("jt").user_attrs
+    kinds = attrs["kinds"]
+    for name in ("search", "baseline:uniform"):
+        levels = attrs["summary"]["candidates"][name]["levels"]
+        assert any(k == "bits" and v < 16 for k, v in zip(kinds, levels))
+        assert any(k == "structured" and v < 100 for k, v in zip(kinds, levels))
+    out = tmp_path / "jt.onnx"
+    assert _export(tmp_path, "jt", "onnx", out, "search") == 0
+    ids, expected = _presso(attrs, "search")
+    got = make_session(out).run(["logits"], {"input_ids": ids.numpy()})[0]
+    assert float(np.abs(got - expected.numpy()).max()) < 1e-3
+    folder = tmp_path / "pruned"
+    assert _export(tmp_path, "jt", "pruned", folder, "baseline:uniform") == 0
+    ids, expected = _presso(attrs, "baseline:uniform")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        got = model(input_ids=ids, use_cache=False).logits
+    assert float((got - expected).abs().max()) < ATOL

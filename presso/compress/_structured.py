@@ -88,6 +88,16 @@ class StructuredWeight:
         full[:, self.kept_columns()] = self.weight
         return full
 
+    def quantized(self, spec: Any) -> StructuredWeight:
+        """The kept columns rounded to ``spec`` (a :class:`presso.compress.QuantSpec`, RTN),
+        dequantized: the weight of the smaller Linear quantized as a runtime quantizes it, its
+        grid's groups running over the kept columns (not the dense ones, whose groups would
+        straddle removed columns). Raises ValueError when the grid does not fit the width."""
+        from presso.compress._quant import quantize_rtn
+
+        rounded = quantize_rtn(self.weight, spec).dequantize().to(torch.float32).contiguous()
+        return StructuredWeight(rounded, self.kept, self.group_size, self.in_features, self.error)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """The stored tensors by name: ``weight`` and ``kept``."""
         return {"weight": self.weight, "kept": self.kept}

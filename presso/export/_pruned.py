@@ -149,7 +149,10 @@ class PrunedExporter(Exporter):
         refuse_sublayer_drops(plan, self.name)
 
     def write(self, plan: Plan, out: Path, source: Source) -> None:
-        structures = source.structures(plan)
+        from presso.runtimes._base import rounded_structures
+
+        # A consumer with bits too is stored as its kept columns rounded (dequantized).
+        structures = rounded_structures(plan, source.structures(plan))
         widths = uniform_widths(source, plan, structures, self.name)  # before anything is written
         units = kept_units(plan, source)
         quantized = [name for name, entry in units.items() if "bits" in entry]

@@ -135,6 +135,64 @@ def structured_weights(
     return out
 
 
+def pruned_quantized(
+    handle: ModelHandle, plan: Plan, structure: Structure, kept: StructuredWeight, levels: Levels
+) -> dict[str, QuantizedWeight]:
+    """The members of pruned ``structure`` that ``plan`` also gives bits, each quantized at its
+    smaller shape, as the evaluator rounds them: a producer's kept rows of its quantized level
+    (a grid's rows are independent, so they are the level's own), the consumer's kept, updated
+    columns rounded with RTN on the plan's grid (see
+    :meth:`presso.compress.StructuredWeight.quantized`)."""
+    from presso.compress import QuantizedWeight, quantize_rtn, structure_columns
+
+    out: dict[str, QuantizedWeight] = {}
+    kv_rows = structure_columns(kept.kept, structure.kv_rows)
+    for names, rows in ((structure.producers, kept.kept_columns()), (structure.kv, kv_rows)):
+        for name in names:
+            if unit_levels(plan, name)[0] < DENSE_BITS:
+                q = unit_weight(handle, plan, name, levels)
+                assert isinstance(q, QuantizedWeight)
+                out[name] = q.rows(rows)
+    spec = _spec(plan, structure.consumer)
+    if spec is not None:
+        try:
+            out[structure.consumer] = quantize_rtn(kept.weight, spec)
+        except ValueError as err:
+            raise PressoError(f"unit {structure.consumer}: {err}") from None
+    return out
+
+
+def rounded_structures(
+    plan: Plan, structures: list[tuple[Structure, StructuredWeight]]
+) -> list[tuple[Structure, StructuredWeight]]:
+    """``structures`` with each consumer that ``plan`` also gives bits rounded to them (its
+    kept columns, RTN on the plan's grid, dequantized): the float weights a dense-shaped
+    or float export runs, equal to what the evaluator scored."""
+    return [(structure, _rounded(plan, structure.consumer, kept)) for structure, kept in structures]
+
+
+def _spec(plan: Plan, unit: str) -> Any:
+    """The grid ``plan`` rounds ``unit`` to (a QuantSpec), None when it keeps it dense."""
+    from presso.compress import QuantSpec
+
+    bits = unit_levels(plan, unit)[0]
+    if bits >= DENSE_BITS:
+        return None
+    symmetric = plan.setting(BitsKind.name, "symmetric", False, unit=unit)
+    return QuantSpec(bits=int(bits), group_size=plan.group_size, symmetric=symmetric)
+
+
+def _rounded(plan: Plan, unit: str, kept: StructuredWeight) -> StructuredWeight:
+    """Consumer ``unit``'s kept columns rounded to its bits in ``plan`` (unchanged if none)."""
+    spec = _spec(plan, unit)
+    if spec is None:
+        return kept
+    try:
+        return kept.quantized(spec)
+    except ValueError as err:
+        raise PressoError(f"unit {unit}: {err}") from None
+
+
 def largest_structures(
     weight: torch.Tensor, structure: Structure, percent: int
 ) -> StructuredWeight:
@@ -161,12 +219,13 @@ def unit_weight(
     from presso.compress import magnitude_prune
 
     percent = plan.level(unit, StructuredKind.name)
+    bits, sparsity = unit_levels(plan, unit)
     if StructuredKind().compressed(percent):
         if levels.structured is not None:
-            return levels.structured(unit, int(percent)).masked()
-        (kept,) = [k for s, k in structured_weights(handle, plan, levels) if s.consumer == unit]
-        return kept.masked()
-    bits, sparsity = unit_levels(plan, unit)
+            kept = levels.structured(unit, int(percent))
+        else:
+            (kept,) = [k for s, k in structured_weights(handle, plan, levels) if s.consumer == unit]
+        return _rounded(plan, unit, kept).masked()  # bits too: as the smaller Linear's
     if bits < DENSE_BITS:
         try:
             if levels.quantized is not None:
@@ -202,12 +261,22 @@ def check_plan(handle: ModelHandle, plan: Plan) -> None:
             )
         s = structures[unit]
         for member in (s.consumer, *s.producers, *s.kv):
-            if unit_levels(plan, member) != (DENSE_BITS, 0):
+            if unit_levels(plan, member)[1]:
                 raise PressoError(
                     f"unit {member}: its {s.what} are pruned to {percent}% and it also has "
-                    "bits or sparsity; runtimes build structured pruning of dense weights "
-                    "only, so give it 16 bits and 0% sparsity"
+                    "unstructured sparsity; runtimes build pruned heads and channels dense or "
+                    "quantized, not sparse, so give it 0% sparsity"
                 )
+        bits = unit_levels(plan, s.consumer)[0]
+        width = s.kept(percent) * s.group_size
+        group = plan.group_size
+        if bits < DENSE_BITS and group is not None and width % group:
+            raise PressoError(
+                f"unit {unit}: {s.describe(percent)} {s.what} kept leave {width} input columns, "
+                f"which groups of {group} do not divide, so its {bits}-bit grid cannot be "
+                "built; use structured levels whose widths are multiples of the group size "
+                "(or compress.group_size: null)"
+            )
 
 
 class ModuleRuntime:
@@ -291,14 +360,17 @@ class _Entry:
     module: str
     requires: tuple[str, ...] = ()
     extra: str = ""
+    #: Whether it quantizes the smaller Linears of pruned heads and channels (the others
+    #: run pruned structures masked in the dense shapes, at dense bits).
+    pruned_bits: bool = False
 
 
 #: Runtimes by backend name: the module that builds each (imported when it builds).
 RUNTIMES: Registry[_Entry] = Registry("backend", error=PressoError)
 for _entry in (
-    _Entry("reference", "presso.runtimes._reference", ("torch",)),
-    _Entry("torch", "presso.runtimes._torch", ("torch",)),
-    _Entry("onnxruntime", "presso.runtimes._onnxruntime", ("onnxruntime", "onnx"), "onnx"),
+    _Entry("reference", "presso.runtimes._reference", ("torch",), pruned_bits=True),
+    _Entry("torch", "presso.runtimes._torch", ("torch",), pruned_bits=True),
+    _Entry("onnxruntime", "presso.runtimes._onnxruntime", ("onnxruntime", "onnx"), "onnx", True),
     _Entry("tvm", "presso.runtimes._tvm", ("tvm",), "tvm"),
     _Entry("triton", "presso.runtimes._triton", ("triton", "torch"), "triton"),
 ):
@@ -332,4 +404,23 @@ def build(
     module = runtime_module(backend)
     _ = plan.group_size  # refuses a plan whose units mix group sizes
     check_plan(handle, plan)
+    if not RUNTIMES.get(backend).pruned_bits:
+        _refuse_pruned_bits(handle, plan, backend)
     return module.build(handle, plan, Levels.of(levels), **options)
+
+
+def _refuse_pruned_bits(handle: ModelHandle, plan: Plan, backend: str) -> None:
+    pruned = plan.compressed(StructuredKind.name)
+    if not pruned:
+        return
+    from presso.structures import consumers
+
+    for unit, s in consumers(handle).items():
+        if unit in pruned:
+            for member in (s.consumer, *s.producers, *s.kv):
+                if unit_levels(plan, member)[0] < DENSE_BITS:
+                    raise PressoError(
+                        f"unit {member}: its {s.what} are pruned and it has bits; the {backend} "
+                        "runtime runs pruned heads and channels at dense bits only, so run this "
+                        "plan on torch or onnxruntime"
+                    )

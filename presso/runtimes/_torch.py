@@ -12,7 +12,8 @@
   GEMM of the pruned weight, or whichever a chooser picks (the profiler times both);
   with low bits, sparsity is not exploited;
 * pruned heads and FFN channels (the structured kind): smaller ``nn.Linear`` shapes
-  (:func:`presso.surgery.shrink`), and under GQA fewer KV heads in the cache.
+  (:func:`presso.surgery.shrink`), and under GQA fewer KV heads in the cache; with bits too,
+  the smaller shapes packed as above (:func:`presso.runtimes._base.pruned_quantized`).
 
 torch is imported when a runtime is built, not when this module is: the ``nn.Module`` classes
 are built on first access through the module's ``__getattr__``.
@@ -33,6 +34,7 @@ from presso.runtimes._base import (
     DENSE_BITS,
     Levels,
     ModuleRuntime,
+    pruned_quantized,
     structured_weights,
     unit_levels,
     unit_weight,
@@ -303,6 +305,16 @@ def build(
                 shrink(model, structure, kept)
                 shrunk |= {structure.consumer, *structure.producers, *structure.kv}
                 kernels[f"structured-{structure.what}"] += 1
+                # Members with bits too: the smaller Linear packed at its own shape.
+                for name, qw in pruned_quantized(handle, plan, structure, kept, levels).items():
+                    try:
+                        layer = classes.PackedLinear.from_quantized(
+                            qw, model.get_submodule(name).bias, device=device, dtype=packed
+                        )
+                    except PressoError as err:
+                        raise PressoError(f"unit {name}: {err}") from None
+                    replace(model, name, layer)
+                    kernels[layer.kernel] += 1
         for name in handle.unit_names:
             if removed(handle, plan, name) or name in shrunk:
                 continue  # removed with what it is in, or already built smaller
