@@ -9,13 +9,15 @@ one 128-token sequence, held-out cosine distance to the dense embeddings) and ea
    ``uniform`` baseline (the one kept percent everywhere whose predicted latency fits);
 2. ``depth``: the same with ``kind: depth`` — EvoPress, dp, and ShortGPT's block influence;
 3. for SmolLM2 (``--joint``), the hardware-aware example ``experiments/smollm2-latency.yaml``:
-   NSGA-II over (KL, latency) on structured widths and dropped blocks together.
+   NSGA-II over (KL, latency) on bits, structured widths and dropped blocks together.
 Each run checks its own winners end to end. The benchmark then times everything once more in
 ONE round-robin pass beside the dense model — every uniform structured level (the uniform
-ladder), every run's winners, the joint front's points — so that all speedups compare under
-the same load, and sets each searched model against uniform structured pruning and against
-depth dropping at the same measured speed (interpolated between the nearest slower and faster
-ones: no grid has a level at exactly that speed).
+ladder), every run's winners, the joint front's points, and the joint space's uniform grid
+(every layer at one bit width and one kept percent, ``uniform-w4-50``) — so that all speedups
+compare under the same load, and sets each searched model against uniform structured pruning,
+against depth dropping and (the joint front) against the uniform grid at the same measured
+speed (interpolated between the nearest slower and faster ones: no grid has a level at
+exactly that speed).
 
 Runs go to a store (``--store``); a rerun reuses finished runs and resumes unfinished ones, so
 once every run has finished a rerun repeats only the timing pass (e.g. on a quieter machine).
@@ -139,6 +141,8 @@ def timing_pass(model: str, args: argparse.Namespace, metric: str, entry: dict) 
         f"uniform-{p}": tuple(d.levels.index(p) for d in space.dims) for p in reversed(LEVELS)
     }
     plans = {k: space.plan(c) for k, c in ladder.items()}
+    grid = uniform_grid(setups["joint"].space) if "joint" in setups else {}
+    plans.update({k: setups["joint"].space.plan(c) for k, c in grid.items()})
     for name, cell in entry["runs"].items():
         kind = name.split("@")[0]
         s = setups[kind].space
@@ -166,6 +170,35 @@ def timing_pass(model: str, args: argparse.Namespace, metric: str, entry: dict) 
         for k, config in ladder.items()
     ]
     entry["dense"] = evaluator.heldout_dense()
+    if grid:
+        joint = setups["joint"].evaluator()
+        entry["uniform_joint"] = [
+            {
+                "candidate": k,
+                "measured_ms": measured[k],
+                "measured_speedup": dense / measured[k] if measured[k] else None,
+                metric: joint.heldout(config)[metric],
+            }
+            for k, config in grid.items()
+        ]
+
+
+def uniform_grid(space) -> dict[str, tuple[int, ...]]:  # noqa: ANN001 - a SearchSpace
+    """The joint space's uniform configurations: every layer at one bit width and every
+    attention and FFN at one structured level, no block dropped (``uniform-w4-50``), when it
+    has both knobs; the baseline its front is set against besides the structured ladder."""
+    bits = sorted({v for d in space.dims if d.kind == "bits" for v in d.levels})
+    kept = sorted({v for d in space.dims if d.kind == "structured" for v in d.levels})
+    if not bits or not kept:
+        return {}
+
+    def index(d, b: int, p: int) -> int:  # noqa: ANN001 - a Dimension
+        value = {"bits": b, "structured": p}.get(d.kind, d.levels[-1])  # depth: kept
+        return d.levels.index(value)
+
+    return {
+        f"uniform-w{b}-{p}": tuple(index(d, b, p) for d in space.dims) for b in bits for p in kept
+    }
 
 
 def joint_experiment(args: argparse.Namespace) -> Experiment:
@@ -215,6 +248,10 @@ def compare(entry: dict, metric: str) -> None:
             r["uniform_same_speed"] = at_speed(entry["uniform"], r["measured_speedup"], metric)
             if not name.startswith("depth"):
                 r["depth_same_speed"] = at_speed(depth, r["measured_speedup"], metric)
+            if name == "joint" and entry.get("uniform_joint"):
+                r["uniform_joint_same_speed"] = at_speed(
+                    entry["uniform_joint"], r["measured_speedup"], metric
+                )
 
 
 def versus(u: dict | None, metric: str) -> str:
@@ -280,8 +317,12 @@ def main() -> None:
             print(
                 f"  {r['kept_percent']:>3}%: {r['measured_speedup'] or 0:5.2f}x  {metric} {r[metric]:.4g}"
             )
+        for r in entry.get("uniform_joint", []):
+            print(
+                f"  {r['candidate']:>16}: {r['measured_speedup'] or 0:5.2f}x  {metric} {r[metric]:.4g}"
+            )
         print(
-            f"\n{'run':>16} {'candidate':>18} {'speedup':>8} {metric:>10} {'uniform@':>10} {'depth@':>10}"
+            f"\n{'run':>16} {'candidate':>18} {'speedup':>8} {metric:>10} {'uniform@':>10} {'depth@':>10} {'bits+width@':>11}"
         )
         for name, cell in entry["runs"].items():
             if "error" in cell:
@@ -290,7 +331,8 @@ def main() -> None:
                 print(
                     f"{name:>16} {r['candidate']:>18} {r['measured_speedup'] or 0:7.2f}x "
                     f"{r[metric]:10.4g} {versus(r['uniform_same_speed'], metric):>10} "
-                    f"{versus(r.get('depth_same_speed'), metric):>10}"
+                    f"{versus(r.get('depth_same_speed'), metric):>10} "
+                    f"{versus(r.get('uniform_joint_same_speed'), metric):>11}"
                 )
     report["note"] = "measured on a shared 2-core CPU machine; see the issue note for the load"
     save()
