@@ -11,7 +11,7 @@ candidates for real, measures them end to end, and reports how far the predictio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -296,8 +296,12 @@ def latency_model(
     *,
     group_size: int | None,
     cost_model: str = "lookup",
+    kinds: Collection[str] | None = None,
 ) -> Any:
-    """A CandidateLatency from this machine's measurements (which must exist: profile first)."""
+    """A CandidateLatency from this machine's measurements (which must exist: profile first).
+    ``kinds``: the space's knob kinds; the in-model factor is fitted to the uniform models of
+    those only (a bits probe left by another run says nothing about a structured-only space),
+    None: to every uniform model measured."""
     from presso.cost_models._base import make_cost_model
     from presso.cost_models._candidate import CandidateLatency, Structure, UnitSlot
     from presso.cost_models._learned import BoostedTrees
@@ -341,13 +345,14 @@ def latency_model(
             UnitSlot(u.name, u.shape, u.block, part if part in ("self_attn", "mlp") else "")
         )
     calibration: tuple[int, float] | None = None
-    for bits in range(2, 9):  # the lowest uniform model measured with this group size
+    wants = (lambda kind: True) if kinds is None else (lambda kind: kind in kinds)
+    for bits in range(2, 9) if wants("bits") else ():  # the lowest uniform model measured
         m = db.get(fp, profiler.name, f"{key}/{uniform_probe(bits, group_size)}", workload.key)
         if m is not None and m.ok:
             calibration = (bits, m.median_ms)
             break
     structured: list[tuple[Plan, float]] = []
-    for percent in range(1, 100):
+    for percent in range(1, 100) if wants("structured") else ():
         m = db.get(fp, profiler.name, f"{key}/{structured_probe(percent)}", workload.key)
         if m is not None and m.ok:  # every uniform structured level measured
             structured.append((uniform_structured(handle, percent), m.median_ms))

@@ -253,6 +253,7 @@ class Setup:
             self.workload,
             group_size=self.experiment.compress.group_size,
             cost_model=hw.cost_model,
+            kinds=self.kinds,
         )
 
     def _latency_constraint(self):  # noqa: ANN202 - MaxLatency

@@ -187,6 +187,11 @@ def test_structured_candidates_are_priced_at_their_smaller_shapes(handle, tmp_pa
     assert calibrated.scale == 1.0 or calibrated.predict(
         Plan({s.consumer: {"structured": 25} for s in structures})
     ) == pytest.approx(probe.median_ms, rel=1e-4)
+    # A space without structured levels is not fitted to the structured probes.
+    mine = latency_model(handle, profiler, db, W, group_size=32, kinds=["structured"])
+    assert mine.scale == calibrated.scale
+    other = latency_model(handle, profiler, db, W, group_size=32, kinds=["bits", "depth"])
+    assert other.scale == 1.0 and other.overhead_scaling == 1.0
     rng = np.random.default_rng(0)
     cands = [half, random_structured(handle, rng, [100, 50, 25])]
     result = validate(handle, profiler, db, {"lookup_ms": model}, W, cands)
