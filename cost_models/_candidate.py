@@ -103,11 +103,12 @@ class CandidateLatency:
         """calibration: ``(bits, ms)``, the measured end-to-end time with every unit at
         ``bits`` (the in-model factor α is fitted to it; without it α = 1).
         structured_calibration: ``(plan, ms)`` pairs, each every attention and FFN at one
-        structured level, measured end to end; α is fitted to them instead (a model whose
-        levels are shapes). structures: the model's attentions and FFNs
+        structured level, measured end to end; α (and the share of the overheads that shrinks
+        with the heads and channels) is fitted to them, with the uniform-bits model when
+        both are given. structures: the model's attentions and FFNs
         (:func:`presso.structures.model_structures`), for plans that prune heads or FFN
         channels: their units are priced at their smaller shapes and the attention / MLP
-        overhead in proportion to the heads / channels kept."""
+        overheads shrink with the heads / channels kept (:meth:`_overhead`)."""
         self.ops, self.fallback = ops, fallback
         self.structures = {s.consumer: s for s in structures}
         self.units, self.blocks = list(units), list(blocks)
