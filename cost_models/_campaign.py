@@ -178,7 +178,7 @@ def profile_model(
 ) -> ProfileReport:
     """Measure what the database lacks for ``ops`` and the model's structure under each
     workload (``structured``: the structured levels below 100 %, whose uniform models
-    calibrate the layer timings when no bit width does)."""
+    calibrate the layer timings, with the uniform bit width's where the space has bits)."""
     import time
 
     start = time.perf_counter()

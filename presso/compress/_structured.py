@@ -296,27 +296,27 @@ def _greedy_columns(
     alive = torch.arange(in_features, device=w.device)
     snapshots: dict[int, StructuredWeight] = {}
     error = 0.0
-    if in_features in wanted:
-        snapshots[in_features] = StructuredWeight(
+
+    def snapshot(w: torch.Tensor, alive: torch.Tensor, error: float) -> None:
+        snapshots[alive.numel()] = StructuredWeight(
             w.to(torch.float32).contiguous(), alive.clone(), 1, in_features, error
         )
+
+    if in_features in wanted:
+        snapshot(w, alive, error)
     lowest = min(wanted)
     while alive.numel() > lowest:
         n = alive.numel()
         k = min(max(1, int(n * CHUNK)), n - lowest)
         errors = 0.5 * w.pow(2).sum(dim=0) / torch.diagonal(hinv)
         order = torch.argsort(errors, stable=True)
-        for level in sorted((lv for lv in wanted if n - k < lv < n), reverse=True):
+        for level in (lv for lv in wanted if n - k < lv < n):  # inside this chunk: branch
             bw, _, balive, berror = _remove_columns(w, hinv, alive, order[: n - level])
-            snapshots[level] = StructuredWeight(
-                bw.to(torch.float32).contiguous(), balive, 1, in_features, error + berror
-            )
+            snapshot(bw, balive, error + berror)
         w, hinv, alive, step_error = _remove_columns(w, hinv, alive, order[:k])
         error += step_error
         if alive.numel() in wanted:
-            snapshots[alive.numel()] = StructuredWeight(
-                w.to(torch.float32).contiguous(), alive.clone(), 1, in_features, error
-            )
+            snapshot(w, alive, error)
     return snapshots
 
 

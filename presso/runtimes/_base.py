@@ -240,8 +240,9 @@ def unit_weight(
     return None
 
 
-def check_plan(handle: ModelHandle, plan: Plan) -> None:
-    """Refuse a plan that names units the model lacks or levels no runtime runs."""
+def check_plan(handle: ModelHandle, plan: Plan, backend: str | None = None) -> None:
+    """Refuse a plan that names units the model lacks or levels no runtime runs (``backend``:
+    or that this backend does not run)."""
     units = set(handle.unit_names)
     for name in plan.units:
         if name not in units:
@@ -261,11 +262,18 @@ def check_plan(handle: ModelHandle, plan: Plan) -> None:
             )
         s = structures[unit]
         for member in (s.consumer, *s.producers, *s.kv):
-            if unit_levels(plan, member)[1]:
+            bits, sparsity = unit_levels(plan, member)
+            if sparsity:
                 raise PressoError(
                     f"unit {member}: its {s.what} are pruned to {percent}% and it also has "
                     "unstructured sparsity; runtimes build pruned heads and channels dense or "
                     "quantized, not sparse, so give it 0% sparsity"
+                )
+            if bits < DENSE_BITS and backend and not RUNTIMES.get(backend).pruned_bits:
+                raise PressoError(
+                    f"unit {member}: its {s.what} are pruned and it has bits; the {backend} "
+                    "runtime runs pruned heads and channels at dense bits only, so run this "
+                    "plan on torch or onnxruntime"
                 )
         bits = unit_levels(plan, s.consumer)[0]
         width = s.kept(percent) * s.group_size
@@ -403,24 +411,5 @@ def build(
     ``handle.model`` is not modified."""
     module = runtime_module(backend)
     _ = plan.group_size  # refuses a plan whose units mix group sizes
-    check_plan(handle, plan)
-    if not RUNTIMES.get(backend).pruned_bits:
-        _refuse_pruned_bits(handle, plan, backend)
+    check_plan(handle, plan, backend)
     return module.build(handle, plan, Levels.of(levels), **options)
-
-
-def _refuse_pruned_bits(handle: ModelHandle, plan: Plan, backend: str) -> None:
-    pruned = plan.compressed(StructuredKind.name)
-    if not pruned:
-        return
-    from presso.structures import consumers
-
-    for unit, s in consumers(handle).items():
-        if unit in pruned:
-            for member in (s.consumer, *s.producers, *s.kv):
-                if unit_levels(plan, member)[0] < DENSE_BITS:
-                    raise PressoError(
-                        f"unit {member}: its {s.what} are pruned and it has bits; the {backend} "
-                        "runtime runs pruned heads and channels at dense bits only, so run this "
-                        "plan on torch or onnxruntime"
-                    )
